@@ -1,0 +1,343 @@
+//! Image manifests: the whole file tree of an image, with metadata and chunk lists.
+//!
+//! Inodes live in one table; inode 0 is the root directory. Directory entries name
+//! inodes, so hard links are several entries naming one inode. Regular files are lists
+//! of extents: a chunk from the manifest's chunk table, or a run of zeros that costs no
+//! storage and no fetch (sparse files).
+
+use crate::codec::Envelope;
+use crate::{ChunkId, FormatError, ImageId, MAX_CHUNK_LEN};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+const ENVELOPE: Envelope = Envelope { what: "manifest", magic: *b"THAWMAN\0", version: 1 };
+
+/// The root directory's inode number.
+pub const ROOT_INODE: u32 = 0;
+/// Longest file name (Linux NAME_MAX).
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest symlink target (Linux PATH_MAX - 1).
+pub const MAX_SYMLINK_LEN: usize = 4095;
+
+/// A point in time: seconds since the epoch and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// One extended attribute; names and values are raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// Metadata every inode has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+    pub xattrs: Vec<Xattr>,
+}
+
+/// A name in a directory. Names are raw bytes (not necessarily UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    pub inode: u32,
+}
+
+/// A piece of a regular file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Extent {
+    /// A chunk, by index into [`Manifest::chunks`].
+    Chunk(u32),
+    /// This many zero bytes.
+    Zero(u64),
+}
+
+/// What an inode is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InodeKind {
+    /// Entries sorted by name, bytewise, without duplicates.
+    Directory { entries: Vec<DirEntry> },
+    File { size: u64, extents: Vec<Extent> },
+    Symlink {
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    CharDevice { rdev: u64 },
+    BlockDevice { rdev: u64 },
+    Fifo,
+    Socket,
+}
+
+/// One inode of the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub meta: Metadata,
+    pub kind: InodeKind,
+}
+
+/// A chunk the image uses, with its uncompressed length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+/// A whole image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Every chunk referenced by a file, each once.
+    pub chunks: Vec<ChunkInfo>,
+    /// Inode 0 is the root directory.
+    pub inodes: Vec<Inode>,
+}
+
+/// A resolved extent of a file: where it sits and what backs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileExtent {
+    pub offset: u64,
+    pub len: u64,
+    /// `None` for a run of zeros.
+    pub chunk: Option<ChunkId>,
+}
+
+impl Manifest {
+    /// Encodes into the versioned envelope. The image id is the hash of these bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        ENVELOPE.encode(self)
+    }
+
+    /// Decodes and fully validates a manifest.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, FormatError> {
+        let m: Manifest = ENVELOPE.decode(bytes)?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// The id of an encoded manifest.
+    pub fn id_of(encoded: &[u8]) -> ImageId {
+        ImageId::of(encoded)
+    }
+
+    pub fn root(&self) -> &Inode {
+        &self.inodes[ROOT_INODE as usize]
+    }
+
+    pub fn inode(&self, ino: u32) -> Option<&Inode> {
+        self.inodes.get(ino as usize)
+    }
+
+    /// Looks a name up in a directory inode (binary search; entries are sorted).
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Option<u32> {
+        match &self.inode(dir)?.kind {
+            InodeKind::Directory { entries } => entries
+                .binary_search_by(|e| e.name.as_slice().cmp(name))
+                .ok()
+                .map(|i| entries[i].inode),
+            _ => None,
+        }
+    }
+
+    /// The file's extents with offsets, in order. Empty for non-files.
+    pub fn file_extents(&self, ino: u32) -> Vec<FileExtent> {
+        let Some(Inode { kind: InodeKind::File { extents, .. }, .. }) = self.inode(ino) else {
+            return Vec::new();
+        };
+        let mut offset = 0;
+        extents
+            .iter()
+            .map(|e| {
+                let (len, chunk) = match *e {
+                    Extent::Chunk(i) => {
+                        let c = self.chunks[i as usize];
+                        (u64::from(c.len), Some(c.id))
+                    }
+                    Extent::Zero(n) => (n, None),
+                };
+                let fe = FileExtent { offset, len, chunk };
+                offset += len;
+                fe
+            })
+            .collect()
+    }
+
+    /// Link counts: names per inode for non-directories, 2 + subdirectories for directories.
+    pub fn link_counts(&self) -> Vec<u32> {
+        let mut counts = vec![0u32; self.inodes.len()];
+        for (ino, inode) in self.inodes.iter().enumerate() {
+            if let InodeKind::Directory { entries } = &inode.kind {
+                counts[ino] += 2;
+                for e in entries {
+                    let child = e.inode as usize;
+                    if matches!(self.inodes[child].kind, InodeKind::Directory { .. }) {
+                        counts[ino] += 1;
+                    } else {
+                        counts[child] += 1;
+                    }
+                }
+            }
+        }
+        counts
+    }
+
+    /// Visits every path in depth-first pre-order: `(path components, inode)`. The root is
+    /// visited first with an empty path.
+    pub fn walk(&self, mut visit: impl FnMut(&[&[u8]], u32)) {
+        fn go<'a>(m: &'a Manifest, ino: u32, path: &mut Vec<&'a [u8]>, visit: &mut dyn FnMut(&[&[u8]], u32)) {
+            visit(path, ino);
+            if let InodeKind::Directory { entries } = &m.inodes[ino as usize].kind {
+                for e in entries {
+                    path.push(&e.name);
+                    go(m, e.inode, path, visit);
+                    path.pop();
+                }
+            }
+        }
+        go(self, ROOT_INODE, &mut Vec::new(), &mut visit);
+    }
+
+    /// Checks every invariant the rest of thaw relies on.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let what = "manifest";
+        let inv = |reason: String| Err(FormatError::invalid(what, reason));
+        let n = self.inodes.len();
+        if n == 0 {
+            return inv("no inodes".into());
+        }
+        if n > u32::MAX as usize {
+            return inv("too many inodes".into());
+        }
+        if !matches!(self.root().kind, InodeKind::Directory { .. }) {
+            return inv("inode 0 (the root) is not a directory".into());
+        }
+        let mut seen_chunks = HashSet::with_capacity(self.chunks.len());
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.len == 0 || c.len > MAX_CHUNK_LEN {
+                return inv(format!("chunk table entry {i} has length {}", c.len));
+            }
+            if !seen_chunks.insert(c.id) {
+                return inv(format!("chunk {} appears twice in the chunk table", c.id));
+            }
+        }
+        let mut refs = vec![0u32; n];
+        for (ino, inode) in self.inodes.iter().enumerate() {
+            let m = &inode.meta;
+            if m.mode & !0o7777 != 0 {
+                return inv(format!("inode {ino}: mode {:#o} has bits outside 0o7777", m.mode));
+            }
+            for x in &m.xattrs {
+                if x.name.is_empty() || x.name.contains(&0) || x.name.len() > 255 {
+                    return inv(format!("inode {ino}: bad xattr name {:?}", String::from_utf8_lossy(&x.name)));
+                }
+            }
+            if m.mtime.nsec >= 1_000_000_000 {
+                return inv(format!("inode {ino}: mtime nanoseconds {} out of range", m.mtime.nsec));
+            }
+            match &inode.kind {
+                InodeKind::Directory { entries } => {
+                    let mut prev: Option<&[u8]> = None;
+                    for e in entries {
+                        validate_name(&e.name).map_err(|r| FormatError::invalid(what, format!("inode {ino}: {r}")))?;
+                        if let Some(p) = prev {
+                            if p >= e.name.as_slice() {
+                                return inv(format!("inode {ino}: entries not strictly sorted at {:?}", String::from_utf8_lossy(&e.name)));
+                            }
+                        }
+                        prev = Some(&e.name);
+                        let child = e.inode as usize;
+                        if child == ROOT_INODE as usize || child >= n {
+                            return inv(format!("inode {ino}: entry {:?} names inode {child}", String::from_utf8_lossy(&e.name)));
+                        }
+                        refs[child] = refs[child].saturating_add(1);
+                    }
+                }
+                InodeKind::File { size, extents } => {
+                    let mut total: u64 = 0;
+                    for e in extents {
+                        let len = match *e {
+                            Extent::Chunk(i) => match self.chunks.get(i as usize) {
+                                Some(c) => u64::from(c.len),
+                                None => return inv(format!("inode {ino}: chunk reference {i} is not in the chunk table")),
+                            },
+                            Extent::Zero(0) => return inv(format!("inode {ino}: empty zero extent")),
+                            Extent::Zero(len) => len,
+                        };
+                        total = match total.checked_add(len) {
+                            Some(t) => t,
+                            None => return inv(format!("inode {ino}: extent lengths overflow")),
+                        };
+                    }
+                    if total != *size {
+                        return inv(format!("inode {ino}: extents add up to {total} bytes, size says {size}"));
+                    }
+                }
+                InodeKind::Symlink { target } => {
+                    if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
+                        return inv(format!("inode {ino}: bad symlink target"));
+                    }
+                }
+                InodeKind::CharDevice { .. } | InodeKind::BlockDevice { .. } | InodeKind::Fifo | InodeKind::Socket => {}
+            }
+        }
+        for (ino, inode) in self.inodes.iter().enumerate().skip(1) {
+            let is_dir = matches!(inode.kind, InodeKind::Directory { .. });
+            if is_dir && refs[ino] != 1 {
+                return inv(format!("directory inode {ino} has {} parents", refs[ino]));
+            }
+            if !is_dir && refs[ino] == 0 {
+                return inv(format!("inode {ino} is not named by any directory"));
+            }
+        }
+        // Every directory has exactly one parent and the root none, so the tree is a
+        // tree if and only if every inode is reachable from the root.
+        let mut reached = vec![false; n];
+        let mut stack = vec![ROOT_INODE as usize];
+        reached[0] = true;
+        let mut count = 1usize;
+        while let Some(d) = stack.pop() {
+            if let InodeKind::Directory { entries } = &self.inodes[d].kind {
+                for e in entries {
+                    let c = e.inode as usize;
+                    if !reached[c] {
+                        reached[c] = true;
+                        count += 1;
+                        if matches!(self.inodes[c].kind, InodeKind::Directory { .. }) {
+                            stack.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        if count != n {
+            return inv(format!("{} inodes are not reachable from the root (a directory cycle?)", n - count));
+        }
+        Ok(())
+    }
+}
+
+/// A valid directory entry name: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
+pub fn validate_name(name: &[u8]) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!("name of {} bytes", name.len()));
+    }
+    if name == b"." || name == b".." {
+        return Err("name is '.' or '..'".into());
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(format!("name {:?} contains '/' or NUL", String::from_utf8_lossy(name)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

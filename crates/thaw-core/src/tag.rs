@@ -1,0 +1,41 @@
+//! Tag names: human names that point at image ids.
+
+use crate::FormatError;
+
+/// The longest tag name accepted.
+pub const MAX_TAG_LEN: usize = 128;
+
+/// Checks a tag name: 1 to 128 characters of `[A-Za-z0-9._:/@+-]`, not starting with
+/// `.` or `-`, and not 64 hex digits (that would shadow an image id).
+pub fn validate_tag(name: &str) -> Result<(), FormatError> {
+    let bad = |reason| Err(FormatError::BadTag { name: name.to_string(), reason });
+    if name.is_empty() || name.len() > MAX_TAG_LEN {
+        return bad("must be 1 to 128 characters");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("must not start with '.' or '-'");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b)) {
+        return bad("allowed characters are A-Z a-z 0-9 . _ : / @ + -");
+    }
+    if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return bad("a 64-digit hex name would shadow an image id");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        assert!(validate_tag("debian:bookworm").is_ok());
+        assert!(validate_tag("org/model@v1").is_ok());
+        assert!(validate_tag("").is_err());
+        assert!(validate_tag(".hidden").is_err());
+        assert!(validate_tag("a b").is_err());
+        assert!(validate_tag(&"a".repeat(129)).is_err());
+        assert!(validate_tag(&"ab".repeat(32)).is_err());
+    }
+}
