@@ -1,0 +1,178 @@
+//! Backends: the `object_store` crate's stores (local directory, memory, S3, GCS, Azure)
+//! behind [`BlobStore`], and parsing of `--store` locations.
+
+use crate::{BlobStore, ObjectInfo, StoreError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Adapts any `object_store::ObjectStore` to [`BlobStore`].
+#[derive(Debug)]
+pub struct ObjectStoreBackend {
+    inner: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl ObjectStoreBackend {
+    pub fn new(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
+        ObjectStoreBackend { inner, description: description.into() }
+    }
+
+    /// An in-memory store (tests, benchmarks).
+    pub fn memory() -> Self {
+        Self::new(Arc::new(object_store::memory::InMemory::new()), "memory://")
+    }
+
+    /// A directory on the local filesystem, created if missing.
+    pub fn local(dir: &std::path::Path) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::BadLocation { spec: dir.display().to_string(), reason };
+        std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+        let dir = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+        Ok(Self::new(Arc::new(fs), format!("file://{}", dir.display())))
+    }
+}
+
+fn path(key: &str) -> Result<Path, StoreError> {
+    Path::parse(key).map_err(|e| StoreError::Permanent { op: "parse key", key: key.to_string(), source: Box::new(e) })
+}
+
+fn map_err(op: &'static str, key: &str, e: object_store::Error) -> StoreError {
+    use object_store::Error as E;
+    let key = key.to_string();
+    match e {
+        E::NotFound { .. } => StoreError::NotFound { key },
+        E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::AlreadyExists { .. }
+        | E::Precondition { .. }
+        | E::NotModified { .. }
+        | E::NotImplemented { .. }
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::UnknownConfigurationKey { .. } => StoreError::Permanent { op, key, source: Box::new(e) },
+        other => StoreError::Transient { op, key, source: Box::new(other) },
+    }
+}
+
+fn info(meta: object_store::ObjectMeta, strip: &str) -> ObjectInfo {
+    let secs = meta.last_modified.timestamp();
+    let nanos = meta.last_modified.timestamp_subsec_nanos();
+    let last_modified = if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::new(secs as u64, nanos)
+    } else {
+        SystemTime::UNIX_EPOCH
+    };
+    let key = meta.location.to_string();
+    let key = key.strip_prefix(strip).map(str::to_string).unwrap_or(key);
+    ObjectInfo { key, size: meta.size, last_modified }
+}
+
+#[async_trait]
+impl BlobStore for ObjectStoreBackend {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.inner.put(&path(key)?, data.into()).await.map_err(|e| map_err("put", key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let r = self.inner.get(&path(key)?).await.map_err(|e| map_err("get", key, e))?;
+        r.bytes().await.map_err(|e| map_err("get", key, e))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let want = range.end.saturating_sub(range.start);
+        if want == 0 {
+            return Ok(Bytes::new());
+        }
+        let b = self.inner.get_range(&path(key)?, range).await.map_err(|e| map_err("get_range", key, e))?;
+        if b.len() as u64 != want {
+            return Err(StoreError::ShortRead { op: "get_range", key: key.to_string(), want, got: b.len() as u64 });
+        }
+        Ok(b)
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+        let m = self.inner.head(&path(key)?).await.map_err(|e| map_err("head", key, e))?;
+        Ok(info(m, ""))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let p = if prefix.is_empty() { None } else { Some(path(prefix)?) };
+        let mut out: Vec<ObjectInfo> = self
+            .inner
+            .list(p.as_ref())
+            .map_ok(|m| info(m, ""))
+            .try_collect()
+            .await
+            .map_err(|e| map_err("list", prefix, e))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&path(key)?).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err("delete", key, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+/// Opens a store from a `--store` location.
+///
+/// * a plain path or `file:///path`: a local directory (created if missing);
+/// * `memory://`: a fresh in-memory store;
+/// * `s3://bucket/prefix`: S3, configured from the `AWS_*` environment variables
+///   (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, ...);
+///   plain http is allowed when the endpoint is on the loopback interface;
+/// * `gs://bucket/prefix` and `az://container/prefix`: Google Cloud Storage and Azure,
+///   configured from their usual environment variables.
+pub fn open_store(spec: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
+    let bad = |reason: String| StoreError::BadLocation { spec: spec.to_string(), reason };
+    if spec == "memory://" {
+        return Ok(Arc::new(ObjectStoreBackend::memory()));
+    }
+    if !spec.contains("://") {
+        return Ok(Arc::new(ObjectStoreBackend::local(std::path::Path::new(spec))?));
+    }
+    let url = url::Url::parse(spec).map_err(|e| bad(e.to_string()))?;
+    let prefix = url.path().trim_matches('/').to_string();
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "file" => {
+            let p = url.to_file_path().map_err(|()| bad("not a local path".into()))?;
+            return Ok(Arc::new(ObjectStoreBackend::local(&p)?));
+        }
+        "s3" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(spec);
+            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL")) {
+                let loopback = endpoint.starts_with("http://127.") || endpoint.starts_with("http://localhost") || endpoint.starts_with("http://[::1]");
+                b = b.with_endpoint(endpoint.clone()).with_allow_http(loopback);
+            }
+            Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
+        }
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(spec).build().map_err(|e| bad(e.to_string()))?,
+        ),
+        "az" | "azure" | "abfs" | "abfss" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env().with_url(spec).build().map_err(|e| bad(e.to_string()))?,
+        ),
+        other => return Err(bad(format!("unknown scheme {other:?} (use a path, file://, memory://, s3://, gs:// or az://)"))),
+    };
+    let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        store
+    } else {
+        let p = Path::parse(&prefix).map_err(|e| bad(e.to_string()))?;
+        Arc::new(object_store::prefix::PrefixStore::new(store, p))
+    };
+    Ok(Arc::new(ObjectStoreBackend::new(store, spec.to_string())))
+}

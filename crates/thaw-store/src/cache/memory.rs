@@ -1,0 +1,72 @@
+//! A byte-bounded in-memory LRU of chunks.
+
+use bytes::Bytes;
+use lru::LruCache;
+use std::sync::Mutex;
+use thaw_core::ChunkId;
+
+#[derive(Debug)]
+struct Inner {
+    lru: LruCache<ChunkId, Bytes>,
+    bytes: u64,
+}
+
+/// Chunks in memory, evicting the least recently used past `capacity` bytes.
+#[derive(Debug)]
+pub struct MemoryCache {
+    inner: Mutex<Inner>,
+    capacity: u64,
+}
+
+impl MemoryCache {
+    pub fn new(capacity: u64) -> Self {
+        MemoryCache { inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0 }), capacity }
+    }
+
+    pub fn get(&self, id: &ChunkId) -> Option<Bytes> {
+        self.inner.lock().expect("memory cache lock").lru.get(id).cloned()
+    }
+
+    pub fn insert(&self, id: ChunkId, data: Bytes) {
+        let len = data.len() as u64;
+        if len > self.capacity {
+            return;
+        }
+        let mut g = self.inner.lock().expect("memory cache lock");
+        if let Some(old) = g.lru.put(id, data) {
+            g.bytes -= old.len() as u64;
+        }
+        g.bytes += len;
+        while g.bytes > self.capacity {
+            match g.lru.pop_lru() {
+                Some((_, old)) => g.bytes -= old.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> u64 {
+        self.inner.lock().expect("memory cache lock").bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used_by_bytes() {
+        let c = MemoryCache::new(10);
+        let ids: Vec<ChunkId> = (0..3u8).map(|i| ChunkId::of(&[i])).collect();
+        c.insert(ids[0], Bytes::from(vec![0; 4]));
+        c.insert(ids[1], Bytes::from(vec![1; 4]));
+        assert!(c.get(&ids[0]).is_some()); // 0 is now the most recent
+        c.insert(ids[2], Bytes::from(vec![2; 4]));
+        assert!(c.get(&ids[1]).is_none());
+        assert!(c.get(&ids[0]).is_some());
+        assert_eq!(c.bytes(), 8);
+        c.insert(ChunkId::of(b"big"), Bytes::from(vec![0; 11]));
+        assert_eq!(c.bytes(), 8, "an entry larger than the cache is not kept");
+    }
+}

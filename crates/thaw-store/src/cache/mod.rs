@@ -1,0 +1,7 @@
+//! Local cache tiers for decompressed, verified chunks.
+
+mod disk;
+mod memory;
+
+pub use disk::DiskCache;
+pub use memory::MemoryCache;

@@ -1,0 +1,65 @@
+//! Errors of the store layers.
+
+use std::time::Duration;
+use thaw_core::{ChunkId, FormatError, PackId};
+use thiserror::Error;
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error from a [`crate::BlobStore`].
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("object {key:?} not found")]
+    NotFound { key: String },
+    /// Worth retrying: network trouble, throttling, a server error.
+    #[error("{op} {key:?} failed (transient): {source}")]
+    Transient { op: &'static str, key: String, source: Source },
+    /// Not worth retrying: permissions, bad paths, unsupported operations.
+    #[error("{op} {key:?} failed: {source}")]
+    Permanent { op: &'static str, key: String, source: Source },
+    #[error("{op} {key:?}: the store returned {got} bytes for a range of {want}")]
+    ShortRead { op: &'static str, key: String, want: u64, got: u64 },
+    #[error("{op} {key:?} gave up after {after:?} ({attempts} attempts); last error: {last}")]
+    Deadline { op: &'static str, key: String, after: Duration, attempts: u32, last: String },
+    #[error("{op} {key:?}: injected fault")]
+    Injected { op: &'static str, key: String },
+    #[error("bad store location {spec:?}: {reason}")]
+    BadLocation { spec: String, reason: String },
+}
+
+impl StoreError {
+    /// Whether trying the same request again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient { .. } | StoreError::Injected { .. } | StoreError::ShortRead { .. })
+    }
+}
+
+/// An error reading or writing chunks, images and tags.
+#[derive(Debug, Error)]
+pub enum ChunkError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("chunk {0} is not in any pack of this store")]
+    UnknownChunk(ChunkId),
+    #[error("integrity error: chunk {chunk} from pack {pack}: {reason}")]
+    Integrity { chunk: ChunkId, pack: PackId, reason: String },
+    #[error("pack index {key:?}: {source}")]
+    BadPackIndex { key: String, source: FormatError },
+    #[error("manifest of image {image}: {source}")]
+    BadManifest { image: String, source: FormatError },
+    #[error("image {image} does not hash to its id (got {actual})")]
+    ImageIdMismatch { image: String, actual: String },
+    #[error("no image or tag matches {0:?}")]
+    NoSuchImage(String),
+    #[error("{input:?} is ambiguous: it matches {count} images")]
+    AmbiguousImage { input: String, count: usize },
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("disk cache {path}: {source}")]
+    DiskCache { path: String, source: std::io::Error },
+    #[error("pack writer: {0}")]
+    Writer(String),
+}
+
+/// A chunk error that can be handed to every waiter of a single-flight fetch.
+pub type SharedChunkError = std::sync::Arc<ChunkError>;

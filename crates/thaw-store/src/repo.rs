@@ -1,0 +1,229 @@
+//! A repository: the packs of a store plus its images (manifests) and tags, and the
+//! garbage collector that removes packs no image needs.
+
+use crate::error::ChunkError;
+use crate::packs::{index_key, pack_key, PACKS_PREFIX};
+use crate::{BlobStore, PackStore, StoreError};
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use thaw_core::id::is_hex_prefix;
+use thaw_core::tag::validate_tag;
+use thaw_core::{ChunkId, ImageId, Manifest, PackId};
+
+const IMAGES_PREFIX: &str = "images";
+const TAGS_PREFIX: &str = "tags";
+
+fn image_key(id: &ImageId) -> String {
+    format!("{IMAGES_PREFIX}/{id}")
+}
+
+/// Tag names may hold characters object stores treat specially (`:`, `/`, `@`), so the
+/// key is the name in hex.
+fn tag_key(name: &str) -> String {
+    format!("{TAGS_PREFIX}/{}", hex::encode(name))
+}
+
+/// What `gc` found (and did, when applied).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub images: usize,
+    pub referenced_chunks: usize,
+    pub packs: usize,
+    /// Packs none of whose chunks any image references.
+    pub unreferenced_packs: Vec<(PackId, u64)>,
+    /// Pack objects without an index (an interrupted upload).
+    pub orphan_objects: Vec<(String, u64)>,
+    /// Packs kept because they are younger than the minimum age.
+    pub too_young: usize,
+    /// Bytes in packs that are still needed but hold unreferenced chunks.
+    pub unreferenced_bytes_in_live_packs: u64,
+    pub deleted: bool,
+}
+
+impl GcReport {
+    pub fn reclaimable_bytes(&self) -> u64 {
+        self.unreferenced_packs.iter().map(|p| p.1).sum::<u64>() + self.orphan_objects.iter().map(|o| o.1).sum::<u64>()
+    }
+}
+
+/// A store's packs, images and tags.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Arc<dyn BlobStore>,
+    packs: Arc<PackStore>,
+}
+
+impl Repository {
+    pub async fn open(store: Arc<dyn BlobStore>) -> Result<Self, ChunkError> {
+        let packs = PackStore::open(store.clone()).await?;
+        Ok(Repository { store, packs })
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
+    }
+
+    pub fn packs(&self) -> &Arc<PackStore> {
+        &self.packs
+    }
+
+    /// Stores a manifest (after checking that every chunk it names is in the store).
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<(ImageId, usize), ChunkError> {
+        manifest.validate()?;
+        if let Some(c) = manifest.chunks.iter().find(|c| !self.packs.contains(&c.id)) {
+            return Err(ChunkError::UnknownChunk(c.id));
+        }
+        let bytes = manifest.encode();
+        let id = Manifest::id_of(&bytes);
+        let len = bytes.len();
+        self.store.put(&image_key(&id), Bytes::from(bytes)).await?;
+        Ok((id, len))
+    }
+
+    /// Loads and verifies a manifest.
+    pub async fn get_manifest(&self, id: &ImageId) -> Result<Manifest, ChunkError> {
+        let bytes = match self.store.get(&image_key(id)).await {
+            Err(StoreError::NotFound { .. }) => return Err(ChunkError::NoSuchImage(id.to_string())),
+            r => r?,
+        };
+        let actual = Manifest::id_of(&bytes);
+        if actual != *id {
+            return Err(ChunkError::ImageIdMismatch { image: id.to_string(), actual: actual.to_string() });
+        }
+        Manifest::decode(&bytes).map_err(|source| ChunkError::BadManifest { image: id.to_string(), source })
+    }
+
+    pub async fn set_tag(&self, name: &str, id: &ImageId) -> Result<(), ChunkError> {
+        validate_tag(name)?;
+        self.store.put(&tag_key(name), Bytes::from(format!("{id}\n"))).await?;
+        Ok(())
+    }
+
+    pub async fn remove_tag(&self, name: &str) -> Result<(), ChunkError> {
+        validate_tag(name)?;
+        Ok(self.store.delete(&tag_key(name)).await?)
+    }
+
+    pub async fn get_tag(&self, name: &str) -> Result<Option<ImageId>, ChunkError> {
+        if validate_tag(name).is_err() {
+            return Ok(None);
+        }
+        match self.store.get(&tag_key(name)).await {
+            Ok(b) => {
+                let s = String::from_utf8_lossy(&b);
+                Ok(Some(s.trim().parse()?))
+            }
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every tag and the image it names, sorted by name.
+    pub async fn list_tags(&self) -> Result<Vec<(String, ImageId)>, ChunkError> {
+        let mut out = Vec::new();
+        for o in self.store.list(TAGS_PREFIX).await? {
+            let Some(hexname) = o.key.strip_prefix("tags/") else { continue };
+            let Some(name) = hex::decode(hexname).ok().and_then(|b| String::from_utf8(b).ok()) else { continue };
+            if let Some(id) = self.get_tag(&name).await? {
+                out.push((name, id));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every image in the store, with its manifest size.
+    pub async fn list_images(&self) -> Result<Vec<(ImageId, u64)>, ChunkError> {
+        Ok(self
+            .store
+            .list(IMAGES_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|o| Some((o.key.strip_prefix("images/")?.parse().ok()?, o.size)))
+            .collect())
+    }
+
+    /// Resolves a tag, a full image id or an unambiguous id prefix.
+    pub async fn resolve(&self, name: &str) -> Result<ImageId, ChunkError> {
+        if let Some(id) = self.get_tag(name).await? {
+            return Ok(id);
+        }
+        if !is_hex_prefix(name) {
+            return Err(ChunkError::NoSuchImage(name.to_string()));
+        }
+        let matches: Vec<ImageId> = self.list_images().await?.into_iter().map(|(id, _)| id).filter(|id| id.to_hex().starts_with(name)).collect();
+        match matches.len() {
+            0 => Err(ChunkError::NoSuchImage(name.to_string())),
+            1 => Ok(matches[0]),
+            count => Err(ChunkError::AmbiguousImage { input: name.to_string(), count }),
+        }
+    }
+
+    /// Removes an image and every tag that names it. Its chunks stay until `gc`.
+    pub async fn remove_image(&self, id: &ImageId) -> Result<Vec<String>, ChunkError> {
+        let mut removed = Vec::new();
+        for (name, tagged) in self.list_tags().await? {
+            if tagged == *id {
+                self.remove_tag(&name).await?;
+                removed.push(name);
+            }
+        }
+        self.store.delete(&image_key(id)).await?;
+        Ok(removed)
+    }
+
+    /// Finds packs no image references; deletes them when `apply`. Packs younger than
+    /// `min_age` are kept: a build running now may be about to reference them.
+    pub async fn gc(&self, apply: bool, min_age: Duration) -> Result<GcReport, ChunkError> {
+        self.packs.reload().await?;
+        let mut report = GcReport::default();
+        let mut live: HashSet<ChunkId> = HashSet::new();
+        for (id, _) in self.list_images().await? {
+            let m = self.get_manifest(&id).await?;
+            live.extend(m.chunks.iter().map(|c| c.id));
+            report.images += 1;
+        }
+        report.referenced_chunks = live.len();
+        let now = SystemTime::now();
+        let young = |t: SystemTime| now.duration_since(t).unwrap_or_default() < min_age;
+        let listing = self.store.list(PACKS_PREFIX).await?;
+        let indexed: HashSet<PackId> = self.packs.packs().into_iter().map(|(p, _)| p).collect();
+        report.packs = indexed.len();
+        for (pack, index) in self.packs.packs() {
+            let used: u64 = index.entries.iter().filter(|e| live.contains(&e.id)).map(|e| u64::from(e.stored_len)).sum();
+            let any_used = index.entries.iter().any(|e| live.contains(&e.id));
+            if any_used {
+                report.unreferenced_bytes_in_live_packs += index.pack_len - used;
+                continue;
+            }
+            let info = listing.iter().find(|o| o.key == pack_key(&pack));
+            if info.is_some_and(|o| young(o.last_modified)) {
+                report.too_young += 1;
+                continue;
+            }
+            report.unreferenced_packs.push((pack, info.map_or(index.pack_len, |o| o.size)));
+        }
+        for o in &listing {
+            let Some(stem) = o.key.strip_prefix("packs/").and_then(|k| k.strip_suffix(".pack")) else { continue };
+            let orphan = stem.parse::<PackId>().map_or(true, |p| !indexed.contains(&p));
+            if orphan && !young(o.last_modified) {
+                report.orphan_objects.push((o.key.clone(), o.size));
+            }
+        }
+        if apply {
+            for (pack, _) in &report.unreferenced_packs {
+                // Index first: an index must never point at a missing pack.
+                self.store.delete(&index_key(pack)).await?;
+                self.store.delete(&pack_key(pack)).await?;
+                self.packs.forget(pack);
+            }
+            for (key, _) in &report.orphan_objects {
+                self.store.delete(key).await?;
+            }
+            report.deleted = true;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,12 @@
+//! Wrappers around [`crate::BlobStore`]: each adds one cross-cutting behaviour and
+//! forwards everything else, so they compose in any order.
+
+mod counting;
+mod faults;
+mod retry;
+mod throttle;
+
+pub use counting::{CountingStore, StoreCounters, StoreCountersSnapshot};
+pub use faults::{FaultConfig, FaultyStore};
+pub use retry::{RetryConfig, RetryStore};
+pub use throttle::{ThrottleConfig, ThrottledStore};

@@ -1,0 +1,252 @@
+//! Writes new chunks into packs: dedup against the store, compress on worker threads,
+//! pack in order, and upload packs in the background while the caller keeps reading.
+
+use crate::error::ChunkError;
+use crate::PackStore;
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use thaw_core::{ChunkId, Compression, PackEntry, PackIndex};
+
+/// How chunks are compressed and packed.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    pub zstd_level: i32,
+    /// A pack is uploaded once it reaches this many bytes.
+    pub target_pack_size: usize,
+    /// Compression threads.
+    pub threads: usize,
+    /// Keep the compressed form only if it saves at least this fraction.
+    pub min_saving: f64,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            zstd_level: 3,
+            target_pack_size: 32 * 1024 * 1024,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            min_saving: 0.05,
+        }
+    }
+}
+
+/// What a writer did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Chunks added that the store did not hold.
+    pub chunks_new: u64,
+    /// Chunks added that the store (or this writer) already held.
+    pub chunks_dedup: u64,
+    /// Uncompressed bytes of the new chunks.
+    pub raw_bytes_new: u64,
+    /// Bytes the new chunks take in packs.
+    pub stored_bytes: u64,
+    pub packs: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    chunks_new: AtomicU64,
+    chunks_dedup: AtomicU64,
+    raw_bytes_new: AtomicU64,
+    stored_bytes: AtomicU64,
+    packs: AtomicU64,
+}
+
+struct Job {
+    seq: u64,
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+struct Compressed {
+    seq: u64,
+    id: ChunkId,
+    raw_len: u32,
+    stored: Vec<u8>,
+    compression: Compression,
+}
+
+struct State {
+    seen: HashSet<ChunkId>,
+    next_seq: u64,
+}
+
+/// Adds chunks to a store. `add` blocks (call it from a blocking thread); `finish`
+/// waits for every pack to be uploaded.
+pub struct PackWriter {
+    packs: Arc<PackStore>,
+    state: Mutex<State>,
+    jobs: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    packer: Option<JoinHandle<Result<(), ChunkError>>>,
+    uploader: Option<tokio::task::JoinHandle<Result<(), ChunkError>>>,
+    failure: Arc<Mutex<Option<String>>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for PackWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackWriter").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl PackWriter {
+    /// Starts the compression threads, the packer and the uploader. Must be called
+    /// inside a tokio runtime.
+    pub fn new(packs: Arc<PackStore>, config: WriterConfig) -> Self {
+        let threads = config.threads.max(1);
+        let (job_tx, job_rx) = bounded::<Job>(threads * 2);
+        let (done_tx, done_rx) = bounded::<Compressed>(threads * 4);
+        let workers = (0..threads)
+            .map(|_| {
+                let (rx, tx) = (job_rx.clone(), done_tx.clone());
+                std::thread::spawn(move || compress_worker(rx, tx, config))
+            })
+            .collect();
+        drop(done_tx);
+        let (up_tx, mut up_rx) = tokio::sync::mpsc::channel::<(Bytes, PackIndex)>(2);
+        let counters = Arc::new(Counters::default());
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let uploader = {
+            let (packs, counters, failure) = (packs.clone(), counters.clone(), failure.clone());
+            tokio::spawn(async move {
+                while let Some((data, index)) = up_rx.recv().await {
+                    if let Err(e) = packs.publish(data, index).await {
+                        *failure.lock().expect("failure lock") = Some(e.to_string());
+                        return Err(e);
+                    }
+                    counters.packs.fetch_add(1, Relaxed);
+                }
+                Ok(())
+            })
+        };
+        let packer = {
+            let counters = counters.clone();
+            std::thread::spawn(move || packer_loop(done_rx, up_tx, config.target_pack_size, counters))
+        };
+        PackWriter {
+            packs,
+            state: Mutex::new(State { seen: HashSet::new(), next_seq: 0 }),
+            jobs: Some(job_tx),
+            workers,
+            packer: Some(packer),
+            uploader: Some(uploader),
+            failure,
+            counters,
+        }
+    }
+
+    /// Adds a chunk; returns whether it was new to the store. Blocks while the
+    /// compression queue is full.
+    pub fn add(&self, id: ChunkId, data: Vec<u8>) -> Result<bool, ChunkError> {
+        if let Some(msg) = self.failure.lock().expect("failure lock").clone() {
+            return Err(ChunkError::Writer(format!("an earlier upload failed: {msg}")));
+        }
+        let seq = {
+            let mut st = self.state.lock().expect("writer state");
+            if self.packs.contains(&id) || !st.seen.insert(id) {
+                self.counters.chunks_dedup.fetch_add(1, Relaxed);
+                return Ok(false);
+            }
+            st.next_seq += 1;
+            st.next_seq - 1
+        };
+        self.counters.chunks_new.fetch_add(1, Relaxed);
+        self.counters.raw_bytes_new.fetch_add(data.len() as u64, Relaxed);
+        let jobs = self.jobs.as_ref().expect("add after finish");
+        jobs.send(Job { seq, id, data }).map_err(|_| ChunkError::Writer("the packing pipeline stopped".into()))?;
+        Ok(true)
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        let c = &self.counters;
+        WriterStats {
+            chunks_new: c.chunks_new.load(Relaxed),
+            chunks_dedup: c.chunks_dedup.load(Relaxed),
+            raw_bytes_new: c.raw_bytes_new.load(Relaxed),
+            stored_bytes: c.stored_bytes.load(Relaxed),
+            packs: c.packs.load(Relaxed),
+        }
+    }
+
+    /// Flushes the last pack and waits for every upload.
+    pub async fn finish(mut self) -> Result<WriterStats, ChunkError> {
+        drop(self.jobs.take());
+        let workers = std::mem::take(&mut self.workers);
+        let packer = self.packer.take().expect("packer");
+        let packed = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                w.join().map_err(|_| ChunkError::Writer("a compression thread panicked".into()))?;
+            }
+            packer.join().map_err(|_| ChunkError::Writer("the packer thread panicked".into()))?
+        })
+        .await
+        .map_err(|e| ChunkError::Writer(e.to_string()))?;
+        let uploaded = self.uploader.take().expect("uploader").await.map_err(|e| ChunkError::Writer(e.to_string()))?;
+        uploaded?;
+        packed?;
+        Ok(self.stats())
+    }
+}
+
+fn compress_worker(rx: Receiver<Job>, tx: Sender<Compressed>, config: WriterConfig) {
+    let mut zc = zstd::bulk::Compressor::new(config.zstd_level).ok();
+    for job in rx {
+        let raw_len = job.data.len() as u32;
+        let limit = (job.data.len() as f64 * (1.0 - config.min_saving)) as usize;
+        let compressed = zc.as_mut().and_then(|z| z.compress(&job.data).ok()).filter(|c| c.len() <= limit);
+        let (stored, compression) = match compressed {
+            Some(c) => (c, Compression::Zstd),
+            None => (job.data, Compression::None),
+        };
+        if tx.send(Compressed { seq: job.seq, id: job.id, raw_len, stored, compression }).is_err() {
+            return;
+        }
+    }
+}
+
+fn packer_loop(
+    rx: Receiver<Compressed>,
+    up: tokio::sync::mpsc::Sender<(Bytes, PackIndex)>,
+    target: usize,
+    counters: Arc<Counters>,
+) -> Result<(), ChunkError> {
+    let mut pending: BTreeMap<u64, Compressed> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(target + 4 * 1024 * 1024);
+    let mut entries: Vec<PackEntry> = Vec::new();
+    let send = |buf: &mut Vec<u8>, entries: &mut Vec<PackEntry>| -> Result<(), ChunkError> {
+        let data = Bytes::from(std::mem::replace(buf, Vec::with_capacity(target + 4 * 1024 * 1024)));
+        let index = PackIndex { pack_len: data.len() as u64, entries: std::mem::take(entries) };
+        up.blocking_send((data, index)).map_err(|_| ChunkError::Writer("the uploader stopped".into()))
+    };
+    for c in rx {
+        pending.insert(c.seq, c);
+        // Chunks are packed in the order they were added, so a file's chunks sit
+        // together and are read back with few requests.
+        while let Some(c) = pending.remove(&next) {
+            next += 1;
+            counters.stored_bytes.fetch_add(c.stored.len() as u64, Relaxed);
+            entries.push(PackEntry {
+                id: c.id,
+                offset: buf.len() as u64,
+                stored_len: c.stored.len() as u32,
+                raw_len: c.raw_len,
+                compression: c.compression,
+            });
+            buf.extend_from_slice(&c.stored);
+            if buf.len() >= target {
+                send(&mut buf, &mut entries)?;
+            }
+        }
+    }
+    if !entries.is_empty() {
+        send(&mut buf, &mut entries)?;
+    }
+    Ok(())
+}
