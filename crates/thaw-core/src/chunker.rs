@@ -88,6 +88,15 @@ impl<R: Read> Iterator for Chunker<R> {
     }
 }
 
+/// Cut points of an in-memory buffer, as ranges; the same boundaries [`Chunker`] finds
+/// on a stream of the same bytes, without copying.
+pub fn cut_ranges(data: &[u8], config: ChunkerConfig) -> Result<Vec<std::ops::Range<usize>>, FormatError> {
+    config.validate()?;
+    Ok(fastcdc::v2020::FastCDC::with_level(data, config.min as usize, config.avg as usize, config.max as usize, Normalization::Level1)
+        .map(|c| c.offset..c.offset + c.length)
+        .collect())
+}
+
 /// Cuts an in-memory buffer; a convenience over [`Chunker`].
 pub fn chunk_slice(data: &[u8], config: ChunkerConfig) -> Result<Vec<Chunk>, FormatError> {
     Chunker::new(data, config)?
@@ -152,6 +161,13 @@ mod tests {
                 joined.extend_from_slice(&c.data);
             }
             prop_assert_eq!(joined, data);
+        }
+
+        #[test]
+        fn slice_and_stream_cut_alike(len in 0usize..100_000, seed in any::<u64>()) {
+            let data = pseudo_random(len, seed);
+            let streamed: Vec<_> = chunk_slice(&data, small()).unwrap().iter().map(|c| c.offset as usize..c.offset as usize + c.data.len()).collect();
+            prop_assert_eq!(cut_ranges(&data, small()).unwrap(), streamed);
         }
 
         #[test]

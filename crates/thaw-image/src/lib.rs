@@ -1,1 +1,19 @@
-//! placeholder
+//! Builds images from directory trees and tar streams, and exports them back to
+//! directories.
+//!
+//! Building reads files on a blocking thread, cuts them with content-defined chunking,
+//! hands new chunks to the store's [`thaw_store::PackWriter`] (which compresses and
+//! uploads in the background) and finally stores the manifest and tag.
+
+mod build;
+mod error;
+mod export;
+mod ingest;
+mod source_dir;
+mod source_tar;
+mod sys;
+mod tree;
+
+pub use build::{build, BuildOptions, BuildReport, BuildSource};
+pub use error::{BuildError, ExportError};
+pub use export::{export, ExportReport};

@@ -60,7 +60,7 @@ struct Counters {
 struct Job {
     seq: u64,
     id: ChunkId,
-    data: Vec<u8>,
+    data: Bytes,
 }
 
 struct Compressed {
@@ -143,7 +143,7 @@ impl PackWriter {
 
     /// Adds a chunk; returns whether it was new to the store. Blocks while the
     /// compression queue is full.
-    pub fn add(&self, id: ChunkId, data: Vec<u8>) -> Result<bool, ChunkError> {
+    pub fn add(&self, id: ChunkId, data: Bytes) -> Result<bool, ChunkError> {
         if let Some(msg) = self.failure.lock().expect("failure lock").clone() {
             return Err(ChunkError::Writer(format!("an earlier upload failed: {msg}")));
         }
@@ -202,7 +202,7 @@ fn compress_worker(rx: Receiver<Job>, tx: Sender<Compressed>, config: WriterConf
         let compressed = zc.as_mut().and_then(|z| z.compress(&job.data).ok()).filter(|c| c.len() <= limit);
         let (stored, compression) = match compressed {
             Some(c) => (c, Compression::Zstd),
-            None => (job.data, Compression::None),
+            None => (job.data.to_vec(), Compression::None),
         };
         if tx.send(Compressed { seq: job.seq, id: job.id, raw_len, stored, compression }).is_err() {
             return;

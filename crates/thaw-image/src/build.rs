@@ -1,0 +1,105 @@
+//! The build driver: runs a source on a blocking thread, then stores manifest and tag.
+
+use crate::ingest::Ingest;
+use crate::{source_dir, source_tar, BuildError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use thaw_core::{ChunkerConfig, ImageId};
+use thaw_store::{PackWriter, Repository, WriterConfig, WriterStats};
+
+/// Where an image comes from.
+#[derive(Debug, Clone)]
+pub enum BuildSource {
+    Directory(PathBuf),
+    /// A tar file, plain or compressed.
+    TarFile(PathBuf),
+    /// A tar stream on standard input.
+    Stdin,
+}
+
+impl BuildSource {
+    /// `-` is stdin, a directory is a tree, anything else a tar file.
+    pub fn from_arg(arg: &str) -> Self {
+        let p = PathBuf::from(arg);
+        if arg == "-" {
+            BuildSource::Stdin
+        } else if p.is_dir() {
+            BuildSource::Directory(p)
+        } else {
+            BuildSource::TarFile(p)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub tag: Option<String>,
+    pub chunker: ChunkerConfig,
+    pub writer: WriterConfig,
+    /// Updated with file bytes read, for a progress display.
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+/// What a build did.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub image: ImageId,
+    pub manifest_bytes: usize,
+    /// File content bytes read from the source.
+    pub bytes_read: u64,
+    pub files: u64,
+    pub directories: u64,
+    pub others: u64,
+    pub writer: WriterStats,
+}
+
+/// Builds an image into `repo` and tags it. A failed build stores no manifest and no tag.
+pub async fn build(repo: &Repository, source: BuildSource, options: BuildOptions) -> Result<BuildReport, BuildError> {
+    if let Some(tag) = &options.tag {
+        thaw_core::tag::validate_tag(tag)?;
+    }
+    options.chunker.validate()?;
+    let writer = PackWriter::new(repo.packs().clone(), options.writer);
+    let bytes_read = options.progress.clone().unwrap_or_default();
+    let chunker = options.chunker;
+    let (tree, writer) = {
+        let bytes_read = bytes_read.clone();
+        tokio::task::spawn_blocking(move || {
+            let ingest = Ingest { writer: &writer, chunker, bytes_read };
+            let tree = match source {
+                BuildSource::Directory(dir) => source_dir::build_tree(&dir, &ingest),
+                BuildSource::TarFile(path) => std::fs::File::open(&path)
+                    .map_err(crate::error::io_err("open", &path))
+                    .and_then(|f| source_tar::build_tree(f, &ingest)),
+                BuildSource::Stdin => source_tar::build_tree(std::io::stdin().lock(), &ingest),
+            };
+            (tree, writer)
+        })
+        .await
+        .map_err(|e| BuildError::Internal(e.to_string()))?
+    };
+    // Always drain the writer so no thread is left behind, then report the first error.
+    let finished = writer.finish().await;
+    let tree = tree?;
+    let writer_stats = finished?;
+    let manifest = tree.to_manifest();
+    let (image, manifest_bytes) = repo.put_manifest(&manifest).await?;
+    if let Some(tag) = &options.tag {
+        repo.set_tag(tag, &image).await?;
+    }
+    let (files, directories, others) = count(&manifest);
+    Ok(BuildReport { image, manifest_bytes, bytes_read: bytes_read.load(Relaxed), files, directories, others, writer: writer_stats })
+}
+
+fn count(m: &thaw_core::Manifest) -> (u64, u64, u64) {
+    let (mut f, mut d, mut o) = (0, 0, 0);
+    for i in &m.inodes {
+        match i.kind {
+            thaw_core::InodeKind::File { .. } => f += 1,
+            thaw_core::InodeKind::Directory { .. } => d += 1,
+            _ => o += 1,
+        }
+    }
+    (f, d, o)
+}
