@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs the whole suite:
+#   Debian packages (debootstrap, zstd, fuse3, attr), a Python venv with moto[server]
+#   as the S3 endpoint, a cached debootstrap root filesystem; then fmt, clippy and
+#   cargo test over the workspace with the S3 and rootfs tests enabled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+CACHE=${THAW_CACHE:-/var/cache/thaw}
+mkdir -p "$CACHE"
+
+log() { echo "== test.sh: $*" >&2; }
+
+# --- Debian packages -------------------------------------------------------------
+missing=()
+for pkg in debootstrap zstd fuse3 attr tar; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- moto[server] in a venv ------------------------------------------------------
+VENV=$CACHE/venv
+if [ ! -x "$VENV/bin/moto_server" ]; then
+  log "creating $VENV with moto[server]"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q 'moto[server]' boto3
+fi
+
+# --- debootstrap root filesystem (cached) ------------------------------------------
+log "preparing the debootstrap root filesystem"
+THAW_ROOTFS=$(THAW_ROOTFS_CACHE=$CACHE scripts/rootfs.sh | head -n1)
+export THAW_ROOTFS
+
+# --- S3 endpoint ---------------------------------------------------------------------
+PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$CACHE/moto.log" 2>&1 &
+MOTO_PID=$!
+trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
+export AWS_ACCESS_KEY_ID=thaw-test AWS_SECRET_ACCESS_KEY=thaw-test AWS_REGION=us-east-1
+export AWS_ENDPOINT=http://127.0.0.1:$PORT AWS_ALLOW_HTTP=true
+for _ in $(seq 1 100); do
+  "$VENV/bin/python" -c "import socket; socket.create_connection(('127.0.0.1',$PORT),1)" 2>/dev/null && break
+  sleep 0.2
+done
+"$VENV/bin/python" - <<PY
+import boto3
+boto3.client("s3", endpoint_url="$AWS_ENDPOINT").create_bucket(Bucket="thaw-test")
+PY
+export THAW_TEST_S3_URL=s3://thaw-test
+log "moto S3 on 127.0.0.1:$PORT"
+
+# --- lint and test -------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+log "cargo test"
+cargo test --workspace 2>&1 | tee "$CACHE/test-output.log"
+status=${PIPESTATUS[0]}
+# One summary line over every test binary, for CI.
+passed=$(grep -E '^test result:' "$CACHE/test-output.log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -E '^test result:' "$CACHE/test-output.log" | awk '{s+=$6} END {print s+0}')
+skipped=$(grep -c '^SKIPPED' "$CACHE/test-output.log" || true)
+echo "thaw: $passed passed, $failed failed, $skipped skipped"
+exit "$status"
