@@ -11,9 +11,19 @@ pub const SPARSE_LEN: u64 = 3 << 30;
 
 fn set_mtime(path: &Path, sec: i64, nsec: i64) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL");
-    let ts = libc::timespec { tv_sec: sec, tv_nsec: nsec };
+    let ts = libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
     // SAFETY: valid C string and timespec array for the call.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [ts, ts].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [ts, ts].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     assert_eq!(r, 0, "utimensat {}", path.display());
 }
 
@@ -21,7 +31,13 @@ fn mknod(path: &Path, mode: u32, dev: u64) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL");
     // SAFETY: valid C string for the call.
     let r = unsafe { libc::mknod(c.as_ptr(), mode, dev) };
-    assert_eq!(r, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Writes the edge-case tree into `root` (which must exist and be empty). Needs root.
@@ -32,7 +48,11 @@ pub fn make_edge_tree(root: &Path) {
     std::fs::write(p("small.txt"), b"hello, thaw\n").unwrap();
     std::fs::write(p("dir/random.bin"), pseudo_random(5 * 1024 * 1024 + 123, 7)).unwrap();
     // The same bytes under another name: deduplicated, not a hard link.
-    std::fs::write(p("dir/sub/random-copy.bin"), pseudo_random(5 * 1024 * 1024 + 123, 7)).unwrap();
+    std::fs::write(
+        p("dir/sub/random-copy.bin"),
+        pseudo_random(5 * 1024 * 1024 + 123, 7),
+    )
+    .unwrap();
     std::fs::write(p("zeros-dense"), vec![0u8; 600_000]).unwrap();
 
     // Sparse: 3 GiB with data at 1 GiB and at the end.

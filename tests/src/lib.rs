@@ -24,7 +24,9 @@ pub fn skip(test: &str, why: &str) {
 /// A repository on a fresh local directory store.
 pub async fn local_repo(dir: &std::path::Path) -> (Arc<dyn BlobStore>, Repository) {
     let store: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::local(dir).expect("local store"));
-    let repo = Repository::open(store.clone()).await.expect("open repository");
+    let repo = Repository::open(store.clone())
+        .await
+        .expect("open repository");
     (store, repo)
 }
 

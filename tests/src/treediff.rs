@@ -33,18 +33,40 @@ pub fn scan(root: &Path, skip: &[&str]) -> BTreeMap<Vec<u8>, Entry> {
     let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let full = root.join(&rel);
-        let m = std::fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("lstat {}: {e}", full.display()));
+        let m = std::fs::symlink_metadata(&full)
+            .unwrap_or_else(|e| panic!("lstat {}: {e}", full.display()));
         let ft = m.file_type();
         let key = rel.as_os_str().as_bytes().to_vec();
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattr::list(&full)
-            .map(|names| names.map(|n| (n.as_bytes().to_vec(), xattr::get(&full, &n).ok().flatten().unwrap_or_default())).collect())
+            .map(|names| {
+                names
+                    .map(|n| {
+                        (
+                            n.as_bytes().to_vec(),
+                            xattr::get(&full, &n).ok().flatten().unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         xattrs.sort();
         let is_dir = ft.is_dir();
-        let link_group = (!is_dir).then(|| groups.entry((m.dev(), m.ino())).or_insert_with(|| key.clone()).clone());
+        let link_group = (!is_dir).then(|| {
+            groups
+                .entry((m.dev(), m.ino()))
+                .or_insert_with(|| key.clone())
+                .clone()
+        });
         let content = ft.is_file().then(|| hash_file(&full));
-        let symlink = ft.is_symlink().then(|| std::fs::read_link(&full).expect("readlink").as_os_str().as_bytes().to_vec());
-        let is_dev = m.mode() & libc::S_IFMT == libc::S_IFCHR || m.mode() & libc::S_IFMT == libc::S_IFBLK;
+        let symlink = ft.is_symlink().then(|| {
+            std::fs::read_link(&full)
+                .expect("readlink")
+                .as_os_str()
+                .as_bytes()
+                .to_vec()
+        });
+        let is_dev =
+            m.mode() & libc::S_IFMT == libc::S_IFCHR || m.mode() & libc::S_IFMT == libc::S_IFBLK;
         out.insert(
             key,
             Entry {
@@ -62,7 +84,10 @@ pub fn scan(root: &Path, skip: &[&str]) -> BTreeMap<Vec<u8>, Entry> {
             },
         );
         if is_dir {
-            let mut children: Vec<_> = std::fs::read_dir(&full).expect("read_dir").map(|e| e.expect("dirent").file_name()).collect();
+            let mut children: Vec<_> = std::fs::read_dir(&full)
+                .expect("read_dir")
+                .map(|e| e.expect("dirent").file_name())
+                .collect();
             children.sort();
             for c in children.into_iter().rev() {
                 let r = rel.join(&c);
@@ -77,7 +102,8 @@ pub fn scan(root: &Path, skip: &[&str]) -> BTreeMap<Vec<u8>, Entry> {
 
 fn hash_file(path: &Path) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut f =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).expect("read");
@@ -102,7 +128,11 @@ pub fn compare(a: &Path, b: &Path, skip: &[&str]) -> Vec<String> {
         }
     }
     for k in tb.keys().filter(|k| !ta.contains_key(*k)) {
-        diffs.push(format!("{}: extra in {}", String::from_utf8_lossy(k), b.display()));
+        diffs.push(format!(
+            "{}: extra in {}",
+            String::from_utf8_lossy(k),
+            b.display()
+        ));
     }
     diffs
 }
@@ -110,6 +140,18 @@ pub fn compare(a: &Path, b: &Path, skip: &[&str]) -> Vec<String> {
 /// Panics with the first differences when the trees differ; returns the entry count.
 pub fn assert_same(a: &Path, b: &Path, skip: &[&str]) -> usize {
     let diffs = compare(a, b, skip);
-    assert!(diffs.is_empty(), "{} differences between {} and {}, first ones:\n{}", diffs.len(), a.display(), b.display(), diffs.iter().take(15).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} differences between {} and {}, first ones:\n{}",
+        diffs.len(),
+        a.display(),
+        b.display(),
+        diffs
+            .iter()
+            .take(15)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     scan(a, skip).len()
 }

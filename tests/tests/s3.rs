@@ -12,7 +12,10 @@ fn s3_url() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_backend_conforms() {
     let Some(url) = s3_url() else {
-        return skip("s3_backend_conforms", "THAW_TEST_S3_URL is not set (scripts/test.sh starts moto and sets it)");
+        return skip(
+            "s3_backend_conforms",
+            "THAW_TEST_S3_URL is not set (scripts/test.sh starts moto and sets it)",
+        );
     };
     let store = open_store(&format!("{url}/conformance")).expect("open s3 store");
     thaw_store::conformance::run(&*store).await;
@@ -21,7 +24,10 @@ async fn s3_backend_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_tree_round_trips_through_s3() {
     let Some(url) = s3_url() else {
-        return skip("edge_tree_round_trips_through_s3", "THAW_TEST_S3_URL is not set");
+        return skip(
+            "edge_tree_round_trips_through_s3",
+            "THAW_TEST_S3_URL is not set",
+        );
     };
     if !is_root() {
         return skip("edge_tree_round_trips_through_s3", "needs root");
@@ -32,9 +38,20 @@ async fn edge_tree_round_trips_through_s3() {
     fixtures::make_edge_tree(&src);
     let store = open_store(&format!("{url}/roundtrip-{:x}", rand_suffix())).unwrap();
     let repo = Repository::open(store.clone()).await.unwrap();
-    let r = build(&repo, BuildSource::Directory(src.clone()), BuildOptions { tag: Some("edge".into()), ..Default::default() }).await.unwrap();
+    let r = build(
+        &repo,
+        BuildSource::Directory(src.clone()),
+        BuildOptions {
+            tag: Some("edge".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     // A second client sees the image, and reads it back verified.
-    let repo2 = Repository::open(open_store(&store.describe()).unwrap()).await.unwrap();
+    let repo2 = Repository::open(open_store(&store.describe()).unwrap())
+        .await
+        .unwrap();
     let id = repo2.resolve("edge").await.unwrap();
     assert_eq!(id, r.image);
     let m = repo2.get_manifest(&id).await.unwrap();
@@ -45,5 +62,8 @@ async fn edge_tree_round_trips_through_s3() {
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }

@@ -6,8 +6,13 @@ use std::time::{Duration, Instant};
 use thaw_core::ChunkId;
 use thaw_image::{build, export, BuildOptions, BuildSource};
 use thaw_store::packs::pack_key;
-use thaw_store::wrap::{CountingStore, FaultConfig, FaultyStore, RetryConfig, RetryStore, ThrottleConfig, ThrottledStore};
-use thaw_store::{BlobStore, ChunkError, ChunkReader, ObjectStoreBackend, ReaderConfig, Repository};
+use thaw_store::wrap::{
+    CountingStore, FaultConfig, FaultyStore, RetryConfig, RetryStore, ThrottleConfig,
+    ThrottledStore,
+};
+use thaw_store::{
+    BlobStore, ChunkError, ChunkReader, ObjectStoreBackend, ReaderConfig, Repository,
+};
 use thaw_tests::{local_repo, pseudo_random, treediff};
 
 /// A tree of a few files: compressible text, incompressible bytes, several chunks.
@@ -16,7 +21,11 @@ fn small_tree(dir: &std::path::Path) {
     std::fs::write(dir.join("text"), "compressible line\n".repeat(20_000)).unwrap();
     std::fs::write(dir.join("d/random"), pseudo_random(3 << 20, 11)).unwrap();
     for i in 0..20 {
-        std::fs::write(dir.join(format!("d/f{i}")), pseudo_random(10_000 + i * 100, i as u64)).unwrap();
+        std::fs::write(
+            dir.join(format!("d/f{i}")),
+            pseudo_random(10_000 + i * 100, i as u64),
+        )
+        .unwrap();
     }
 }
 
@@ -24,7 +33,13 @@ async fn built_store() -> (tempfile::TempDir, thaw_core::ImageId) {
     let tmp = tempfile::tempdir().unwrap();
     small_tree(&tmp.path().join("src"));
     let (_, repo) = local_repo(&tmp.path().join("store")).await;
-    let r = build(&repo, BuildSource::Directory(tmp.path().join("src")), BuildOptions::default()).await.unwrap();
+    let r = build(
+        &repo,
+        BuildSource::Directory(tmp.path().join("src")),
+        BuildOptions::default(),
+    )
+    .await
+    .unwrap();
     (tmp, r.image)
 }
 
@@ -35,7 +50,11 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
     let m = repo.get_manifest(&image).await.unwrap();
     let (victim, other) = (m.chunks[0].id, m.chunks[1].id);
     let loc = repo.packs().location(&victim).unwrap();
-    assert_eq!(repo.packs().location(&other).unwrap().pack, loc.pack, "both chunks share a pack");
+    assert_eq!(
+        repo.packs().location(&other).unwrap().pack,
+        loc.pack,
+        "both chunks share a pack"
+    );
     let pack_path = tmp.path().join("store").join(pack_key(&loc.pack));
     let mut bytes = std::fs::read(&pack_path).unwrap();
     bytes[(loc.entry.offset + u64::from(loc.entry.stored_len) / 2) as usize] ^= 0x20;
@@ -43,9 +62,19 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
 
     let cache = tmp.path().join("cache");
     let (_, repo) = local_repo(&tmp.path().join("store")).await;
-    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig { memory_bytes: 1 << 30, disk: Some((cache.clone(), 1 << 30)) }).unwrap();
+    let reader = ChunkReader::new(
+        repo.packs().clone(),
+        ReaderConfig {
+            memory_bytes: 1 << 30,
+            disk: Some((cache.clone(), 1 << 30)),
+        },
+    )
+    .unwrap();
     for attempt in 0..2 {
-        let err = reader.read(victim).await.expect_err("corrupt chunk must not be returned");
+        let err = reader
+            .read(victim)
+            .await
+            .expect_err("corrupt chunk must not be returned");
         match &*err {
             ChunkError::Integrity { chunk, pack, .. } => {
                 assert_eq!(*chunk, victim);
@@ -54,12 +83,24 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
             other => panic!("attempt {attempt}: expected an integrity error, got {other}"),
         }
         let msg = err.to_string();
-        assert!(msg.contains(&victim.to_hex()) && msg.contains(&loc.pack.to_hex()), "{msg}");
+        assert!(
+            msg.contains(&victim.to_hex()) && msg.contains(&loc.pack.to_hex()),
+            "{msg}"
+        );
     }
-    assert!(!reader.disk().unwrap().contains(&victim), "the disk cache must not hold the corrupt chunk");
-    assert!(!cache.join(&victim.to_hex()[..2]).join(victim.to_hex()).exists());
+    assert!(
+        !reader.disk().unwrap().contains(&victim),
+        "the disk cache must not hold the corrupt chunk"
+    );
+    assert!(!cache
+        .join(&victim.to_hex()[..2])
+        .join(victim.to_hex())
+        .exists());
     // The rest of the pack is still good.
-    let good = reader.read(other).await.expect("an intact neighbour reads fine");
+    let good = reader
+        .read(other)
+        .await
+        .expect("an intact neighbour reads fine");
     assert_eq!(ChunkId::of(&good), other);
     assert!(reader.disk().unwrap().contains(&other));
 }
@@ -67,9 +108,16 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_readers_of_a_cold_chunk_cause_one_get() {
     let (tmp, image) = built_store().await;
-    let local: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
+    let local: Arc<dyn BlobStore> =
+        Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
     // A little latency so all readers arrive while the fetch is in flight.
-    let slow: Arc<dyn BlobStore> = Arc::new(ThrottledStore::new(local, ThrottleConfig { latency: Duration::from_millis(50), bandwidth: None }));
+    let slow: Arc<dyn BlobStore> = Arc::new(ThrottledStore::new(
+        local,
+        ThrottleConfig {
+            latency: Duration::from_millis(50),
+            bandwidth: None,
+        },
+    ));
     let counting = Arc::new(CountingStore::new(slow));
     let counters = counting.counters();
     let repo = Repository::open(counting).await.unwrap();
@@ -77,45 +125,88 @@ async fn thirty_two_concurrent_readers_of_a_cold_chunk_cause_one_get() {
     let id = m.chunks.iter().max_by_key(|c| c.len).unwrap().id;
     let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
     let before = counters.snapshot().gets;
-    let tasks: Vec<_> = (0..32).map(|_| {
-        let r = reader.clone();
-        tokio::spawn(async move { r.read(id).await.map(|b| ChunkId::of(&b)) })
-    }).collect();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let r = reader.clone();
+            tokio::spawn(async move { r.read(id).await.map(|b| ChunkId::of(&b)) })
+        })
+        .collect();
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), id);
     }
-    assert_eq!(counters.snapshot().gets - before, 1, "exactly one backend GET");
+    assert_eq!(
+        counters.snapshot().gets - before,
+        1,
+        "exactly one backend GET"
+    );
     assert_eq!(reader.stats().fetched_chunks, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_twenty_percent_failures() {
     let (tmp, image) = built_store().await;
-    let local: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
-    let faulty = Arc::new(FaultyStore::new(local, FaultConfig { fail_rate: 0.2, seed: 42 }));
-    let retry = Arc::new(RetryStore::new(faulty.clone(), RetryConfig { initial_backoff: Duration::from_millis(1), ..Default::default() }));
+    let local: Arc<dyn BlobStore> =
+        Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
+    let faulty = Arc::new(FaultyStore::new(
+        local,
+        FaultConfig {
+            fail_rate: 0.2,
+            seed: 42,
+        },
+    ));
+    let retry = Arc::new(RetryStore::new(
+        faulty.clone(),
+        RetryConfig {
+            initial_backoff: Duration::from_millis(1),
+            ..Default::default()
+        },
+    ));
     let repo = Repository::open(retry).await.unwrap();
     let m = repo.get_manifest(&image).await.unwrap();
     // Each chunk on its own (no cache shared between reads), then a whole export.
     for c in &m.chunks {
         let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
-        assert_eq!(ChunkId::of(&reader.read(c.id).await.expect("retried read")), c.id);
+        assert_eq!(
+            ChunkId::of(&reader.read(c.id).await.expect("retried read")),
+            c.id
+        );
     }
     let out = tmp.path().join("out");
     let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
-    export(&reader, &m, &out).await.expect("export through faults");
+    export(&reader, &m, &out)
+        .await
+        .expect("export through faults");
     let diffs = treediff::compare(&tmp.path().join("src"), &out, &[]);
     assert!(diffs.is_empty(), "{diffs:?}");
-    assert!(faulty.injected() > 3, "faults were injected: {}", faulty.injected());
+    assert!(
+        faulty.injected() > 3,
+        "faults were injected: {}",
+        faulty.injected()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_store_fails_within_the_deadline_and_cached_chunks_still_read() {
     let (tmp, image) = built_store().await;
-    let local: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
-    let faulty = Arc::new(FaultyStore::new(local, FaultConfig { fail_rate: 0.0, seed: 1 }));
+    let local: Arc<dyn BlobStore> =
+        Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
+    let faulty = Arc::new(FaultyStore::new(
+        local,
+        FaultConfig {
+            fail_rate: 0.0,
+            seed: 1,
+        },
+    ));
     let deadline = Duration::from_millis(800);
-    let retry = Arc::new(RetryStore::new(faulty.clone(), RetryConfig { deadline, initial_backoff: Duration::from_millis(10), max_attempts: 100, ..Default::default() }));
+    let retry = Arc::new(RetryStore::new(
+        faulty.clone(),
+        RetryConfig {
+            deadline,
+            initial_backoff: Duration::from_millis(10),
+            max_attempts: 100,
+            ..Default::default()
+        },
+    ));
     let repo = Repository::open(retry).await.unwrap();
     let m = repo.get_manifest(&image).await.unwrap();
     let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
@@ -123,11 +214,20 @@ async fn a_down_store_fails_within_the_deadline_and_cached_chunks_still_read() {
     reader.read(cached).await.unwrap();
     faulty.set_down(true);
     let start = Instant::now();
-    let err = reader.read(m.chunks[1].id).await.expect_err("the store is down");
+    let err = reader
+        .read(m.chunks[1].id)
+        .await
+        .expect_err("the store is down");
     let took = start.elapsed();
-    assert!(took < deadline + Duration::from_millis(500), "gave up after {took:?}");
+    assert!(
+        took < deadline + Duration::from_millis(500),
+        "gave up after {took:?}"
+    );
     assert!(err.to_string().contains("gave up"), "{err}");
-    assert_eq!(ChunkId::of(&reader.read(cached).await.expect("cached chunk")), cached);
+    assert_eq!(
+        ChunkId::of(&reader.read(cached).await.expect("cached chunk")),
+        cached
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,33 +236,67 @@ async fn dedup_across_builds_and_gc_of_removed_images() {
     let src = tmp.path().join("src");
     small_tree(&src);
     let (store, repo) = local_repo(&tmp.path().join("store")).await;
-    let a = build(&repo, BuildSource::Directory(src.clone()), BuildOptions { tag: Some("a".into()), ..Default::default() }).await.unwrap();
-    let again = build(&repo, BuildSource::Directory(src.clone()), BuildOptions::default()).await.unwrap();
+    let a = build(
+        &repo,
+        BuildSource::Directory(src.clone()),
+        BuildOptions {
+            tag: Some("a".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let again = build(
+        &repo,
+        BuildSource::Directory(src.clone()),
+        BuildOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!((again.writer.stored_bytes, again.writer.chunks_new), (0, 0));
     assert_eq!(again.image, a.image);
 
     // One new file: only its bytes are new.
     std::fs::write(src.join("extra"), pseudo_random(1 << 20, 99)).unwrap();
-    let b = build(&repo, BuildSource::Directory(src.clone()), BuildOptions { tag: Some("b".into()), ..Default::default() }).await.unwrap();
+    let b = build(
+        &repo,
+        BuildSource::Directory(src.clone()),
+        BuildOptions {
+            tag: Some("b".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(b.writer.raw_bytes_new, 1 << 20);
     assert!(b.writer.stored_bytes <= (1 << 20) + 4096, "{:?}", b.writer);
 
     // Nothing is garbage while both images exist.
     let dry = repo.gc(false, Duration::ZERO).await.unwrap();
-    assert!(dry.unreferenced_packs.is_empty() && dry.orphan_objects.is_empty(), "{dry:?}");
+    assert!(
+        dry.unreferenced_packs.is_empty() && dry.orphan_objects.is_empty(),
+        "{dry:?}"
+    );
 
     // Remove b: the pack holding only the extra file's chunk becomes garbage.
     repo.remove_image(&b.image).await.unwrap();
     assert!(repo.get_tag("b").await.unwrap().is_none());
     let young = repo.gc(true, Duration::from_secs(3600)).await.unwrap();
-    assert!(young.unreferenced_packs.is_empty() && young.too_young == 1, "young packs are kept: {young:?}");
+    assert!(
+        young.unreferenced_packs.is_empty() && young.too_young == 1,
+        "young packs are kept: {young:?}"
+    );
     let dry = repo.gc(false, Duration::ZERO).await.unwrap();
     assert_eq!(dry.unreferenced_packs.len(), 1, "{dry:?}");
     assert!(!dry.deleted);
     assert_eq!(repo.packs().packs().len(), 2, "a dry run deletes nothing");
     let applied = repo.gc(true, Duration::ZERO).await.unwrap();
     assert!(applied.deleted);
-    assert_eq!(store.list("packs").await.unwrap().len(), 2, "one pack and its index remain");
+    assert_eq!(
+        store.list("packs").await.unwrap().len(),
+        2,
+        "one pack and its index remain"
+    );
 
     // Image a is intact after gc, read through a fresh repository.
     let repo = Repository::open(store).await.unwrap();
@@ -172,7 +306,10 @@ async fn dedup_across_builds_and_gc_of_removed_images() {
     let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
     export(&reader, &m, &out).await.unwrap();
     // Adding and removing `extra` changed the source root's mtime; everything else matches.
-    let diffs: Vec<String> = treediff::compare(&src, &out, &[]).into_iter().filter(|d| !d.starts_with(": ")).collect();
+    let diffs: Vec<String> = treediff::compare(&src, &out, &[])
+        .into_iter()
+        .filter(|d| !d.starts_with(": "))
+        .collect();
     assert!(diffs.is_empty(), "{diffs:?}");
 }
 
@@ -182,16 +319,25 @@ async fn image_references_resolve_and_bad_manifests_are_refused() {
     let (store, repo) = local_repo(&tmp.path().join("store")).await;
     assert_eq!(repo.resolve(&image.to_hex()).await.unwrap(), image);
     assert_eq!(repo.resolve(&image.to_hex()[..8]).await.unwrap(), image);
-    assert!(matches!(repo.resolve("nope").await, Err(ChunkError::NoSuchImage(_))));
+    assert!(matches!(
+        repo.resolve("nope").await,
+        Err(ChunkError::NoSuchImage(_))
+    ));
     // A manifest naming a chunk the store lacks is refused.
     let mut m = repo.get_manifest(&image).await.unwrap();
     m.chunks[0].id = ChunkId::of(b"not stored anywhere");
-    assert!(matches!(repo.put_manifest(&m).await, Err(ChunkError::UnknownChunk(_))));
+    assert!(matches!(
+        repo.put_manifest(&m).await,
+        Err(ChunkError::UnknownChunk(_))
+    ));
     // A manifest object whose bytes do not hash to its name is refused.
     let key = format!("images/{image}");
     let mut bytes = store.get(&key).await.unwrap().to_vec();
     let n = bytes.len();
     bytes[n - 1] ^= 1;
     store.put(&key, bytes.into()).await.unwrap();
-    assert!(matches!(repo.get_manifest(&image).await, Err(ChunkError::ImageIdMismatch { .. })));
+    assert!(matches!(
+        repo.get_manifest(&image).await,
+        Err(ChunkError::ImageIdMismatch { .. })
+    ));
 }

@@ -51,41 +51,89 @@ fn tar_bytes(entries: &[(&[u8], Kind)]) -> Vec<u8> {
     out
 }
 
-async fn build_bytes(repo: &Repository, bytes: &[u8]) -> Result<thaw_image::BuildReport, BuildError> {
+async fn build_bytes(
+    repo: &Repository,
+    bytes: &[u8],
+) -> Result<thaw_image::BuildReport, BuildError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("in.tar");
     std::fs::write(&path, bytes).unwrap();
-    build(repo, BuildSource::TarFile(path), BuildOptions { tag: Some("t".into()), ..Default::default() }).await
+    build(
+        repo,
+        BuildSource::TarFile(path),
+        BuildOptions {
+            tag: Some("t".into()),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 async fn assert_rejected(bytes: &[u8], needle: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (_, repo) = local_repo(tmp.path()).await;
-    let err = build_bytes(&repo, bytes).await.expect_err("bad archive must fail");
+    let err = build_bytes(&repo, bytes)
+        .await
+        .expect_err("bad archive must fail");
     let msg = err.to_string();
-    assert!(msg.contains(needle), "error {msg:?} should mention {needle:?}");
-    assert!(repo.list_images().await.unwrap().is_empty(), "no manifest after a failed build");
-    assert!(repo.list_tags().await.unwrap().is_empty(), "no tag after a failed build");
+    assert!(
+        msg.contains(needle),
+        "error {msg:?} should mention {needle:?}"
+    );
+    assert!(
+        repo.list_images().await.unwrap().is_empty(),
+        "no manifest after a failed build"
+    );
+    assert!(
+        repo.list_tags().await.unwrap().is_empty(),
+        "no tag after a failed build"
+    );
     // Chunks uploaded before the failure are garbage for gc.
     let gc = repo.gc(true, Duration::ZERO).await.unwrap();
-    assert!(repo.packs().packs().is_empty(), "gc left packs behind: {gc:?}");
+    assert!(
+        repo.packs().packs().is_empty(),
+        "gc left packs behind: {gc:?}"
+    );
 }
 
 #[tokio::test]
 async fn dot_dot_paths_are_rejected() {
-    assert_rejected(&tar_bytes(&[(b"ok", Kind::File(b"data")), (b"a/../../etc/passwd", Kind::File(b"x"))]), "'..'").await;
+    assert_rejected(
+        &tar_bytes(&[
+            (b"ok", Kind::File(b"data")),
+            (b"a/../../etc/passwd", Kind::File(b"x")),
+        ]),
+        "'..'",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn absolute_paths_are_rejected() {
-    assert_rejected(&tar_bytes(&[(b"/etc/passwd", Kind::File(b"x"))]), "absolute").await;
+    assert_rejected(
+        &tar_bytes(&[(b"/etc/passwd", Kind::File(b"x"))]),
+        "absolute",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn hard_links_to_missing_or_escaping_targets_are_rejected() {
-    assert_rejected(&tar_bytes(&[(b"link", Kind::HardLink(b"missing"))]), "does not exist").await;
-    assert_rejected(&tar_bytes(&[(b"f", Kind::File(b"x")), (b"link", Kind::HardLink(b"../f"))]), "escapes").await;
-    assert_rejected(&tar_bytes(&[(b"d", Kind::Dir), (b"link", Kind::HardLink(b"d"))]), "directory").await;
+    assert_rejected(
+        &tar_bytes(&[(b"link", Kind::HardLink(b"missing"))]),
+        "does not exist",
+    )
+    .await;
+    assert_rejected(
+        &tar_bytes(&[(b"f", Kind::File(b"x")), (b"link", Kind::HardLink(b"../f"))]),
+        "escapes",
+    )
+    .await;
+    assert_rejected(
+        &tar_bytes(&[(b"d", Kind::Dir), (b"link", Kind::HardLink(b"d"))]),
+        "directory",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -112,12 +160,23 @@ async fn later_duplicates_win_and_parents_are_implied() {
     let a = m.lookup(0, b"a").expect("implied directory a");
     let b = m.lookup(a, b"b").expect("implied directory b");
     let file = m.lookup(b, b"file").unwrap();
-    assert_eq!(m.lookup(a, b"link"), Some(file), "the hard link names the same inode");
+    assert_eq!(
+        m.lookup(a, b"link"),
+        Some(file),
+        "the hard link names the same inode"
+    );
     assert_eq!(m.link_counts()[file as usize], 2);
     let ext = m.file_extents(file);
     assert_eq!(ext.len(), 1);
-    assert_eq!(ext[0].chunk, Some(thaw_core::ChunkId::of(b"second")), "last entry wins");
-    assert!(m.lookup(0, b"name-\xff\xfe").is_some(), "non-UTF-8 names survive as bytes");
+    assert_eq!(
+        ext[0].chunk,
+        Some(thaw_core::ChunkId::of(b"second")),
+        "last entry wins"
+    );
+    assert!(
+        m.lookup(0, b"name-\xff\xfe").is_some(),
+        "non-UTF-8 names survive as bytes"
+    );
     assert_eq!(m.inodes[a as usize].meta.mode, 0o755);
 }
 
@@ -125,8 +184,15 @@ async fn later_duplicates_win_and_parents_are_implied() {
 async fn bad_tags_fail_before_reading_anything() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, repo) = local_repo(tmp.path()).await;
-    let err = build(&repo, BuildSource::TarFile(tmp.path().join("missing.tar")), BuildOptions { tag: Some("bad tag".into()), ..Default::default() })
-        .await
-        .unwrap_err();
+    let err = build(
+        &repo,
+        BuildSource::TarFile(tmp.path().join("missing.tar")),
+        BuildOptions {
+            tag: Some("bad tag".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("invalid tag name"), "{err}");
 }

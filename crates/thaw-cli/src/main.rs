@@ -11,11 +11,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thaw_core::{ChunkerConfig, InodeKind};
 use thaw_image::{BuildOptions, BuildSource};
-use thaw_store::wrap::{CountingStore, RetryConfig, RetryStore, StoreCounters, ThrottleConfig, ThrottledStore};
+use thaw_store::wrap::{
+    CountingStore, RetryConfig, RetryStore, StoreCounters, ThrottleConfig, ThrottledStore,
+};
 use thaw_store::{open_store, BlobStore, ChunkReader, ReaderConfig, Repository, WriterConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "thaw", version, about = "Content-addressed container images that start before they are downloaded")]
+#[command(
+    name = "thaw",
+    version,
+    about = "Content-addressed container images that start before they are downloaded"
+)]
 struct Cli {
     /// The store: a directory, file:///dir, s3://bucket/prefix, gs://..., az://...
     #[arg(long, global = true, env = "THAW_STORE", default_value = "./thaw-data")]
@@ -72,19 +78,29 @@ enum Command {
 }
 
 fn open(cli: &Cli) -> Result<(Arc<dyn BlobStore>, Arc<StoreCounters>)> {
-    let mut store = open_store(&cli.store).with_context(|| format!("opening store {}", cli.store))?;
+    let mut store =
+        open_store(&cli.store).with_context(|| format!("opening store {}", cli.store))?;
     if let Some(t) = &cli.throttle {
         let config = ThrottleConfig::parse(t).map_err(anyhow::Error::msg)?;
         store = Arc::new(ThrottledStore::new(store, config));
     }
     let counting = CountingStore::new(store);
     let counters = counting.counters();
-    Ok((Arc::new(RetryStore::new(Arc::new(counting), RetryConfig::default())), counters))
+    Ok((
+        Arc::new(RetryStore::new(Arc::new(counting), RetryConfig::default())),
+        counters,
+    ))
 }
 
 fn parse_chunk_sizes(s: &str) -> Result<ChunkerConfig> {
-    let v: Vec<u32> = s.split(',').map(|x| x.trim().parse()).collect::<Result<_, _>>().context("chunk sizes must be three integers")?;
-    let [min, avg, max] = v[..] else { bail!("--chunk-sizes wants MIN,AVG,MAX") };
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|x| x.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("chunk sizes must be three integers")?;
+    let [min, avg, max] = v[..] else {
+        bail!("--chunk-sizes wants MIN,AVG,MAX")
+    };
     let c = ChunkerConfig { min, avg, max };
     c.validate()?;
     Ok(c)
@@ -97,25 +113,45 @@ fn size(n: u64) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let (store, counters) = open(&cli)?;
-    let repo = Repository::open(store).await.context("opening the repository")?;
+    let repo = Repository::open(store)
+        .await
+        .context("opening the repository")?;
     match &cli.command {
-        Command::Build { source, tag, zstd_level, chunk_sizes } => {
-            let chunker = chunk_sizes.as_deref().map(parse_chunk_sizes).transpose()?.unwrap_or_default();
+        Command::Build {
+            source,
+            tag,
+            zstd_level,
+            chunk_sizes,
+        } => {
+            let chunker = chunk_sizes
+                .as_deref()
+                .map(parse_chunk_sizes)
+                .transpose()?
+                .unwrap_or_default();
             let progress = Arc::new(AtomicU64::new(0));
-            let bar = std::io::stderr().is_terminal().then(|| spawn_progress(progress.clone()));
+            let bar = std::io::stderr()
+                .is_terminal()
+                .then(|| spawn_progress(progress.clone()));
             let options = BuildOptions {
                 tag: tag.clone(),
                 chunker,
-                writer: WriterConfig { zstd_level: *zstd_level, ..Default::default() },
+                writer: WriterConfig {
+                    zstd_level: *zstd_level,
+                    ..Default::default()
+                },
                 progress: Some(progress),
             };
             let start = Instant::now();
-            let r = thaw_image::build(&repo, BuildSource::from_arg(source), options).await.with_context(|| format!("building {source}"));
+            let r = thaw_image::build(&repo, BuildSource::from_arg(source), options)
+                .await
+                .with_context(|| format!("building {source}"));
             if let Some((bar, stop)) = bar {
                 stop.store(1, Relaxed);
                 let _ = bar.await;
@@ -126,13 +162,27 @@ async fn main() -> Result<()> {
             if let Some(t) = tag {
                 println!("tag: {t}");
             }
-            println!("files: {} directories: {} other: {}", r.files, r.directories, r.others);
+            println!(
+                "files: {} directories: {} other: {}",
+                r.files, r.directories, r.others
+            );
             println!("bytes_read: {} ({})", r.bytes_read, size(r.bytes_read));
-            println!("bytes_stored: {} ({})", r.writer.stored_bytes, size(r.writer.stored_bytes));
-            println!("chunks_new: {} ({} raw)", r.writer.chunks_new, size(r.writer.raw_bytes_new));
+            println!(
+                "bytes_stored: {} ({})",
+                r.writer.stored_bytes,
+                size(r.writer.stored_bytes)
+            );
+            println!(
+                "chunks_new: {} ({} raw)",
+                r.writer.chunks_new,
+                size(r.writer.raw_bytes_new)
+            );
             println!("chunks_dedup: {}", r.writer.chunks_dedup);
             println!("packs: {}", r.writer.packs);
-            println!("seconds: {secs:.3} ({:.1} MB/s)", r.bytes_read as f64 / secs / 1e6);
+            println!(
+                "seconds: {secs:.3} ({:.1} MB/s)",
+                r.bytes_read as f64 / secs / 1e6
+            );
         }
         Command::Images => {
             let tags = repo.list_tags().await?;
@@ -150,18 +200,37 @@ async fn main() -> Result<()> {
             }
         }
         Command::Inspect { image } => inspect(&repo, image).await?,
-        Command::Export { image, dir, cache, cache_size } => {
+        Command::Export {
+            image,
+            dir,
+            cache,
+            cache_size,
+        } => {
             let id = repo.resolve(image).await?;
             let manifest = repo.get_manifest(&id).await?;
-            let config = ReaderConfig { disk: cache.clone().map(|c| (c, *cache_size)), ..Default::default() };
+            let config = ReaderConfig {
+                disk: cache.clone().map(|c| (c, *cache_size)),
+                ..Default::default()
+            };
             let reader = ChunkReader::new(repo.packs().clone(), config)?;
             let start = Instant::now();
-            let r = thaw_image::export(&reader, &manifest, dir).await.with_context(|| format!("exporting {id} to {}", dir.display()))?;
+            let r = thaw_image::export(&reader, &manifest, dir)
+                .await
+                .with_context(|| format!("exporting {id} to {}", dir.display()))?;
             let secs = start.elapsed().as_secs_f64();
             let s = reader.stats();
             println!("image: {id}");
-            println!("inodes: {} files: {} bytes: {} ({})", r.inodes, r.files, r.bytes, size(r.bytes));
-            println!("fetched_chunks: {} fetched_bytes: {} disk_hits: {} memory_hits: {}", s.fetched_chunks, s.fetched_bytes, s.disk_hits, s.memory_hits);
+            println!(
+                "inodes: {} files: {} bytes: {} ({})",
+                r.inodes,
+                r.files,
+                r.bytes,
+                size(r.bytes)
+            );
+            println!(
+                "fetched_chunks: {} fetched_bytes: {} disk_hits: {} memory_hits: {}",
+                s.fetched_chunks, s.fetched_bytes, s.disk_hits, s.memory_hits
+            );
             println!("seconds: {secs:.3}");
         }
         Command::Tag { image, name } => {
@@ -172,11 +241,21 @@ async fn main() -> Result<()> {
         Command::Rmi { image } => {
             let id = repo.resolve(image).await?;
             let tags = repo.remove_image(&id).await?;
-            println!("removed {id} (tags: {})", if tags.is_empty() { "none".to_string() } else { tags.join(", ") });
+            println!(
+                "removed {id} (tags: {})",
+                if tags.is_empty() {
+                    "none".to_string()
+                } else {
+                    tags.join(", ")
+                }
+            );
         }
         Command::Gc { apply, min_age } => {
             let r = repo.gc(*apply, Duration::from_secs(*min_age)).await?;
-            println!("images: {} referenced_chunks: {} packs: {}", r.images, r.referenced_chunks, r.packs);
+            println!(
+                "images: {} referenced_chunks: {} packs: {}",
+                r.images, r.referenced_chunks, r.packs
+            );
             let verb = if r.deleted { "deleted" } else { "would delete" };
             for (pack, bytes) in &r.unreferenced_packs {
                 println!("{verb} pack {pack} ({})", size(*bytes));
@@ -184,9 +263,16 @@ async fn main() -> Result<()> {
             for (key, bytes) in &r.orphan_objects {
                 println!("{verb} orphan {key} ({})", size(*bytes));
             }
-            println!("reclaimable: {} ({})", r.reclaimable_bytes(), size(r.reclaimable_bytes()));
+            println!(
+                "reclaimable: {} ({})",
+                r.reclaimable_bytes(),
+                size(r.reclaimable_bytes())
+            );
             println!("kept_young_packs: {}", r.too_young);
-            println!("unreferenced_bytes_in_live_packs: {}", r.unreferenced_bytes_in_live_packs);
+            println!(
+                "unreferenced_bytes_in_live_packs: {}",
+                r.unreferenced_bytes_in_live_packs
+            );
             if !r.deleted {
                 println!("(dry run: pass --apply to delete)");
             }
@@ -194,7 +280,10 @@ async fn main() -> Result<()> {
     }
     if cli.stats {
         let c = counters.snapshot();
-        eprintln!("store: gets {} ({} bytes) puts {} ({} bytes) lists {} heads {} deletes {} errors {}", c.gets, c.get_bytes, c.puts, c.put_bytes, c.lists, c.heads, c.deletes, c.errors);
+        eprintln!(
+            "store: gets {} ({} bytes) puts {} ({} bytes) lists {} heads {} deletes {} errors {}",
+            c.gets, c.get_bytes, c.puts, c.put_bytes, c.lists, c.heads, c.deletes, c.errors
+        );
     }
     Ok(())
 }
@@ -204,7 +293,10 @@ fn spawn_progress(read: Arc<AtomicU64>) -> (tokio::task::JoinHandle<()>, Arc<Ato
     let s = stop.clone();
     let handle = tokio::spawn(async move {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .expect("valid template"),
+        );
         while s.load(Relaxed) == 0 {
             let n = read.load(Relaxed);
             bar.set_message(format!("read {}", size(n)));
@@ -219,8 +311,15 @@ fn spawn_progress(read: Arc<AtomicU64>) -> (tokio::task::JoinHandle<()>, Arc<Ato
 async fn inspect(repo: &Repository, image: &str) -> Result<()> {
     let id = repo.resolve(image).await?;
     let m = repo.get_manifest(&id).await?;
-    let tags: Vec<String> = repo.list_tags().await?.into_iter().filter(|(_, t)| *t == id).map(|(n, _)| n).collect();
-    let (mut files, mut dirs, mut links, mut devs, mut other, mut file_bytes, mut zero_bytes) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let tags: Vec<String> = repo
+        .list_tags()
+        .await?
+        .into_iter()
+        .filter(|(_, t)| *t == id)
+        .map(|(n, _)| n)
+        .collect();
+    let (mut files, mut dirs, mut links, mut devs, mut other, mut file_bytes, mut zero_bytes) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let counts = m.link_counts();
     let mut hardlinked = 0u64;
     for (ino, i) in m.inodes.iter().enumerate() {
@@ -228,7 +327,16 @@ async fn inspect(repo: &Repository, image: &str) -> Result<()> {
             InodeKind::File { size, extents } => {
                 files += 1;
                 file_bytes += size;
-                zero_bytes += extents.iter().map(|e| if let thaw_core::Extent::Zero(n) = e { *n } else { 0 }).sum::<u64>();
+                zero_bytes += extents
+                    .iter()
+                    .map(|e| {
+                        if let thaw_core::Extent::Zero(n) = e {
+                            *n
+                        } else {
+                            0
+                        }
+                    })
+                    .sum::<u64>();
                 if counts[ino] > 1 {
                     hardlinked += 1;
                 }
@@ -253,10 +361,31 @@ async fn inspect(repo: &Repository, image: &str) -> Result<()> {
         }
     }
     println!("image: {id}");
-    println!("tags: {}", if tags.is_empty() { "(none)".into() } else { tags.join(", ") });
+    println!(
+        "tags: {}",
+        if tags.is_empty() {
+            "(none)".into()
+        } else {
+            tags.join(", ")
+        }
+    );
     println!("inodes: {} (files {files}, directories {dirs}, symlinks {links}, devices {devs}, other {other}; hard-linked files {hardlinked})", m.inodes.len());
-    println!("file_bytes: {file_bytes} ({}), of which zero runs {}", size(file_bytes), size(zero_bytes));
-    println!("chunks: {} unique, {} ({} compressed)", m.chunks.len(), size(chunk_bytes), compressed);
-    println!("stored: {} in {} packs (ratio {:.3})", size(stored), packs.len(), stored as f64 / chunk_bytes.max(1) as f64);
+    println!(
+        "file_bytes: {file_bytes} ({}), of which zero runs {}",
+        size(file_bytes),
+        size(zero_bytes)
+    );
+    println!(
+        "chunks: {} unique, {} ({} compressed)",
+        m.chunks.len(),
+        size(chunk_bytes),
+        compressed
+    );
+    println!(
+        "stored: {} in {} packs (ratio {:.3})",
+        size(stored),
+        packs.len(),
+        stored as f64 / chunk_bytes.max(1) as f64
+    );
     Ok(())
 }

@@ -5,43 +5,84 @@ use std::process::{Command, Output, Stdio};
 use thaw_tests::{fixtures, is_root, skip, treediff};
 
 fn thaw(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thaw")).arg("--store").arg(store).args(args).output().expect("run thaw")
+    Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("run thaw")
 }
 
 fn ok(store: &Path, args: &[&str]) -> String {
     let out = thaw(store, args);
-    assert!(out.status.success(), "thaw {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "thaw {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")).unwrap_or_else(|| panic!("no {key} in {out}"))
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
 }
 
 fn number(out: &str, key: &str) -> u64 {
-    field(out, key).split_whitespace().next().unwrap().parse().unwrap()
+    field(out, key)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
 fn build_inspect_export_gc_on_the_edge_case_tree() {
     if !is_root() {
-        return skip("build_inspect_export_gc_on_the_edge_case_tree", "needs root");
+        return skip(
+            "build_inspect_export_gc_on_the_edge_case_tree",
+            "needs root",
+        );
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (src, store, out) = (tmp.path().join("src"), tmp.path().join("store"), tmp.path().join("out"));
+    let (src, store, out) = (
+        tmp.path().join("src"),
+        tmp.path().join("store"),
+        tmp.path().join("out"),
+    );
     std::fs::create_dir(&src).unwrap();
     fixtures::make_edge_tree(&src);
-    let built = ok(&store, &["build", src.to_str().unwrap(), "--tag", "edge:v1"]);
+    let built = ok(
+        &store,
+        &["build", src.to_str().unwrap(), "--tag", "edge:v1"],
+    );
     let id = field(&built, "image").to_string();
     assert_eq!(id.len(), 64);
     assert!(number(&built, "bytes_read") > fixtures::SPARSE_LEN);
 
     let images = ok(&store, &["images"]);
-    assert!(images.contains(&id) && images.contains("edge:v1"), "{images}");
+    assert!(
+        images.contains(&id) && images.contains("edge:v1"),
+        "{images}"
+    );
     let inspect = ok(&store, &["inspect", &id[..10]]);
-    assert!(inspect.contains("hard-linked files 1") && inspect.contains("devices 2"), "{inspect}");
+    assert!(
+        inspect.contains("hard-linked files 1") && inspect.contains("devices 2"),
+        "{inspect}"
+    );
 
-    ok(&store, &["export", "edge:v1", out.to_str().unwrap(), "--cache", tmp.path().join("cache").to_str().unwrap()]);
+    ok(
+        &store,
+        &[
+            "export",
+            "edge:v1",
+            out.to_str().unwrap(),
+            "--cache",
+            tmp.path().join("cache").to_str().unwrap(),
+        ],
+    );
     treediff::assert_same(&src, &out, &[]);
 
     // Exporting over a non-empty directory is refused and touches nothing.
@@ -50,11 +91,17 @@ fn build_inspect_export_gc_on_the_edge_case_tree() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("not an empty directory"));
 
     let gc = ok(&store, &["gc", "--min-age", "0"]);
-    assert!(gc.contains("reclaimable: 0 ") && gc.contains("dry run"), "{gc}");
+    assert!(
+        gc.contains("reclaimable: 0 ") && gc.contains("dry run"),
+        "{gc}"
+    );
     ok(&store, &["rmi", "edge:v1"]);
     let gc = ok(&store, &["gc", "--min-age", "0", "--apply"]);
     assert!(gc.contains("deleted pack"), "{gc}");
-    assert!(ok(&store, &["images"]).lines().count() == 1, "only the header is left");
+    assert!(
+        ok(&store, &["images"]).lines().count() == 1,
+        "only the header is left"
+    );
 }
 
 #[test]
@@ -63,16 +110,27 @@ fn build_from_a_tar_stream_on_stdin() {
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("a")).unwrap();
     std::fs::write(src.join("a/file"), b"from stdin").unwrap();
-    let tar = Command::new("tar").arg("-C").arg(&src).args(["--zstd", "-cf", "-", "."]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .args(["--zstd", "-cf", "-", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let store = tmp.path().join("store");
     let out = Command::new(env!("CARGO_BIN_EXE_thaw"))
         .arg("--store")
         .arg(&store)
         .args(["build", "-", "--tag", "stdin"])
-        .stdin(tar.stdout.unwrap())
+        .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tar.wait().unwrap().success(), "tar -c");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dest = tmp.path().join("out");
     ok(&store, &["export", "stdin", dest.to_str().unwrap()]);
     assert_eq!(std::fs::read(dest.join("a/file")).unwrap(), b"from stdin");
@@ -82,13 +140,26 @@ fn build_from_a_tar_stream_on_stdin() {
 fn errors_name_what_failed() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let out = thaw(&store, &["export", "no-such-image", tmp.path().join("o").to_str().unwrap()]);
+    let out = thaw(
+        &store,
+        &[
+            "export",
+            "no-such-image",
+            tmp.path().join("o").to_str().unwrap(),
+        ],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-image"));
-    let out = Command::new(env!("CARGO_BIN_EXE_thaw")).args(["--store", "ftp://x/y", "images"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["--store", "ftp://x/y", "images"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ftp://x/y"));
-    let out = thaw(&store, &["build", tmp.path().join("missing.tar").to_str().unwrap()]);
+    let out = thaw(
+        &store,
+        &["build", tmp.path().join("missing.tar").to_str().unwrap()],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.tar"));
 }
@@ -96,17 +167,34 @@ fn errors_name_what_failed() {
 #[test]
 fn debootstrap_rootfs_round_trips_through_the_cli() {
     let Some(rootfs) = std::env::var_os("THAW_ROOTFS") else {
-        return skip("debootstrap_rootfs_round_trips_through_the_cli", "THAW_ROOTFS is not set (scripts/test.sh sets it to a cached debootstrap tree)");
+        return skip(
+            "debootstrap_rootfs_round_trips_through_the_cli",
+            "THAW_ROOTFS is not set (scripts/test.sh sets it to a cached debootstrap tree)",
+        );
     };
     if !is_root() {
-        return skip("debootstrap_rootfs_round_trips_through_the_cli", "needs root");
+        return skip(
+            "debootstrap_rootfs_round_trips_through_the_cli",
+            "needs root",
+        );
     }
     let rootfs = Path::new(&rootfs);
     let tmp = tempfile::tempdir().unwrap();
     let (store, out) = (tmp.path().join("store"), tmp.path().join("out"));
-    let built = ok(&store, &["build", rootfs.to_str().unwrap(), "--tag", "debian:bookworm"]);
+    let built = ok(
+        &store,
+        &[
+            "build",
+            rootfs.to_str().unwrap(),
+            "--tag",
+            "debian:bookworm",
+        ],
+    );
     assert!(number(&built, "bytes_read") > 100 << 20, "{built}");
-    ok(&store, &["export", "debian:bookworm", out.to_str().unwrap()]);
+    ok(
+        &store,
+        &["export", "debian:bookworm", out.to_str().unwrap()],
+    );
     let n = treediff::assert_same(rootfs, &out, &[]);
     assert!(n > 5000, "compared {n} paths");
     // The same tree again: same image id, nothing stored.

@@ -15,14 +15,20 @@ pub struct ChunkerConfig {
 impl Default for ChunkerConfig {
     /// 256 KiB / 1 MiB / 4 MiB.
     fn default() -> Self {
-        ChunkerConfig { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 }
+        ChunkerConfig {
+            min: 256 * 1024,
+            avg: 1024 * 1024,
+            max: 4 * 1024 * 1024,
+        }
     }
 }
 
 impl ChunkerConfig {
     /// Checks the bounds against FastCDC's limits and the format's chunk limit.
     pub fn validate(&self) -> Result<(), FormatError> {
-        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
         let (min, avg, max) = (self.min as usize, self.avg as usize, self.max as usize);
         let err = |m: String| Err(FormatError::BadChunkerConfig(m));
         if !(MINIMUM_MIN..=MINIMUM_MAX).contains(&min) {
@@ -81,7 +87,10 @@ impl<R: Read> Iterator for Chunker<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self.inner.next()? {
-            Ok(c) => Some(Ok(Chunk { offset: c.offset, data: c.data })),
+            Ok(c) => Some(Ok(Chunk {
+                offset: c.offset,
+                data: c.data,
+            })),
             Err(fastcdc::v2020::Error::IoError(e)) => Some(Err(e)),
             Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
         }
@@ -90,17 +99,31 @@ impl<R: Read> Iterator for Chunker<R> {
 
 /// Cut points of an in-memory buffer, as ranges; the same boundaries [`Chunker`] finds
 /// on a stream of the same bytes, without copying.
-pub fn cut_ranges(data: &[u8], config: ChunkerConfig) -> Result<Vec<std::ops::Range<usize>>, FormatError> {
+pub fn cut_ranges(
+    data: &[u8],
+    config: ChunkerConfig,
+) -> Result<Vec<std::ops::Range<usize>>, FormatError> {
     config.validate()?;
-    Ok(fastcdc::v2020::FastCDC::with_level(data, config.min as usize, config.avg as usize, config.max as usize, Normalization::Level1)
-        .map(|c| c.offset..c.offset + c.length)
-        .collect())
+    Ok(fastcdc::v2020::FastCDC::with_level(
+        data,
+        config.min as usize,
+        config.avg as usize,
+        config.max as usize,
+        Normalization::Level1,
+    )
+    .map(|c| c.offset..c.offset + c.length)
+    .collect())
 }
 
 /// Cuts an in-memory buffer; a convenience over [`Chunker`].
 pub fn chunk_slice(data: &[u8], config: ChunkerConfig) -> Result<Vec<Chunk>, FormatError> {
     Chunker::new(data, config)?
-        .map(|c| c.map_err(|e| FormatError::Malformed { what: "chunk_slice", reason: e.to_string() }))
+        .map(|c| {
+            c.map_err(|e| FormatError::Malformed {
+                what: "chunk_slice",
+                reason: e.to_string(),
+            })
+        })
         .collect()
 }
 
@@ -110,7 +133,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn small() -> ChunkerConfig {
-        ChunkerConfig { min: 1024, avg: 4096, max: 16384 }
+        ChunkerConfig {
+            min: 1024,
+            avg: 4096,
+            max: 16384,
+        }
     }
 
     fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -139,9 +166,27 @@ mod tests {
 
     #[test]
     fn bad_configs_are_rejected() {
-        assert!(ChunkerConfig { min: 10, avg: 4096, max: 16384 }.validate().is_err());
-        assert!(ChunkerConfig { min: 8192, avg: 4096, max: 16384 }.validate().is_err());
-        assert!(ChunkerConfig { min: 1024, avg: 4096, max: 64 * 1024 * 1024 }.validate().is_err());
+        assert!(ChunkerConfig {
+            min: 10,
+            avg: 4096,
+            max: 16384
+        }
+        .validate()
+        .is_err());
+        assert!(ChunkerConfig {
+            min: 8192,
+            avg: 4096,
+            max: 16384
+        }
+        .validate()
+        .is_err());
+        assert!(ChunkerConfig {
+            min: 1024,
+            avg: 4096,
+            max: 64 * 1024 * 1024
+        }
+        .validate()
+        .is_err());
         assert!(ChunkerConfig::default().validate().is_ok());
     }
 

@@ -37,23 +37,41 @@ impl Envelope {
         let what = self.what;
         let need = HEADER_LEN + CHECKSUM_LEN;
         if bytes.len() < need {
-            return Err(FormatError::Truncated { what, len: bytes.len(), need });
+            return Err(FormatError::Truncated {
+                what,
+                len: bytes.len(),
+                need,
+            });
         }
         if bytes[..8] != self.magic {
-            return Err(FormatError::BadMagic { what, found: bytes[..8].to_vec() });
+            return Err(FormatError::BadMagic {
+                what,
+                found: bytes[..8].to_vec(),
+            });
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
         if version != self.version {
-            return Err(FormatError::UnsupportedVersion { what, found: version, supported: self.version });
+            return Err(FormatError::UnsupportedVersion {
+                what,
+                found: version,
+                supported: self.version,
+            });
         }
         let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
         if flags != 0 {
-            return Err(FormatError::Malformed { what, reason: format!("unknown flags {flags:#x}") });
+            return Err(FormatError::Malformed {
+                what,
+                reason: format!("unknown flags {flags:#x}"),
+            });
         }
         let declared = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
         let actual = (bytes.len() - need) as u64;
         if declared != actual {
-            return Err(FormatError::LengthMismatch { what, declared, actual });
+            return Err(FormatError::LengthMismatch {
+                what,
+                declared,
+                actual,
+            });
         }
         let (covered, stored) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
         let computed = blake3::hash(covered);
@@ -65,10 +83,16 @@ impl Envelope {
             });
         }
         let body = &covered[HEADER_LEN..];
-        let (value, rest) = postcard::take_from_bytes::<T>(body)
-            .map_err(|e| FormatError::Malformed { what, reason: e.to_string() })?;
+        let (value, rest) =
+            postcard::take_from_bytes::<T>(body).map_err(|e| FormatError::Malformed {
+                what,
+                reason: e.to_string(),
+            })?;
         if !rest.is_empty() {
-            return Err(FormatError::Malformed { what, reason: format!("{} trailing bytes", rest.len()) });
+            return Err(FormatError::Malformed {
+                what,
+                reason: format!("{} trailing bytes", rest.len()),
+            });
         }
         Ok(value)
     }

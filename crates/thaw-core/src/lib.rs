@@ -16,8 +16,7 @@ pub use chunker::{Chunker, ChunkerConfig};
 pub use error::FormatError;
 pub use id::{ChunkId, ImageId, PackId};
 pub use manifest::{
-    ChunkInfo, DirEntry, Extent, Inode, InodeKind, Manifest, Metadata, Timestamp, Xattr,
-    ROOT_INODE,
+    ChunkInfo, DirEntry, Extent, Inode, InodeKind, Manifest, Metadata, Timestamp, Xattr, ROOT_INODE,
 };
 pub use pack::{Compression, PackEntry, PackIndex};
 

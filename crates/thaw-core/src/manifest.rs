@@ -10,7 +10,11 @@ use crate::{ChunkId, FormatError, ImageId, MAX_CHUNK_LEN};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
-const ENVELOPE: Envelope = Envelope { what: "manifest", magic: *b"THAWMAN\0", version: 1 };
+const ENVELOPE: Envelope = Envelope {
+    what: "manifest",
+    magic: *b"THAWMAN\0",
+    version: 1,
+};
 
 /// The root directory's inode number.
 pub const ROOT_INODE: u32 = 0;
@@ -67,14 +71,23 @@ pub enum Extent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InodeKind {
     /// Entries sorted by name, bytewise, without duplicates.
-    Directory { entries: Vec<DirEntry> },
-    File { size: u64, extents: Vec<Extent> },
+    Directory {
+        entries: Vec<DirEntry>,
+    },
+    File {
+        size: u64,
+        extents: Vec<Extent>,
+    },
     Symlink {
         #[serde(with = "serde_bytes")]
         target: Vec<u8>,
     },
-    CharDevice { rdev: u64 },
-    BlockDevice { rdev: u64 },
+    CharDevice {
+        rdev: u64,
+    },
+    BlockDevice {
+        rdev: u64,
+    },
     Fifo,
     Socket,
 }
@@ -150,7 +163,11 @@ impl Manifest {
 
     /// The file's extents with offsets, in order. Empty for non-files.
     pub fn file_extents(&self, ino: u32) -> Vec<FileExtent> {
-        let Some(Inode { kind: InodeKind::File { extents, .. }, .. }) = self.inode(ino) else {
+        let Some(Inode {
+            kind: InodeKind::File { extents, .. },
+            ..
+        }) = self.inode(ino)
+        else {
             return Vec::new();
         };
         let mut offset = 0;
@@ -193,7 +210,12 @@ impl Manifest {
     /// Visits every path in depth-first pre-order: `(path components, inode)`. The root is
     /// visited first with an empty path.
     pub fn walk(&self, mut visit: impl FnMut(&[&[u8]], u32)) {
-        fn go<'a>(m: &'a Manifest, ino: u32, path: &mut Vec<&'a [u8]>, visit: &mut dyn FnMut(&[&[u8]], u32)) {
+        fn go<'a>(
+            m: &'a Manifest,
+            ino: u32,
+            path: &mut Vec<&'a [u8]>,
+            visit: &mut dyn FnMut(&[&[u8]], u32),
+        ) {
             visit(path, ino);
             if let InodeKind::Directory { entries } = &m.inodes[ino as usize].kind {
                 for e in entries {
@@ -233,30 +255,46 @@ impl Manifest {
         for (ino, inode) in self.inodes.iter().enumerate() {
             let m = &inode.meta;
             if m.mode & !0o7777 != 0 {
-                return inv(format!("inode {ino}: mode {:#o} has bits outside 0o7777", m.mode));
+                return inv(format!(
+                    "inode {ino}: mode {:#o} has bits outside 0o7777",
+                    m.mode
+                ));
             }
             for x in &m.xattrs {
                 if x.name.is_empty() || x.name.contains(&0) || x.name.len() > 255 {
-                    return inv(format!("inode {ino}: bad xattr name {:?}", String::from_utf8_lossy(&x.name)));
+                    return inv(format!(
+                        "inode {ino}: bad xattr name {:?}",
+                        String::from_utf8_lossy(&x.name)
+                    ));
                 }
             }
             if m.mtime.nsec >= 1_000_000_000 {
-                return inv(format!("inode {ino}: mtime nanoseconds {} out of range", m.mtime.nsec));
+                return inv(format!(
+                    "inode {ino}: mtime nanoseconds {} out of range",
+                    m.mtime.nsec
+                ));
             }
             match &inode.kind {
                 InodeKind::Directory { entries } => {
                     let mut prev: Option<&[u8]> = None;
                     for e in entries {
-                        validate_name(&e.name).map_err(|r| FormatError::invalid(what, format!("inode {ino}: {r}")))?;
+                        validate_name(&e.name)
+                            .map_err(|r| FormatError::invalid(what, format!("inode {ino}: {r}")))?;
                         if let Some(p) = prev {
                             if p >= e.name.as_slice() {
-                                return inv(format!("inode {ino}: entries not strictly sorted at {:?}", String::from_utf8_lossy(&e.name)));
+                                return inv(format!(
+                                    "inode {ino}: entries not strictly sorted at {:?}",
+                                    String::from_utf8_lossy(&e.name)
+                                ));
                             }
                         }
                         prev = Some(&e.name);
                         let child = e.inode as usize;
                         if child == ROOT_INODE as usize || child >= n {
-                            return inv(format!("inode {ino}: entry {:?} names inode {child}", String::from_utf8_lossy(&e.name)));
+                            return inv(format!(
+                                "inode {ino}: entry {:?} names inode {child}",
+                                String::from_utf8_lossy(&e.name)
+                            ));
                         }
                         refs[child] = refs[child].saturating_add(1);
                     }
@@ -267,9 +305,15 @@ impl Manifest {
                         let len = match *e {
                             Extent::Chunk(i) => match self.chunks.get(i as usize) {
                                 Some(c) => u64::from(c.len),
-                                None => return inv(format!("inode {ino}: chunk reference {i} is not in the chunk table")),
+                                None => {
+                                    return inv(format!(
+                                    "inode {ino}: chunk reference {i} is not in the chunk table"
+                                ))
+                                }
                             },
-                            Extent::Zero(0) => return inv(format!("inode {ino}: empty zero extent")),
+                            Extent::Zero(0) => {
+                                return inv(format!("inode {ino}: empty zero extent"))
+                            }
                             Extent::Zero(len) => len,
                         };
                         total = match total.checked_add(len) {
@@ -278,7 +322,9 @@ impl Manifest {
                         };
                     }
                     if total != *size {
-                        return inv(format!("inode {ino}: extents add up to {total} bytes, size says {size}"));
+                        return inv(format!(
+                            "inode {ino}: extents add up to {total} bytes, size says {size}"
+                        ));
                     }
                 }
                 InodeKind::Symlink { target } => {
@@ -286,7 +332,10 @@ impl Manifest {
                         return inv(format!("inode {ino}: bad symlink target"));
                     }
                 }
-                InodeKind::CharDevice { .. } | InodeKind::BlockDevice { .. } | InodeKind::Fifo | InodeKind::Socket => {}
+                InodeKind::CharDevice { .. }
+                | InodeKind::BlockDevice { .. }
+                | InodeKind::Fifo
+                | InodeKind::Socket => {}
             }
         }
         for (ino, inode) in self.inodes.iter().enumerate().skip(1) {
@@ -319,7 +368,10 @@ impl Manifest {
             }
         }
         if count != n {
-            return inv(format!("{} inodes are not reachable from the root (a directory cycle?)", n - count));
+            return inv(format!(
+                "{} inodes are not reachable from the root (a directory cycle?)",
+                n - count
+            ));
         }
         Ok(())
     }
@@ -334,7 +386,10 @@ pub fn validate_name(name: &[u8]) -> Result<(), String> {
         return Err("name is '.' or '..'".into());
     }
     if name.contains(&b'/') || name.contains(&0) {
-        return Err(format!("name {:?} contains '/' or NUL", String::from_utf8_lossy(name)));
+        return Err(format!(
+            "name {:?} contains '/' or NUL",
+            String::from_utf8_lossy(name)
+        ));
     }
     Ok(())
 }

@@ -8,14 +8,22 @@ pub const MAX_TAG_LEN: usize = 128;
 /// Checks a tag name: 1 to 128 characters of `[A-Za-z0-9._:/@+-]`, not starting with
 /// `.` or `-`, and not 64 hex digits (that would shadow an image id).
 pub fn validate_tag(name: &str) -> Result<(), FormatError> {
-    let bad = |reason| Err(FormatError::BadTag { name: name.to_string(), reason });
+    let bad = |reason| {
+        Err(FormatError::BadTag {
+            name: name.to_string(),
+            reason,
+        })
+    };
     if name.is_empty() || name.len() > MAX_TAG_LEN {
         return bad("must be 1 to 128 characters");
     }
     if name.starts_with('.') || name.starts_with('-') {
         return bad("must not start with '.' or '-'");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b)) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b))
+    {
         return bad("allowed characters are A-Z a-z 0-9 . _ : / @ + -");
     }
     if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {

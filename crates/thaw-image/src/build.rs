@@ -55,7 +55,11 @@ pub struct BuildReport {
 }
 
 /// Builds an image into `repo` and tags it. A failed build stores no manifest and no tag.
-pub async fn build(repo: &Repository, source: BuildSource, options: BuildOptions) -> Result<BuildReport, BuildError> {
+pub async fn build(
+    repo: &Repository,
+    source: BuildSource,
+    options: BuildOptions,
+) -> Result<BuildReport, BuildError> {
     if let Some(tag) = &options.tag {
         thaw_core::tag::validate_tag(tag)?;
     }
@@ -66,7 +70,11 @@ pub async fn build(repo: &Repository, source: BuildSource, options: BuildOptions
     let (tree, writer) = {
         let bytes_read = bytes_read.clone();
         tokio::task::spawn_blocking(move || {
-            let ingest = Ingest { writer: &writer, chunker, bytes_read };
+            let ingest = Ingest {
+                writer: &writer,
+                chunker,
+                bytes_read,
+            };
             let tree = match source {
                 BuildSource::Directory(dir) => source_dir::build_tree(&dir, &ingest),
                 BuildSource::TarFile(path) => std::fs::File::open(&path)
@@ -89,7 +97,15 @@ pub async fn build(repo: &Repository, source: BuildSource, options: BuildOptions
         repo.set_tag(tag, &image).await?;
     }
     let (files, directories, others) = count(&manifest);
-    Ok(BuildReport { image, manifest_bytes, bytes_read: bytes_read.load(Relaxed), files, directories, others, writer: writer_stats })
+    Ok(BuildReport {
+        image,
+        manifest_bytes,
+        bytes_read: bytes_read.load(Relaxed),
+        files,
+        directories,
+        others,
+        writer: writer_stats,
+    })
 }
 
 fn count(m: &thaw_core::Manifest) -> (u64, u64, u64) {

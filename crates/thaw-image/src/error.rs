@@ -10,13 +10,21 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum BuildError {
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: String, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("tar entry {entry:?}: {reason}")]
     Tar { entry: String, reason: String },
     #[error("unsafe path {path:?} in archive: {reason}")]
     UnsafePath { path: String, reason: &'static str },
     #[error("hard link {path:?} -> {target:?}: {reason}")]
-    HardLink { path: String, target: String, reason: &'static str },
+    HardLink {
+        path: String,
+        target: String,
+        reason: &'static str,
+    },
     #[error("{path:?}: a parent is not a directory")]
     NotADirectory { path: String },
     #[error("{path}: unsupported file type {kind}")]
@@ -35,13 +43,24 @@ pub enum ExportError {
     #[error("destination {0} exists and is not an empty directory")]
     DestinationNotEmpty(String),
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: String, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("reading chunks: {0}")]
     Chunk(SharedChunkError),
     #[error("export thread failed: {0}")]
     Internal(String),
 }
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
-    move |source| BuildError::Io { op, path: path.display().to_string(), source }
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
+    move |source| BuildError::Io {
+        op,
+        path: path.display().to_string(),
+        source,
+    }
 }

@@ -26,7 +26,11 @@ pub struct ExportReport {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ExportError + 'a {
-    move |source| ExportError::Io { op, path: path.display().to_string(), source }
+    move |source| ExportError::Io {
+        op,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// One file's worth of work in a batch: where it goes and what it is made of.
@@ -37,14 +41,20 @@ struct FileJob {
 }
 
 /// Exports `manifest` into `dest`, which must be missing or an empty directory.
-pub async fn export(reader: &Arc<ChunkReader>, manifest: &Manifest, dest: &Path) -> Result<ExportReport, ExportError> {
+pub async fn export(
+    reader: &Arc<ChunkReader>,
+    manifest: &Manifest,
+    dest: &Path,
+) -> Result<ExportReport, ExportError> {
     match std::fs::read_dir(dest) {
         Ok(mut d) => {
             if d.next().is_some() {
                 return Err(ExportError::DestinationNotEmpty(dest.display().to_string()));
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dest).map_err(io("create", dest))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dest).map_err(io("create", dest))?
+        }
         Err(e) => return Err(io("open", dest)(e)),
     }
     // First name of every inode, in depth-first pre-order; later names are hard links.
@@ -63,28 +73,54 @@ pub async fn export(reader: &Arc<ChunkReader>, manifest: &Manifest, dest: &Path)
             links.push((p, ino));
         }
     });
-    let path_of = |ino: u32| first[ino as usize].as_ref().expect("every inode is reachable");
+    let path_of = |ino: u32| {
+        first[ino as usize]
+            .as_ref()
+            .expect("every inode is reachable")
+    };
 
     // Directories first (writable for now), then everything that is not a file.
     let mut files: Vec<FileJob> = Vec::new();
-    let mut report = ExportReport { inodes: order.len() as u64, ..Default::default() };
+    let mut report = ExportReport {
+        inodes: order.len() as u64,
+        ..Default::default()
+    };
     for &ino in &order[1..] {
         let path = path_of(ino);
         match &manifest.inodes[ino as usize].kind {
-            InodeKind::Directory { .. } => std::fs::create_dir(path).map_err(io("create directory", path))?,
+            InodeKind::Directory { .. } => {
+                std::fs::create_dir(path).map_err(io("create directory", path))?
+            }
             InodeKind::File { size, .. } => {
-                let extents = manifest.file_extents(ino).into_iter().map(|e| (e.offset, e.len, e.chunk)).collect();
-                files.push(FileJob { path: path.clone(), size: *size, extents });
+                let extents = manifest
+                    .file_extents(ino)
+                    .into_iter()
+                    .map(|e| (e.offset, e.len, e.chunk))
+                    .collect();
+                files.push(FileJob {
+                    path: path.clone(),
+                    size: *size,
+                    extents,
+                });
                 report.files += 1;
                 report.bytes += size;
             }
             InodeKind::Symlink { target } => {
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path).map_err(io("create symlink", path))?
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path)
+                    .map_err(io("create symlink", path))?
             }
-            InodeKind::CharDevice { rdev } => sys::mknod(path, libc::S_IFCHR | 0o600, *rdev).map_err(io("mknod", path))?,
-            InodeKind::BlockDevice { rdev } => sys::mknod(path, libc::S_IFBLK | 0o600, *rdev).map_err(io("mknod", path))?,
-            InodeKind::Fifo => sys::mknod(path, libc::S_IFIFO | 0o600, 0).map_err(io("mkfifo", path))?,
-            InodeKind::Socket => sys::mknod(path, libc::S_IFSOCK | 0o600, 0).map_err(io("mknod socket", path))?,
+            InodeKind::CharDevice { rdev } => {
+                sys::mknod(path, libc::S_IFCHR | 0o600, *rdev).map_err(io("mknod", path))?
+            }
+            InodeKind::BlockDevice { rdev } => {
+                sys::mknod(path, libc::S_IFBLK | 0o600, *rdev).map_err(io("mknod", path))?
+            }
+            InodeKind::Fifo => {
+                sys::mknod(path, libc::S_IFIFO | 0o600, 0).map_err(io("mkfifo", path))?
+            }
+            InodeKind::Socket => {
+                sys::mknod(path, libc::S_IFSOCK | 0o600, 0).map_err(io("mknod socket", path))?
+            }
         }
     }
 
@@ -92,8 +128,14 @@ pub async fn export(reader: &Arc<ChunkReader>, manifest: &Manifest, dest: &Path)
     let mut batches: Vec<Vec<FileJob>> = vec![Vec::new()];
     let mut batch_bytes = 0u64;
     for job in files {
-        let chunk_bytes: u64 = job.extents.iter().filter(|e| e.2.is_some()).map(|e| e.1).sum();
-        if batch_bytes + chunk_bytes > BATCH_BYTES && !batches.last().expect("non-empty").is_empty() {
+        let chunk_bytes: u64 = job
+            .extents
+            .iter()
+            .filter(|e| e.2.is_some())
+            .map(|e| e.1)
+            .sum();
+        if batch_bytes + chunk_bytes > BATCH_BYTES && !batches.last().expect("non-empty").is_empty()
+        {
             batches.push(Vec::new());
             batch_bytes = 0;
         }
@@ -114,7 +156,11 @@ pub async fn export(reader: &Arc<ChunkReader>, manifest: &Manifest, dest: &Path)
     for &ino in &order {
         let inode = &manifest.inodes[ino as usize];
         if !matches!(inode.kind, InodeKind::Directory { .. }) {
-            apply_metadata(path_of(ino), &inode.meta, matches!(inode.kind, InodeKind::Symlink { .. }))?;
+            apply_metadata(
+                path_of(ino),
+                &inode.meta,
+                matches!(inode.kind, InodeKind::Symlink { .. }),
+            )?;
         }
     }
     for &ino in order.iter().rev() {
@@ -132,7 +178,14 @@ async fn write_batch(reader: &Arc<ChunkReader>, batch: Vec<FileJob>) -> Result<(
     let mut ids: Vec<ChunkId> = Vec::new();
     let mut pending: Vec<FileJob> = Vec::new();
     for job in batch {
-        if job.extents.iter().filter(|e| e.2.is_some()).map(|e| e.1).sum::<u64>() > BATCH_BYTES {
+        if job
+            .extents
+            .iter()
+            .filter(|e| e.2.is_some())
+            .map(|e| e.1)
+            .sum::<u64>()
+            > BATCH_BYTES
+        {
             write_large(reader, job).await?;
             continue;
         }
@@ -146,9 +199,12 @@ async fn write_batch(reader: &Arc<ChunkReader>, batch: Vec<FileJob>) -> Result<(
             let mut f = File::create(&job.path).map_err(io("create", &job.path))?;
             for (offset, len, chunk) in &job.extents {
                 match chunk {
-                    Some(_) => f.write_all(&chunks.next().expect("one chunk per extent")).map_err(io("write", &job.path))?,
+                    Some(_) => f
+                        .write_all(&chunks.next().expect("one chunk per extent"))
+                        .map_err(io("write", &job.path))?,
                     None => {
-                        f.seek(SeekFrom::Start(offset + len)).map_err(io("seek", &job.path))?;
+                        f.seek(SeekFrom::Start(offset + len))
+                            .map_err(io("seek", &job.path))?;
                     }
                 }
             }
@@ -180,7 +236,12 @@ async fn write_large(reader: &Arc<ChunkReader>, job: FileJob) -> Result<(), Expo
     Ok(())
 }
 
-async fn write_group(reader: &Arc<ChunkReader>, f: &mut File, path: &Path, group: Vec<(u64, ChunkId)>) -> Result<(), ExportError> {
+async fn write_group(
+    reader: &Arc<ChunkReader>,
+    f: &mut File,
+    path: &Path,
+    group: Vec<(u64, ChunkId)>,
+) -> Result<(), ExportError> {
     let ids: Vec<ChunkId> = group.iter().map(|g| g.1).collect();
     let data = reader.read_many(&ids).await.map_err(ExportError::Chunk)?;
     for ((offset, _), d) in group.iter().zip(data) {
@@ -193,11 +254,13 @@ async fn write_group(reader: &Arc<ChunkReader>, f: &mut File, path: &Path, group
 fn apply_metadata(path: &Path, meta: &Metadata, is_symlink: bool) -> Result<(), ExportError> {
     std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)).map_err(io("chown", path))?;
     for x in &meta.xattrs {
-        xattr::set(path, std::ffi::OsStr::from_bytes(&x.name), &x.value).map_err(io("set xattr on", path))?;
+        xattr::set(path, std::ffi::OsStr::from_bytes(&x.name), &x.value)
+            .map_err(io("set xattr on", path))?;
     }
     // After chown, which clears setuid and setgid bits.
     if !is_symlink {
-        std::fs::set_permissions(path, Permissions::from_mode(meta.mode)).map_err(io("chmod", path))?;
+        std::fs::set_permissions(path, Permissions::from_mode(meta.mode))
+            .map_err(io("chmod", path))?;
     }
     sys::set_times_nofollow(path, meta.mtime).map_err(io("set times on", path))?;
     Ok(())

@@ -27,7 +27,10 @@ fn is_zero(data: &[u8]) -> bool {
     // Eight bytes at a time (the compiler vectorises this); the tail byte by byte.
     let words = data.chunks_exact(8);
     let tail = words.remainder();
-    words.map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes"))).all(|w| w == 0) && tail.iter().all(|&b| b == 0)
+    words
+        .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
+        .all(|w| w == 0)
+        && tail.iter().all(|&b| b == 0)
 }
 
 impl Ingest<'_> {
@@ -45,13 +48,26 @@ impl Ingest<'_> {
 
     /// Reads a file's contents (`size` is the size the source declares) and returns
     /// its size and extents. `what` names the file in errors.
-    pub fn file(&self, mut reader: impl Read, size: u64, what: &str) -> Result<(u64, Vec<ExtentRef>), BuildError> {
-        let io = |source| BuildError::Io { op: "read", path: what.to_string(), source };
+    pub fn file(
+        &self,
+        mut reader: impl Read,
+        size: u64,
+        what: &str,
+    ) -> Result<(u64, Vec<ExtentRef>), BuildError> {
+        let io = |source| BuildError::Io {
+            op: "read",
+            path: what.to_string(),
+            source,
+        };
         let mut extents = Vec::new();
         let mut total = 0u64;
         if size <= IN_MEMORY_LIMIT {
             let mut buf = Vec::with_capacity(size as usize);
-            reader.by_ref().take(size + 1).read_to_end(&mut buf).map_err(io)?;
+            reader
+                .by_ref()
+                .take(size + 1)
+                .read_to_end(&mut buf)
+                .map_err(io)?;
             let data = Bytes::from(buf);
             total = data.len() as u64;
             for r in cut_ranges(&data, self.chunker)? {

@@ -16,7 +16,10 @@ pub fn metadata_of(path: &Path, m: &FsMeta) -> Result<Metadata, BuildError> {
         mode: m.mode() & 0o7777,
         uid: m.uid(),
         gid: m.gid(),
-        mtime: Timestamp { sec: m.mtime(), nsec: m.mtime_nsec() as u32 },
+        mtime: Timestamp {
+            sec: m.mtime(),
+            nsec: m.mtime_nsec() as u32,
+        },
         xattrs: read_xattrs(path)?,
     })
 }
@@ -31,7 +34,10 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, BuildError> {
     let mut out = Vec::new();
     for name in names {
         if let Some(value) = xattr::get(path, &name).map_err(io_err("read xattr of", path))? {
-            out.push(Xattr { name: name.as_bytes().to_vec(), value });
+            out.push(Xattr {
+                name: name.as_bytes().to_vec(),
+                value,
+            });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -42,7 +48,9 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, BuildError> {
 pub fn build_tree(root: &Path, ingest: &Ingest<'_>) -> Result<Tree, BuildError> {
     let m = std::fs::symlink_metadata(root).map_err(io_err("stat", root))?;
     if !m.is_dir() {
-        return Err(BuildError::NotADirectory { path: root.display().to_string() });
+        return Err(BuildError::NotADirectory {
+            path: root.display().to_string(),
+        });
     }
     let mut tree = Tree::new(metadata_of(root, &m)?);
     let mut links: HashMap<(u64, u64), usize> = HashMap::new();
@@ -86,7 +94,10 @@ pub fn build_tree(root: &Path, ingest: &Ingest<'_>) -> Result<Tree, BuildError> 
             } else if ft.is_socket() {
                 NodeKind::Socket
             } else {
-                return Err(BuildError::Unsupported { path: path.display().to_string(), kind: format!("{ft:?}") });
+                return Err(BuildError::Unsupported {
+                    path: path.display().to_string(),
+                    kind: format!("{ft:?}"),
+                });
             };
             let is_dir = matches!(kind, NodeKind::Dir(_));
             let child = tree.add(node, name, Node { meta, kind });

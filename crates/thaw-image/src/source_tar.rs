@@ -16,11 +16,21 @@ use thaw_core::{Metadata, Timestamp, Xattr};
 /// Opens a possibly compressed tar stream.
 pub fn open_stream<'a>(input: impl Read + 'a) -> Result<Box<dyn Read + 'a>, BuildError> {
     let mut r = BufReader::with_capacity(1 << 20, input);
-    let head = r.fill_buf().map_err(|source| BuildError::Io { op: "read", path: "tar stream".into(), source })?;
+    let head = r.fill_buf().map_err(|source| BuildError::Io {
+        op: "read",
+        path: "tar stream".into(),
+        source,
+    })?;
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(r))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|source| BuildError::Io { op: "open zstd stream", path: "tar stream".into(), source })?)
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(r).map_err(|source| BuildError::Io {
+                op: "open zstd stream",
+                path: "tar stream".into(),
+                source,
+            })?,
+        )
     } else {
         Box::new(r)
     })
@@ -29,15 +39,33 @@ pub fn open_stream<'a>(input: impl Read + 'a) -> Result<Box<dyn Read + 'a>, Buil
 /// Splits an archive path into safe components. The empty path (or `.`, `./`) is the root.
 fn components(raw: &[u8], shown: &str) -> Result<Vec<Vec<u8>>, BuildError> {
     if raw.first() == Some(&b'/') {
-        return Err(BuildError::UnsafePath { path: shown.to_string(), reason: "absolute path" });
+        return Err(BuildError::UnsafePath {
+            path: shown.to_string(),
+            reason: "absolute path",
+        });
     }
     let mut out = Vec::new();
     for c in raw.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err(BuildError::UnsafePath { path: shown.to_string(), reason: "'..' component" }),
-            c if c.contains(&0) => return Err(BuildError::UnsafePath { path: shown.to_string(), reason: "NUL in name" }),
-            c if c.len() > 255 => return Err(BuildError::UnsafePath { path: shown.to_string(), reason: "name longer than 255 bytes" }),
+            b".." => {
+                return Err(BuildError::UnsafePath {
+                    path: shown.to_string(),
+                    reason: "'..' component",
+                })
+            }
+            c if c.contains(&0) => {
+                return Err(BuildError::UnsafePath {
+                    path: shown.to_string(),
+                    reason: "NUL in name",
+                })
+            }
+            c if c.len() > 255 => {
+                return Err(BuildError::UnsafePath {
+                    path: shown.to_string(),
+                    reason: "name longer than 255 bytes",
+                })
+            }
             c => out.push(c.to_vec()),
         }
     }
@@ -48,10 +76,17 @@ fn pax_time(v: &str) -> Option<Timestamp> {
     let (s, frac) = v.split_once('.').unwrap_or((v, ""));
     let sec: i64 = s.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
-    let nsec = if digits.is_empty() { 0 } else { digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32) };
+    let nsec = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32)
+    };
     // A negative time with a fraction counts back from the whole second.
     if sec < 0 && nsec > 0 {
-        return Some(Timestamp { sec: sec - 1, nsec: 1_000_000_000 - nsec });
+        return Some(Timestamp {
+            sec: sec - 1,
+            nsec: 1_000_000_000 - nsec,
+        });
     }
     Some(Timestamp { sec, nsec })
 }
@@ -59,7 +94,10 @@ fn pax_time(v: &str) -> Option<Timestamp> {
 pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildError> {
     let mut archive = tar::Archive::new(open_stream(input)?);
     let mut tree = Tree::new(crate::tree::dir_meta_default());
-    let tar_err = |entry: &str, e: &dyn std::fmt::Display| BuildError::Tar { entry: entry.to_string(), reason: e.to_string() };
+    let tar_err = |entry: &str, e: &dyn std::fmt::Display| BuildError::Tar {
+        entry: entry.to_string(),
+        reason: e.to_string(),
+    };
     let entries = archive.entries().map_err(|e| tar_err("(archive)", &e))?;
     let mut last = String::from("(start of archive)");
     for entry in entries {
@@ -76,7 +114,10 @@ pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildEr
             mode: header.mode().map_err(|e| tar_err(&shown, &e))? & 0o7777,
             uid: header.uid().map_err(|e| tar_err(&shown, &e))? as u32,
             gid: header.gid().map_err(|e| tar_err(&shown, &e))? as u32,
-            mtime: Timestamp { sec: header.mtime().map_err(|e| tar_err(&shown, &e))? as i64, nsec: 0 },
+            mtime: Timestamp {
+                sec: header.mtime().map_err(|e| tar_err(&shown, &e))? as i64,
+                nsec: 0,
+            },
             xattrs: vec![],
         };
         if let Some(pax) = entry.pax_extensions().map_err(|e| tar_err(&shown, &e))? {
@@ -84,11 +125,22 @@ pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildEr
                 let ext = ext.map_err(|e| tar_err(&shown, &e))?;
                 let key = ext.key_bytes();
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.push(Xattr { name: name.to_vec(), value: ext.value_bytes().to_vec() });
+                    meta.xattrs.push(Xattr {
+                        name: name.to_vec(),
+                        value: ext.value_bytes().to_vec(),
+                    });
                 } else if key == b"mtime" {
-                    meta.mtime = ext.value().ok().and_then(pax_time).ok_or_else(|| tar_err(&shown, &"bad pax mtime"))?;
+                    meta.mtime = ext
+                        .value()
+                        .ok()
+                        .and_then(pax_time)
+                        .ok_or_else(|| tar_err(&shown, &"bad pax mtime"))?;
                 } else if key == b"uid" || key == b"gid" {
-                    let v: u32 = ext.value().ok().and_then(|v| v.parse().ok()).ok_or_else(|| tar_err(&shown, &"bad pax uid/gid"))?;
+                    let v: u32 = ext
+                        .value()
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| tar_err(&shown, &"bad pax uid/gid"))?;
                     if key == b"uid" {
                         meta.uid = v;
                     } else {
@@ -105,13 +157,22 @@ pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildEr
                 tree.set_meta(0, meta);
                 continue;
             }
-            return Err(BuildError::UnsafePath { path: shown, reason: "a non-directory at the archive root" });
+            return Err(BuildError::UnsafePath {
+                path: shown,
+                reason: "a non-directory at the archive root",
+            });
         }
         let parent = tree.parent_of(&comps, &shown, true)?;
         let name = comps.last().expect("non-empty").clone();
         let rdev = || -> Result<u64, BuildError> {
-            let major = header.device_major().map_err(|e| tar_err(&shown, &e))?.unwrap_or(0);
-            let minor = header.device_minor().map_err(|e| tar_err(&shown, &e))?.unwrap_or(0);
+            let major = header
+                .device_major()
+                .map_err(|e| tar_err(&shown, &e))?
+                .unwrap_or(0);
+            let minor = header
+                .device_minor()
+                .map_err(|e| tar_err(&shown, &e))?
+                .unwrap_or(0);
             Ok(libc::makedev(major, minor))
         };
         let node_kind = match kind {
@@ -126,23 +187,39 @@ pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildEr
                 let declared = entry.size();
                 let (size, extents) = ingest.file(&mut entry, declared, &shown)?;
                 if size != declared {
-                    return Err(tar_err(&shown, &format!("truncated: {size} of {declared} bytes")));
+                    return Err(tar_err(
+                        &shown,
+                        &format!("truncated: {size} of {declared} bytes"),
+                    ));
                 }
                 NodeKind::File { size, extents }
             }
             EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| tar_err(&shown, &"symlink without target"))?.into_owned();
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| tar_err(&shown, &"symlink without target"))?
+                    .into_owned();
                 if target.is_empty() || target.contains(&0) {
                     return Err(tar_err(&shown, &"empty symlink target"));
                 }
                 NodeKind::Symlink(target)
             }
             EntryType::Link => {
-                let raw_target = entry.link_name_bytes().ok_or_else(|| tar_err(&shown, &"hard link without target"))?.into_owned();
+                let raw_target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| tar_err(&shown, &"hard link without target"))?
+                    .into_owned();
                 let target_shown = String::from_utf8_lossy(&raw_target).into_owned();
-                let hl = |reason| BuildError::HardLink { path: shown.clone(), target: target_shown.clone(), reason };
-                let target_comps = components(&raw_target, &target_shown).map_err(|_| hl("target is absolute or escapes the archive"))?;
-                let target = tree.lookup(&target_comps).ok_or_else(|| hl("target does not exist (yet) in the archive"))?;
+                let hl = |reason| BuildError::HardLink {
+                    path: shown.clone(),
+                    target: target_shown.clone(),
+                    reason,
+                };
+                let target_comps = components(&raw_target, &target_shown)
+                    .map_err(|_| hl("target is absolute or escapes the archive"))?;
+                let target = tree
+                    .lookup(&target_comps)
+                    .ok_or_else(|| hl("target does not exist (yet) in the archive"))?;
                 if tree.is_dir(target) {
                     return Err(hl("target is a directory"));
                 }
@@ -152,9 +229,21 @@ pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildEr
             EntryType::Char => NodeKind::CharDevice(rdev()?),
             EntryType::Block => NodeKind::BlockDevice(rdev()?),
             EntryType::Fifo => NodeKind::Fifo,
-            other => return Err(BuildError::Unsupported { path: shown, kind: format!("tar entry type {other:?}") }),
+            other => {
+                return Err(BuildError::Unsupported {
+                    path: shown,
+                    kind: format!("tar entry type {other:?}"),
+                })
+            }
         };
-        tree.add(parent, name, Node { meta, kind: node_kind });
+        tree.add(
+            parent,
+            name,
+            Node {
+                meta,
+                kind: node_kind,
+            },
+        );
     }
     Ok(tree)
 }
@@ -165,7 +254,10 @@ mod tests {
 
     #[test]
     fn path_components() {
-        assert_eq!(components(b"./a//b/", "").unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            components(b"./a//b/", "").unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
         assert!(components(b"", "").unwrap().is_empty());
         assert!(components(b"/etc/passwd", "").is_err());
         assert!(components(b"a/../../b", "").is_err());
@@ -173,9 +265,21 @@ mod tests {
 
     #[test]
     fn pax_times() {
-        assert_eq!(pax_time("1700000000.5"), Some(Timestamp { sec: 1_700_000_000, nsec: 500_000_000 }));
+        assert_eq!(
+            pax_time("1700000000.5"),
+            Some(Timestamp {
+                sec: 1_700_000_000,
+                nsec: 500_000_000
+            })
+        );
         assert_eq!(pax_time("12"), Some(Timestamp { sec: 12, nsec: 0 }));
-        assert_eq!(pax_time("-1.25"), Some(Timestamp { sec: -2, nsec: 750_000_000 }));
+        assert_eq!(
+            pax_time("-1.25"),
+            Some(Timestamp {
+                sec: -2,
+                nsec: 750_000_000
+            })
+        );
         assert_eq!(pax_time("x"), None);
     }
 }

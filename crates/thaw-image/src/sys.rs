@@ -8,7 +8,8 @@ use std::path::Path;
 use thaw_core::Timestamp;
 
 fn cstr(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
 /// Creates a device node, FIFO or socket. `mode` includes the file type bits.
@@ -26,10 +27,20 @@ pub fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
 /// Sets atime and mtime (both to `mtime`) without following a symlink.
 pub fn set_times_nofollow(path: &Path, mtime: Timestamp) -> io::Result<()> {
     let c = cstr(path)?;
-    let ts = libc::timespec { tv_sec: mtime.sec as libc::time_t, tv_nsec: mtime.nsec as libc::c_long };
+    let ts = libc::timespec {
+        tv_sec: mtime.sec as libc::time_t,
+        tv_nsec: mtime.nsec as libc::c_long,
+    };
     let times = [ts, ts];
     // SAFETY: `c` and `times` outlive the call; AT_FDCWD makes the path relative to the cwd.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if r == 0 {
         Ok(())
     } else {

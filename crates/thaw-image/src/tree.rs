@@ -36,12 +36,23 @@ pub struct Tree {
 }
 
 pub fn dir_meta_default() -> Metadata {
-    Metadata { mode: 0o755, uid: 0, gid: 0, mtime: Default::default(), xattrs: vec![] }
+    Metadata {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: Default::default(),
+        xattrs: vec![],
+    }
 }
 
 impl Tree {
     pub fn new(root: Metadata) -> Self {
-        Tree { nodes: vec![Node { meta: root, kind: NodeKind::Dir(BTreeMap::new()) }] }
+        Tree {
+            nodes: vec![Node {
+                meta: root,
+                kind: NodeKind::Dir(BTreeMap::new()),
+            }],
+        }
     }
 
     pub fn set_meta(&mut self, i: usize, meta: Metadata) {
@@ -79,14 +90,34 @@ impl Tree {
 
     /// Finds the directory holding `components[..last]`, creating missing directories
     /// (as `tar -x` does) when `create` is set.
-    pub fn parent_of(&mut self, components: &[Vec<u8>], path: &str, create: bool) -> Result<usize, BuildError> {
+    pub fn parent_of(
+        &mut self,
+        components: &[Vec<u8>],
+        path: &str,
+        create: bool,
+    ) -> Result<usize, BuildError> {
         let mut cur = 0;
         for c in &components[..components.len().saturating_sub(1)] {
             cur = match self.child(cur, c) {
                 Some(next) if self.is_dir(next) => next,
-                Some(_) => return Err(BuildError::NotADirectory { path: path.to_string() }),
-                None if create => self.add(cur, c.clone(), Node { meta: dir_meta_default(), kind: NodeKind::Dir(BTreeMap::new()) }),
-                None => return Err(BuildError::NotADirectory { path: path.to_string() }),
+                Some(_) => {
+                    return Err(BuildError::NotADirectory {
+                        path: path.to_string(),
+                    })
+                }
+                None if create => self.add(
+                    cur,
+                    c.clone(),
+                    Node {
+                        meta: dir_meta_default(),
+                        kind: NodeKind::Dir(BTreeMap::new()),
+                    },
+                ),
+                None => {
+                    return Err(BuildError::NotADirectory {
+                        path: path.to_string(),
+                    })
+                }
             };
         }
         Ok(cur)
@@ -114,8 +145,8 @@ impl Tree {
             if let NodeKind::Dir(entries) = &self.nodes[n].kind {
                 let mut subdirs = Vec::new();
                 for &child in entries.values() {
-                    if !inode_of.contains_key(&child) {
-                        inode_of.insert(child, order.len() as u32);
+                    if let std::collections::hash_map::Entry::Vacant(slot) = inode_of.entry(child) {
+                        slot.insert(order.len() as u32);
                         order.push(child);
                         if self.is_dir(child) {
                             subdirs.push(child);
@@ -133,7 +164,13 @@ impl Tree {
                 let node = &self.nodes[n];
                 let kind = match &node.kind {
                     NodeKind::Dir(entries) => InodeKind::Directory {
-                        entries: entries.iter().map(|(name, c)| DirEntry { name: name.clone(), inode: inode_of[c] }).collect(),
+                        entries: entries
+                            .iter()
+                            .map(|(name, c)| DirEntry {
+                                name: name.clone(),
+                                inode: inode_of[c],
+                            })
+                            .collect(),
                     },
                     NodeKind::File { size, extents } => {
                         let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
@@ -152,7 +189,10 @@ impl Tree {
                                 },
                             }
                         }
-                        InodeKind::File { size: *size, extents: out }
+                        InodeKind::File {
+                            size: *size,
+                            extents: out,
+                        }
                     }
                     NodeKind::Symlink(t) => InodeKind::Symlink { target: t.clone() },
                     NodeKind::CharDevice(r) => InodeKind::CharDevice { rdev: *r },
@@ -160,7 +200,10 @@ impl Tree {
                     NodeKind::Fifo => InodeKind::Fifo,
                     NodeKind::Socket => InodeKind::Socket,
                 };
-                Inode { meta: node.meta.clone(), kind }
+                Inode {
+                    meta: node.meta.clone(),
+                    kind,
+                }
             })
             .collect();
         Manifest { chunks, inodes }

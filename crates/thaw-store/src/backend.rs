@@ -20,7 +20,10 @@ pub struct ObjectStoreBackend {
 
 impl ObjectStoreBackend {
     pub fn new(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
-        ObjectStoreBackend { inner, description: description.into() }
+        ObjectStoreBackend {
+            inner,
+            description: description.into(),
+        }
     }
 
     /// An in-memory store (tests, benchmarks).
@@ -30,16 +33,24 @@ impl ObjectStoreBackend {
 
     /// A directory on the local filesystem, created if missing.
     pub fn local(dir: &std::path::Path) -> Result<Self, StoreError> {
-        let bad = |reason: String| StoreError::BadLocation { spec: dir.display().to_string(), reason };
+        let bad = |reason: String| StoreError::BadLocation {
+            spec: dir.display().to_string(),
+            reason,
+        };
         std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
         let dir = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| bad(e.to_string()))?;
         Ok(Self::new(Arc::new(fs), format!("file://{}", dir.display())))
     }
 }
 
 fn path(key: &str) -> Result<Path, StoreError> {
-    Path::parse(key).map_err(|e| StoreError::Permanent { op: "parse key", key: key.to_string(), source: Box::new(e) })
+    Path::parse(key).map_err(|e| StoreError::Permanent {
+        op: "parse key",
+        key: key.to_string(),
+        source: Box::new(e),
+    })
 }
 
 fn map_err(op: &'static str, key: &str, e: object_store::Error) -> StoreError {
@@ -55,8 +66,16 @@ fn map_err(op: &'static str, key: &str, e: object_store::Error) -> StoreError {
         | E::NotImplemented { .. }
         | E::PermissionDenied { .. }
         | E::Unauthenticated { .. }
-        | E::UnknownConfigurationKey { .. } => StoreError::Permanent { op, key, source: Box::new(e) },
-        other => StoreError::Transient { op, key, source: Box::new(other) },
+        | E::UnknownConfigurationKey { .. } => StoreError::Permanent {
+            op,
+            key,
+            source: Box::new(e),
+        },
+        other => StoreError::Transient {
+            op,
+            key,
+            source: Box::new(other),
+        },
     }
 }
 
@@ -70,18 +89,29 @@ fn info(meta: object_store::ObjectMeta, strip: &str) -> ObjectInfo {
     };
     let key = meta.location.to_string();
     let key = key.strip_prefix(strip).map(str::to_string).unwrap_or(key);
-    ObjectInfo { key, size: meta.size, last_modified }
+    ObjectInfo {
+        key,
+        size: meta.size,
+        last_modified,
+    }
 }
 
 #[async_trait]
 impl BlobStore for ObjectStoreBackend {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.inner.put(&path(key)?, data.into()).await.map_err(|e| map_err("put", key, e))?;
+        self.inner
+            .put(&path(key)?, data.into())
+            .await
+            .map_err(|e| map_err("put", key, e))?;
         Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let r = self.inner.get(&path(key)?).await.map_err(|e| map_err("get", key, e))?;
+        let r = self
+            .inner
+            .get(&path(key)?)
+            .await
+            .map_err(|e| map_err("get", key, e))?;
         r.bytes().await.map_err(|e| map_err("get", key, e))
     }
 
@@ -90,20 +120,37 @@ impl BlobStore for ObjectStoreBackend {
         if want == 0 {
             return Ok(Bytes::new());
         }
-        let b = self.inner.get_range(&path(key)?, range).await.map_err(|e| map_err("get_range", key, e))?;
+        let b = self
+            .inner
+            .get_range(&path(key)?, range)
+            .await
+            .map_err(|e| map_err("get_range", key, e))?;
         if b.len() as u64 != want {
-            return Err(StoreError::ShortRead { op: "get_range", key: key.to_string(), want, got: b.len() as u64 });
+            return Err(StoreError::ShortRead {
+                op: "get_range",
+                key: key.to_string(),
+                want,
+                got: b.len() as u64,
+            });
         }
         Ok(b)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        let m = self.inner.head(&path(key)?).await.map_err(|e| map_err("head", key, e))?;
+        let m = self
+            .inner
+            .head(&path(key)?)
+            .await
+            .map_err(|e| map_err("head", key, e))?;
         Ok(info(m, ""))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let p = if prefix.is_empty() { None } else { Some(path(prefix)?) };
+        let p = if prefix.is_empty() {
+            None
+        } else {
+            Some(path(prefix)?)
+        };
         let mut out: Vec<ObjectInfo> = self
             .inner
             .list(p.as_ref())
@@ -138,35 +185,56 @@ impl BlobStore for ObjectStoreBackend {
 /// * `gs://bucket/prefix` and `az://container/prefix`: Google Cloud Storage and Azure,
 ///   configured from their usual environment variables.
 pub fn open_store(spec: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
-    let bad = |reason: String| StoreError::BadLocation { spec: spec.to_string(), reason };
+    let bad = |reason: String| StoreError::BadLocation {
+        spec: spec.to_string(),
+        reason,
+    };
     if spec == "memory://" {
         return Ok(Arc::new(ObjectStoreBackend::memory()));
     }
     if !spec.contains("://") {
-        return Ok(Arc::new(ObjectStoreBackend::local(std::path::Path::new(spec))?));
+        return Ok(Arc::new(ObjectStoreBackend::local(std::path::Path::new(
+            spec,
+        ))?));
     }
     let url = url::Url::parse(spec).map_err(|e| bad(e.to_string()))?;
     let prefix = url.path().trim_matches('/').to_string();
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "file" => {
-            let p = url.to_file_path().map_err(|()| bad("not a local path".into()))?;
+            let p = url
+                .to_file_path()
+                .map_err(|()| bad("not a local path".into()))?;
             return Ok(Arc::new(ObjectStoreBackend::local(&p)?));
         }
         "s3" => {
             let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(spec);
-            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL")) {
-                let loopback = endpoint.starts_with("http://127.") || endpoint.starts_with("http://localhost") || endpoint.starts_with("http://[::1]");
+            if let Ok(endpoint) =
+                std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            {
+                let loopback = endpoint.starts_with("http://127.")
+                    || endpoint.starts_with("http://localhost")
+                    || endpoint.starts_with("http://[::1]");
                 b = b.with_endpoint(endpoint.clone()).with_allow_http(loopback);
             }
             Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
         }
         "gs" => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(spec).build().map_err(|e| bad(e.to_string()))?,
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(spec)
+                .build()
+                .map_err(|e| bad(e.to_string()))?,
         ),
         "az" | "azure" | "abfs" | "abfss" => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env().with_url(spec).build().map_err(|e| bad(e.to_string()))?,
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(spec)
+                .build()
+                .map_err(|e| bad(e.to_string()))?,
         ),
-        other => return Err(bad(format!("unknown scheme {other:?} (use a path, file://, memory://, s3://, gs:// or az://)"))),
+        other => {
+            return Err(bad(format!(
+                "unknown scheme {other:?} (use a path, file://, memory://, s3://, gs:// or az://)"
+            )))
+        }
     };
     let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
         store

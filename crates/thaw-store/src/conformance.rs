@@ -22,7 +22,9 @@ pub async fn run(store: &dyn BlobStore) {
 
 async fn put_get_round_trip(s: &dyn BlobStore, base: &str) {
     let key = format!("{base}/a/b/object");
-    s.put(&key, Bytes::from_static(b"hello world")).await.expect("put");
+    s.put(&key, Bytes::from_static(b"hello world"))
+        .await
+        .expect("put");
     assert_eq!(s.get(&key).await.expect("get"), &b"hello world"[..]);
     let h = s.head(&key).await.expect("head");
     assert_eq!(h.size, 11, "head size");
@@ -33,9 +35,21 @@ async fn put_get_round_trip(s: &dyn BlobStore, base: &str) {
 
 async fn missing_objects(s: &dyn BlobStore, base: &str) {
     let key = format!("{base}/does-not-exist");
-    assert!(matches!(s.get(&key).await, Err(StoreError::NotFound { .. })), "get of a missing key is NotFound");
-    assert!(matches!(s.head(&key).await, Err(StoreError::NotFound { .. })), "head of a missing key is NotFound");
-    assert!(matches!(s.get_range(&key, 0..1).await, Err(StoreError::NotFound { .. })), "range of a missing key is NotFound");
+    assert!(
+        matches!(s.get(&key).await, Err(StoreError::NotFound { .. })),
+        "get of a missing key is NotFound"
+    );
+    assert!(
+        matches!(s.head(&key).await, Err(StoreError::NotFound { .. })),
+        "head of a missing key is NotFound"
+    );
+    assert!(
+        matches!(
+            s.get_range(&key, 0..1).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "range of a missing key is NotFound"
+    );
 }
 
 async fn ranges(s: &dyn BlobStore, base: &str) {
@@ -43,17 +57,31 @@ async fn ranges(s: &dyn BlobStore, base: &str) {
     let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
     s.put(&key, Bytes::from(data.clone())).await.expect("put");
     for r in [0..1, 0..10_000, 9_999..10_000, 1234..5678] {
-        let got = s.get_range(&key, r.start as u64..r.end as u64).await.expect("get_range");
+        let got = s
+            .get_range(&key, r.start as u64..r.end as u64)
+            .await
+            .expect("get_range");
         assert_eq!(&got[..], &data[r.clone()], "range {r:?}");
     }
-    assert!(s.get_range(&key, 5..5).await.expect("empty range").is_empty());
-    assert!(s.get_range(&key, 9_000..20_000).await.is_err(), "a range past the end is an error, not short data");
+    assert!(s
+        .get_range(&key, 5..5)
+        .await
+        .expect("empty range")
+        .is_empty());
+    assert!(
+        s.get_range(&key, 9_000..20_000).await.is_err(),
+        "a range past the end is an error, not short data"
+    );
 }
 
 async fn overwrite_is_atomic_replace(s: &dyn BlobStore, base: &str) {
     let key = format!("{base}/overwrite");
-    s.put(&key, Bytes::from_static(b"first version")).await.expect("put 1");
-    s.put(&key, Bytes::from_static(b"second")).await.expect("put 2");
+    s.put(&key, Bytes::from_static(b"first version"))
+        .await
+        .expect("put 1");
+    s.put(&key, Bytes::from_static(b"second"))
+        .await
+        .expect("put 2");
     assert_eq!(s.get(&key).await.expect("get"), &b"second"[..]);
     assert_eq!(s.head(&key).await.expect("head").size, 6);
 }
@@ -61,33 +89,68 @@ async fn overwrite_is_atomic_replace(s: &dyn BlobStore, base: &str) {
 async fn listing(s: &dyn BlobStore, base: &str) {
     let dir = format!("{base}/list");
     for k in ["x/1", "x/2", "x/deep/3", "y/4"] {
-        s.put(&format!("{dir}/{k}"), Bytes::from(k.to_string())).await.expect("put");
+        s.put(&format!("{dir}/{k}"), Bytes::from(k.to_string()))
+            .await
+            .expect("put");
     }
     // A sibling whose name merely starts with the prefix must not be listed.
-    s.put(&format!("{dir}/xx"), Bytes::from_static(b"no")).await.expect("put");
-    let keys: Vec<String> = s.list(&format!("{dir}/x")).await.expect("list").into_iter().map(|o| o.key).collect();
-    assert_eq!(keys, vec![format!("{dir}/x/1"), format!("{dir}/x/2"), format!("{dir}/x/deep/3")]);
+    s.put(&format!("{dir}/xx"), Bytes::from_static(b"no"))
+        .await
+        .expect("put");
+    let keys: Vec<String> = s
+        .list(&format!("{dir}/x"))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            format!("{dir}/x/1"),
+            format!("{dir}/x/2"),
+            format!("{dir}/x/deep/3")
+        ]
+    );
     let all = s.list(&dir).await.expect("list all");
     assert_eq!(all.len(), 5);
     assert!(all.iter().all(|o| o.size > 0));
-    assert!(s.list(&format!("{base}/nothing-here")).await.expect("empty list").is_empty());
+    assert!(s
+        .list(&format!("{base}/nothing-here"))
+        .await
+        .expect("empty list")
+        .is_empty());
 }
 
 async fn delete(s: &dyn BlobStore, base: &str) {
     let key = format!("{base}/delete-me");
     s.put(&key, Bytes::from_static(b"x")).await.expect("put");
     s.delete(&key).await.expect("delete");
-    assert!(matches!(s.get(&key).await, Err(StoreError::NotFound { .. })));
-    s.delete(&key).await.expect("deleting a missing key succeeds");
+    assert!(matches!(
+        s.get(&key).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.delete(&key)
+        .await
+        .expect("deleting a missing key succeeds");
 }
 
 async fn large_object(s: &dyn BlobStore, base: &str) {
     let key = format!("{base}/large");
-    let data: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-    s.put(&key, Bytes::from(data.clone())).await.expect("put large");
+    let data: Vec<u8> = (0..6 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    s.put(&key, Bytes::from(data.clone()))
+        .await
+        .expect("put large");
     assert_eq!(s.get(&key).await.expect("get large").len(), data.len());
     let r = 5 * 1024 * 1024..5 * 1024 * 1024 + 4096;
-    assert_eq!(&s.get_range(&key, r.start as u64..r.end as u64).await.expect("range")[..], &data[r]);
+    assert_eq!(
+        &s.get_range(&key, r.start as u64..r.end as u64)
+            .await
+            .expect("range")[..],
+        &data[r]
+    );
 }
 
 #[cfg(test)]

@@ -13,14 +13,33 @@ pub enum StoreError {
     NotFound { key: String },
     /// Worth retrying: network trouble, throttling, a server error.
     #[error("{op} {key:?} failed (transient): {source}")]
-    Transient { op: &'static str, key: String, source: Source },
+    Transient {
+        op: &'static str,
+        key: String,
+        source: Source,
+    },
     /// Not worth retrying: permissions, bad paths, unsupported operations.
     #[error("{op} {key:?} failed: {source}")]
-    Permanent { op: &'static str, key: String, source: Source },
+    Permanent {
+        op: &'static str,
+        key: String,
+        source: Source,
+    },
     #[error("{op} {key:?}: the store returned {got} bytes for a range of {want}")]
-    ShortRead { op: &'static str, key: String, want: u64, got: u64 },
+    ShortRead {
+        op: &'static str,
+        key: String,
+        want: u64,
+        got: u64,
+    },
     #[error("{op} {key:?} gave up after {after:?} ({attempts} attempts); last error: {last}")]
-    Deadline { op: &'static str, key: String, after: Duration, attempts: u32, last: String },
+    Deadline {
+        op: &'static str,
+        key: String,
+        after: Duration,
+        attempts: u32,
+        last: String,
+    },
     #[error("{op} {key:?}: injected fault")]
     Injected { op: &'static str, key: String },
     #[error("bad store location {spec:?}: {reason}")]
@@ -30,7 +49,12 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying the same request again may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient { .. } | StoreError::Injected { .. } | StoreError::ShortRead { .. })
+        matches!(
+            self,
+            StoreError::Transient { .. }
+                | StoreError::Injected { .. }
+                | StoreError::ShortRead { .. }
+        )
     }
 }
 
@@ -42,7 +66,11 @@ pub enum ChunkError {
     #[error("chunk {0} is not in any pack of this store")]
     UnknownChunk(ChunkId),
     #[error("integrity error: chunk {chunk} from pack {pack}: {reason}")]
-    Integrity { chunk: ChunkId, pack: PackId, reason: String },
+    Integrity {
+        chunk: ChunkId,
+        pack: PackId,
+        reason: String,
+    },
     #[error("pack index {key:?}: {source}")]
     BadPackIndex { key: String, source: FormatError },
     #[error("manifest of image {image}: {source}")]
@@ -56,7 +84,10 @@ pub enum ChunkError {
     #[error(transparent)]
     Format(#[from] FormatError),
     #[error("disk cache {path}: {source}")]
-    DiskCache { path: String, source: std::io::Error },
+    DiskCache {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("pack writer: {0}")]
     Writer(String),
 }

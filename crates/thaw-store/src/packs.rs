@@ -43,7 +43,11 @@ pub struct PackStore {
 impl PackStore {
     /// Opens the pack layer of `store`, loading every pack index.
     pub async fn open(store: Arc<dyn BlobStore>) -> Result<Arc<Self>, ChunkError> {
-        let me = Arc::new(PackStore { store, chunks: RwLock::default(), packs: RwLock::default() });
+        let me = Arc::new(PackStore {
+            store,
+            chunks: RwLock::default(),
+            packs: RwLock::default(),
+        });
         me.reload().await?;
         Ok(me)
     }
@@ -55,17 +59,30 @@ impl PackStore {
     /// Loads pack indexes that appeared since the last load.
     pub async fn reload(&self) -> Result<(), ChunkError> {
         let listing = self.store.list(PACKS_PREFIX).await?;
-        let known: Vec<PackId> = self.packs.read().expect("packs lock").keys().copied().collect();
+        let known: Vec<PackId> = self
+            .packs
+            .read()
+            .expect("packs lock")
+            .keys()
+            .copied()
+            .collect();
         let new: Vec<PackId> = listing
             .iter()
-            .filter_map(|o| o.key.strip_prefix("packs/")?.strip_suffix(".idx")?.parse().ok())
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix("packs/")?
+                    .strip_suffix(".idx")?
+                    .parse()
+                    .ok()
+            })
             .filter(|p| known.binary_search(p).is_err())
             .collect();
         let loaded: Vec<(PackId, PackIndex)> = stream::iter(new)
             .map(|pack| async move {
                 let key = index_key(&pack);
                 let bytes = self.store.get(&key).await?;
-                let index = PackIndex::decode(&bytes).map_err(|source| ChunkError::BadPackIndex { key, source })?;
+                let index = PackIndex::decode(&bytes)
+                    .map_err(|source| ChunkError::BadPackIndex { key, source })?;
                 Ok::<_, ChunkError>((pack, index))
             })
             .buffer_unordered(16)
@@ -80,7 +97,9 @@ impl PackStore {
     fn insert(&self, pack: PackId, index: Arc<PackIndex>) {
         let mut chunks = self.chunks.write().expect("chunks lock");
         for e in &index.entries {
-            chunks.entry(e.id).or_insert(ChunkLocation { pack, entry: *e });
+            chunks
+                .entry(e.id)
+                .or_insert(ChunkLocation { pack, entry: *e });
         }
         self.packs.write().expect("packs lock").insert(pack, index);
     }
@@ -95,7 +114,12 @@ impl PackStore {
 
     /// Every pack and its index.
     pub fn packs(&self) -> Vec<(PackId, Arc<PackIndex>)> {
-        self.packs.read().expect("packs lock").iter().map(|(k, v)| (*k, v.clone())).collect()
+        self.packs
+            .read()
+            .expect("packs lock")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 
     /// Forgets a pack (after garbage collection deleted it).
@@ -116,7 +140,9 @@ impl PackStore {
         index.validate()?;
         let pack = PackId::of(&data);
         self.store.put(&pack_key(&pack), data).await?;
-        self.store.put(&index_key(&pack), Bytes::from(index.encode())).await?;
+        self.store
+            .put(&index_key(&pack), Bytes::from(index.encode()))
+            .await?;
         self.insert(pack, Arc::new(index));
         Ok(pack)
     }
@@ -124,7 +150,8 @@ impl PackStore {
     /// Fetches chunks, verified, in the order asked. Chunks of one pack that lie close
     /// together are read with one ranged GET; GETs run concurrently.
     pub async fn fetch(&self, ids: &[ChunkId]) -> Vec<Result<Bytes, ChunkError>> {
-        let mut out: Vec<Option<Result<Bytes, ChunkError>>> = (0..ids.len()).map(|_| None).collect();
+        let mut out: Vec<Option<Result<Bytes, ChunkError>>> =
+            (0..ids.len()).map(|_| None).collect();
         let mut by_pack: HashMap<PackId, Vec<(usize, PackEntry)>> = HashMap::new();
         for (i, id) in ids.iter().enumerate() {
             match self.location(id) {
@@ -149,15 +176,24 @@ impl PackStore {
                 runs.push((pack, run));
             }
         }
-        let results: Vec<Vec<(usize, Result<Bytes, ChunkError>)>> =
-            stream::iter(runs).map(|(pack, run)| self.fetch_run(pack, run)).buffer_unordered(8).collect().await;
+        let results: Vec<Vec<(usize, Result<Bytes, ChunkError>)>> = stream::iter(runs)
+            .map(|(pack, run)| self.fetch_run(pack, run))
+            .buffer_unordered(8)
+            .collect()
+            .await;
         for (i, r) in results.into_iter().flatten() {
             out[i] = Some(r);
         }
-        out.into_iter().map(|r| r.expect("every chunk has a result")).collect()
+        out.into_iter()
+            .map(|r| r.expect("every chunk has a result"))
+            .collect()
     }
 
-    async fn fetch_run(&self, pack: PackId, run: Vec<(usize, PackEntry)>) -> Vec<(usize, Result<Bytes, ChunkError>)> {
+    async fn fetch_run(
+        &self,
+        pack: PackId,
+        run: Vec<(usize, PackEntry)>,
+    ) -> Vec<(usize, Result<Bytes, ChunkError>)> {
         let start = run[0].1.offset;
         let end = run.iter().map(|(_, e)| e.end()).max().unwrap_or(start);
         let bytes = match self.store.get_range(&pack_key(&pack), start..end).await {
@@ -167,7 +203,11 @@ impl PackStore {
                 return run
                     .into_iter()
                     .map(|(i, _)| {
-                        let err = crate::StoreError::Transient { op: "fetch chunk", key: pack_key(&pack), source: msg.clone().into() };
+                        let err = crate::StoreError::Transient {
+                            op: "fetch chunk",
+                            key: pack_key(&pack),
+                            source: msg.clone().into(),
+                        };
                         (i, Err(ChunkError::Store(err)))
                     })
                     .collect();
@@ -190,17 +230,26 @@ impl PackStore {
 
 /// Decompresses (if needed) and verifies one stored chunk.
 pub fn decode_chunk(pack: &PackId, e: &PackEntry, stored: Bytes) -> Result<Bytes, ChunkError> {
-    let integrity = |reason: String| ChunkError::Integrity { chunk: e.id, pack: *pack, reason };
+    let integrity = |reason: String| ChunkError::Integrity {
+        chunk: e.id,
+        pack: *pack,
+        reason,
+    };
     let raw = match e.compression {
         Compression::None => stored,
         Compression::Zstd => {
             // The capacity is the index's raw length, validated to be at most 16 MiB.
-            let v = zstd::bulk::decompress(&stored, e.raw_len as usize).map_err(|err| integrity(format!("zstd: {err}")))?;
+            let v = zstd::bulk::decompress(&stored, e.raw_len as usize)
+                .map_err(|err| integrity(format!("zstd: {err}")))?;
             Bytes::from(v)
         }
     };
     if raw.len() != e.raw_len as usize {
-        return Err(integrity(format!("length {} instead of {}", raw.len(), e.raw_len)));
+        return Err(integrity(format!(
+            "length {} instead of {}",
+            raw.len(),
+            e.raw_len
+        )));
     }
     let actual = ChunkId::of(&raw);
     if actual != e.id {

@@ -22,7 +22,10 @@ pub struct ReaderConfig {
 
 impl Default for ReaderConfig {
     fn default() -> Self {
-        ReaderConfig { memory_bytes: 256 * 1024 * 1024, disk: None }
+        ReaderConfig {
+            memory_bytes: 256 * 1024 * 1024,
+            disk: None,
+        }
     }
 }
 
@@ -48,6 +51,8 @@ struct Counters {
 }
 
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, SharedChunkError>>>;
+/// One spawned fetch of several chunks: a result per chunk, in order.
+type BatchFetch = Shared<BoxFuture<'static, Arc<Vec<Result<Bytes, SharedChunkError>>>>>;
 
 /// The tiered, single-flight chunk reader.
 #[derive(Debug)]
@@ -62,12 +67,21 @@ pub struct ChunkReader {
 impl ChunkReader {
     pub fn new(packs: Arc<PackStore>, config: ReaderConfig) -> Result<Arc<Self>, ChunkError> {
         let disk = match &config.disk {
-            Some((dir, bytes)) => Some(Arc::new(
-                DiskCache::open(dir, *bytes).map_err(|source| ChunkError::DiskCache { path: dir.display().to_string(), source })?,
-            )),
+            Some((dir, bytes)) => Some(Arc::new(DiskCache::open(dir, *bytes).map_err(
+                |source| ChunkError::DiskCache {
+                    path: dir.display().to_string(),
+                    source,
+                },
+            )?)),
             None => None,
         };
-        Ok(Arc::new(ChunkReader { packs, memory: MemoryCache::new(config.memory_bytes), disk, inflight: Mutex::default(), counters: Counters::default() }))
+        Ok(Arc::new(ChunkReader {
+            packs,
+            memory: MemoryCache::new(config.memory_bytes),
+            disk,
+            inflight: Mutex::default(),
+            counters: Counters::default(),
+        }))
     }
 
     pub fn packs(&self) -> &Arc<PackStore> {
@@ -91,23 +105,39 @@ impl ChunkReader {
 
     /// Reads one chunk.
     pub async fn read(self: &Arc<Self>, id: ChunkId) -> Result<Bytes, SharedChunkError> {
-        Ok(self.read_many(&[id]).await?.pop().expect("one chunk asked, one returned"))
+        Ok(self
+            .read_many(&[id])
+            .await?
+            .pop()
+            .expect("one chunk asked, one returned"))
     }
 
     /// Reads chunks, in order. Misses are fetched together, so neighbours in a pack
     /// share requests.
-    pub async fn read_many(self: &Arc<Self>, ids: &[ChunkId]) -> Result<Vec<Bytes>, SharedChunkError> {
+    pub async fn read_many(
+        self: &Arc<Self>,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Bytes>, SharedChunkError> {
         let mut out: Vec<Option<Bytes>> = ids.iter().map(|id| self.memory.get(id)).collect();
         let hits = out.iter().filter(|o| o.is_some()).count() as u64;
         self.counters.memory_hits.fetch_add(hits, Relaxed);
 
         if let Some(disk) = &self.disk {
-            let want: Vec<(usize, ChunkId)> = ids.iter().enumerate().filter(|(i, id)| out[*i].is_none() && disk.contains(id)).map(|(i, id)| (i, *id)).collect();
+            let want: Vec<(usize, ChunkId)> = ids
+                .iter()
+                .enumerate()
+                .filter(|(i, id)| out[*i].is_none() && disk.contains(id))
+                .map(|(i, id)| (i, *id))
+                .collect();
             if !want.is_empty() {
                 let d = disk.clone();
-                let found = tokio::task::spawn_blocking(move || want.into_iter().map(|(i, id)| (i, id, d.get(&id))).collect::<Vec<_>>())
-                    .await
-                    .expect("disk cache task panicked");
+                let found = tokio::task::spawn_blocking(move || {
+                    want.into_iter()
+                        .map(|(i, id)| (i, id, d.get(&id)))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .expect("disk cache task panicked");
                 for (i, id, data) in found {
                     if let Some(data) = data {
                         self.counters.disk_hits.fetch_add(1, Relaxed);
@@ -142,11 +172,25 @@ impl ChunkReader {
             if !to_start.is_empty() {
                 let batch = self.clone().start_fetch(to_start.clone());
                 for (k, id) in to_start.iter().enumerate() {
-                    let f: Fetch = batch.clone().map(move |v| v.get(k).or_else(|| v.first()).cloned().expect("a fetch has results")).boxed().shared();
+                    let f: Fetch = batch
+                        .clone()
+                        .map(move |v| {
+                            v.get(k)
+                                .or_else(|| v.first())
+                                .cloned()
+                                .expect("a fetch has results")
+                        })
+                        .boxed()
+                        .shared();
                     inflight.insert(*id, f);
                 }
             }
-            missing.iter().filter(|&&i| out[i].is_none()).filter_map(|&i| inflight.get(&ids[i]).map(|f| (i, f.clone()))).chain(joined).collect()
+            missing
+                .iter()
+                .filter(|&&i| out[i].is_none())
+                .filter_map(|&i| inflight.get(&ids[i]).map(|f| (i, f.clone())))
+                .chain(joined)
+                .collect()
         };
         for (i, f) in fetches {
             if out[i].is_none() {
@@ -159,15 +203,23 @@ impl ChunkReader {
     /// Spawns one fetch of several chunks. It runs to completion even if every reader
     /// gives up, fills the caches, and then leaves the in-flight table. Each chunk has
     /// its own result: one bad chunk fails only its own readers.
-    fn start_fetch(self: Arc<Self>, ids: Vec<ChunkId>) -> Shared<BoxFuture<'static, Arc<Vec<Result<Bytes, SharedChunkError>>>>> {
+    fn start_fetch(self: Arc<Self>, ids: Vec<ChunkId>) -> BatchFetch {
         let task = tokio::spawn(async move {
-            let results: Vec<Result<Bytes, SharedChunkError>> = self.packs.fetch(&ids).await.into_iter().map(|r| r.map_err(Arc::new)).collect();
+            let results: Vec<Result<Bytes, SharedChunkError>> = self
+                .packs
+                .fetch(&ids)
+                .await
+                .into_iter()
+                .map(|r| r.map_err(Arc::new))
+                .collect();
             let mut fetched = Vec::new();
             for (id, r) in ids.iter().zip(&results) {
                 match r {
                     Ok(data) => {
                         self.counters.fetched_chunks.fetch_add(1, Relaxed);
-                        self.counters.fetched_bytes.fetch_add(data.len() as u64, Relaxed);
+                        self.counters
+                            .fetched_bytes
+                            .fetch_add(data.len() as u64, Relaxed);
                         self.memory.insert(*id, data.clone());
                         fetched.push((*id, data.clone()));
                     }
@@ -180,7 +232,10 @@ impl ChunkReader {
             }
             if let Some(disk) = &self.disk {
                 let d = disk.clone();
-                let _ = tokio::task::spawn_blocking(move || fetched.iter().for_each(|(id, b)| d.insert(id, b))).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    fetched.iter().for_each(|(id, b)| d.insert(id, b))
+                })
+                .await;
             }
             let mut inflight = self.inflight.lock().expect("inflight lock");
             for id in &ids {
@@ -193,7 +248,8 @@ impl ChunkReader {
             match task.await {
                 Ok(r) => r,
                 Err(e) => {
-                    let err: SharedChunkError = Arc::new(ChunkError::Writer(format!("fetch task failed: {e}")));
+                    let err: SharedChunkError =
+                        Arc::new(ChunkError::Writer(format!("fetch task failed: {e}")));
                     Arc::new(vec![Err(err)])
                 }
             }

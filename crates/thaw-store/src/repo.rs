@@ -44,7 +44,8 @@ pub struct GcReport {
 
 impl GcReport {
     pub fn reclaimable_bytes(&self) -> u64 {
-        self.unreferenced_packs.iter().map(|p| p.1).sum::<u64>() + self.orphan_objects.iter().map(|o| o.1).sum::<u64>()
+        self.unreferenced_packs.iter().map(|p| p.1).sum::<u64>()
+            + self.orphan_objects.iter().map(|o| o.1).sum::<u64>()
     }
 }
 
@@ -85,19 +86,29 @@ impl Repository {
     /// Loads and verifies a manifest.
     pub async fn get_manifest(&self, id: &ImageId) -> Result<Manifest, ChunkError> {
         let bytes = match self.store.get(&image_key(id)).await {
-            Err(StoreError::NotFound { .. }) => return Err(ChunkError::NoSuchImage(id.to_string())),
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ChunkError::NoSuchImage(id.to_string()))
+            }
             r => r?,
         };
         let actual = Manifest::id_of(&bytes);
         if actual != *id {
-            return Err(ChunkError::ImageIdMismatch { image: id.to_string(), actual: actual.to_string() });
+            return Err(ChunkError::ImageIdMismatch {
+                image: id.to_string(),
+                actual: actual.to_string(),
+            });
         }
-        Manifest::decode(&bytes).map_err(|source| ChunkError::BadManifest { image: id.to_string(), source })
+        Manifest::decode(&bytes).map_err(|source| ChunkError::BadManifest {
+            image: id.to_string(),
+            source,
+        })
     }
 
     pub async fn set_tag(&self, name: &str, id: &ImageId) -> Result<(), ChunkError> {
         validate_tag(name)?;
-        self.store.put(&tag_key(name), Bytes::from(format!("{id}\n"))).await?;
+        self.store
+            .put(&tag_key(name), Bytes::from(format!("{id}\n")))
+            .await?;
         Ok(())
     }
 
@@ -124,8 +135,15 @@ impl Repository {
     pub async fn list_tags(&self) -> Result<Vec<(String, ImageId)>, ChunkError> {
         let mut out = Vec::new();
         for o in self.store.list(TAGS_PREFIX).await? {
-            let Some(hexname) = o.key.strip_prefix("tags/") else { continue };
-            let Some(name) = hex::decode(hexname).ok().and_then(|b| String::from_utf8(b).ok()) else { continue };
+            let Some(hexname) = o.key.strip_prefix("tags/") else {
+                continue;
+            };
+            let Some(name) = hex::decode(hexname)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+            else {
+                continue;
+            };
             if let Some(id) = self.get_tag(&name).await? {
                 out.push((name, id));
             }
@@ -153,11 +171,20 @@ impl Repository {
         if !is_hex_prefix(name) {
             return Err(ChunkError::NoSuchImage(name.to_string()));
         }
-        let matches: Vec<ImageId> = self.list_images().await?.into_iter().map(|(id, _)| id).filter(|id| id.to_hex().starts_with(name)).collect();
+        let matches: Vec<ImageId> = self
+            .list_images()
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| id.to_hex().starts_with(name))
+            .collect();
         match matches.len() {
             0 => Err(ChunkError::NoSuchImage(name.to_string())),
             1 => Ok(matches[0]),
-            count => Err(ChunkError::AmbiguousImage { input: name.to_string(), count }),
+            count => Err(ChunkError::AmbiguousImage {
+                input: name.to_string(),
+                count,
+            }),
         }
     }
 
@@ -192,7 +219,12 @@ impl Repository {
         let indexed: HashSet<PackId> = self.packs.packs().into_iter().map(|(p, _)| p).collect();
         report.packs = indexed.len();
         for (pack, index) in self.packs.packs() {
-            let used: u64 = index.entries.iter().filter(|e| live.contains(&e.id)).map(|e| u64::from(e.stored_len)).sum();
+            let used: u64 = index
+                .entries
+                .iter()
+                .filter(|e| live.contains(&e.id))
+                .map(|e| u64::from(e.stored_len))
+                .sum();
             let any_used = index.entries.iter().any(|e| live.contains(&e.id));
             if any_used {
                 report.unreferenced_bytes_in_live_packs += index.pack_len - used;
@@ -203,11 +235,21 @@ impl Repository {
                 report.too_young += 1;
                 continue;
             }
-            report.unreferenced_packs.push((pack, info.map_or(index.pack_len, |o| o.size)));
+            report
+                .unreferenced_packs
+                .push((pack, info.map_or(index.pack_len, |o| o.size)));
         }
         for o in &listing {
-            let Some(stem) = o.key.strip_prefix("packs/").and_then(|k| k.strip_suffix(".pack")) else { continue };
-            let orphan = stem.parse::<PackId>().map_or(true, |p| !indexed.contains(&p));
+            let Some(stem) = o
+                .key
+                .strip_prefix("packs/")
+                .and_then(|k| k.strip_suffix(".pack"))
+            else {
+                continue;
+            };
+            let orphan = stem
+                .parse::<PackId>()
+                .map_or(true, |p| !indexed.contains(&p));
             if orphan && !young(o.last_modified) {
                 report.orphan_objects.push((o.key.clone(), o.size));
             }

@@ -91,7 +91,9 @@ pub struct PackWriter {
 
 impl std::fmt::Debug for PackWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackWriter").field("stats", &self.stats()).finish_non_exhaustive()
+        f.debug_struct("PackWriter")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,11 +129,16 @@ impl PackWriter {
         };
         let packer = {
             let counters = counters.clone();
-            std::thread::spawn(move || packer_loop(done_rx, up_tx, config.target_pack_size, counters))
+            std::thread::spawn(move || {
+                packer_loop(done_rx, up_tx, config.target_pack_size, counters)
+            })
         };
         PackWriter {
             packs,
-            state: Mutex::new(State { seen: HashSet::new(), next_seq: 0 }),
+            state: Mutex::new(State {
+                seen: HashSet::new(),
+                next_seq: 0,
+            }),
             jobs: Some(job_tx),
             workers,
             packer: Some(packer),
@@ -145,7 +152,9 @@ impl PackWriter {
     /// compression queue is full.
     pub fn add(&self, id: ChunkId, data: Bytes) -> Result<bool, ChunkError> {
         if let Some(msg) = self.failure.lock().expect("failure lock").clone() {
-            return Err(ChunkError::Writer(format!("an earlier upload failed: {msg}")));
+            return Err(ChunkError::Writer(format!(
+                "an earlier upload failed: {msg}"
+            )));
         }
         let seq = {
             let mut st = self.state.lock().expect("writer state");
@@ -157,9 +166,12 @@ impl PackWriter {
             st.next_seq - 1
         };
         self.counters.chunks_new.fetch_add(1, Relaxed);
-        self.counters.raw_bytes_new.fetch_add(data.len() as u64, Relaxed);
+        self.counters
+            .raw_bytes_new
+            .fetch_add(data.len() as u64, Relaxed);
         let jobs = self.jobs.as_ref().expect("add after finish");
-        jobs.send(Job { seq, id, data }).map_err(|_| ChunkError::Writer("the packing pipeline stopped".into()))?;
+        jobs.send(Job { seq, id, data })
+            .map_err(|_| ChunkError::Writer("the packing pipeline stopped".into()))?;
         Ok(true)
     }
 
@@ -181,13 +193,21 @@ impl PackWriter {
         let packer = self.packer.take().expect("packer");
         let packed = tokio::task::spawn_blocking(move || {
             for w in workers {
-                w.join().map_err(|_| ChunkError::Writer("a compression thread panicked".into()))?;
+                w.join()
+                    .map_err(|_| ChunkError::Writer("a compression thread panicked".into()))?;
             }
-            packer.join().map_err(|_| ChunkError::Writer("the packer thread panicked".into()))?
+            packer
+                .join()
+                .map_err(|_| ChunkError::Writer("the packer thread panicked".into()))?
         })
         .await
         .map_err(|e| ChunkError::Writer(e.to_string()))?;
-        let uploaded = self.uploader.take().expect("uploader").await.map_err(|e| ChunkError::Writer(e.to_string()))?;
+        let uploaded = self
+            .uploader
+            .take()
+            .expect("uploader")
+            .await
+            .map_err(|e| ChunkError::Writer(e.to_string()))?;
         uploaded?;
         packed?;
         Ok(self.stats())
@@ -199,12 +219,24 @@ fn compress_worker(rx: Receiver<Job>, tx: Sender<Compressed>, config: WriterConf
     for job in rx {
         let raw_len = job.data.len() as u32;
         let limit = (job.data.len() as f64 * (1.0 - config.min_saving)) as usize;
-        let compressed = zc.as_mut().and_then(|z| z.compress(&job.data).ok()).filter(|c| c.len() <= limit);
+        let compressed = zc
+            .as_mut()
+            .and_then(|z| z.compress(&job.data).ok())
+            .filter(|c| c.len() <= limit);
         let (stored, compression) = match compressed {
             Some(c) => (c, Compression::Zstd),
             None => (job.data.to_vec(), Compression::None),
         };
-        if tx.send(Compressed { seq: job.seq, id: job.id, raw_len, stored, compression }).is_err() {
+        if tx
+            .send(Compressed {
+                seq: job.seq,
+                id: job.id,
+                raw_len,
+                stored,
+                compression,
+            })
+            .is_err()
+        {
             return;
         }
     }
@@ -221,9 +253,16 @@ fn packer_loop(
     let mut buf: Vec<u8> = Vec::with_capacity(target + 4 * 1024 * 1024);
     let mut entries: Vec<PackEntry> = Vec::new();
     let send = |buf: &mut Vec<u8>, entries: &mut Vec<PackEntry>| -> Result<(), ChunkError> {
-        let data = Bytes::from(std::mem::replace(buf, Vec::with_capacity(target + 4 * 1024 * 1024)));
-        let index = PackIndex { pack_len: data.len() as u64, entries: std::mem::take(entries) };
-        up.blocking_send((data, index)).map_err(|_| ChunkError::Writer("the uploader stopped".into()))
+        let data = Bytes::from(std::mem::replace(
+            buf,
+            Vec::with_capacity(target + 4 * 1024 * 1024),
+        ));
+        let index = PackIndex {
+            pack_len: data.len() as u64,
+            entries: std::mem::take(entries),
+        };
+        up.blocking_send((data, index))
+            .map_err(|_| ChunkError::Writer("the uploader stopped".into()))
     };
     for c in rx {
         pending.insert(c.seq, c);
@@ -231,7 +270,9 @@ fn packer_loop(
         // together and are read back with few requests.
         while let Some(c) = pending.remove(&next) {
             next += 1;
-            counters.stored_bytes.fetch_add(c.stored.len() as u64, Relaxed);
+            counters
+                .stored_bytes
+                .fetch_add(c.stored.len() as u64, Relaxed);
             entries.push(PackEntry {
                 id: c.id,
                 offset: buf.len() as u64,

@@ -4,28 +4,60 @@ use super::*;
 use proptest::prelude::*;
 
 fn meta(mode: u32) -> Metadata {
-    Metadata { mode, uid: 0, gid: 0, mtime: Timestamp { sec: 1_700_000_000, nsec: 123 }, xattrs: vec![] }
+    Metadata {
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: Timestamp {
+            sec: 1_700_000_000,
+            nsec: 123,
+        },
+        xattrs: vec![],
+    }
 }
 
 fn dir(entries: Vec<(&[u8], u32)>) -> Inode {
     Inode {
         meta: meta(0o755),
         kind: InodeKind::Directory {
-            entries: entries.into_iter().map(|(n, i)| DirEntry { name: n.to_vec(), inode: i }).collect(),
+            entries: entries
+                .into_iter()
+                .map(|(n, i)| DirEntry {
+                    name: n.to_vec(),
+                    inode: i,
+                })
+                .collect(),
         },
     }
 }
 
 fn sample() -> Manifest {
-    let c = ChunkInfo { id: ChunkId::of(b"abc"), len: 3 };
+    let c = ChunkInfo {
+        id: ChunkId::of(b"abc"),
+        len: 3,
+    };
     Manifest {
         chunks: vec![c],
         inodes: vec![
             dir(vec![(b"a", 1), (b"b", 2), (b"hard", 1), (b"sub", 3)]),
-            Inode { meta: meta(0o4755), kind: InodeKind::File { size: 13, extents: vec![Extent::Chunk(0), Extent::Zero(10)] } },
-            Inode { meta: meta(0o777), kind: InodeKind::Symlink { target: b"/abs/target".to_vec() } },
+            Inode {
+                meta: meta(0o4755),
+                kind: InodeKind::File {
+                    size: 13,
+                    extents: vec![Extent::Chunk(0), Extent::Zero(10)],
+                },
+            },
+            Inode {
+                meta: meta(0o777),
+                kind: InodeKind::Symlink {
+                    target: b"/abs/target".to_vec(),
+                },
+            },
             dir(vec![(b"\xff\xfe", 4)]),
-            Inode { meta: meta(0o600), kind: InodeKind::CharDevice { rdev: 0x0501 } },
+            Inode {
+                meta: meta(0o600),
+                kind: InodeKind::CharDevice { rdev: 0x0501 },
+            },
         ],
     }
 }
@@ -35,12 +67,23 @@ fn round_trip() {
     let m = sample();
     let bytes = m.encode();
     assert_eq!(Manifest::decode(&bytes).unwrap(), m);
-    assert_eq!(Manifest::id_of(&bytes), Manifest::id_of(&m.encode()), "encoding is deterministic");
+    assert_eq!(
+        Manifest::id_of(&bytes),
+        Manifest::id_of(&m.encode()),
+        "encoding is deterministic"
+    );
     assert_eq!(m.lookup(0, b"hard"), Some(1));
     assert_eq!(m.lookup(0, b"zzz"), None);
     assert_eq!(m.link_counts(), vec![3, 2, 1, 2, 1]);
     let ext = m.file_extents(1);
-    assert_eq!(ext[1], FileExtent { offset: 3, len: 10, chunk: None });
+    assert_eq!(
+        ext[1],
+        FileExtent {
+            offset: 3,
+            len: 10,
+            chunk: None
+        }
+    );
 }
 
 fn rejects(m: Manifest, needle: &str) {
@@ -55,7 +98,13 @@ fn invalid_manifests_are_rejected() {
     rejects(m, "sorted");
 
     let mut m = sample();
-    m.inodes[0] = dir(vec![(b"a", 1), (b"b", 2), (b"hard", 1), (b"sub", 3), (b"sub2", 3)]);
+    m.inodes[0] = dir(vec![
+        (b"a", 1),
+        (b"b", 2),
+        (b"hard", 1),
+        (b"sub", 3),
+        (b"sub2", 3),
+    ]);
     rejects(m, "parents");
 
     let mut m = sample();
@@ -67,11 +116,17 @@ fn invalid_manifests_are_rejected() {
     rejects(m, "contains '/'");
 
     let mut m = sample();
-    m.inodes[1].kind = InodeKind::File { size: 14, extents: vec![Extent::Chunk(0), Extent::Zero(10)] };
+    m.inodes[1].kind = InodeKind::File {
+        size: 14,
+        extents: vec![Extent::Chunk(0), Extent::Zero(10)],
+    };
     rejects(m, "add up");
 
     let mut m = sample();
-    m.inodes[1].kind = InodeKind::File { size: 3, extents: vec![Extent::Chunk(7)] };
+    m.inodes[1].kind = InodeKind::File {
+        size: 3,
+        extents: vec![Extent::Chunk(7)],
+    };
     rejects(m, "chunk table");
 
     let mut m = sample();
@@ -84,27 +139,45 @@ fn invalid_manifests_are_rejected() {
     rejects(m, "mode");
 
     let mut m = sample();
-    m.inodes[1].kind = InodeKind::File { size: u64::MAX, extents: vec![Extent::Zero(u64::MAX), Extent::Zero(1)] };
+    m.inodes[1].kind = InodeKind::File {
+        size: u64::MAX,
+        extents: vec![Extent::Zero(u64::MAX), Extent::Zero(1)],
+    };
     rejects(m, "overflow");
 }
 
 #[test]
 fn envelope_errors() {
     let bytes = sample().encode();
-    assert!(matches!(Manifest::decode(&bytes[..10]), Err(FormatError::Truncated { .. })));
+    assert!(matches!(
+        Manifest::decode(&bytes[..10]),
+        Err(FormatError::Truncated { .. })
+    ));
     let mut b = bytes.clone();
     b[0] = b'X';
-    assert!(matches!(Manifest::decode(&b), Err(FormatError::BadMagic { .. })));
+    assert!(matches!(
+        Manifest::decode(&b),
+        Err(FormatError::BadMagic { .. })
+    ));
     let mut b = bytes.clone();
     b[8] = 9;
-    assert!(matches!(Manifest::decode(&b), Err(FormatError::UnsupportedVersion { .. })));
+    assert!(matches!(
+        Manifest::decode(&b),
+        Err(FormatError::UnsupportedVersion { .. })
+    ));
     let mut b = bytes.clone();
     b.push(0);
-    assert!(matches!(Manifest::decode(&b), Err(FormatError::LengthMismatch { .. })));
+    assert!(matches!(
+        Manifest::decode(&b),
+        Err(FormatError::LengthMismatch { .. })
+    ));
     let mut b = bytes.clone();
     let mid = b.len() / 2;
     b[mid] ^= 0x40;
-    assert!(matches!(Manifest::decode(&b), Err(FormatError::ChecksumMismatch { .. })));
+    assert!(matches!(
+        Manifest::decode(&b),
+        Err(FormatError::ChecksumMismatch { .. })
+    ));
 }
 
 #[test]
@@ -112,7 +185,11 @@ fn huge_length_fields_do_not_allocate() {
     // A well-formed envelope whose body claims a vector of 2^60 entries.
     let mut body = Vec::new();
     body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]); // varint
-    let env = crate::codec::Envelope { what: "manifest", magic: *b"THAWMAN\0", version: 1 };
+    let env = crate::codec::Envelope {
+        what: "manifest",
+        magic: *b"THAWMAN\0",
+        version: 1,
+    };
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&env.magic);
     bytes.extend_from_slice(&1u16.to_le_bytes());
@@ -121,54 +198,103 @@ fn huge_length_fields_do_not_allocate() {
     bytes.extend_from_slice(&body);
     let sum = blake3::hash(&bytes);
     bytes.extend_from_slice(sum.as_bytes());
-    assert!(matches!(Manifest::decode(&bytes), Err(FormatError::Malformed { .. })));
+    assert!(matches!(
+        Manifest::decode(&bytes),
+        Err(FormatError::Malformed { .. })
+    ));
 }
 
 /// Random valid trees: a list of (parent choice, kind choice, name) turned into a manifest.
 fn arb_manifest() -> impl Strategy<Value = Manifest> {
-    let node = (any::<u16>(), 0u8..6, proptest::collection::vec(1u8..=255, 1..12), any::<u32>(), any::<u32>());
-    (proptest::collection::vec(node, 0..40), proptest::collection::vec(any::<u8>(), 1..8)).prop_map(|(nodes, chunk_seed)| {
-        let chunks: Vec<ChunkInfo> = chunk_seed
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ChunkInfo { id: ChunkId::of(&[*s, i as u8]), len: 1 + u32::from(*s) })
-            .collect();
-        let mut inodes = vec![Inode { meta: meta(0o755), kind: InodeKind::Directory { entries: vec![] } }];
-        let mut dirs = vec![0u32];
-        for (parent, kind, name, a, b) in nodes {
-            let name: Vec<u8> = name.into_iter().map(|c| if c == b'/' { b'_' } else { c }).collect();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let p = dirs[parent as usize % dirs.len()];
-            let InodeKind::Directory { entries } = &inodes[p as usize].kind else { unreachable!() };
-            if entries.iter().any(|e| e.name == name) {
-                continue;
-            }
-            let kind = match kind {
-                0 => InodeKind::Directory { entries: vec![] },
-                1 => {
-                    let i = a % chunks.len() as u32;
-                    let len = u64::from(chunks[i as usize].len) + u64::from(b % 100) + 1;
-                    InodeKind::File { size: len, extents: vec![Extent::Chunk(i), Extent::Zero(len - u64::from(chunks[i as usize].len))] }
+    let node = (
+        any::<u16>(),
+        0u8..6,
+        proptest::collection::vec(1u8..=255, 1..12),
+        any::<u32>(),
+        any::<u32>(),
+    );
+    (
+        proptest::collection::vec(node, 0..40),
+        proptest::collection::vec(any::<u8>(), 1..8),
+    )
+        .prop_map(|(nodes, chunk_seed)| {
+            let chunks: Vec<ChunkInfo> = chunk_seed
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ChunkInfo {
+                    id: ChunkId::of(&[*s, i as u8]),
+                    len: 1 + u32::from(*s),
+                })
+                .collect();
+            let mut inodes = vec![Inode {
+                meta: meta(0o755),
+                kind: InodeKind::Directory { entries: vec![] },
+            }];
+            let mut dirs = vec![0u32];
+            for (parent, kind, name, a, b) in nodes {
+                let name: Vec<u8> = name
+                    .into_iter()
+                    .map(|c| if c == b'/' { b'_' } else { c })
+                    .collect();
+                if name == b"." || name == b".." {
+                    continue;
                 }
-                2 => InodeKind::Symlink { target: name.clone() },
-                3 => InodeKind::CharDevice { rdev: u64::from(a) },
-                4 => InodeKind::Fifo,
-                _ => InodeKind::File { size: 0, extents: vec![] },
-            };
-            let is_dir = matches!(kind, InodeKind::Directory { .. });
-            let ino = inodes.len() as u32;
-            inodes.push(Inode { meta: Metadata { mode: a & 0o7777, uid: a, gid: b, mtime: Timestamp { sec: i64::from(b), nsec: a % 1_000_000_000 }, xattrs: vec![] }, kind });
-            if is_dir {
-                dirs.push(ino);
+                let p = dirs[parent as usize % dirs.len()];
+                let InodeKind::Directory { entries } = &inodes[p as usize].kind else {
+                    unreachable!()
+                };
+                if entries.iter().any(|e| e.name == name) {
+                    continue;
+                }
+                let kind = match kind {
+                    0 => InodeKind::Directory { entries: vec![] },
+                    1 => {
+                        let i = a % chunks.len() as u32;
+                        let len = u64::from(chunks[i as usize].len) + u64::from(b % 100) + 1;
+                        InodeKind::File {
+                            size: len,
+                            extents: vec![
+                                Extent::Chunk(i),
+                                Extent::Zero(len - u64::from(chunks[i as usize].len)),
+                            ],
+                        }
+                    }
+                    2 => InodeKind::Symlink {
+                        target: name.clone(),
+                    },
+                    3 => InodeKind::CharDevice { rdev: u64::from(a) },
+                    4 => InodeKind::Fifo,
+                    _ => InodeKind::File {
+                        size: 0,
+                        extents: vec![],
+                    },
+                };
+                let is_dir = matches!(kind, InodeKind::Directory { .. });
+                let ino = inodes.len() as u32;
+                inodes.push(Inode {
+                    meta: Metadata {
+                        mode: a & 0o7777,
+                        uid: a,
+                        gid: b,
+                        mtime: Timestamp {
+                            sec: i64::from(b),
+                            nsec: a % 1_000_000_000,
+                        },
+                        xattrs: vec![],
+                    },
+                    kind,
+                });
+                if is_dir {
+                    dirs.push(ino);
+                }
+                let InodeKind::Directory { entries } = &mut inodes[p as usize].kind else {
+                    unreachable!()
+                };
+                entries.push(DirEntry { name, inode: ino });
+                entries.sort_by(|x, y| x.name.cmp(&y.name));
             }
-            let InodeKind::Directory { entries } = &mut inodes[p as usize].kind else { unreachable!() };
-            entries.push(DirEntry { name, inode: ino });
-            entries.sort_by(|x, y| x.name.cmp(&y.name));
-        }
-        Manifest { chunks, inodes }
-    })
+            Manifest { chunks, inodes }
+        })
 }
 
 proptest! {

@@ -53,7 +53,14 @@ impl DiskCache {
             }
         }
         found.sort_by_key(|(t, _, _)| *t);
-        let cache = DiskCache { dir: dir.to_path_buf(), capacity, inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0 }) };
+        let cache = DiskCache {
+            dir: dir.to_path_buf(),
+            capacity,
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+        };
         {
             let mut g = cache.inner.lock().expect("disk cache lock");
             for (_, id, len) in found {
@@ -162,7 +169,11 @@ impl DiskCache {
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("cache entries live in a subdirectory");
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp.{}.{:x}", std::process::id(), rand::random::<u64>()));
+    let tmp = dir.join(format!(
+        ".tmp.{}.{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;

@@ -20,11 +20,22 @@ pub struct MemoryCache {
 
 impl MemoryCache {
     pub fn new(capacity: u64) -> Self {
-        MemoryCache { inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0 }), capacity }
+        MemoryCache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity,
+        }
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<Bytes> {
-        self.inner.lock().expect("memory cache lock").lru.get(id).cloned()
+        self.inner
+            .lock()
+            .expect("memory cache lock")
+            .lru
+            .get(id)
+            .cloned()
     }
 
     pub fn insert(&self, id: ChunkId, data: Bytes) {

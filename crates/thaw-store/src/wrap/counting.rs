@@ -58,7 +58,10 @@ pub struct CountingStore {
 
 impl CountingStore {
     pub fn new(inner: Arc<dyn BlobStore>) -> Self {
-        CountingStore { inner, counters: Arc::default() }
+        CountingStore {
+            inner,
+            counters: Arc::default(),
+        }
     }
     pub fn counters(&self) -> Arc<StoreCounters> {
         self.counters.clone()
@@ -75,7 +78,9 @@ impl CountingStore {
 impl BlobStore for CountingStore {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.counters.puts.fetch_add(1, Relaxed);
-        self.counters.put_bytes.fetch_add(data.len() as u64, Relaxed);
+        self.counters
+            .put_bytes
+            .fetch_add(data.len() as u64, Relaxed);
         let r = self.inner.put(key, data).await;
         self.count(r)
     }

@@ -29,7 +29,13 @@ pub struct FaultyStore {
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn BlobStore>, config: FaultConfig) -> Self {
-        FaultyStore { inner, rng: Mutex::new(StdRng::seed_from_u64(config.seed)), config, down: AtomicBool::new(false), injected: AtomicU64::new(0) }
+        FaultyStore {
+            inner,
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            config,
+            down: AtomicBool::new(false),
+            injected: AtomicU64::new(0),
+        }
     }
 
     /// While down, every request fails.
@@ -43,10 +49,14 @@ impl FaultyStore {
     }
 
     fn check(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
-        let fail = self.down.load(Relaxed) || self.rng.lock().expect("fault rng").random::<f64>() < self.config.fail_rate;
+        let fail = self.down.load(Relaxed)
+            || self.rng.lock().expect("fault rng").random::<f64>() < self.config.fail_rate;
         if fail {
             self.injected.fetch_add(1, Relaxed);
-            return Err(StoreError::Injected { op, key: key.to_string() });
+            return Err(StoreError::Injected {
+                op,
+                key: key.to_string(),
+            });
         }
         Ok(())
     }

@@ -71,7 +71,13 @@ impl RetryStore {
             let sleep = backoff.mul_f64(rand::random::<f64>());
             let give_up = attempts >= c.max_attempts || start.elapsed() + sleep >= c.deadline;
             if give_up {
-                return Err(StoreError::Deadline { op, key: key.to_string(), after: start.elapsed(), attempts, last });
+                return Err(StoreError::Deadline {
+                    op,
+                    key: key.to_string(),
+                    after: start.elapsed(),
+                    attempts,
+                    last,
+                });
             }
             tokio::time::sleep(sleep).await;
             backoff = (backoff * 2).min(c.max_backoff);
@@ -82,13 +88,17 @@ impl RetryStore {
 #[async_trait]
 impl BlobStore for RetryStore {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.run("put", key, || self.inner.put(key, data.clone())).await
+        self.run("put", key, || self.inner.put(key, data.clone()))
+            .await
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.run("get", key, || self.inner.get(key)).await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.run("get_range", key, || self.inner.get_range(key, range.clone())).await
+        self.run("get_range", key, || {
+            self.inner.get_range(key, range.clone())
+        })
+        .await
     }
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
         self.run("head", key, || self.inner.head(key)).await

@@ -21,10 +21,18 @@ impl ThrottleConfig {
     /// Parses `LATENCY_MS[,MBIT_PER_S]`, e.g. `20,1000` for 20 ms and 1 Gbit/s.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut parts = s.split(',');
-        let ms: f64 = parts.next().unwrap_or("").trim().parse().map_err(|_| format!("bad latency in {s:?}"))?;
+        let ms: f64 = parts
+            .next()
+            .unwrap_or("")
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad latency in {s:?}"))?;
         let bandwidth = match parts.next() {
             Some(m) => {
-                let mbit: f64 = m.trim().parse().map_err(|_| format!("bad bandwidth in {s:?}"))?;
+                let mbit: f64 = m
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad bandwidth in {s:?}"))?;
                 if mbit <= 0.0 {
                     return Err(format!("bandwidth must be positive in {s:?}"));
                 }
@@ -35,7 +43,10 @@ impl ThrottleConfig {
         if !(0.0..=60_000.0).contains(&ms) {
             return Err(format!("latency out of range in {s:?}"));
         }
-        Ok(ThrottleConfig { latency: Duration::from_secs_f64(ms / 1000.0), bandwidth })
+        Ok(ThrottleConfig {
+            latency: Duration::from_secs_f64(ms / 1000.0),
+            bandwidth,
+        })
     }
 }
 
@@ -50,7 +61,11 @@ pub struct ThrottledStore {
 
 impl ThrottledStore {
     pub fn new(inner: Arc<dyn BlobStore>, config: ThrottleConfig) -> Self {
-        ThrottledStore { inner, config, link_free_at: Mutex::new(Instant::now()) }
+        ThrottledStore {
+            inner,
+            config,
+            link_free_at: Mutex::new(Instant::now()),
+        }
     }
 
     /// Waits the latency, then for `bytes` to cross the shared link.
@@ -97,7 +112,12 @@ impl BlobStore for ThrottledStore {
         self.inner.delete(key).await
     }
     fn describe(&self) -> String {
-        format!("{} (throttled {:?}, {:?} B/s)", self.inner.describe(), self.config.latency, self.config.bandwidth)
+        format!(
+            "{} (throttled {:?}, {:?} B/s)",
+            self.inner.describe(),
+            self.config.latency,
+            self.config.bandwidth
+        )
     }
 }
 
@@ -118,7 +138,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bandwidth_is_shared_and_latency_added() {
         let inner = Arc::new(crate::ObjectStoreBackend::memory());
-        inner.put("k", Bytes::from(vec![0u8; 1_000_000])).await.unwrap();
+        inner
+            .put("k", Bytes::from(vec![0u8; 1_000_000]))
+            .await
+            .unwrap();
         // 10 ms latency, 8 Mbit/s = 1 MB/s: two concurrent 1 MB reads take about 2 s.
         let t = ThrottledStore::new(inner, ThrottleConfig::parse("10,8").unwrap());
         let start = Instant::now();
@@ -126,6 +149,9 @@ mod tests {
         a.unwrap();
         b.unwrap();
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(2000) && took < Duration::from_millis(2100), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(2000) && took < Duration::from_millis(2100),
+            "{took:?}"
+        );
     }
 }
