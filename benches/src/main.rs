@@ -1,1 +1,113 @@
-fn main() {}
+//! `thaw-bench`: measurement drivers that `scripts/bench.sh` runs side by side with
+//! their baselines. Each prints `key: value` lines.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use futures::{stream, StreamExt};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+use thaw_core::ChunkId;
+use thaw_store::wrap::{CountingStore, RetryConfig, RetryStore};
+use thaw_store::{open_store, ChunkReader, ReaderConfig, Repository};
+
+#[derive(Parser, Debug)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read every chunk of an image once, in file order, as an export would.
+    Read {
+        #[arg(long)]
+        store: String,
+        image: String,
+        /// Disk cache directory (reads are served from it when it is warm).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Chunk bytes per batch request.
+        #[arg(long, default_value_t = 32 << 20)]
+        batch_bytes: u64,
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Read {
+            store,
+            image,
+            cache,
+            batch_bytes,
+            in_flight,
+        } => {
+            let counting = CountingStore::new(open_store(&store)?);
+            let counters = counting.counters();
+            let repo = Repository::open(std::sync::Arc::new(RetryStore::new(
+                std::sync::Arc::new(counting),
+                RetryConfig::default(),
+            )))
+            .await?;
+            let id = repo.resolve(&image).await?;
+            let m = repo.get_manifest(&id).await?;
+            let config = ReaderConfig {
+                memory_bytes: 64 << 20,
+                disk: cache.map(|c| (c, 100 << 30)),
+            };
+            let reader = ChunkReader::new(repo.packs().clone(), config)?;
+            // Unique chunks in the order files reference them.
+            let mut seen = HashSet::new();
+            let mut batches: Vec<Vec<ChunkId>> = vec![Vec::new()];
+            let (mut bytes, mut in_batch) = (0u64, 0u64);
+            for ino in 0..m.inodes.len() as u32 {
+                for e in m.file_extents(ino) {
+                    if let Some(c) = e.chunk.filter(|c| seen.insert(*c)) {
+                        if in_batch + e.len > batch_bytes
+                            && !batches.last().is_some_and(Vec::is_empty)
+                        {
+                            batches.push(Vec::new());
+                            in_batch = 0;
+                        }
+                        batches.last_mut().expect("non-empty").push(c);
+                        in_batch += e.len;
+                        bytes += e.len;
+                    }
+                }
+            }
+            let gets_before = counters.snapshot().gets;
+            let start = Instant::now();
+            let results: Vec<_> = stream::iter(batches)
+                .map(|b| {
+                    let r = reader.clone();
+                    async move {
+                        r.read_many(&b)
+                            .await
+                            .map(|v| v.iter().map(|x| x.len() as u64).sum::<u64>())
+                    }
+                })
+                .buffer_unordered(in_flight)
+                .collect()
+                .await;
+            let secs = start.elapsed().as_secs_f64();
+            let mut read = 0u64;
+            for r in results {
+                read += r
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .context("reading chunks")?;
+            }
+            anyhow::ensure!(read == bytes, "read {read} of {bytes} bytes");
+            let s = reader.stats();
+            println!("bytes: {bytes}");
+            println!("seconds: {secs:.6}");
+            println!("gbps: {:.4}", bytes as f64 / secs / 1e9);
+            println!("fetched_chunks: {}", s.fetched_chunks);
+            println!("disk_hits: {}", s.disk_hits);
+            println!("store_gets: {}", counters.snapshot().gets - gets_before);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every benchmark of the project side by side with its baseline and writes
+# docs/benchmarks.md. Environment: RUNS (default 5) repetitions, medians reported.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${THAW_CACHE:-/var/cache/thaw}
+for pkg in debootstrap zstd hyperfine; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null; }
+done
+cargo build --release -p thaw-cli -p thaw-benches
+mapfile -t roots < <(THAW_ROOTFS_CACHE=$CACHE scripts/rootfs.sh)
+export THAW_BIN=$PWD/target/release/thaw THAW_BENCH_BIN=$PWD/target/release/thaw-bench
+export THAW_ROOTFS=${roots[0]} THAW_ROOTFS_PLUS=${roots[1]}
+exec python3 scripts/bench.py "$@"
