@@ -172,9 +172,10 @@ async fn main() -> Result<()> {
                 r.writer.stored_bytes,
                 size(r.writer.stored_bytes)
             );
+            println!("chunks_new: {}", r.writer.chunks_new);
             println!(
-                "chunks_new: {} ({} raw)",
-                r.writer.chunks_new,
+                "raw_bytes_new: {} ({})",
+                r.writer.raw_bytes_new,
                 size(r.writer.raw_bytes_new)
             );
             println!("chunks_dedup: {}", r.writer.chunks_dedup);
