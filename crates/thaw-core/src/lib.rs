@@ -11,6 +11,7 @@ pub mod id;
 pub mod manifest;
 pub mod pack;
 pub mod tag;
+pub mod trace;
 
 pub use chunker::{Chunker, ChunkerConfig};
 pub use error::FormatError;
