@@ -1,4 +1,6 @@
-//! `thaw`: build, inspect, export and collect container images in a chunk store.
+//! `thaw`: build, inspect, export, mount and collect container images in a chunk store.
+
+mod mount_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -67,6 +69,11 @@ enum Command {
     Tag { image: String, name: String },
     /// Remove an image and its tags (its chunks go at the next `gc --apply`).
     Rmi { image: String },
+    /// Mount an image read-only (or writable through overlayfs); runs until SIGINT,
+    /// SIGTERM or `thaw umount`.
+    Mount(mount_cmd::MountArgs),
+    /// Unmount a thaw mount, stopping its daemon, or clean up after a dead one.
+    Umount { mountpoint: PathBuf },
     /// Remove packs that no image references. Dry run unless --apply.
     Gc {
         #[arg(long)]
@@ -77,7 +84,7 @@ enum Command {
     },
 }
 
-fn open(cli: &Cli) -> Result<(Arc<dyn BlobStore>, Arc<StoreCounters>)> {
+fn open(cli: &Cli, retry: RetryConfig) -> Result<(Arc<dyn BlobStore>, Arc<StoreCounters>)> {
     let mut store =
         open_store(&cli.store).with_context(|| format!("opening store {}", cli.store))?;
     if let Some(t) = &cli.throttle {
@@ -87,7 +94,7 @@ fn open(cli: &Cli) -> Result<(Arc<dyn BlobStore>, Arc<StoreCounters>)> {
     let counting = CountingStore::new(store);
     let counters = counting.counters();
     Ok((
-        Arc::new(RetryStore::new(Arc::new(counting), RetryConfig::default())),
+        Arc::new(RetryStore::new(Arc::new(counting), retry)),
         counters,
     ))
 }
@@ -119,7 +126,18 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let (store, counters) = open(&cli)?;
+    if let Command::Umount { mountpoint } = &cli.command {
+        return mount_cmd::umount(mountpoint).await;
+    }
+    let retry = match &cli.command {
+        Command::Mount(m) => RetryConfig {
+            deadline: Duration::from_secs(m.timeout),
+            attempt_timeout: Duration::from_secs(m.timeout.clamp(1, 30)),
+            ..Default::default()
+        },
+        _ => RetryConfig::default(),
+    };
+    let (store, counters) = open(&cli, retry)?;
     let repo = Repository::open(store)
         .await
         .context("opening the repository")?;
@@ -251,6 +269,8 @@ async fn main() -> Result<()> {
                 }
             );
         }
+        Command::Mount(args) => mount_cmd::mount(&repo, args, cli.stats).await?,
+        Command::Umount { .. } => unreachable!("handled before opening the store"),
         Command::Gc { apply, min_age } => {
             let r = repo.gc(*apply, Duration::from_secs(*min_age)).await?;
             println!(

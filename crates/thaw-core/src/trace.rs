@@ -73,7 +73,10 @@ impl Trace {
     }
 
     pub fn decode(text: &str) -> Result<Trace, FormatError> {
-        let bad = |line: usize, reason: &str| FormatError::Malformed { what: "trace", reason: format!("line {line}: {reason}") };
+        let bad = |line: usize, reason: &str| FormatError::Malformed {
+            what: "trace",
+            reason: format!("line {line}: {reason}"),
+        };
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
         match lines.next() {
             Some((_, MAGIC)) => {}
@@ -83,7 +86,10 @@ impl Trace {
             _ => return Err(bad(1, "not a thaw trace (expected 'thaw-trace 1')")),
         }
         let image = match lines.next() {
-            Some((n, l)) => l.strip_prefix("image ").ok_or_else(|| bad(n, "expected 'image <id>'"))?.parse()?,
+            Some((n, l)) => l
+                .strip_prefix("image ")
+                .ok_or_else(|| bad(n, "expected 'image <id>'"))?
+                .parse()?,
             None => return Err(bad(2, "missing image line")),
         };
         let mut records = Vec::new();
@@ -95,7 +101,8 @@ impl Trace {
                 return Err(bad(n, "line too long"));
             }
             let mut f = line.splitn(4, ' ');
-            let (Some(t), Some(c), Some(o), Some(p)) = (f.next(), f.next(), f.next(), f.next()) else {
+            let (Some(t), Some(c), Some(o), Some(p)) = (f.next(), f.next(), f.next(), f.next())
+            else {
                 return Err(bad(n, "expected 4 fields"));
             };
             records.push(TraceRecord {
@@ -136,7 +143,10 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         assert!(Trace::decode("hello").is_err());
-        assert!(Trace::decode("thaw-trace 2\nimage x").unwrap_err().to_string().contains("version"));
+        assert!(Trace::decode("thaw-trace 2\nimage x")
+            .unwrap_err()
+            .to_string()
+            .contains("version"));
         let head = format!("thaw-trace 1\nimage {}\n", ImageId::of(b"x"));
         assert!(Trace::decode(&format!("{head}1 2 3")).is_err());
         assert!(Trace::decode(&format!("{head}1 {} 0 bad%zz", ChunkId::of(b"c"))).is_err());

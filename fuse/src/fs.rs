@@ -1,0 +1,494 @@
+//! The FUSE `Filesystem`: read-only operations over a manifest, reads through the
+//! tiered chunk reader.
+
+use crate::errno::{errno_of, FsError};
+use crate::inodes::{file_type, first_paths, from_fuse, to_fuse, InodeTable};
+use crate::reads::{overlapping, ReadState};
+use crate::stats::{FsStats, Op};
+use crate::trace::TraceRecorder;
+use fuser::{
+    AccessFlags, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thaw_core::{ChunkId, ImageId, InodeKind, Manifest};
+use thaw_store::ChunkReader;
+
+/// Tunables of a mounted image.
+#[derive(Debug, Clone, Copy)]
+pub struct FsConfig {
+    /// How long the kernel may cache entries and attributes (the image is immutable).
+    pub ttl: Duration,
+    /// A read that cannot be served within this time fails with EIO.
+    pub read_timeout: Duration,
+    /// Largest readahead window for sequential readers, in bytes (0 disables it).
+    pub readahead_max: u64,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            ttl: Duration::from_secs(24 * 3600),
+            read_timeout: Duration::from_secs(60),
+            readahead_max: 32 << 20,
+        }
+    }
+}
+
+/// State shared by the FUSE threads and the mount's owner.
+#[derive(Debug)]
+pub struct FsShared {
+    pub manifest: Arc<Manifest>,
+    pub image: ImageId,
+    pub reader: Arc<ChunkReader>,
+    pub stats: FsStats,
+    pub trace: Option<TraceRecorder>,
+    table: InodeTable,
+    config: FsConfig,
+    rt: tokio::runtime::Handle,
+    handles: Mutex<HashMap<u64, ReadState>>,
+    next_handle: AtomicU64,
+}
+
+/// The filesystem handed to `fuser`; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ThawFs {
+    pub(crate) shared: Arc<FsShared>,
+}
+
+impl ThawFs {
+    pub fn new(
+        manifest: Arc<Manifest>,
+        image: ImageId,
+        reader: Arc<ChunkReader>,
+        config: FsConfig,
+        trace: Option<std::path::PathBuf>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
+        let table = InodeTable::new(&manifest);
+        let trace = trace.map(|p| TraceRecorder::new(image, p));
+        ThawFs {
+            shared: Arc::new(FsShared {
+                manifest,
+                image,
+                reader,
+                stats: FsStats::default(),
+                trace,
+                table,
+                config,
+                rt,
+                handles: Mutex::default(),
+                next_handle: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<FsShared> {
+        &self.shared
+    }
+}
+
+impl FsShared {
+    fn ino(&self, ino: INodeNo) -> Result<u32, FsError> {
+        from_fuse(ino, self.manifest.inodes.len()).ok_or(FsError::NotFound)
+    }
+
+    fn attr(&self, ino: u32) -> &FileAttr {
+        &self.table.attrs[ino as usize]
+    }
+
+    /// Reads `[offset, offset + size)` of a file.
+    fn read(&self, ino: u32, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let file_size = match &self.manifest.inodes[ino as usize].kind {
+            InodeKind::File { size, .. } => *size,
+            InodeKind::Directory { .. } => return Err(FsError::IsADirectory),
+            _ => return Err(FsError::BadHandle),
+        };
+        if offset >= file_size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (offset + u64::from(size)).min(file_size);
+        let extents = &self.table.extents[ino as usize];
+        let needed = overlapping(extents, offset, end);
+
+        // Readahead: fetch the next chunks in the background; never waited for here.
+        let ahead = self
+            .handles
+            .lock()
+            .expect("handles lock")
+            .entry(fh)
+            .or_default()
+            .plan(offset, end, self.config.readahead_max);
+        if let Some((from, to)) = ahead {
+            let ids: Vec<ChunkId> = overlapping(extents, from, to.min(file_size))
+                .iter()
+                .filter_map(|e| e.chunk)
+                .filter(|c| !needed.iter().any(|n| n.chunk == Some(*c)))
+                .collect();
+            if !ids.is_empty() {
+                self.stats
+                    .readahead_chunks
+                    .fetch_add(ids.len() as u64, Relaxed);
+                let reader = self.reader.clone();
+                self.rt.spawn(async move {
+                    let _ = reader.read_many(&ids).await;
+                });
+            }
+        }
+
+        let ids: Vec<ChunkId> = needed.iter().filter_map(|e| e.chunk).collect();
+        let chunks = if ids.is_empty() {
+            Vec::new()
+        } else {
+            // The timer must be created inside the runtime, so inside the future.
+            let fetch = async {
+                tokio::time::timeout(self.config.read_timeout, self.reader.read_many(&ids)).await
+            };
+            match self.rt.block_on(fetch) {
+                Ok(r) => r?,
+                Err(_) => return Err(FsError::Timeout(self.config.read_timeout)),
+            }
+        };
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut chunks = chunks.into_iter();
+        for e in needed {
+            let lo = offset.max(e.offset);
+            let hi = end.min(e.offset + e.len);
+            match e.chunk {
+                Some(id) => {
+                    let data = chunks.next().expect("one chunk per chunk extent");
+                    out.extend_from_slice(
+                        &data[(lo - e.offset) as usize..(hi - e.offset) as usize],
+                    );
+                    if let Some(t) = &self.trace {
+                        t.record(ino, e.offset, id);
+                    }
+                }
+                None => {
+                    out.resize(out.len() + (hi - lo) as usize, 0);
+                    self.stats.zero_bytes_served.fetch_add(hi - lo, Relaxed);
+                }
+            }
+        }
+        self.stats.bytes_served.fetch_add(out.len() as u64, Relaxed);
+        Ok(out)
+    }
+
+    fn xattr_reply(&self, bytes: &[u8], size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(bytes.len() as u32);
+        } else if (size as usize) < bytes.len() {
+            reply.error(errno_of(&FsError::BufferTooSmall {
+                given: size,
+                needed: bytes.len(),
+            }));
+        } else {
+            reply.data(bytes);
+        }
+    }
+}
+
+impl Filesystem for ThawFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Ask for what helps a read-only image; the kernel may refuse some, which is fine.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let s = &self.shared;
+        s.stats.count(Op::Lookup);
+        let found = s
+            .ino(parent)
+            .and_then(|p| match &s.manifest.inodes[p as usize].kind {
+                InodeKind::Directory { .. } => s
+                    .manifest
+                    .lookup(p, name.as_bytes())
+                    .ok_or(FsError::NotFound),
+                _ => Err(FsError::NotADirectory),
+            });
+        match found {
+            Ok(ino) => reply.entry(&s.config.ttl, s.attr(ino), Generation(0)),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let s = &self.shared;
+        s.stats.count(Op::Getattr);
+        match s.ino(ino) {
+            Ok(i) => reply.attr(&s.config.ttl, s.attr(i)),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let s = &self.shared;
+        s.stats.count(Op::Readlink);
+        match s.ino(ino).map(|i| &s.manifest.inodes[i as usize].kind) {
+            Ok(InodeKind::Symlink { target }) => reply.data(target),
+            Ok(_) => reply.error(errno_of(&FsError::NotASymlink)),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let s = &self.shared;
+        s.stats.count(Op::Open);
+        if let Err(e) = s.ino(ino) {
+            return reply.error(errno_of(&e));
+        }
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(errno_of(&FsError::ReadOnly));
+        }
+        let fh = s.next_handle.fetch_add(1, Relaxed);
+        s.handles
+            .lock()
+            .expect("handles lock")
+            .insert(fh, ReadState::default());
+        // The image never changes: the page cache may outlive this open.
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let s = &self.shared;
+        s.stats.count(Op::Read);
+        match s.ino(ino).and_then(|i| s.read(i, fh.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => {
+                s.stats.read_errors.fetch_add(1, Relaxed);
+                tracing::warn!(ino = ino.0, offset, size, error = %e, "read failed");
+                reply.error(errno_of(&e));
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written, so there is nothing to flush.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.shared
+            .handles
+            .lock()
+            .expect("handles lock")
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let s = &self.shared;
+        match s.ino(ino).map(|i| &s.manifest.inodes[i as usize].kind) {
+            Ok(InodeKind::Directory { .. }) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Ok(_) => reply.error(errno_of(&FsError::NotADirectory)),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let s = &self.shared;
+        s.stats.count(Op::Readdir);
+        let i = match s.ino(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let InodeKind::Directory { entries } = &s.manifest.inodes[i as usize].kind else {
+            return reply.error(errno_of(&FsError::NotADirectory));
+        };
+        // Offsets: 1 is after ".", 2 after "..", k + 3 after entry k.
+        let specials = [(i, "."), (s.table.parents[i as usize], "..")];
+        for (k, (target, name)) in specials.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                to_fuse(*target),
+                k as u64 + 1,
+                fuser::FileType::Directory,
+                name,
+            ) {
+                return reply.ok();
+            }
+        }
+        for (k, e) in entries
+            .iter()
+            .enumerate()
+            .skip((offset as usize).saturating_sub(2))
+        {
+            let kind = file_type(&s.manifest.inodes[e.inode as usize].kind);
+            if reply.add(
+                to_fuse(e.inode),
+                k as u64 + 3,
+                kind,
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let s = &self.shared;
+        s.stats.count(Op::Readdirplus);
+        let i = match s.ino(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let InodeKind::Directory { entries } = &s.manifest.inodes[i as usize].kind else {
+            return reply.error(errno_of(&FsError::NotADirectory));
+        };
+        let ttl = s.config.ttl;
+        let specials = [(i, "."), (s.table.parents[i as usize], "..")];
+        for (k, (target, name)) in specials.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                to_fuse(*target),
+                k as u64 + 1,
+                name,
+                &ttl,
+                s.attr(*target),
+                Generation(0),
+            ) {
+                return reply.ok();
+            }
+        }
+        for (k, e) in entries
+            .iter()
+            .enumerate()
+            .skip((offset as usize).saturating_sub(2))
+        {
+            if reply.add(
+                to_fuse(e.inode),
+                k as u64 + 3,
+                OsStr::from_bytes(&e.name),
+                &ttl,
+                s.attr(e.inode),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let s = &self.shared;
+        s.stats.count(Op::Getxattr);
+        let i = match s.ino(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        match s.manifest.inodes[i as usize]
+            .meta
+            .xattrs
+            .iter()
+            .find(|x| x.name == name.as_bytes())
+        {
+            Some(x) => s.xattr_reply(&x.value, size, reply),
+            None => reply.error(errno_of(&FsError::NoXattr)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let s = &self.shared;
+        s.stats.count(Op::Listxattr);
+        let i = match s.ino(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let mut names = Vec::new();
+        for x in &s.manifest.inodes[i as usize].meta.xattrs {
+            names.extend_from_slice(&x.name);
+            names.push(0);
+        }
+        s.xattr_reply(&names, size, reply);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = &self.shared;
+        s.stats.count(Op::Statfs);
+        let blocks = s.table.total_bytes.div_ceil(4096);
+        reply.statfs(
+            blocks,
+            0,
+            0,
+            s.manifest.inodes.len() as u64,
+            0,
+            4096,
+            255,
+            4096,
+        );
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let s = &self.shared;
+        s.stats.count(Op::Access);
+        match s.ino(ino) {
+            Err(e) => reply.error(errno_of(&e)),
+            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(errno_of(&FsError::ReadOnly)),
+            Ok(_) => reply.ok(),
+        }
+    }
+}
+
+impl FsShared {
+    /// First path of each inode (for messages and traces).
+    pub fn paths(&self) -> Vec<Vec<u8>> {
+        first_paths(&self.manifest)
+    }
+}

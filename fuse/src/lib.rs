@@ -1,0 +1,18 @@
+//! thaw's lazy FUSE filesystem: an image from the chunk store, mounted read-only, that
+//! fetches only the chunks a process reads (through the store's memory and disk caches),
+//! with optional overlayfs on top for writes.
+//!
+//! Knows FUSE and mounting; knows nothing of HTTP or JSON. Every error becomes an errno
+//! in exactly one place, [`errno::errno_of`].
+
+pub mod errno;
+mod fs;
+mod inodes;
+pub mod mount;
+mod reads;
+pub mod stats;
+mod trace;
+
+pub use fs::{FsConfig, ThawFs};
+pub use mount::{mount, unmount, MountHandle, MountOptions};
+pub use stats::{FsStats, StatsSnapshot};

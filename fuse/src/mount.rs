@@ -1,0 +1,321 @@
+//! Mounting and unmounting: FUSE options, the optional overlayfs upper layer for writes,
+//! and cleaning up mounts whose daemon died.
+
+use crate::fs::ThawFs;
+use crate::stats::StatsSnapshot;
+use fuser::{Config, MountOption, SessionACL};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// How to mount an image.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Let every user (root inside a container included) read the mount.
+    pub allow_other: bool,
+    /// Have `fusermount3` unmount the filesystem if this process dies; `None` means "when
+    /// `fusermount3` is installed".
+    pub auto_unmount: Option<bool>,
+    /// Put an overlayfs over the image with its upper and work directories here.
+    pub writable: Option<PathBuf>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            threads: 8,
+            allow_other: true,
+            auto_unmount: None,
+            writable: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a directory")]
+    NotADirectory(String),
+    #[error("{0} is not mounted")]
+    NotMounted(String),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MountError + 'a {
+    move |source| MountError::Io {
+        op,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn cstr(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).expect("paths have no NUL")
+}
+
+/// Whether `fusermount3` (needed for auto-unmount) is on the PATH.
+pub fn have_fusermount3() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").is_file()))
+}
+
+/// A mounted image. Unmounts when dropped.
+#[derive(Debug)]
+pub struct MountHandle {
+    fs: ThawFs,
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+    fuse_dir: PathBuf,
+    overlay: bool,
+}
+
+/// Mounts `fs` at `mountpoint`: read-only, `nosuid`, `nodev`, and writable through
+/// overlayfs when `options.writable` names an upper directory.
+pub fn mount(
+    fs: ThawFs,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<MountHandle, MountError> {
+    if !mountpoint.is_dir() {
+        return Err(MountError::NotADirectory(mountpoint.display().to_string()));
+    }
+    let mountpoint = mountpoint
+        .canonicalize()
+        .map_err(io("resolve", mountpoint))?;
+    let fuse_dir = match &options.writable {
+        Some(upper) => {
+            for sub in ["upper", "work", "lower"] {
+                std::fs::create_dir_all(upper.join(sub)).map_err(io("create", &upper.join(sub)))?;
+            }
+            upper
+                .canonicalize()
+                .map_err(io("resolve", upper))?
+                .join("lower")
+        }
+        None => mountpoint.clone(),
+    };
+    let image = fs.shared().image;
+    let mut mount_options = vec![
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::DefaultPermissions,
+        MountOption::FSName(format!("thaw:{}", image.short())),
+        MountOption::Subtype("thaw".into()),
+    ];
+    if options.auto_unmount.unwrap_or_else(have_fusermount3) {
+        mount_options.push(MountOption::AutoUnmount);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(fs.clone(), &fuse_dir, &config)
+        .map_err(io("mount FUSE at", &fuse_dir))?;
+    let mut handle = MountHandle {
+        fs,
+        session: Some(session),
+        mountpoint: mountpoint.clone(),
+        fuse_dir: fuse_dir.clone(),
+        overlay: false,
+    };
+    if let Some(upper) = &options.writable {
+        let upper = upper.canonicalize().map_err(io("resolve", upper))?;
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            fuse_dir.display(),
+            upper.join("upper").display(),
+            upper.join("work").display()
+        );
+        let data = CString::new(data).expect("no NUL");
+        // SAFETY: all pointers are valid NUL-terminated strings for the call.
+        let r = unsafe {
+            libc::mount(
+                c"overlay".as_ptr(),
+                cstr(&mountpoint).as_ptr(),
+                c"overlay".as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            drop(handle); // unmounts the FUSE layer
+            return Err(io("mount overlayfs at", &mountpoint)(e));
+        }
+        handle.overlay = true;
+    }
+    Ok(handle)
+}
+
+impl MountHandle {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Where the read-only FUSE layer is mounted (the mountpoint unless writable).
+    pub fn fuse_dir(&self) -> &Path {
+        &self.fuse_dir
+    }
+
+    pub fn fs(&self) -> &ThawFs {
+        &self.fs
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = self.fs.shared();
+        s.stats.snapshot(s.reader.stats())
+    }
+
+    /// Whether the mount (the overlay, or the FUSE layer) is still in the mount table.
+    pub fn is_mounted(&self) -> bool {
+        is_mounted(&self.mountpoint)
+    }
+
+    /// Writes the start-up trace, if one is being recorded; returns the record count.
+    pub fn write_trace(&self) -> std::io::Result<Option<usize>> {
+        let s = self.fs.shared();
+        s.trace.as_ref().map(|t| t.write(&s.manifest)).transpose()
+    }
+
+    /// Unmounts the overlay (if any) and the FUSE layer.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<(), MountError> {
+        if self.overlay {
+            self.overlay = false;
+            if is_mounted(&self.mountpoint) {
+                unmount(&self.mountpoint)?;
+            }
+        }
+        if let Some(session) = self.session.take() {
+            if is_mounted(&self.fuse_dir) {
+                session
+                    .umount_and_join()
+                    .map_err(io("unmount", &self.fuse_dir))?;
+            } else {
+                // Unmounted from outside: the session thread has ended or is ending.
+                drop(session);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            tracing::warn!(error = %e, "unmount on drop failed");
+        }
+    }
+}
+
+/// Reads the mount points of this mount namespace.
+pub fn mount_points() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .collect()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    // Spaces, tabs, newlines and backslashes are written as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `path` is a mount point (compared without resolving it: a dead FUSE mount
+/// cannot be resolved).
+pub fn is_mounted(path: &Path) -> bool {
+    let path = absolute(path);
+    mount_points().iter().any(|m| *m == path)
+}
+
+/// `path` made absolute and normalised lexically (no symlink resolution).
+pub fn absolute(path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Unmounts whatever is mounted at `path`; a busy or dead mount is detached lazily.
+pub fn unmount(path: &Path) -> Result<(), MountError> {
+    let path = absolute(path);
+    if !is_mounted(&path) {
+        return Err(MountError::NotMounted(path.display().to_string()));
+    }
+    let c = cstr(&path);
+    // SAFETY: `c` is a valid NUL-terminated path for the call.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let first = std::io::Error::last_os_error();
+    tracing::warn!(path = %path.display(), error = %first, "unmount failed; detaching lazily");
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(io("unmount", &path)(std::io::Error::last_os_error()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/mnt/with\040space"), "/mnt/with space");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn absolute_paths() {
+        assert_eq!(
+            absolute(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
+        assert!(absolute(Path::new("rel")).is_absolute());
+    }
+}

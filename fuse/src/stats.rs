@@ -1,0 +1,94 @@
+//! Counters of FUSE operations and bytes served, rendered as `key: value` text.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use thaw_store::ReaderStats;
+
+/// The operations counted.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Lookup,
+    Getattr,
+    Readlink,
+    Open,
+    Read,
+    Readdir,
+    Readdirplus,
+    Getxattr,
+    Listxattr,
+    Statfs,
+    Access,
+}
+
+const OPS: [(&str, Op); 11] = [
+    ("lookup", Op::Lookup),
+    ("getattr", Op::Getattr),
+    ("readlink", Op::Readlink),
+    ("open", Op::Open),
+    ("read", Op::Read),
+    ("readdir", Op::Readdir),
+    ("readdirplus", Op::Readdirplus),
+    ("getxattr", Op::Getxattr),
+    ("listxattr", Op::Listxattr),
+    ("statfs", Op::Statfs),
+    ("access", Op::Access),
+];
+
+/// Live counters of one mount.
+#[derive(Debug, Default)]
+pub struct FsStats {
+    ops: [AtomicU64; 11],
+    pub bytes_served: AtomicU64,
+    /// Bytes served from zero extents (no fetch).
+    pub zero_bytes_served: AtomicU64,
+    pub read_errors: AtomicU64,
+    /// Chunks asked for by readahead.
+    pub readahead_chunks: AtomicU64,
+}
+
+/// A copy of the counters, with the reader's tier statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub ops: Vec<(&'static str, u64)>,
+    pub bytes_served: u64,
+    pub zero_bytes_served: u64,
+    pub read_errors: u64,
+    pub readahead_chunks: u64,
+    pub reader: ReaderStats,
+}
+
+impl FsStats {
+    pub fn count(&self, op: Op) {
+        self.ops[op as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self, reader: ReaderStats) -> StatsSnapshot {
+        StatsSnapshot {
+            ops: OPS
+                .iter()
+                .map(|(name, op)| (*name, self.ops[*op as usize].load(Relaxed)))
+                .collect(),
+            bytes_served: self.bytes_served.load(Relaxed),
+            zero_bytes_served: self.zero_bytes_served.load(Relaxed),
+            read_errors: self.read_errors.load(Relaxed),
+            readahead_chunks: self.readahead_chunks.load(Relaxed),
+            reader,
+        }
+    }
+}
+
+impl StatsSnapshot {
+    /// `key: value` lines, stable for scripts.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for (name, n) in &self.ops {
+            s.push_str(&format!("op_{name}: {n}\n"));
+        }
+        let r = &self.reader;
+        s.push_str(&format!(
+            "bytes_served: {}\nzero_bytes_served: {}\nread_errors: {}\nreadahead_chunks: {}\nmemory_hits: {}\ndisk_hits: {}\nfetched_chunks: {}\nfetched_bytes: {}\njoined_fetches: {}\n",
+            self.bytes_served, self.zero_bytes_served, self.read_errors, self.readahead_chunks,
+            r.memory_hits, r.disk_hits, r.fetched_chunks, r.fetched_bytes, r.joined_fetches
+        ));
+        s
+    }
+}
