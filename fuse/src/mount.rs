@@ -202,13 +202,18 @@ impl MountHandle {
             }
         }
         if let Some(session) = self.session.take() {
-            if is_mounted(&self.fuse_dir) {
+            // Unmount ourselves rather than through fuser: with auto-unmount, fuser only
+            // closes its socket to fusermount3, which then leaves a live mount in place.
+            let detached =
+                is_mounted(&self.fuse_dir) && unmount(&self.fuse_dir)? == Unmounted::Detached;
+            if detached {
+                // Still busy: the FUSE threads serve open files until they are closed.
+                // Do not wait for that; they end with the process.
+                std::mem::forget(session);
+            } else {
                 session
                     .umount_and_join()
                     .map_err(io("unmount", &self.fuse_dir))?;
-            } else {
-                // Unmounted from outside: the session thread has ended or is ending.
-                drop(session);
             }
         }
         Ok(())
@@ -279,8 +284,17 @@ pub fn absolute(path: &Path) -> PathBuf {
     out
 }
 
+/// How an unmount went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    /// Gone from the mount table and not in use.
+    Clean,
+    /// Busy: detached from the tree, freed by the kernel when the last user leaves.
+    Detached,
+}
+
 /// Unmounts whatever is mounted at `path`; a busy or dead mount is detached lazily.
-pub fn unmount(path: &Path) -> Result<(), MountError> {
+pub fn unmount(path: &Path) -> Result<Unmounted, MountError> {
     let path = absolute(path);
     if !is_mounted(&path) {
         return Err(MountError::NotMounted(path.display().to_string()));
@@ -288,13 +302,13 @@ pub fn unmount(path: &Path) -> Result<(), MountError> {
     let c = cstr(&path);
     // SAFETY: `c` is a valid NUL-terminated path for the call.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
+        return Ok(Unmounted::Clean);
     }
     let first = std::io::Error::last_os_error();
     tracing::warn!(path = %path.display(), error = %first, "unmount failed; detaching lazily");
     // SAFETY: as above.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        Ok(())
+        Ok(Unmounted::Detached)
     } else {
         Err(io("unmount", &path)(std::io::Error::last_os_error()))
     }

@@ -1,0 +1,428 @@
+//! `thaw mount` end to end, as a container runtime would use it: fidelity against the
+//! source tree, real programs in a chroot, writable overlays, concurrent readers,
+//! start-up traces, and the mount's lifecycle (SIGTERM, kill -9, `thaw umount`).
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use thaw_tests::{fixtures, is_root, pseudo_random, skip, treediff};
+
+const THAW: &str = env!("CARGO_BIN_EXE_thaw");
+
+fn can_mount(test: &str) -> bool {
+    if !is_root() || !Path::new("/dev/fuse").exists() {
+        skip(test, "needs root and /dev/fuse");
+        return false;
+    }
+    true
+}
+
+fn mounted(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = path.to_str().unwrap();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(p))
+}
+
+fn thaw(store: &Path, args: &[&str]) -> String {
+    let out = Command::new(THAW)
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thaw {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A `thaw mount` process; unmounts on drop if a test fails half-way.
+struct Mount {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+impl Mount {
+    fn start(store: &Path, image: &str, mountpoint: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let mountpoint = mountpoint.canonicalize().unwrap();
+        let log = mountpoint.with_extension("log");
+        let child = Command::new(THAW)
+            .arg("--store")
+            .arg(store)
+            .args(["mount", image])
+            .arg(&mountpoint)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let m = Mount {
+            child: Some(child),
+            mountpoint,
+            log,
+        };
+        let start = Instant::now();
+        while !mounted(&m.mountpoint) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "not mounted: {}",
+                std::fs::read_to_string(&m.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Stops with SIGTERM and returns the daemon's stderr.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "thaw mount exited with {status}: {log}");
+        assert!(!mounted(&self.mountpoint), "SIGTERM must unmount");
+        log
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = Command::new(THAW)
+                .arg("umount")
+                .arg(&self.mountpoint)
+                .output();
+        }
+    }
+}
+
+fn stat_value(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
+#[test]
+fn the_mounted_edge_case_tree_equals_its_source() {
+    if !can_mount("the_mounted_edge_case_tree_equals_its_source") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    fixtures::make_edge_tree(&src);
+    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "edge"]);
+    let status = tmp.path().join("status");
+    let m = Mount::start(
+        &store,
+        "edge",
+        &tmp.path().join("mnt"),
+        &["--status-file", status.to_str().unwrap()],
+    );
+    let n = treediff::assert_same(&src, &m.mountpoint, &[]);
+    assert!(n > 90);
+    // Hard links share one inode number through the mount.
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(m.mountpoint.join("hard-a")).unwrap();
+    let c = std::fs::metadata(m.mountpoint.join("dir/hard-c")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (c.ino(), 3));
+    let log = m.stop();
+    let stats = std::fs::read_to_string(&status).unwrap();
+    // The sparse file's zeros were served without fetching them (all but the few MiB of
+    // zeros that share chunks with its data).
+    assert!(
+        stat_value(&stats, "zero_bytes_served") > fixtures::SPARSE_LEN - (64 << 20),
+        "{stats}"
+    );
+    assert!(stat_value(&stats, "fetched_bytes") < 16 << 20, "{stats}");
+    assert!(log.contains("unmounted (SIGTERM)"), "{log}");
+}
+
+/// Runs a command chrooted into `root` the way a runtime does: a private mount
+/// namespace, the host's /dev bound in, a fresh /proc.
+fn in_chroot(root: &Path, script: &str) -> std::process::Output {
+    let r = root.display();
+    Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(format!("mount --bind /dev {r}/dev && mount -t proc proc {r}/proc && chroot {r} /bin/bash -c '{script}'"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn programs_run_from_the_lazily_mounted_debian_rootfs() {
+    let Some(rootfs) = std::env::var_os("THAW_ROOTFS") else {
+        return skip(
+            "programs_run_from_the_lazily_mounted_debian_rootfs",
+            "THAW_ROOTFS is not set (scripts/test.sh sets it)",
+        );
+    };
+    if !can_mount("programs_run_from_the_lazily_mounted_debian_rootfs") {
+        return;
+    }
+    let rootfs = Path::new(&rootfs);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    thaw(
+        &store,
+        &["build", rootfs.to_str().unwrap(), "--tag", "debian"],
+    );
+    let status = tmp.path().join("status");
+
+    // Cold: no disk cache, nothing read yet.
+    let m = Mount::start(
+        &store,
+        "debian",
+        &tmp.path().join("mnt"),
+        &["--status-file", status.to_str().unwrap()],
+    );
+    let out = in_chroot(&m.mountpoint, "dpkg -l | grep -c ^ii && apt-get --version | head -n1 && echo thaw | tr a-z A-Z | sed s/A/4/");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "chroot failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].parse::<u32>().unwrap() > 50, "{stdout}");
+    assert!(lines[1].starts_with("apt "), "{stdout}");
+    assert_eq!(lines[2], "TH4W");
+    std::thread::sleep(Duration::from_millis(1200));
+    let stats = std::fs::read_to_string(&status).unwrap();
+    let fetched = stat_value(&stats, "fetched_bytes");
+    assert!(
+        fetched < 100 << 20,
+        "a start-up workload fetches a fraction of the image: {stats}"
+    );
+    // And the whole tree is faithful.
+    treediff::assert_same(rootfs, &m.mountpoint, &[]);
+    m.stop();
+
+    // Writable: programs write through overlayfs; the image stays as it was.
+    let upper = tmp.path().join("upper");
+    let m = Mount::start(
+        &store,
+        "debian",
+        &tmp.path().join("rw"),
+        &["--writable", upper.to_str().unwrap()],
+    );
+    let out = in_chroot(
+        &m.mountpoint,
+        "echo written > /root/new.txt && echo changed > /etc/hostname && rm /etc/issue && cat /root/new.txt /etc/hostname && test ! -e /etc/issue",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written\nchanged\n");
+    m.stop();
+    assert_eq!(
+        std::fs::read_to_string(upper.join("upper/root/new.txt")).unwrap(),
+        "written\n"
+    );
+    // A fresh read-only mount shows the original image.
+    let m = Mount::start(&store, "debian", &tmp.path().join("again"), &[]);
+    assert_eq!(
+        std::fs::read(m.mountpoint.join("etc/hostname")).unwrap(),
+        std::fs::read(rootfs.join("etc/hostname")).unwrap()
+    );
+    assert!(m.mountpoint.join("etc/issue").exists());
+    assert!(!m.mountpoint.join("root/new.txt").exists());
+    m.stop();
+}
+
+#[test]
+fn thirty_two_threads_reading_random_ranges_get_the_source_bytes() {
+    if !can_mount("thirty_two_threads_reading_random_ranges_get_the_source_bytes") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..16u64 {
+        std::fs::write(
+            src.join(format!("f{i}")),
+            pseudo_random(300_000 + (i as usize) * 400_000, i),
+        )
+        .unwrap();
+    }
+    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "t"]);
+    let m = Mount::start(&store, "t", &tmp.path().join("mnt"), &[]);
+    let threads: Vec<_> = (0..32u64)
+        .map(|t| {
+            let (src, mnt) = (src.clone(), m.mountpoint.clone());
+            std::thread::spawn(move || {
+                let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..200 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let name = format!("f{}", x % 16);
+                    let expected = std::fs::read(src.join(&name)).unwrap();
+                    let off = (x >> 8) as usize % expected.len();
+                    let len = ((x >> 32) as usize % 300_000).min(expected.len() - off);
+                    let mut buf = vec![0u8; len];
+                    std::fs::File::open(mnt.join(&name))
+                        .unwrap()
+                        .read_exact_at(&mut buf, off as u64)
+                        .unwrap();
+                    assert!(
+                        buf == expected[off..off + len],
+                        "thread {t}: {name} at {off}+{len} differs"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("reader thread");
+    }
+    m.stop();
+}
+
+#[test]
+fn start_up_traces_record_first_accesses() {
+    if !can_mount("start_up_traces_record_first_accesses") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("first"), pseudo_random(3 << 20, 1)).unwrap();
+    std::fs::write(src.join("second"), b"second").unwrap();
+    std::fs::write(src.join("never"), b"never read").unwrap();
+    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "t"]);
+    let trace = tmp.path().join("trace.txt");
+    let m = Mount::start(
+        &store,
+        "t",
+        &tmp.path().join("mnt"),
+        &[
+            "--record-trace",
+            trace.to_str().unwrap(),
+            "--readahead",
+            "0",
+        ],
+    );
+    let mut buf = [0u8; 10];
+    std::fs::File::open(m.mountpoint.join("first"))
+        .unwrap()
+        .read_exact_at(&mut buf, 0)
+        .unwrap();
+    std::fs::read(m.mountpoint.join("second")).unwrap();
+    std::fs::read(m.mountpoint.join("first")).unwrap();
+    m.stop();
+    let t = thaw_core::trace::Trace::decode(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let paths: Vec<String> = t
+        .records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.path).into_owned())
+        .collect();
+    assert_eq!(paths[0], "first");
+    assert_eq!(paths[1], "second");
+    assert!(paths[2..].iter().all(|p| p == "first"), "{paths:?}");
+    assert!(!paths.contains(&"never".to_string()));
+    assert!(t
+        .records
+        .windows(2)
+        .all(|w| w[0].elapsed_us <= w[1].elapsed_us));
+}
+
+#[test]
+fn kill_9_leaves_a_mount_that_thaw_umount_cleans_up() {
+    if !can_mount("kill_9_leaves_a_mount_that_thaw_umount_cleans_up") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("file"), b"content").unwrap();
+    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "t"]);
+    // Without auto-unmount, a killed daemon leaves a dead mount behind.
+    let mut m = Mount::start(&store, "t", &tmp.path().join("mnt"), &["--no-auto-unmount"]);
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(m.pid(), libc::SIGKILL) };
+    m.child.take().unwrap().wait().unwrap();
+    assert!(mounted(&m.mountpoint), "a killed daemon leaves its mount");
+    let err = std::fs::read_dir(&m.mountpoint).expect_err("a dead FUSE mount cannot be read");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let out = Command::new(THAW)
+        .arg("umount")
+        .arg(&m.mountpoint)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!mounted(&m.mountpoint));
+    assert_eq!(
+        std::fs::read_dir(&m.mountpoint).unwrap().count(),
+        0,
+        "the mount point is an empty directory again"
+    );
+
+    // With auto-unmount (fusermount3), the kernel mount goes away with the daemon.
+    if Command::new("sh")
+        .args(["-c", "command -v fusermount3"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        let mut m = Mount::start(&store, "t", &tmp.path().join("mnt"), &[]);
+        unsafe { libc::kill(m.pid(), libc::SIGKILL) };
+        m.child.take().unwrap().wait().unwrap();
+        let start = Instant::now();
+        while mounted(&m.mountpoint) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!mounted(&m.mountpoint), "auto-unmount removed the mount");
+        // `thaw umount` on an already clean mount point cleans the state file and says so.
+        let _ = Command::new(THAW)
+            .arg("umount")
+            .arg(&m.mountpoint)
+            .output()
+            .unwrap();
+    } else {
+        skip("kill_9 auto-unmount half", "fusermount3 is not installed");
+    }
+
+    // `thaw umount` stops a live daemon too.
+    let m = Mount::start(&store, "t", &tmp.path().join("mnt"), &[]);
+    let out = Command::new(THAW)
+        .arg("umount")
+        .arg(&m.mountpoint)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!mounted(&m.mountpoint));
+    let mut m = m;
+    let status = m.child.take().unwrap().wait().unwrap();
+    assert!(status.success());
+    let out = Command::new(THAW)
+        .arg("umount")
+        .arg(&m.mountpoint)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "unmounting a non-mount is an error");
+}
