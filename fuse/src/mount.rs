@@ -261,7 +261,7 @@ fn unescape_mountinfo(s: &str) -> String {
 /// cannot be resolved).
 pub fn is_mounted(path: &Path) -> bool {
     let path = absolute(path);
-    mount_points().iter().any(|m| *m == path)
+    mount_points().contains(&path)
 }
 
 /// `path` made absolute and normalised lexically (no symlink resolution).
