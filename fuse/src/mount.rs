@@ -211,9 +211,11 @@ impl MountHandle {
                 // Do not wait for that; they end with the process.
                 std::mem::forget(session);
             } else {
+                // Unmounted (by us or from outside): the kernel ends the connection and
+                // the threads return. fuser's own umount would try a second unmount.
                 session
-                    .umount_and_join()
-                    .map_err(io("unmount", &self.fuse_dir))?;
+                    .join()
+                    .map_err(io("join the FUSE threads of", &self.fuse_dir))?;
             }
         }
         Ok(())
