@@ -307,9 +307,9 @@ def main():
     for name, v in reads.items():
         w(f"| {name} | {v:.3f} |")
     w("")
-    cold = reads["cold store, page cache dropped"] / reads["cat exported files, page cache dropped"]
-    warm = reads["warm disk cache, page cache warm"] / reads["cat exported files, page cache warm"]
-    w(f"Ratios: cold store / cat (both cold) = {cold:.2f}; warm disk cache / cat (both warm) = {warm:.2f}.")
+    cold_ratio = reads["cold store, page cache dropped"] / reads["cat exported files, page cache dropped"]
+    warm_ratio = reads["warm disk cache, page cache warm"] / reads["cat exported files, page cache warm"]
+    w(f"Ratios: cold store / cat (both cold) = {cold_ratio:.2f}; warm disk cache / cat (both warm) = {warm_ratio:.2f}.")
     w("")
     w("Reproduce: `RUNS=5 scripts/bench.sh`; one read: `target/release/thaw-bench read --store DIR base [--cache DIR]`.")
     w("")

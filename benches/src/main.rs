@@ -57,6 +57,7 @@ async fn main() -> Result<()> {
             let config = ReaderConfig {
                 memory_bytes: 64 << 20,
                 disk: cache.map(|c| (c, 100 << 30)),
+                fetch_around: 0,
             };
             let reader = ChunkReader::new(repo.packs().clone(), config)?;
             // Unique chunks in the order files reference them.

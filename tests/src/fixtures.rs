@@ -6,8 +6,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
-/// Logical size of the sparse file in the edge-case tree.
-pub const SPARSE_LEN: u64 = 3 << 30;
+/// Logical size of the sparse file in the edge-case tree: past 4 GiB, so 32-bit offsets
+/// would show.
+pub const SPARSE_LEN: u64 = 5 << 30;
 
 fn set_mtime(path: &Path, sec: i64, nsec: i64) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL");
@@ -55,12 +56,14 @@ pub fn make_edge_tree(root: &Path) {
     .unwrap();
     std::fs::write(p("zeros-dense"), vec![0u8; 600_000]).unwrap();
 
-    // Sparse: 3 GiB with data at 1 GiB and at the end.
+    // Sparse: 5 GiB with data at 1 GiB, just past 4 GiB, and at the end.
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut f = std::fs::File::create(p("sparse.img")).unwrap();
         f.seek(SeekFrom::Start(1 << 30)).unwrap();
         f.write_all(&pseudo_random(1 << 20, 9)).unwrap();
+        f.seek(SeekFrom::Start((4 << 30) + 12345)).unwrap();
+        f.write_all(b"past four gibibytes").unwrap();
         f.seek(SeekFrom::Start(SPARSE_LEN - 5)).unwrap();
         f.write_all(b"tail!").unwrap();
     }

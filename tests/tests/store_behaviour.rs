@@ -67,6 +67,7 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
         ReaderConfig {
             memory_bytes: 1 << 30,
             disk: Some((cache.clone(), 1 << 30)),
+            fetch_around: 0,
         },
     )
     .unwrap();
@@ -340,4 +341,62 @@ async fn image_references_resolve_and_bad_manifests_are_refused() {
         repo.get_manifest(&image).await,
         Err(ChunkError::ImageIdMismatch { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_around_brings_the_following_chunks_in_the_same_get() {
+    let (tmp, image) = built_store().await;
+    let counting = Arc::new(CountingStore::new(Arc::new(
+        ObjectStoreBackend::local(&tmp.path().join("store")).unwrap(),
+    )));
+    let counters = counting.counters();
+    let repo = Repository::open(counting).await.unwrap();
+    let m = repo.get_manifest(&image).await.unwrap();
+    // The small files d/f0..d/f19 sit next to each other in the pack, in path order
+    // (bytewise: f0, f1, f10, f11, ...).
+    let d = m.lookup(0, b"d").unwrap();
+    let ids: Vec<ChunkId> = (0..20)
+        .map(|i| {
+            m.file_extents(m.lookup(d, format!("f{i}").as_bytes()).unwrap())[0]
+                .chunk
+                .unwrap()
+        })
+        .collect();
+    let following = repo.packs().following(&ids[0], 64 * 1024);
+    assert!(
+        following.len() >= 3 && following.len() <= 6,
+        "about 64 KiB of 10 KiB neighbours: {following:?}"
+    );
+    assert_eq!(
+        following[0], ids[1],
+        "the next chunk in the pack is the next file's"
+    );
+
+    let reader = ChunkReader::new(
+        repo.packs().clone(),
+        ReaderConfig {
+            fetch_around: 64 * 1024,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let before = counters.snapshot().gets;
+    reader.read(ids[0]).await.unwrap();
+    assert_eq!(
+        counters.snapshot().gets - before,
+        1,
+        "one GET for the chunk and its neighbours"
+    );
+    assert_eq!(reader.stats().fetched_around, following.len() as u64);
+    // The neighbours (f1, f10, f11, ...: path order) are now served from memory.
+    for id in &following {
+        assert_eq!(ChunkId::of(&reader.read(*id).await.unwrap()), *id);
+    }
+    assert_eq!(counters.snapshot().gets - before, 1, "no further GETs");
+    // Without fetch-around, each chunk costs its own GET.
+    let plain = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
+    let before = counters.snapshot().gets;
+    plain.read(ids[0]).await.unwrap();
+    plain.read(ids[1]).await.unwrap();
+    assert_eq!(counters.snapshot().gets - before, 2);
 }

@@ -41,6 +41,11 @@ pub struct MountArgs {
     /// Largest readahead window for sequential readers, in bytes (0 disables readahead).
     #[arg(long, default_value_t = 32 << 20)]
     pub readahead: u64,
+    /// On a miss, also fetch the chunks stored right after it, up to this many bytes, in
+    /// the same request: cheap when each request costs a round trip to a remote store
+    /// (0 turns it off). See docs/benchmarks.md for the trade-off.
+    #[arg(long, default_value_t = 512 << 10)]
+    pub fetch_around: u64,
     /// Do not ask fusermount3 to unmount if this process dies.
     #[arg(long)]
     pub no_auto_unmount: bool,
@@ -96,6 +101,7 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
         ReaderConfig {
             memory_bytes: args.memory_cache,
             disk: args.cache.clone().map(|c| (c, args.cache_size)),
+            fetch_around: args.fetch_around,
         },
     )?;
     let config = FsConfig {

@@ -60,7 +60,8 @@ fn build_inspect_export_gc_on_the_edge_case_tree() {
     );
     let id = field(&built, "image").to_string();
     assert_eq!(id.len(), 64);
-    assert!(number(&built, "bytes_read") > fixtures::SPARSE_LEN);
+    // The 5 GiB sparse file is read by data segment: its holes are never read.
+    assert!(number(&built, "bytes_read") < 64 << 20, "{built}");
 
     let images = ok(&store, &["images"]);
     assert!(

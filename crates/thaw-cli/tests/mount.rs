@@ -138,6 +138,13 @@ fn the_mounted_edge_case_tree_equals_its_source() {
     let a = std::fs::metadata(m.mountpoint.join("hard-a")).unwrap();
     let c = std::fs::metadata(m.mountpoint.join("dir/hard-c")).unwrap();
     assert_eq!((a.ino(), a.nlink()), (c.ino(), 3));
+    // Reads past 4 GiB land where they should.
+    let mut buf = [0u8; 19];
+    std::fs::File::open(m.mountpoint.join("sparse.img"))
+        .unwrap()
+        .read_exact_at(&mut buf, (4 << 30) + 12345)
+        .unwrap();
+    assert_eq!(&buf, b"past four gibibytes");
     let log = m.stop();
     let stats = std::fs::read_to_string(&status).unwrap();
     // The sparse file's zeros were served without fetching them (all but the few MiB of
@@ -242,6 +249,44 @@ fn programs_run_from_the_lazily_mounted_debian_rootfs() {
     );
     assert!(m.mountpoint.join("etc/issue").exists());
     assert!(!m.mountpoint.join("root/new.txt").exists());
+    m.stop();
+}
+
+#[test]
+fn a_directory_of_100_000_entries_lists_completely() {
+    if !can_mount("a_directory_of_100_000_entries_lists_completely") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    std::fs::create_dir_all(src.join("big")).unwrap();
+    for i in 0..100_000 {
+        std::fs::File::create(src.join(format!("big/entry-{i:06}"))).unwrap();
+    }
+    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "t"]);
+    let m = Mount::start(&store, "t", &tmp.path().join("mnt"), &[]);
+    // readdir(3) goes through many getdents calls, resuming at the offsets we hand out.
+    let mut names: Vec<String> = std::fs::read_dir(m.mountpoint.join("big"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 100_000);
+    assert_eq!(names[0], "entry-000000");
+    assert_eq!(names[99_999], "entry-099999");
+    names.dedup();
+    assert_eq!(names.len(), 100_000, "no entry is listed twice");
+    // `ls -f` uses plain readdir (with . and ..).
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ls -f {}/big | wc -l", m.mountpoint.display()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100002");
+    // Lookups by name work at both ends of the sorted entry list.
+    assert!(m.mountpoint.join("big/entry-000000").exists());
+    assert!(m.mountpoint.join("big/entry-099999").exists());
+    assert!(!m.mountpoint.join("big/entry-100000").exists());
     m.stop();
 }
 

@@ -12,7 +12,7 @@ use thaw_core::{ChunkId, ChunkerConfig};
 use thaw_store::PackWriter;
 
 /// Files up to this size are read whole and cut in memory; larger ones are streamed.
-const IN_MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
+pub const IN_MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
 
 /// Shared by the sources while building.
 #[derive(Debug)]
@@ -84,6 +84,69 @@ impl Ingest<'_> {
         }
         self.bytes_read.fetch_add(total, Relaxed);
         Ok((total, extents))
+    }
+}
+
+impl Ingest<'_> {
+    /// Reads a sparse file by its data segments (`SEEK_DATA`/`SEEK_HOLE`): holes become
+    /// zero runs without being read, data segments are chunked on their own.
+    pub fn sparse_file(
+        &self,
+        file: &mut std::fs::File,
+        size: u64,
+        what: &str,
+    ) -> Result<(u64, Vec<ExtentRef>), BuildError> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::fd::AsRawFd;
+        let io = |source| BuildError::Io {
+            op: "read sparse file",
+            path: what.to_string(),
+            source,
+        };
+        let fd = file.as_raw_fd();
+        let seek = |pos: u64, whence: i32| -> std::io::Result<Option<u64>> {
+            // SAFETY: lseek on an fd that `file` keeps open; no memory is passed.
+            let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
+            if r >= 0 {
+                Ok(Some(r as u64))
+            } else {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        };
+        let mut extents = Vec::new();
+        let mut pos = 0u64;
+        while pos < size {
+            let data = seek(pos, libc::SEEK_DATA)
+                .map_err(io)?
+                .unwrap_or(size)
+                .min(size);
+            if data > pos {
+                extents.push(ExtentRef::Zero(data - pos));
+            }
+            if data >= size {
+                break;
+            }
+            let hole = seek(data, libc::SEEK_HOLE)
+                .map_err(io)?
+                .unwrap_or(size)
+                .min(size);
+            file.seek(SeekFrom::Start(data)).map_err(io)?;
+            let (n, mut segment) = self.file((&mut *file).take(hole - data), hole - data, what)?;
+            if n != hole - data {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shrank while reading",
+                )));
+            }
+            extents.append(&mut segment);
+            pos = hole;
+        }
+        Ok((size, extents))
     }
 }
 

@@ -79,8 +79,15 @@ pub fn build_tree(root: &Path, ingest: &Ingest<'_>) -> Result<Tree, BuildError> 
             let kind = if ft.is_dir() {
                 NodeKind::Dir(BTreeMap::new())
             } else if ft.is_file() {
-                let f = std::fs::File::open(&path).map_err(io_err("open", &path))?;
-                let (size, extents) = ingest.file(f, m.len(), &path.display().to_string())?;
+                let mut f = std::fs::File::open(&path).map_err(io_err("open", &path))?;
+                let shown = path.display().to_string();
+                // Sparse files (fewer blocks than bytes) are read by data segment only.
+                let sparse = m.len() > crate::ingest::IN_MEMORY_LIMIT && m.blocks() * 512 < m.len();
+                let (size, extents) = if sparse {
+                    ingest.sparse_file(&mut f, m.len(), &shown)?
+                } else {
+                    ingest.file(f, m.len(), &shown)?
+                };
                 NodeKind::File { size, extents }
             } else if ft.is_symlink() {
                 let t = std::fs::read_link(&path).map_err(io_err("read link", &path))?;

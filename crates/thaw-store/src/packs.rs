@@ -112,6 +112,36 @@ impl PackStore {
         self.chunks.read().expect("chunks lock").get(id).copied()
     }
 
+    /// The chunks stored right after `id` in its pack, up to `budget` stored bytes:
+    /// candidates to fetch in the same ranged GET. Packs keep chunks in the order a build
+    /// met them (path order), so these are usually the neighbouring files.
+    pub fn following(&self, id: &ChunkId, budget: u64) -> Vec<ChunkId> {
+        let Some(loc) = self.location(id) else {
+            return Vec::new();
+        };
+        let Some(index) = self
+            .packs
+            .read()
+            .expect("packs lock")
+            .get(&loc.pack)
+            .cloned()
+        else {
+            return Vec::new();
+        };
+        let start = index
+            .entries
+            .partition_point(|e| e.offset <= loc.entry.offset);
+        let mut used = 0u64;
+        index.entries[start..]
+            .iter()
+            .take_while(|e| {
+                used += u64::from(e.stored_len);
+                used <= budget
+            })
+            .map(|e| e.id)
+            .collect()
+    }
+
     /// Every pack and its index.
     pub fn packs(&self) -> Vec<(PackId, Arc<PackIndex>)> {
         self.packs

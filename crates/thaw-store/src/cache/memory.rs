@@ -38,6 +38,15 @@ impl MemoryCache {
             .cloned()
     }
 
+    /// Whether `id` is cached, without touching its recency.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.inner
+            .lock()
+            .expect("memory cache lock")
+            .lru
+            .contains(id)
+    }
+
     pub fn insert(&self, id: ChunkId, data: Bytes) {
         let len = data.len() as u64;
         if len > self.capacity {
