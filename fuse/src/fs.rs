@@ -191,6 +191,27 @@ impl FsShared {
         Ok(Bytes::from(out))
     }
 
+    /// A directory's listing from `offset` on: `.`, `..`, then its entries, each with the
+    /// offset that resumes after it (1 after `.`, 2 after `..`, k + 3 after entry k).
+    fn listing(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, u32, &[u8])> + '_, FsError> {
+        let i = self.ino(ino)?;
+        let InodeKind::Directory { entries } = &self.manifest.inodes[i as usize].kind else {
+            return Err(FsError::NotADirectory);
+        };
+        let specials = [(i, &b"."[..]), (self.table.parents[i as usize], &b".."[..])];
+        let all = specials
+            .into_iter()
+            .chain(entries.iter().map(|e| (e.inode, e.name.as_slice())));
+        Ok(all
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(k, (child, name))| (k as u64 + 1, child, name)))
+    }
+
     fn xattr_reply(&self, bytes: &[u8], size: u32, reply: ReplyXattr) {
         if size == 0 {
             reply.size(bytes.len() as u32);
@@ -350,41 +371,18 @@ impl Filesystem for ThawFs {
     ) {
         let s = &self.shared;
         s.stats.count(Op::Readdir);
-        let i = match s.ino(ino) {
-            Ok(i) => i,
-            Err(e) => return reply.error(errno_of(&e)),
-        };
-        let InodeKind::Directory { entries } = &s.manifest.inodes[i as usize].kind else {
-            return reply.error(errno_of(&FsError::NotADirectory));
-        };
-        // Offsets: 1 is after ".", 2 after "..", k + 3 after entry k.
-        let specials = [(i, "."), (s.table.parents[i as usize], "..")];
-        for (k, (target, name)) in specials.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                to_fuse(*target),
-                k as u64 + 1,
-                fuser::FileType::Directory,
-                name,
-            ) {
-                return reply.ok();
+        match s.listing(ino, offset) {
+            Ok(entries) => {
+                for (next, child, name) in entries {
+                    let kind = file_type(&s.manifest.inodes[child as usize].kind);
+                    if reply.add(to_fuse(child), next, kind, OsStr::from_bytes(name)) {
+                        break;
+                    }
+                }
+                reply.ok();
             }
+            Err(e) => reply.error(errno_of(&e)),
         }
-        for (k, e) in entries
-            .iter()
-            .enumerate()
-            .skip((offset as usize).saturating_sub(2))
-        {
-            let kind = file_type(&s.manifest.inodes[e.inode as usize].kind);
-            if reply.add(
-                to_fuse(e.inode),
-                k as u64 + 3,
-                kind,
-                OsStr::from_bytes(&e.name),
-            ) {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -397,44 +395,24 @@ impl Filesystem for ThawFs {
     ) {
         let s = &self.shared;
         s.stats.count(Op::Readdirplus);
-        let i = match s.ino(ino) {
-            Ok(i) => i,
-            Err(e) => return reply.error(errno_of(&e)),
-        };
-        let InodeKind::Directory { entries } = &s.manifest.inodes[i as usize].kind else {
-            return reply.error(errno_of(&FsError::NotADirectory));
-        };
-        let ttl = s.config.ttl;
-        let specials = [(i, "."), (s.table.parents[i as usize], "..")];
-        for (k, (target, name)) in specials.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                to_fuse(*target),
-                k as u64 + 1,
-                name,
-                &ttl,
-                s.attr(*target),
-                Generation(0),
-            ) {
-                return reply.ok();
+        match s.listing(ino, offset) {
+            Ok(entries) => {
+                for (next, child, name) in entries {
+                    if reply.add(
+                        to_fuse(child),
+                        next,
+                        OsStr::from_bytes(name),
+                        &s.config.ttl,
+                        s.attr(child),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
             }
+            Err(e) => reply.error(errno_of(&e)),
         }
-        for (k, e) in entries
-            .iter()
-            .enumerate()
-            .skip((offset as usize).saturating_sub(2))
-        {
-            if reply.add(
-                to_fuse(e.inode),
-                k as u64 + 3,
-                OsStr::from_bytes(&e.name),
-                &ttl,
-                s.attr(e.inode),
-                Generation(0),
-            ) {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -39,6 +39,16 @@ fn thaw(store: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A temporary directory whose `src/` is filled by `fill` and built into `store/` as tag `t`.
+fn built_tree(fill: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    fill(&src);
+    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "t"]);
+    (tmp, src, store)
+}
+
 /// A `thaw mount` process; unmounts on drop if a test fails half-way.
 struct Mount {
     child: Option<Child>,
@@ -119,15 +129,11 @@ fn the_mounted_edge_case_tree_equals_its_source() {
     if !can_mount("the_mounted_edge_case_tree_equals_its_source") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
-    std::fs::create_dir(&src).unwrap();
-    fixtures::make_edge_tree(&src);
-    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "edge"]);
+    let (tmp, src, store) = built_tree(fixtures::make_edge_tree);
     let status = tmp.path().join("status");
     let m = Mount::start(
         &store,
-        "edge",
+        "t",
         &tmp.path().join("mnt"),
         &["--status-file", status.to_str().unwrap()],
     );
@@ -257,13 +263,12 @@ fn a_directory_of_100_000_entries_lists_completely() {
     if !can_mount("a_directory_of_100_000_entries_lists_completely") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
-    std::fs::create_dir_all(src.join("big")).unwrap();
-    for i in 0..100_000 {
-        std::fs::File::create(src.join(format!("big/entry-{i:06}"))).unwrap();
-    }
-    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "t"]);
+    let (tmp, _src, store) = built_tree(|src| {
+        std::fs::create_dir(src.join("big")).unwrap();
+        for i in 0..100_000 {
+            std::fs::File::create(src.join(format!("big/entry-{i:06}"))).unwrap();
+        }
+    });
     let m = Mount::start(&store, "t", &tmp.path().join("mnt"), &[]);
     // readdir(3) goes through many getdents calls, resuming at the offsets we hand out.
     let mut names: Vec<String> = std::fs::read_dir(m.mountpoint.join("big"))
@@ -295,17 +300,15 @@ fn thirty_two_threads_reading_random_ranges_get_the_source_bytes() {
     if !can_mount("thirty_two_threads_reading_random_ranges_get_the_source_bytes") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
-    std::fs::create_dir(&src).unwrap();
-    for i in 0..16u64 {
-        std::fs::write(
-            src.join(format!("f{i}")),
-            pseudo_random(300_000 + (i as usize) * 400_000, i),
-        )
-        .unwrap();
-    }
-    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "t"]);
+    let (tmp, src, store) = built_tree(|src| {
+        for i in 0..16u64 {
+            std::fs::write(
+                src.join(format!("f{i}")),
+                pseudo_random(300_000 + (i as usize) * 400_000, i),
+            )
+            .unwrap();
+        }
+    });
     let m = Mount::start(&store, "t", &tmp.path().join("mnt"), &[]);
     let threads: Vec<_> = (0..32u64)
         .map(|t| {
@@ -344,13 +347,11 @@ fn start_up_traces_record_first_accesses() {
     if !can_mount("start_up_traces_record_first_accesses") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("first"), pseudo_random(3 << 20, 1)).unwrap();
-    std::fs::write(src.join("second"), b"second").unwrap();
-    std::fs::write(src.join("never"), b"never read").unwrap();
-    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "t"]);
+    let (tmp, _src, store) = built_tree(|src| {
+        std::fs::write(src.join("first"), pseudo_random(3 << 20, 1)).unwrap();
+        std::fs::write(src.join("second"), b"second").unwrap();
+        std::fs::write(src.join("never"), b"never read").unwrap();
+    });
     let trace = tmp.path().join("trace.txt");
     let m = Mount::start(
         &store,
@@ -392,11 +393,8 @@ fn kill_9_leaves_a_mount_that_thaw_umount_cleans_up() {
     if !can_mount("kill_9_leaves_a_mount_that_thaw_umount_cleans_up") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("file"), b"content").unwrap();
-    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "t"]);
+    let (tmp, _src, store) =
+        built_tree(|src| std::fs::write(src.join("file"), b"content").unwrap());
     // Without auto-unmount, a killed daemon leaves a dead mount behind.
     let mut m = Mount::start(&store, "t", &tmp.path().join("mnt"), &["--no-auto-unmount"]);
     // SAFETY: killing our own child.
