@@ -11,4 +11,9 @@ cargo build --release -p thaw-cli -p thaw-benches
 mapfile -t roots < <(THAW_ROOTFS_CACHE=$CACHE scripts/rootfs.sh)
 export THAW_BIN=$PWD/target/release/thaw THAW_BENCH_BIN=$PWD/target/release/thaw-bench
 export THAW_ROOTFS=${roots[0]} THAW_ROOTFS_PLUS=${roots[1]}
-exec python3 scripts/bench.py "$@"
+# matplotlib draws the plots; a venv keeps it off the system Python.
+VENV=$CACHE/bench-venv
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  rm -rf "$VENV"; python3 -m venv "$VENV"; "$VENV/bin/pip" install -q matplotlib
+fi
+exec "$VENV/bin/python" scripts/bench.py "$@"
