@@ -2,7 +2,7 @@
 //! tiered chunk reader.
 
 use crate::errno::{errno_of, FsError};
-use crate::inodes::{file_type, first_paths, from_fuse, to_fuse, InodeTable};
+use crate::inodes::{file_type, from_fuse, to_fuse, InodeTable};
 use crate::reads::{overlapping, ReadState};
 use crate::stats::{FsStats, Op};
 use crate::trace::TraceRecorder;
@@ -472,12 +472,5 @@ impl Filesystem for ThawFs {
             Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(errno_of(&FsError::ReadOnly)),
             Ok(_) => reply.ok(),
         }
-    }
-}
-
-impl FsShared {
-    /// First path of each inode (for messages and traces).
-    pub fn paths(&self) -> Vec<Vec<u8>> {
-        first_paths(&self.manifest)
     }
 }

@@ -44,10 +44,6 @@ impl TraceRecorder {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.seen.lock().expect("trace lock").records.len()
-    }
-
     /// Writes the trace (atomically: temporary file, then rename).
     pub fn write(&self, manifest: &Manifest) -> std::io::Result<usize> {
         let paths = crate::inodes::first_paths(manifest);
