@@ -40,6 +40,17 @@ struct FileJob {
     extents: Vec<(u64, u64, Option<ChunkId>)>,
 }
 
+impl FileJob {
+    /// Bytes of the file that come from chunks (zero runs need no fetch).
+    fn chunk_bytes(&self) -> u64 {
+        self.extents
+            .iter()
+            .filter(|e| e.2.is_some())
+            .map(|e| e.1)
+            .sum()
+    }
+}
+
 /// Exports `manifest` into `dest`, which must be missing or an empty directory.
 pub async fn export(
     reader: &Arc<ChunkReader>,
@@ -128,12 +139,7 @@ pub async fn export(
     let mut batches: Vec<Vec<FileJob>> = vec![Vec::new()];
     let mut batch_bytes = 0u64;
     for job in files {
-        let chunk_bytes: u64 = job
-            .extents
-            .iter()
-            .filter(|e| e.2.is_some())
-            .map(|e| e.1)
-            .sum();
+        let chunk_bytes = job.chunk_bytes();
         if batch_bytes + chunk_bytes > BATCH_BYTES && !batches.last().expect("non-empty").is_empty()
         {
             batches.push(Vec::new());
@@ -178,14 +184,7 @@ async fn write_batch(reader: &Arc<ChunkReader>, batch: Vec<FileJob>) -> Result<(
     let mut ids: Vec<ChunkId> = Vec::new();
     let mut pending: Vec<FileJob> = Vec::new();
     for job in batch {
-        if job
-            .extents
-            .iter()
-            .filter(|e| e.2.is_some())
-            .map(|e| e.1)
-            .sum::<u64>()
-            > BATCH_BYTES
-        {
+        if job.chunk_bytes() > BATCH_BYTES {
             write_large(reader, job).await?;
             continue;
         }

@@ -70,6 +70,7 @@ impl Ingest<'_> {
                 .map_err(io)?;
             let data = Bytes::from(buf);
             total = data.len() as u64;
+            self.bytes_read.fetch_add(total, Relaxed);
             for r in cut_ranges(&data, self.chunker)? {
                 self.chunk(data.slice(r), &mut extents)?;
             }
@@ -80,14 +81,10 @@ impl Ingest<'_> {
                 self.bytes_read.fetch_add(c.data.len() as u64, Relaxed);
                 self.chunk(Bytes::from(c.data), &mut extents)?;
             }
-            return Ok((total, extents));
         }
-        self.bytes_read.fetch_add(total, Relaxed);
         Ok((total, extents))
     }
-}
 
-impl Ingest<'_> {
     /// Reads a sparse file by its data segments (`SEEK_DATA`/`SEEK_HOLE`): holes become
     /// zero runs without being read, data segments are chunked on their own.
     pub fn sparse_file(

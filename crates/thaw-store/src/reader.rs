@@ -244,34 +244,28 @@ impl ChunkReader {
             // Then the store, for the rest.
             let remote: Vec<usize> = (0..ids.len()).filter(|&i| results[i].is_none()).collect();
             let remote_ids: Vec<ChunkId> = remote.iter().map(|&i| ids[i]).collect();
-            let fetched_results = self.packs.fetch(&remote_ids).await;
-            for (&i, r) in remote.iter().zip(fetched_results) {
+            let mut fetched = Vec::new();
+            for (&i, r) in remote.iter().zip(self.packs.fetch(&remote_ids).await) {
+                match &r {
+                    Ok(data) => {
+                        self.counters.fetched_chunks.fetch_add(1, Relaxed);
+                        self.counters
+                            .fetched_bytes
+                            .fetch_add(data.len() as u64, Relaxed);
+                        self.memory.insert(ids[i], data.clone());
+                        fetched.push((ids[i], data.clone()));
+                    }
+                    Err(e @ ChunkError::Integrity { .. }) => {
+                        tracing::error!(error = %e, "chunk failed verification")
+                    }
+                    Err(_) => {}
+                }
                 results[i] = Some(r.map_err(Arc::new));
             }
             let results: Vec<Result<Bytes, SharedChunkError>> = results
                 .into_iter()
                 .map(|r| r.expect("every chunk has a result"))
                 .collect();
-            let remote: std::collections::HashSet<usize> = remote.into_iter().collect();
-            let mut fetched = Vec::new();
-            for (k, (id, r)) in ids.iter().zip(&results).enumerate() {
-                match r {
-                    Ok(_) if !remote.contains(&k) => {}
-                    Ok(data) => {
-                        self.counters.fetched_chunks.fetch_add(1, Relaxed);
-                        self.counters
-                            .fetched_bytes
-                            .fetch_add(data.len() as u64, Relaxed);
-                        self.memory.insert(*id, data.clone());
-                        fetched.push((*id, data.clone()));
-                    }
-                    Err(e) => {
-                        if let ChunkError::Integrity { .. } = &**e {
-                            tracing::error!(error = %e, "chunk failed verification");
-                        }
-                    }
-                }
-            }
             if let Some(disk) = &self.disk {
                 let d = disk.clone();
                 let _ = tokio::task::spawn_blocking(move || {
