@@ -13,6 +13,7 @@ pub mod error;
 pub mod packs;
 pub mod reader;
 pub mod repo;
+pub mod schedule;
 pub mod wrap;
 pub mod writer;
 
@@ -20,6 +21,7 @@ pub use backend::{open_store, ObjectStoreBackend};
 pub use blob::{BlobStore, ObjectInfo};
 pub use error::{ChunkError, StoreError};
 pub use packs::PackStore;
-pub use reader::{ChunkReader, ReaderConfig, ReaderStats};
+pub use reader::{ChunkReader, PrefetchProgress, ReaderConfig, ReaderStats};
 pub use repo::Repository;
+pub use schedule::{FetchClass, FetchScheduler, Priority, SchedulerConfig};
 pub use writer::{PackWriter, WriterConfig, WriterStats};

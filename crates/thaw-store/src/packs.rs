@@ -3,6 +3,7 @@
 //! verifying each one.
 
 use crate::error::ChunkError;
+use crate::schedule::{FetchScheduler, Priority};
 use crate::BlobStore;
 use bytes::Bytes;
 use futures::{stream, StreamExt, TryStreamExt};
@@ -32,12 +33,44 @@ pub struct ChunkLocation {
     pub entry: PackEntry,
 }
 
+/// Chunks of one pack read with one ranged GET: (position in the request, entry).
+#[derive(Debug, Clone)]
+pub struct FetchRun {
+    pub pack: PackId,
+    pub entries: Vec<(usize, PackEntry)>,
+}
+
+impl FetchRun {
+    /// The stored byte range the GET covers.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        let start = self
+            .entries
+            .iter()
+            .map(|(_, e)| e.offset)
+            .min()
+            .unwrap_or(0);
+        let end = self
+            .entries
+            .iter()
+            .map(|(_, e)| e.end())
+            .max()
+            .unwrap_or(start);
+        start..end
+    }
+
+    /// The lowest request position among its chunks.
+    fn first_position(&self) -> usize {
+        self.entries.iter().map(|(i, _)| *i).min().unwrap_or(0)
+    }
+}
+
 /// The store's packs and the index of every chunk in them.
 #[derive(Debug)]
 pub struct PackStore {
     store: Arc<dyn BlobStore>,
     chunks: RwLock<HashMap<ChunkId, ChunkLocation>>,
     packs: RwLock<BTreeMap<PackId, Arc<PackIndex>>>,
+    scheduler: FetchScheduler,
 }
 
 impl PackStore {
@@ -47,6 +80,7 @@ impl PackStore {
             store,
             chunks: RwLock::default(),
             packs: RwLock::default(),
+            scheduler: FetchScheduler::default(),
         });
         me.reload().await?;
         Ok(me)
@@ -54,6 +88,11 @@ impl PackStore {
 
     pub fn store(&self) -> &Arc<dyn BlobStore> {
         &self.store
+    }
+
+    /// The scheduler every chunk GET goes through.
+    pub fn scheduler(&self) -> &FetchScheduler {
+        &self.scheduler
     }
 
     /// Loads pack indexes that appeared since the last load.
@@ -177,19 +216,24 @@ impl PackStore {
         Ok(pack)
     }
 
-    /// Fetches chunks, verified, in the order asked. Chunks of one pack that lie close
-    /// together are read with one ranged GET; GETs run concurrently.
+    /// Fetches chunks on demand, verified, in the order asked.
     pub async fn fetch(&self, ids: &[ChunkId]) -> Vec<Result<Bytes, ChunkError>> {
-        let mut out: Vec<Option<Result<Bytes, ChunkError>>> =
-            (0..ids.len()).map(|_| None).collect();
+        self.fetch_with(ids, &Priority::on_demand()).await
+    }
+
+    /// Groups chunks into ranged GETs: chunks of one pack that lie close together share
+    /// one. Runs come in the order of their first chunk in `ids`, so a prefetch list keeps
+    /// its order. Chunks the store does not hold come back as errors.
+    pub fn plan(&self, ids: &[ChunkId]) -> (Vec<FetchRun>, Vec<(usize, ChunkError)>) {
+        let mut unknown = Vec::new();
         let mut by_pack: HashMap<PackId, Vec<(usize, PackEntry)>> = HashMap::new();
         for (i, id) in ids.iter().enumerate() {
             match self.location(id) {
                 Some(loc) => by_pack.entry(loc.pack).or_default().push((i, loc.entry)),
-                None => out[i] = Some(Err(ChunkError::UnknownChunk(*id))),
+                None => unknown.push((i, ChunkError::UnknownChunk(*id))),
             }
         }
-        let mut runs: Vec<(PackId, Vec<(usize, PackEntry)>)> = Vec::new();
+        let mut runs: Vec<FetchRun> = Vec::new();
         for (pack, mut entries) in by_pack {
             entries.sort_by_key(|(_, e)| e.offset);
             let mut run: Vec<(usize, PackEntry)> = Vec::new();
@@ -197,17 +241,37 @@ impl PackStore {
                 if let (Some((_, first)), Some((_, last))) = (run.first(), run.last()) {
                     let gap = e.offset.saturating_sub(last.end());
                     if gap > COALESCE_GAP || e.end() - first.offset > MAX_COALESCED {
-                        runs.push((pack, std::mem::take(&mut run)));
+                        runs.push(FetchRun {
+                            pack,
+                            entries: std::mem::take(&mut run),
+                        });
                     }
                 }
                 run.push((i, e));
             }
             if !run.is_empty() {
-                runs.push((pack, run));
+                runs.push(FetchRun { pack, entries: run });
             }
         }
+        runs.sort_by_key(FetchRun::first_position);
+        (runs, unknown)
+    }
+
+    /// Fetches chunks at a priority, verified, in the order asked. GETs run concurrently,
+    /// each when the scheduler grants it a slot.
+    pub async fn fetch_with(
+        &self,
+        ids: &[ChunkId],
+        priority: &Arc<Priority>,
+    ) -> Vec<Result<Bytes, ChunkError>> {
+        let mut out: Vec<Option<Result<Bytes, ChunkError>>> =
+            (0..ids.len()).map(|_| None).collect();
+        let (runs, unknown) = self.plan(ids);
+        for (i, e) in unknown {
+            out[i] = Some(Err(e));
+        }
         let results: Vec<Vec<(usize, Result<Bytes, ChunkError>)>> = stream::iter(runs)
-            .map(|(pack, run)| self.fetch_run(pack, run))
+            .map(|run| self.fetch_run(run, priority))
             .buffer_unordered(8)
             .collect()
             .await;
@@ -221,12 +285,18 @@ impl PackStore {
 
     async fn fetch_run(
         &self,
-        pack: PackId,
-        run: Vec<(usize, PackEntry)>,
+        run: FetchRun,
+        priority: &Priority,
     ) -> Vec<(usize, Result<Bytes, ChunkError>)> {
-        let start = run[0].1.offset;
-        let end = run.iter().map(|(_, e)| e.end()).max().unwrap_or(start);
-        let bytes = match self.store.get_range(&pack_key(&pack), start..end).await {
+        let range = run.range();
+        let (pack, run, start) = (run.pack, run.entries, range.start);
+        let permit = self
+            .scheduler
+            .acquire(priority, range.end - range.start)
+            .await;
+        let got = self.store.get_range(&pack_key(&pack), range).await;
+        drop(permit);
+        let bytes = match got {
             Ok(b) => b,
             Err(e) => {
                 let msg = e.to_string();

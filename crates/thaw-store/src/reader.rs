@@ -3,9 +3,11 @@
 
 use crate::cache::{DiskCache, MemoryCache};
 use crate::error::{ChunkError, SharedChunkError};
+use crate::schedule::Priority;
 use crate::PackStore;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -46,6 +48,9 @@ pub struct ReaderStats {
     pub joined_fetches: u64,
     /// Chunks fetched because they follow a missed chunk in its pack.
     pub fetched_around: u64,
+    /// Of the fetched chunks, those a prefetch asked for.
+    pub prefetched_chunks: u64,
+    pub prefetched_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -56,12 +61,42 @@ struct Counters {
     fetched_bytes: AtomicU64,
     joined_fetches: AtomicU64,
     fetched_around: AtomicU64,
+    prefetched_chunks: AtomicU64,
+    prefetched_bytes: AtomicU64,
+}
+
+/// How far a prefetch has got; shared with whoever reports on it.
+#[derive(Debug, Default)]
+pub struct PrefetchProgress {
+    pub total_chunks: AtomicU64,
+    /// Uncompressed bytes.
+    pub total_bytes: AtomicU64,
+    pub done_chunks: AtomicU64,
+    pub done_bytes: AtomicU64,
+    /// Of the done chunks, those that were cached already.
+    pub cached_chunks: AtomicU64,
+    pub errors: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl PrefetchProgress {
+    fn done(&self, chunks: u64, bytes: u64) {
+        self.done_chunks.fetch_add(chunks, Relaxed);
+        self.done_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    fn error(&self, e: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Relaxed);
+        *self.last_error.lock().expect("progress lock") = Some(e.to_string());
+    }
 }
 
 /// Disk cache reads one `read_many` runs at once.
 const DISK_READS_IN_FLIGHT: usize = 4;
 
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, SharedChunkError>>>;
+/// A fetch in flight and its priority, which a waiting reader promotes.
+type InFlight = (Fetch, Arc<Priority>);
 /// One spawned fetch of several chunks: a result per chunk, in order.
 type BatchFetch = Shared<BoxFuture<'static, Arc<Vec<Result<Bytes, SharedChunkError>>>>>;
 
@@ -71,7 +106,7 @@ pub struct ChunkReader {
     packs: Arc<PackStore>,
     memory: MemoryCache,
     disk: Option<Arc<DiskCache>>,
-    inflight: Mutex<HashMap<ChunkId, Fetch>>,
+    inflight: Mutex<HashMap<ChunkId, InFlight>>,
     counters: Counters,
     fetch_around: u64,
 }
@@ -114,6 +149,8 @@ impl ChunkReader {
             fetched_bytes: c.fetched_bytes.load(Relaxed),
             joined_fetches: c.joined_fetches.load(Relaxed),
             fetched_around: c.fetched_around.load(Relaxed),
+            prefetched_chunks: c.prefetched_chunks.load(Relaxed),
+            prefetched_bytes: c.prefetched_bytes.load(Relaxed),
         }
     }
 
@@ -151,8 +188,9 @@ impl ChunkReader {
                 // again under the lock closes the gap in which it could be fetched twice.
                 if let Some(data) = self.memory.get(&id) {
                     out[i] = Some(data);
-                } else if let Some(f) = inflight.get(&id) {
+                } else if let Some((f, priority)) = inflight.get(&id) {
                     self.counters.joined_fetches.fetch_add(1, Relaxed);
+                    self.packs.scheduler().promote(priority);
                     joined.push((i, f.clone()));
                 } else if starting.insert(id) {
                     to_start.push(id);
@@ -170,26 +208,12 @@ impl ChunkReader {
                     }
                 }
             }
-            if !to_start.is_empty() {
-                let batch = self.clone().start_fetch(to_start.clone());
-                for (k, id) in to_start.iter().enumerate() {
-                    let f: Fetch = batch
-                        .clone()
-                        .map(move |v| {
-                            v.get(k)
-                                .or_else(|| v.first())
-                                .cloned()
-                                .expect("a fetch has results")
-                        })
-                        .boxed()
-                        .shared();
-                    inflight.insert(*id, f);
-                }
-            }
+            self.clone()
+                .register(&mut inflight, to_start, Priority::on_demand());
             missing
                 .iter()
                 .filter(|&&i| out[i].is_none())
-                .filter_map(|&i| inflight.get(&ids[i]).map(|f| (i, f.clone())))
+                .filter_map(|&i| inflight.get(&ids[i]).map(|(f, _)| (i, f.clone())))
                 .chain(joined)
                 .collect()
         };
@@ -201,10 +225,128 @@ impl ChunkReader {
         Ok(out.into_iter().map(|o| o.expect("filled")).collect())
     }
 
+    /// Starts one fetch of `ids` and enters each chunk in the in-flight table.
+    fn register(
+        self: Arc<Self>,
+        inflight: &mut HashMap<ChunkId, InFlight>,
+        ids: Vec<ChunkId>,
+        priority: Arc<Priority>,
+    ) {
+        if ids.is_empty() {
+            return;
+        }
+        let batch = self.start_fetch(ids.clone(), priority.clone());
+        for (k, id) in ids.iter().enumerate() {
+            let f: Fetch = batch
+                .clone()
+                .map(move |v| {
+                    v.get(k)
+                        .or_else(|| v.first())
+                        .cloned()
+                        .expect("a fetch has results")
+                })
+                .boxed()
+                .shared();
+            inflight.insert(*id, (f, priority.clone()));
+        }
+    }
+
+    /// Whether a chunk is in memory or on disk.
+    pub fn is_cached(&self, id: &ChunkId) -> bool {
+        self.memory.contains(id) || self.disk.as_ref().is_some_and(|d| d.contains(id))
+    }
+
+    /// Warms the caches with `ids`, in order, at prefetch priority: on-demand reads go
+    /// first, and a reader that needs a chunk being prefetched promotes that fetch.
+    /// Chunks already cached count as done at once. Returns `false` if cancelled (at most
+    /// the scheduler's prefetch slots' worth of fetches finish after that).
+    pub async fn prefetch(
+        self: &Arc<Self>,
+        ids: &[ChunkId],
+        progress: &PrefetchProgress,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        let mut seen = HashSet::new();
+        let ids: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let raw_len = |id: &ChunkId| {
+            self.packs
+                .location(id)
+                .map_or(0, |l| u64::from(l.entry.raw_len))
+        };
+        progress.total_chunks.fetch_add(ids.len() as u64, Relaxed);
+        progress
+            .total_bytes
+            .fetch_add(ids.iter().map(raw_len).sum(), Relaxed);
+        let pending: Vec<ChunkId> = ids
+            .into_iter()
+            .filter(|id| {
+                let cached = self.is_cached(id);
+                if cached {
+                    progress.done(1, raw_len(id));
+                    progress.cached_chunks.fetch_add(1, Relaxed);
+                }
+                !cached
+            })
+            .collect();
+        let (runs, unknown) = self.packs.plan(&pending);
+        for (_, e) in unknown {
+            progress.error(&e);
+        }
+        let slots = self.packs.scheduler().config().prefetch_in_flight.max(1);
+        let work = futures::stream::iter(runs)
+            .map(|run| {
+                let ids: Vec<ChunkId> = run.entries.iter().map(|(i, _)| pending[*i]).collect();
+                self.prefetch_run(ids, progress)
+            })
+            .buffered(slots)
+            .for_each(|()| async {});
+        tokio::select! {
+            () = work => true,
+            () = cancel.cancelled() => false,
+        }
+    }
+
+    /// Fetches one run of a prefetch, joining fetches already in flight.
+    async fn prefetch_run(self: &Arc<Self>, ids: Vec<ChunkId>, progress: &PrefetchProgress) {
+        let mut waits: Vec<Fetch> = Vec::new();
+        {
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            let mut to_start = Vec::new();
+            for id in ids {
+                if self.is_cached(&id) {
+                    let len = self
+                        .packs
+                        .location(&id)
+                        .map_or(0, |l| u64::from(l.entry.raw_len));
+                    progress.done(1, len);
+                    progress.cached_chunks.fetch_add(1, Relaxed);
+                } else if let Some((f, _)) = inflight.get(&id) {
+                    waits.push(f.clone());
+                } else {
+                    to_start.push(id);
+                }
+            }
+            let started = to_start.clone();
+            self.clone()
+                .register(&mut inflight, to_start, Priority::prefetch());
+            waits.extend(
+                started
+                    .iter()
+                    .filter_map(|id| inflight.get(id).map(|(f, _)| f.clone())),
+            );
+        }
+        for w in waits {
+            match w.await {
+                Ok(b) => progress.done(1, b.len() as u64),
+                Err(e) => progress.error(&e),
+            }
+        }
+    }
+
     /// Spawns one fetch of several chunks. It runs to completion even if every reader
     /// gives up, fills the caches, and then leaves the in-flight table. Each chunk has
     /// its own result: one bad chunk fails only its own readers.
-    fn start_fetch(self: Arc<Self>, ids: Vec<ChunkId>) -> BatchFetch {
+    fn start_fetch(self: Arc<Self>, ids: Vec<ChunkId>, priority: Arc<Priority>) -> BatchFetch {
         let task = tokio::spawn(async move {
             let mut results: Vec<Option<Result<Bytes, SharedChunkError>>> = vec![None; ids.len()];
             // The disk cache first, several files at once: one file per chunk gets no
@@ -245,14 +387,26 @@ impl ChunkReader {
             let remote: Vec<usize> = (0..ids.len()).filter(|&i| results[i].is_none()).collect();
             let remote_ids: Vec<ChunkId> = remote.iter().map(|&i| ids[i]).collect();
             let mut fetched = Vec::new();
-            for (&i, r) in remote.iter().zip(self.packs.fetch(&remote_ids).await) {
+            let fetched_all = self.packs.fetch_with(&remote_ids, &priority).await;
+            // A prefetch nobody waits for goes to disk only, so that warming a large
+            // image does not push the working set out of memory.
+            let to_memory = self.disk.is_none() || !priority.is_prefetch();
+            for (&i, r) in remote.iter().zip(fetched_all) {
                 match &r {
                     Ok(data) => {
                         self.counters.fetched_chunks.fetch_add(1, Relaxed);
                         self.counters
                             .fetched_bytes
                             .fetch_add(data.len() as u64, Relaxed);
-                        self.memory.insert(ids[i], data.clone());
+                        if priority.is_prefetch() {
+                            self.counters.prefetched_chunks.fetch_add(1, Relaxed);
+                            self.counters
+                                .prefetched_bytes
+                                .fetch_add(data.len() as u64, Relaxed);
+                        }
+                        if to_memory {
+                            self.memory.insert(ids[i], data.clone());
+                        }
                         fetched.push((ids[i], data.clone()));
                     }
                     Err(e @ ChunkError::Integrity { .. }) => {

@@ -1,0 +1,176 @@
+//! Prefetch against a throttled store: on-demand reads overtake a long prefetch queue,
+//! prefetches can be cancelled, and a reader waiting on a prefetched chunk promotes it.
+
+use bytes::Bytes;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use thaw_core::ChunkId;
+use thaw_store::wrap::{ThrottleConfig, ThrottledStore};
+use thaw_store::{
+    BlobStore, ChunkReader, ObjectStoreBackend, PackStore, PackWriter, PrefetchProgress,
+    ReaderConfig, SchedulerConfig, WriterConfig,
+};
+use thaw_tests::pseudo_random;
+use tokio_util::sync::CancellationToken;
+
+const CHUNKS: usize = 120;
+const CHUNK: usize = 64 * 1024;
+
+/// A memory store holding `CHUNKS` incompressible chunks, one pack each so that every
+/// chunk costs its own GET; returns the store and the chunk ids in write order.
+async fn one_chunk_per_pack() -> (Arc<dyn BlobStore>, Vec<ChunkId>) {
+    let store: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::memory());
+    let packs = PackStore::open(store.clone()).await.unwrap();
+    let writer = PackWriter::new(
+        packs,
+        WriterConfig {
+            target_pack_size: 1,
+            threads: 1,
+            ..Default::default()
+        },
+    );
+    let (writer, ids) = tokio::task::spawn_blocking(move || {
+        let ids: Vec<ChunkId> = (0..CHUNKS)
+            .map(|i| {
+                let data = Bytes::from(pseudo_random(CHUNK, 1000 + i as u64));
+                let id = ChunkId::of(&data);
+                writer.add(id, data).unwrap();
+                id
+            })
+            .collect();
+        (writer, ids)
+    })
+    .await
+    .unwrap();
+    writer.finish().await.unwrap();
+    (store, ids)
+}
+
+/// A reader over the store behind a 20 ms link, prefetching 2 GETs at a time.
+async fn throttled_reader(store: Arc<dyn BlobStore>, disk: &std::path::Path) -> Arc<ChunkReader> {
+    let link = ThrottleConfig::parse("20,1000").unwrap();
+    let remote: Arc<dyn BlobStore> = Arc::new(ThrottledStore::new(store, link));
+    let packs = PackStore::open(remote).await.unwrap();
+    packs.scheduler().configure(SchedulerConfig {
+        max_in_flight: 64,
+        prefetch_in_flight: 2,
+        prefetch_bandwidth: None,
+    });
+    ChunkReader::new(
+        packs,
+        ReaderConfig {
+            memory_bytes: 1 << 30,
+            disk: Some((disk.to_path_buf(), 1 << 30)),
+            fetch_around: 0,
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_read_overtakes_a_long_prefetch() {
+    let (store, ids) = one_chunk_per_pack().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let reader = throttled_reader(store, tmp.path()).await;
+    let progress = Arc::new(PrefetchProgress::default());
+    let cancel = CancellationToken::new();
+    // Prefetch all but the last chunk: 119 GETs of 20 ms, two at a time, about 1.2 s.
+    let job = {
+        let (reader, progress, cancel) = (reader.clone(), progress.clone(), cancel.clone());
+        let list = ids[..CHUNKS - 1].to_vec();
+        tokio::spawn(async move { reader.prefetch(&list, &progress, &cancel).await })
+    };
+    while progress.done_chunks.load(Relaxed) < 10 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let before = progress.done_chunks.load(Relaxed);
+    let want = ids[CHUNKS - 1];
+    let data = reader.read(want).await.unwrap();
+    let after = progress.done_chunks.load(Relaxed);
+    assert_eq!(ChunkId::of(&data), want);
+    // While the read ran, the prefetch could finish only the GETs it had in flight plus
+    // about one more round; the read did not wait for the queue to drain.
+    assert!(
+        after - before <= 6,
+        "{} prefetch chunks finished during one on-demand read",
+        after - before
+    );
+    assert!(
+        after < (CHUNKS as u64 - 1) / 2,
+        "prefetch had done {after} chunks"
+    );
+    let s = reader.packs().scheduler().stats();
+    assert_eq!(s.on_demand_fetches, 1);
+    assert!(s.active_prefetch <= 2, "prefetch cap exceeded: {s:?}");
+    assert!(job.await.unwrap(), "the prefetch runs to completion");
+    assert_eq!(progress.done_chunks.load(Relaxed), CHUNKS as u64 - 1);
+    assert_eq!(progress.errors.load(Relaxed), 0);
+    assert_eq!(
+        reader.stats().prefetched_chunks,
+        CHUNKS as u64 - 1,
+        "every prefetched chunk was fetched once"
+    );
+    // Everything is now on disk: reading it all fetches nothing more.
+    let fetched = reader.stats().fetched_chunks;
+    reader.read_many(&ids).await.unwrap();
+    assert_eq!(reader.stats().fetched_chunks, fetched);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_prefetch_stops_soon() {
+    let (store, ids) = one_chunk_per_pack().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let reader = throttled_reader(store, tmp.path()).await;
+    let progress = Arc::new(PrefetchProgress::default());
+    let cancel = CancellationToken::new();
+    let job = {
+        let (reader, progress, cancel) = (reader.clone(), progress.clone(), cancel.clone());
+        tokio::spawn(async move { reader.prefetch(&ids, &progress, &cancel).await })
+    };
+    while progress.done_chunks.load(Relaxed) < 4 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    cancel.cancel();
+    assert!(!job.await.unwrap(), "a cancelled prefetch says so");
+    // Fetches already granted finish; nothing new starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let settled = reader.stats().prefetched_chunks;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(reader.stats().prefetched_chunks, settled);
+    assert!(settled < 20, "{settled} chunks fetched after cancelling");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_joining_a_paced_prefetch_promotes_it() {
+    let (store, ids) = one_chunk_per_pack().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let reader = throttled_reader(store, tmp.path()).await;
+    // 64 KiB/s for prefetch: after the first chunk, each waits about a second.
+    reader.packs().scheduler().configure(SchedulerConfig {
+        max_in_flight: 64,
+        prefetch_in_flight: 2,
+        prefetch_bandwidth: Some(CHUNK as u64),
+    });
+    let progress = Arc::new(PrefetchProgress::default());
+    let cancel = CancellationToken::new();
+    let job = {
+        let (reader, progress, cancel) = (reader.clone(), progress.clone(), cancel.clone());
+        let list = ids.clone();
+        tokio::spawn(async move { reader.prefetch(&list, &progress, &cancel).await })
+    };
+    while reader.packs().scheduler().stats().active_prefetch < 2 {
+        tokio::task::yield_now().await;
+    }
+    // ids[1] holds a prefetch slot but waits for bandwidth; a reader needs it now.
+    let data = reader.read(ids[1]).await.unwrap();
+    assert_eq!(ChunkId::of(&data), ids[1]);
+    let done = progress.done_chunks.load(Relaxed);
+    assert!(done <= 2, "the read waited for {done} paced prefetches");
+    let s = reader.packs().scheduler().stats();
+    assert_eq!(s.promoted, 1, "{s:?}");
+    let r = reader.stats();
+    assert_eq!(r.joined_fetches, 1, "the reader joined the prefetch");
+    cancel.cancel();
+    assert!(!job.await.unwrap());
+}
