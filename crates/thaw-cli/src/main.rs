@@ -1,6 +1,7 @@
 //! `thaw`: build, inspect, export, mount and collect container images in a chunk store.
 
 mod mount_cmd;
+mod trace_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -50,7 +51,14 @@ enum Command {
         /// Chunk sizes in bytes: MIN,AVG,MAX.
         #[arg(long, value_name = "MIN,AVG,MAX")]
         chunk_sizes: Option<String>,
+        /// Pack the start-up working set together in first-access order: a trace file
+        /// (from `thaw mount --record-trace`) or an image whose pushed traces to merge.
+        #[arg(long, value_name = "TRACE")]
+        order_by: Option<String>,
     },
+    /// Start-up traces stored with images (they drive prewarming).
+    #[command(subcommand)]
+    Trace(trace_cmd::TraceCommand),
     /// List tags and images.
     Images,
     /// Describe an image: its tree and how it is stored.
@@ -147,7 +155,12 @@ async fn main() -> Result<()> {
             tag,
             zstd_level,
             chunk_sizes,
+            order_by,
         } => {
+            let first_access = match order_by {
+                Some(t) => trace_cmd::first_access(&repo, t).await?,
+                None => Vec::new(),
+            };
             let chunker = chunk_sizes
                 .as_deref()
                 .map(parse_chunk_sizes)
@@ -165,6 +178,7 @@ async fn main() -> Result<()> {
                     ..Default::default()
                 },
                 progress: Some(progress),
+                first_access,
             };
             let start = Instant::now();
             let r = thaw_image::build(&repo, BuildSource::from_arg(source), options)
@@ -270,6 +284,7 @@ async fn main() -> Result<()> {
             );
         }
         Command::Mount(args) => mount_cmd::mount(&repo, args, cli.stats).await?,
+        Command::Trace(t) => trace_cmd::run(&repo, t).await?,
         Command::Umount { .. } => unreachable!("handled before opening the store"),
         Command::Gc { apply, min_age } => {
             let r = repo.gc(*apply, Duration::from_secs(*min_age)).await?;

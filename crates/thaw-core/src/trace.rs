@@ -116,10 +116,59 @@ impl Trace {
     }
 }
 
+/// Merges traces of one image into one prefetch list: each chunk once, ordered by the
+/// earliest time any trace first touched it (ties keep the order of the inputs).
+pub fn merge(traces: &[Trace]) -> Vec<TraceRecord> {
+    let mut best: std::collections::HashMap<ChunkId, (u64, usize, usize)> =
+        std::collections::HashMap::new();
+    for (t, trace) in traces.iter().enumerate() {
+        for (i, r) in trace.records.iter().enumerate() {
+            let key = (r.elapsed_us, t, i);
+            best.entry(r.chunk)
+                .and_modify(|k| *k = (*k).min(key))
+                .or_insert(key);
+        }
+    }
+    let mut keys: Vec<(u64, usize, usize)> = best.into_values().collect();
+    keys.sort_unstable();
+    keys.into_iter()
+        .map(|(_, t, i)| traces[t].records[i].clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn rec(elapsed_us: u64, chunk: &str) -> TraceRecord {
+        TraceRecord {
+            elapsed_us,
+            chunk: ChunkId::of(chunk.as_bytes()),
+            offset: 0,
+            path: chunk.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn merge_orders_by_earliest_first_access_and_dedups() {
+        let image = ImageId::of(b"img");
+        let a = Trace {
+            image,
+            records: vec![rec(10, "libc"), rec(20, "bash"), rec(90, "status")],
+        };
+        let b = Trace {
+            image,
+            records: vec![rec(5, "ld"), rec(30, "libc"), rec(40, "apt")],
+        };
+        let merged: Vec<Vec<u8>> = merge(&[a, b]).into_iter().map(|r| r.path).collect();
+        let names: Vec<&str> = merged
+            .iter()
+            .map(|p| std::str::from_utf8(p).unwrap())
+            .collect();
+        assert_eq!(names, ["ld", "libc", "bash", "apt", "status"]);
+        assert!(merge(&[]).is_empty());
+    }
 
     proptest! {
         #[test]

@@ -39,6 +39,9 @@ pub struct BuildOptions {
     pub writer: WriterConfig,
     /// Updated with file bytes read, for a progress display.
     pub progress: Option<Arc<AtomicU64>>,
+    /// Chunks in first-access order (from a start-up trace): those new to the store are
+    /// packed together in this order, after the rest.
+    pub first_access: Vec<thaw_core::ChunkId>,
 }
 
 /// What a build did.
@@ -64,7 +67,8 @@ pub async fn build(
         thaw_core::tag::validate_tag(tag)?;
     }
     options.chunker.validate()?;
-    let writer = PackWriter::new(repo.packs().clone(), options.writer);
+    let writer = PackWriter::new(repo.packs().clone(), options.writer)
+        .with_first_access(&options.first_access);
     let bytes_read = options.progress.clone().unwrap_or_default();
     let chunker = options.chunker;
     let (tree, writer) = {

@@ -1,7 +1,7 @@
 //! Errors of the store layers.
 
 use std::time::Duration;
-use thaw_core::{ChunkId, FormatError, PackId};
+use thaw_core::{ChunkId, FormatError, ImageId, PackId};
 use thiserror::Error;
 
 type Source = Box<dyn std::error::Error + Send + Sync>;
@@ -90,6 +90,22 @@ pub enum ChunkError {
     },
     #[error("pack writer: {0}")]
     Writer(String),
+    #[error("trace {key:?}: {source}")]
+    BadTrace { key: String, source: FormatError },
+    #[error("the trace was recorded on image {recorded}, not {image}")]
+    TraceImageMismatch { image: ImageId, recorded: ImageId },
+    #[error("the trace names chunk {chunk} at {path:?}, which image {image} does not hold")]
+    TraceChunkNotInImage {
+        image: ImageId,
+        chunk: ChunkId,
+        path: String,
+    },
+    #[error("image {image} has {count} traces; at most {max} are kept")]
+    TooManyTraces {
+        image: ImageId,
+        count: usize,
+        max: usize,
+    },
 }
 
 /// A chunk error that can be handed to every waiter of a single-flight fetch.

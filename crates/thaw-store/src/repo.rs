@@ -10,10 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use thaw_core::id::is_hex_prefix;
 use thaw_core::tag::validate_tag;
+use thaw_core::trace::{Trace, TraceRecord};
 use thaw_core::{ChunkId, ImageId, Manifest, PackId};
 
 const IMAGES_PREFIX: &str = "images";
 const TAGS_PREFIX: &str = "tags";
+const TRACES_PREFIX: &str = "traces";
+/// Traces kept per image: merging more adds little, and bounds the work of a prewarm.
+pub const MAX_TRACES_PER_IMAGE: usize = 64;
+/// The largest trace accepted (about 200,000 records with long paths).
+pub const MAX_TRACE_BYTES: usize = 64 << 20;
 
 fn image_key(id: &ImageId) -> String {
     format!("{IMAGES_PREFIX}/{id}")
@@ -188,8 +194,87 @@ impl Repository {
         }
     }
 
-    /// Removes an image and every tag that names it. Its chunks stay until `gc`.
+    /// Stores a start-up trace with its image, after checking that it was recorded on
+    /// that image and names only its chunks. Returns the trace's key; pushing the same
+    /// trace twice stores it once.
+    pub async fn put_trace(&self, trace: &Trace) -> Result<String, ChunkError> {
+        let image = trace.image;
+        let manifest = self.get_manifest(&image).await?;
+        let chunks: HashSet<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+        if let Some(r) = trace.records.iter().find(|r| !chunks.contains(&r.chunk)) {
+            return Err(ChunkError::TraceChunkNotInImage {
+                image,
+                chunk: r.chunk,
+                path: String::from_utf8_lossy(&r.path).into_owned(),
+            });
+        }
+        let existing = self.trace_keys(&image).await?;
+        let text = trace.encode();
+        let key = format!(
+            "{TRACES_PREFIX}/{image}/{}",
+            &blake3::hash(text.as_bytes()).to_hex()[..32]
+        );
+        if !existing.contains(&key) && existing.len() >= MAX_TRACES_PER_IMAGE {
+            return Err(ChunkError::TooManyTraces {
+                image,
+                count: existing.len(),
+                max: MAX_TRACES_PER_IMAGE,
+            });
+        }
+        self.store.put(&key, Bytes::from(text)).await?;
+        Ok(key)
+    }
+
+    async fn trace_keys(&self, image: &ImageId) -> Result<Vec<String>, ChunkError> {
+        let mut keys: Vec<String> = self
+            .store
+            .list(&format!("{TRACES_PREFIX}/{image}"))
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Every trace stored with an image.
+    pub async fn traces(&self, image: &ImageId) -> Result<Vec<Trace>, ChunkError> {
+        let mut out = Vec::new();
+        for key in self.trace_keys(image).await? {
+            let bytes = self.store.get(&key).await?;
+            let bad = |source| ChunkError::BadTrace {
+                key: key.clone(),
+                source,
+            };
+            if bytes.len() > MAX_TRACE_BYTES {
+                return Err(bad(thaw_core::FormatError::Malformed {
+                    what: "trace",
+                    reason: format!("{} bytes, more than {MAX_TRACE_BYTES}", bytes.len()),
+                }));
+            }
+            let trace = Trace::decode(&String::from_utf8_lossy(&bytes)).map_err(bad)?;
+            if trace.image != *image {
+                return Err(ChunkError::TraceImageMismatch {
+                    image: *image,
+                    recorded: trace.image,
+                });
+            }
+            out.push(trace);
+        }
+        Ok(out)
+    }
+
+    /// The image's traces merged into one prefetch list (see [`thaw_core::trace::merge`]).
+    pub async fn prefetch_list(&self, image: &ImageId) -> Result<Vec<TraceRecord>, ChunkError> {
+        Ok(thaw_core::trace::merge(&self.traces(image).await?))
+    }
+
+    /// Removes an image, its traces and every tag that names it. Its chunks stay until
+    /// `gc`.
     pub async fn remove_image(&self, id: &ImageId) -> Result<Vec<String>, ChunkError> {
+        for key in self.trace_keys(id).await? {
+            self.store.delete(&key).await?;
+        }
         let mut removed = Vec::new();
         for (name, tagged) in self.list_tags().await? {
             if tagged == *id {

@@ -61,10 +61,13 @@ struct Job {
     seq: u64,
     id: ChunkId,
     data: Bytes,
+    /// Close the current pack before this chunk.
+    new_pack: bool,
 }
 
 struct Compressed {
     seq: u64,
+    new_pack: bool,
     id: ChunkId,
     raw_len: u32,
     stored: Vec<u8>,
@@ -74,6 +77,8 @@ struct Compressed {
 struct State {
     seen: HashSet<ChunkId>,
     next_seq: u64,
+    /// New chunks of the first-access order, held back to be packed together at the end.
+    held: Vec<(usize, ChunkId, Bytes)>,
 }
 
 /// Adds chunks to a store. `add` blocks (call it from a blocking thread); `finish`
@@ -87,6 +92,8 @@ pub struct PackWriter {
     uploader: Option<tokio::task::JoinHandle<Result<(), ChunkError>>>,
     failure: Arc<Mutex<Option<String>>>,
     counters: Arc<Counters>,
+    /// Rank of each chunk in a start-up trace's first-access order.
+    first_access: std::collections::HashMap<ChunkId, usize>,
 }
 
 impl std::fmt::Debug for PackWriter {
@@ -138,6 +145,7 @@ impl PackWriter {
             state: Mutex::new(State {
                 seen: HashSet::new(),
                 next_seq: 0,
+                held: Vec::new(),
             }),
             jobs: Some(job_tx),
             workers,
@@ -145,7 +153,20 @@ impl PackWriter {
             uploader: Some(uploader),
             failure,
             counters,
+            first_access: Default::default(),
         }
+    }
+
+    /// Packs the new chunks that appear in `order` (a start-up trace's chunks in
+    /// first-access order) together, in that order, in packs of their own after all
+    /// others: the start-up working set is then contiguous and few ranged GETs fetch it.
+    /// They are held in memory until `finish`, so the list should be a working set, not
+    /// a whole image.
+    pub fn with_first_access(mut self, order: &[ChunkId]) -> Self {
+        for (rank, id) in order.iter().enumerate() {
+            self.first_access.entry(*id).or_insert(rank);
+        }
+        self
     }
 
     /// Adds a chunk; returns whether it was new to the store. Blocks while the
@@ -162,17 +183,30 @@ impl PackWriter {
                 self.counters.chunks_dedup.fetch_add(1, Relaxed);
                 return Ok(false);
             }
+            self.counters.chunks_new.fetch_add(1, Relaxed);
+            self.counters
+                .raw_bytes_new
+                .fetch_add(data.len() as u64, Relaxed);
+            if let Some(rank) = self.first_access.get(&id) {
+                st.held.push((*rank, id, data));
+                return Ok(true);
+            }
             st.next_seq += 1;
             st.next_seq - 1
         };
-        self.counters.chunks_new.fetch_add(1, Relaxed);
-        self.counters
-            .raw_bytes_new
-            .fetch_add(data.len() as u64, Relaxed);
-        let jobs = self.jobs.as_ref().expect("add after finish");
-        jobs.send(Job { seq, id, data })
-            .map_err(|_| ChunkError::Writer("the packing pipeline stopped".into()))?;
+        self.send(seq, id, data, false)?;
         Ok(true)
+    }
+
+    fn send(&self, seq: u64, id: ChunkId, data: Bytes, new_pack: bool) -> Result<(), ChunkError> {
+        let jobs = self.jobs.as_ref().expect("add after finish");
+        jobs.send(Job {
+            seq,
+            id,
+            data,
+            new_pack,
+        })
+        .map_err(|_| ChunkError::Writer("the packing pipeline stopped".into()))
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -188,7 +222,33 @@ impl PackWriter {
 
     /// Flushes the last pack and waits for every upload.
     pub async fn finish(mut self) -> Result<WriterStats, ChunkError> {
-        drop(self.jobs.take());
+        let jobs = self.jobs.take().expect("finish once");
+        let (mut held, first_seq) = {
+            let mut st = self.state.lock().expect("writer state");
+            let held = std::mem::take(&mut st.held);
+            let first = st.next_seq;
+            st.next_seq += held.len() as u64;
+            (held, first)
+        };
+        // The held first-access chunks go last, in trace order, from a new pack on.
+        // Sending blocks while the compression queue is full, so not on this thread.
+        held.sort_by_key(|(rank, _, _)| *rank);
+        let held = tokio::task::spawn_blocking(move || {
+            for (k, (_, id, data)) in held.into_iter().enumerate() {
+                let job = Job {
+                    seq: first_seq + k as u64,
+                    id,
+                    data,
+                    new_pack: k == 0,
+                };
+                if jobs.send(job).is_err() {
+                    return Err(ChunkError::Writer("the packing pipeline stopped".into()));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ChunkError::Writer(e.to_string()))?;
         let workers = std::mem::take(&mut self.workers);
         let packer = self.packer.take().expect("packer");
         let packed = tokio::task::spawn_blocking(move || {
@@ -210,6 +270,7 @@ impl PackWriter {
             .map_err(|e| ChunkError::Writer(e.to_string()))?;
         uploaded?;
         packed?;
+        held?;
         Ok(self.stats())
     }
 }
@@ -230,6 +291,7 @@ fn compress_worker(rx: Receiver<Job>, tx: Sender<Compressed>, config: WriterConf
         if tx
             .send(Compressed {
                 seq: job.seq,
+                new_pack: job.new_pack,
                 id: job.id,
                 raw_len,
                 stored,
@@ -270,6 +332,9 @@ fn packer_loop(
         // together and are read back with few requests.
         while let Some(c) = pending.remove(&next) {
             next += 1;
+            if c.new_pack && !entries.is_empty() {
+                send(&mut buf, &mut entries)?;
+            }
             counters
                 .stored_bytes
                 .fetch_add(c.stored.len() as u64, Relaxed);
