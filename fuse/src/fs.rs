@@ -243,7 +243,7 @@ impl Filesystem for ThawFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let s = &self.shared;
-        s.stats.count(Op::Lookup);
+        let _timer = s.stats.start(Op::Lookup);
         let found = s
             .ino(parent)
             .and_then(|p| match &s.manifest.inodes[p as usize].kind {
@@ -261,7 +261,7 @@ impl Filesystem for ThawFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let s = &self.shared;
-        s.stats.count(Op::Getattr);
+        let _timer = s.stats.start(Op::Getattr);
         match s.ino(ino) {
             Ok(i) => reply.attr(&s.config.ttl, s.attr(i)),
             Err(e) => reply.error(errno_of(&e)),
@@ -270,7 +270,7 @@ impl Filesystem for ThawFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let s = &self.shared;
-        s.stats.count(Op::Readlink);
+        let _timer = s.stats.start(Op::Readlink);
         match s.ino(ino).map(|i| &s.manifest.inodes[i as usize].kind) {
             Ok(InodeKind::Symlink { target }) => reply.data(target),
             Ok(_) => reply.error(errno_of(&FsError::NotASymlink)),
@@ -280,7 +280,7 @@ impl Filesystem for ThawFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let s = &self.shared;
-        s.stats.count(Op::Open);
+        let _timer = s.stats.start(Op::Open);
         if let Err(e) = s.ino(ino) {
             return reply.error(errno_of(&e));
         }
@@ -308,7 +308,7 @@ impl Filesystem for ThawFs {
         reply: ReplyData,
     ) {
         let s = &self.shared;
-        s.stats.count(Op::Read);
+        let _timer = s.stats.start(Op::Read);
         match s.ino(ino).and_then(|i| s.read(i, fh.0, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => {
@@ -370,7 +370,7 @@ impl Filesystem for ThawFs {
         mut reply: ReplyDirectory,
     ) {
         let s = &self.shared;
-        s.stats.count(Op::Readdir);
+        let _timer = s.stats.start(Op::Readdir);
         match s.listing(ino, offset) {
             Ok(entries) => {
                 for (next, child, name) in entries {
@@ -394,7 +394,7 @@ impl Filesystem for ThawFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let s = &self.shared;
-        s.stats.count(Op::Readdirplus);
+        let _timer = s.stats.start(Op::Readdirplus);
         match s.listing(ino, offset) {
             Ok(entries) => {
                 for (next, child, name) in entries {
@@ -417,7 +417,7 @@ impl Filesystem for ThawFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let s = &self.shared;
-        s.stats.count(Op::Getxattr);
+        let _timer = s.stats.start(Op::Getxattr);
         let i = match s.ino(ino) {
             Ok(i) => i,
             Err(e) => return reply.error(errno_of(&e)),
@@ -435,7 +435,7 @@ impl Filesystem for ThawFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let s = &self.shared;
-        s.stats.count(Op::Listxattr);
+        let _timer = s.stats.start(Op::Listxattr);
         let i = match s.ino(ino) {
             Ok(i) => i,
             Err(e) => return reply.error(errno_of(&e)),
@@ -450,7 +450,7 @@ impl Filesystem for ThawFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = &self.shared;
-        s.stats.count(Op::Statfs);
+        let _timer = s.stats.start(Op::Statfs);
         let blocks = s.table.total_bytes.div_ceil(4096);
         reply.statfs(
             blocks,
@@ -466,7 +466,7 @@ impl Filesystem for ThawFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let s = &self.shared;
-        s.stats.count(Op::Access);
+        let _timer = s.stats.start(Op::Access);
         match s.ino(ino) {
             Err(e) => reply.error(errno_of(&e)),
             Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(errno_of(&FsError::ReadOnly)),

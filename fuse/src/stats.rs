@@ -1,6 +1,7 @@
 //! Counters of FUSE operations and bytes served, rendered as `key: value` text.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use thaw_store::schedule::{HistogramSnapshot, LatencyHistogram};
 use thaw_store::ReaderStats;
 
 /// The operations counted.
@@ -37,6 +38,7 @@ const OPS: [(&str, Op); 11] = [
 #[derive(Debug, Default)]
 pub struct FsStats {
     ops: [AtomicU64; 11],
+    latency: [LatencyHistogram; 11],
     pub bytes_served: AtomicU64,
     /// Bytes served from zero extents (no fetch).
     pub zero_bytes_served: AtomicU64,
@@ -45,10 +47,26 @@ pub struct FsStats {
     pub readahead_chunks: AtomicU64,
 }
 
+/// Records one operation's latency when dropped.
+#[derive(Debug)]
+pub struct OpTimer<'a> {
+    stats: &'a FsStats,
+    op: Op,
+    started: std::time::Instant,
+}
+
+impl Drop for OpTimer<'_> {
+    fn drop(&mut self) {
+        self.stats.latency[self.op as usize].observe(self.started.elapsed());
+    }
+}
+
 /// A copy of the counters, with the reader's tier statistics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsSnapshot {
     pub ops: Vec<(&'static str, u64)>,
+    /// Time from an operation's arrival to its reply, per operation.
+    pub op_latency: Vec<(&'static str, HistogramSnapshot)>,
     pub bytes_served: u64,
     pub zero_bytes_served: u64,
     pub read_errors: u64,
@@ -57,8 +75,15 @@ pub struct StatsSnapshot {
 }
 
 impl FsStats {
-    pub fn count(&self, op: Op) {
+    /// Counts an operation; its latency is recorded when the returned guard drops
+    /// (after the reply).
+    pub fn start(&self, op: Op) -> OpTimer<'_> {
         self.ops[op as usize].fetch_add(1, Relaxed);
+        OpTimer {
+            stats: self,
+            op,
+            started: std::time::Instant::now(),
+        }
     }
 
     pub fn snapshot(&self, reader: ReaderStats) -> StatsSnapshot {
@@ -66,6 +91,10 @@ impl FsStats {
             ops: OPS
                 .iter()
                 .map(|(name, op)| (*name, self.ops[*op as usize].load(Relaxed)))
+                .collect(),
+            op_latency: OPS
+                .iter()
+                .map(|(name, op)| (*name, self.latency[*op as usize].snapshot()))
                 .collect(),
             bytes_served: self.bytes_served.load(Relaxed),
             zero_bytes_served: self.zero_bytes_served.load(Relaxed),

@@ -1,6 +1,7 @@
 //! `thaw`: build, inspect, export, mount and collect container images in a chunk store.
 
 mod mount_cmd;
+mod serve_cmd;
 mod trace_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -82,6 +83,15 @@ enum Command {
     Mount(mount_cmd::MountArgs),
     /// Unmount a thaw mount, stopping its daemon, or clean up after a dead one.
     Umount { mountpoint: PathBuf },
+    /// Run the node daemon: shared caches, mounts and prewarm jobs behind an HTTP API.
+    Serve(serve_cmd::ServeArgs),
+    /// Ask the node daemon to warm its cache with an image (waits unless --detach).
+    Prewarm(serve_cmd::PrewarmArgs),
+    /// List the node daemon's prewarm jobs.
+    Jobs(serve_cmd::ServerArgs),
+    /// The node daemon's cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Remove packs that no image references. Dry run unless --apply.
     Gc {
         #[arg(long)]
@@ -90,6 +100,12 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         min_age: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// Usage and hit ratio per tier.
+    Stats(serve_cmd::ServerArgs),
 }
 
 fn open(cli: &Cli, retry: RetryConfig) -> Result<(Arc<dyn BlobStore>, Arc<StoreCounters>)> {
@@ -134,13 +150,18 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Command::Umount { mountpoint } = &cli.command {
-        return mount_cmd::umount(mountpoint).await;
+    match &cli.command {
+        Command::Umount { mountpoint } => return mount_cmd::umount(mountpoint).await,
+        Command::Prewarm(args) => return serve_cmd::prewarm(args).await,
+        Command::Jobs(server) => return serve_cmd::jobs(server).await,
+        Command::Cache(CacheCommand::Stats(server)) => return serve_cmd::cache_stats(server).await,
+        _ => {}
     }
     let retry = match &cli.command {
-        Command::Mount(m) => RetryConfig {
-            deadline: Duration::from_secs(m.timeout),
-            attempt_timeout: Duration::from_secs(m.timeout.clamp(1, 30)),
+        Command::Mount(mount_cmd::MountArgs { timeout, .. })
+        | Command::Serve(serve_cmd::ServeArgs { timeout, .. }) => RetryConfig {
+            deadline: Duration::from_secs(*timeout),
+            attempt_timeout: Duration::from_secs((*timeout).clamp(1, 30)),
             ..Default::default()
         },
         _ => RetryConfig::default(),
@@ -285,7 +306,10 @@ async fn main() -> Result<()> {
         }
         Command::Mount(args) => mount_cmd::mount(&repo, args, cli.stats).await?,
         Command::Trace(t) => trace_cmd::run(&repo, t).await?,
-        Command::Umount { .. } => unreachable!("handled before opening the store"),
+        Command::Serve(args) => serve_cmd::serve(repo.clone(), args).await?,
+        Command::Umount { .. } | Command::Prewarm(_) | Command::Jobs(_) | Command::Cache(_) => {
+            unreachable!("handled before opening the store")
+        }
         Command::Gc { apply, min_age } => {
             let r = repo.gc(*apply, Duration::from_secs(*min_age)).await?;
             println!(

@@ -21,7 +21,7 @@ pub use backend::{open_store, ObjectStoreBackend};
 pub use blob::{BlobStore, ObjectInfo};
 pub use error::{ChunkError, StoreError};
 pub use packs::PackStore;
-pub use reader::{ChunkReader, PrefetchProgress, ReaderConfig, ReaderStats};
+pub use reader::{CacheUsage, ChunkReader, PrefetchProgress, ReaderConfig, ReaderStats};
 pub use repo::Repository;
 pub use schedule::{FetchClass, FetchScheduler, Priority, SchedulerConfig};
 pub use writer::{PackWriter, WriterConfig, WriterStats};

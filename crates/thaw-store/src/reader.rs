@@ -51,6 +51,23 @@ pub struct ReaderStats {
     /// Of the fetched chunks, those a prefetch asked for.
     pub prefetched_chunks: u64,
     pub prefetched_bytes: u64,
+    /// Chunks a read did not find in memory.
+    pub memory_misses: u64,
+    /// Chunks looked for on disk and not found there (so fetched from the store).
+    pub disk_misses: u64,
+    /// Chunks the store returned that failed verification.
+    pub integrity_failures: u64,
+}
+
+/// How full the caches are.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheUsage {
+    pub memory_bytes: u64,
+    pub memory_capacity: u64,
+    pub memory_entries: usize,
+    pub disk_bytes: u64,
+    pub disk_capacity: u64,
+    pub disk_entries: usize,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +80,9 @@ struct Counters {
     fetched_around: AtomicU64,
     prefetched_chunks: AtomicU64,
     prefetched_bytes: AtomicU64,
+    memory_misses: AtomicU64,
+    disk_misses: AtomicU64,
+    integrity_failures: AtomicU64,
 }
 
 /// How far a prefetch has got; shared with whoever reports on it.
@@ -151,6 +171,20 @@ impl ChunkReader {
             fetched_around: c.fetched_around.load(Relaxed),
             prefetched_chunks: c.prefetched_chunks.load(Relaxed),
             prefetched_bytes: c.prefetched_bytes.load(Relaxed),
+            memory_misses: c.memory_misses.load(Relaxed),
+            disk_misses: c.disk_misses.load(Relaxed),
+            integrity_failures: c.integrity_failures.load(Relaxed),
+        }
+    }
+
+    pub fn cache_usage(&self) -> CacheUsage {
+        CacheUsage {
+            memory_bytes: self.memory.bytes(),
+            memory_capacity: self.memory.capacity(),
+            memory_entries: self.memory.len(),
+            disk_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
+            disk_capacity: self.disk.as_ref().map_or(0, |d| d.capacity()),
+            disk_entries: self.disk.as_ref().map_or(0, |d| d.len()),
         }
     }
 
@@ -172,6 +206,9 @@ impl ChunkReader {
         let mut out: Vec<Option<Bytes>> = ids.iter().map(|id| self.memory.get(id)).collect();
         let hits = out.iter().filter(|o| o.is_some()).count() as u64;
         self.counters.memory_hits.fetch_add(hits, Relaxed);
+        self.counters
+            .memory_misses
+            .fetch_add(ids.len() as u64 - hits, Relaxed);
 
         let missing: Vec<usize> = (0..ids.len()).filter(|i| out[*i].is_none()).collect();
         if missing.is_empty() {
@@ -256,6 +293,24 @@ impl ChunkReader {
         self.memory.contains(id) || self.disk.as_ref().is_some_and(|d| d.contains(id))
     }
 
+    /// Sets a prefetch's totals (distinct chunks and their bytes) before it starts;
+    /// returns the distinct chunks in order.
+    pub fn count_prefetch(&self, ids: &[ChunkId], progress: &PrefetchProgress) -> Vec<ChunkId> {
+        let mut seen = HashSet::new();
+        let ids: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let bytes: u64 = ids
+            .iter()
+            .map(|id| {
+                self.packs
+                    .location(id)
+                    .map_or(0, |l| u64::from(l.entry.raw_len))
+            })
+            .sum();
+        progress.total_chunks.store(ids.len() as u64, Relaxed);
+        progress.total_bytes.store(bytes, Relaxed);
+        ids
+    }
+
     /// Warms the caches with `ids`, in order, at prefetch priority: on-demand reads go
     /// first, and a reader that needs a chunk being prefetched promotes that fetch.
     /// Chunks already cached count as done at once. Returns `false` if cancelled (at most
@@ -266,17 +321,12 @@ impl ChunkReader {
         progress: &PrefetchProgress,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> bool {
-        let mut seen = HashSet::new();
-        let ids: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let ids = self.count_prefetch(ids, progress);
         let raw_len = |id: &ChunkId| {
             self.packs
                 .location(id)
                 .map_or(0, |l| u64::from(l.entry.raw_len))
         };
-        progress.total_chunks.fetch_add(ids.len() as u64, Relaxed);
-        progress
-            .total_bytes
-            .fetch_add(ids.iter().map(raw_len).sum(), Relaxed);
         let pending: Vec<ChunkId> = ids
             .into_iter()
             .filter(|id| {
@@ -385,6 +435,11 @@ impl ChunkReader {
             }
             // Then the store, for the rest.
             let remote: Vec<usize> = (0..ids.len()).filter(|&i| results[i].is_none()).collect();
+            if self.disk.is_some() {
+                self.counters
+                    .disk_misses
+                    .fetch_add(remote.len() as u64, Relaxed);
+            }
             let remote_ids: Vec<ChunkId> = remote.iter().map(|&i| ids[i]).collect();
             let mut fetched = Vec::new();
             let fetched_all = self.packs.fetch_with(&remote_ids, &priority).await;
@@ -410,6 +465,7 @@ impl ChunkReader {
                         fetched.push((ids[i], data.clone()));
                     }
                     Err(e @ ChunkError::Integrity { .. }) => {
+                        self.counters.integrity_failures.fetch_add(1, Relaxed);
                         tracing::error!(error = %e, "chunk failed verification")
                     }
                     Err(_) => {}

@@ -225,7 +225,8 @@ impl Repository {
         Ok(key)
     }
 
-    async fn trace_keys(&self, image: &ImageId) -> Result<Vec<String>, ChunkError> {
+    /// The keys of the traces stored with an image, sorted.
+    pub async fn trace_keys(&self, image: &ImageId) -> Result<Vec<String>, ChunkError> {
         let mut keys: Vec<String> = self
             .store
             .list(&format!("{TRACES_PREFIX}/{image}"))

@@ -153,6 +153,10 @@ impl DiskCache {
     }
 
     /// Bytes held now.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     pub fn bytes(&self) -> u64 {
         self.inner.lock().expect("disk cache lock").bytes
     }

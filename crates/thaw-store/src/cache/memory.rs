@@ -66,6 +66,18 @@ impl MemoryCache {
     }
 
     /// Bytes held now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("memory cache lock").lru.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     pub fn bytes(&self) -> u64 {
         self.inner.lock().expect("memory cache lock").bytes
     }

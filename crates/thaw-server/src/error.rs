@@ -1,0 +1,67 @@
+//! API errors: a stable code, an HTTP status and a message that names the input, and
+//! their conversion from the store's errors.
+
+use crate::api::{ErrorBody, ErrorCode, ErrorDetail};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use thaw_store::{ChunkError, StoreError};
+
+/// An error answered as `{"error": {"code", "message"}}`.
+#[derive(Debug, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+}
+
+impl From<ChunkError> for ApiError {
+    fn from(e: ChunkError) -> Self {
+        let code = match &e {
+            ChunkError::NoSuchImage(_) => ErrorCode::NotFound,
+            ChunkError::AmbiguousImage { .. } | ChunkError::Format(_) => ErrorCode::InvalidArgument,
+            ChunkError::Store(s) => match s {
+                StoreError::NotFound { .. } => ErrorCode::NotFound,
+                StoreError::BadLocation { .. } | StoreError::Permanent { .. } => {
+                    ErrorCode::Internal
+                }
+                _ => ErrorCode::StoreUnavailable,
+            },
+            _ => ErrorCode::Internal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.code.status() >= 500 {
+            tracing::warn!(code = ?self.code, message = %self.message, "request failed");
+        }
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,282 @@
+//! The HTTP layer: routes, bearer-token authentication, body limits, JSON errors with
+//! stable codes, and per-status request counters.
+
+use crate::api::{self, ErrorCode, MAX_BODY_BYTES};
+use crate::error::ApiError;
+use crate::{validate, Node};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Requests answered, by status class.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    by_class: [AtomicU64; 5],
+}
+
+impl HttpStats {
+    fn count(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .into_iter()
+            .zip(self.by_class.iter().map(|c| c.load(Relaxed)))
+            .collect()
+    }
+}
+
+/// A JSON body whose rejections (bad syntax, wrong fields, too large, wrong content
+/// type) become API errors with stable codes.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => Err(json_error(rejection)),
+        }
+    }
+}
+
+fn json_error(rejection: JsonRejection) -> ApiError {
+    let text = rejection.body_text();
+    match rejection.status().as_u16() {
+        413 => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        415 => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        422 => ApiError::invalid(text),
+        _ => ApiError::new(ErrorCode::BadRequest, text),
+    }
+}
+
+/// Builds the router over a node.
+pub fn router(node: Arc<Node>) -> Router {
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/images", get(images))
+        .route("/v1/cache", get(cache))
+        .route("/v1/prewarm", post(prewarm))
+        .route("/v1/jobs", get(jobs))
+        .route("/v1/jobs/{id}", get(job).delete(cancel_job))
+        .route("/v1/mounts", post(create_mount).get(mounts))
+        .route("/v1/mounts/{id}", delete(remove_mount))
+        .route_layer(middleware::from_fn_with_state(node.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(health))
+        .merge(guarded)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(node.clone(), count))
+        .with_state(node)
+}
+
+async fn count(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    node.http.count(response.status());
+    response
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix of the token.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &node.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same_token(g.as_bytes(), token.as_bytes())) {
+            let mut r = ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing or wrong bearer token (Authorization: Bearer <token>)",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+async fn health(State(node): State<Arc<Node>>) -> Json<api::Health> {
+    Json(api::Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_seconds: node.started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        crate::metrics::render(&node),
+    )
+        .into_response()
+}
+
+async fn images(State(node): State<Arc<Node>>) -> Result<Json<Vec<api::Image>>, ApiError> {
+    let tags = node.repo.list_tags().await?;
+    let mut out = Vec::new();
+    for (id, manifest_bytes) in node.repo.list_images().await? {
+        out.push(api::Image {
+            id: id.to_string(),
+            tags: tags
+                .iter()
+                .filter(|(_, t)| *t == id)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            manifest_bytes,
+            traces: node.repo.trace_keys(&id).await?.len(),
+        });
+    }
+    Ok(Json(out))
+}
+
+fn ratio(hits: u64, misses: u64) -> Option<f64> {
+    (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64)
+}
+
+async fn cache(State(node): State<Arc<Node>>) -> Json<api::Cache> {
+    let r = node.reader.stats();
+    let u = node.reader.cache_usage();
+    Json(api::Cache {
+        memory: api::Tier {
+            bytes: u.memory_bytes,
+            capacity: u.memory_capacity,
+            entries: u.memory_entries,
+            hits: r.memory_hits,
+            misses: r.memory_misses,
+            hit_ratio: ratio(r.memory_hits, r.memory_misses),
+        },
+        disk: api::Tier {
+            bytes: u.disk_bytes,
+            capacity: u.disk_capacity,
+            entries: u.disk_entries,
+            hits: r.disk_hits,
+            misses: r.disk_misses,
+            hit_ratio: ratio(r.disk_hits, r.disk_misses),
+        },
+        store: api::StoreUsage {
+            fetched_chunks: r.fetched_chunks,
+            fetched_bytes: r.fetched_bytes,
+            prefetched_chunks: r.prefetched_chunks,
+            prefetched_bytes: r.prefetched_bytes,
+            integrity_failures: r.integrity_failures,
+        },
+    })
+}
+
+async fn prewarm(
+    State(node): State<Arc<Node>>,
+    JsonBody(req): JsonBody<api::PrewarmRequest>,
+) -> Result<Response, ApiError> {
+    let image = node.repo.resolve(validate::image_ref(&req.image)?).await?;
+    let (job, _new) = node
+        .jobs
+        .start(&node.repo, &node.reader, image, req.scope)
+        .await?;
+    let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(job.view()),
+    )
+        .into_response())
+}
+
+async fn jobs(State(node): State<Arc<Node>>) -> Json<Vec<api::Job>> {
+    Json(node.jobs.list().iter().map(|j| j.view()).collect())
+}
+
+async fn job(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<api::Job>, ApiError> {
+    node.jobs
+        .get(&id)
+        .map(|j| Json(j.view()))
+        .ok_or_else(|| ApiError::not_found(format!("no job {id:?}")))
+}
+
+async fn cancel_job(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<api::Job>, ApiError> {
+    node.jobs
+        .cancel(&id)
+        .map(|j| Json(j.view()))
+        .ok_or_else(|| ApiError::not_found(format!("no job {id:?}")))
+}
+
+async fn create_mount(
+    State(node): State<Arc<Node>>,
+    JsonBody(req): JsonBody<api::MountRequest>,
+) -> Result<(StatusCode, Json<api::Mount>), ApiError> {
+    let image = node.repo.resolve(validate::image_ref(&req.image)?).await?;
+    let m = node
+        .mounts
+        .create(
+            &node.repo,
+            &node.reader,
+            image,
+            &req.mountpoint,
+            req.writable,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(m.view())))
+}
+
+async fn mounts(State(node): State<Arc<Node>>) -> Json<Vec<api::Mount>> {
+    Json(node.mounts.list().iter().map(|m| m.view()).collect())
+}
+
+async fn remove_mount(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<api::Mount>, ApiError> {
+    Ok(Json(node.mounts.remove(&id).await?.view()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_token(b"secret", b"secret"));
+        assert!(!same_token(b"secret", b"secreT"));
+        assert!(!same_token(b"secret", b"secret2"));
+        assert!(!same_token(b"", b"x"));
+    }
+}

@@ -1,0 +1,140 @@
+//! thaw's node daemon (`thaw serve`): one process per node owning the shared memory and
+//! disk caches, the mounts of every container on the node, and prewarm jobs, behind a
+//! versioned JSON API over HTTP. Also the API's client, for the CLI.
+//!
+//! This is the only crate that knows HTTP and JSON.
+
+pub mod api;
+pub mod client;
+mod error;
+mod http;
+pub mod jobs;
+mod metrics;
+pub mod mounts;
+pub mod validate;
+
+pub use client::{Client, ClientError};
+pub use error::ApiError;
+pub use http::router;
+pub use mounts::MountSettings;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use thaw_store::{ChunkError, ChunkReader, ReaderConfig, Repository, SchedulerConfig};
+
+/// Everything `thaw serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Clients must send `Authorization: Bearer <token>`. Required off loopback.
+    pub token: Option<String>,
+    pub reader: ReaderConfig,
+    pub scheduler: SchedulerConfig,
+    pub mounts: MountSettings,
+    /// Once listening, write the bound address here (useful with port 0).
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("refusing to listen on {0} without a token: set THAW_TOKEN or --token-file, or listen on a loopback address")]
+    TokenRequired(SocketAddr),
+    #[error("the token is empty")]
+    EmptyToken,
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("opening the cache: {0}")]
+    Cache(#[from] ChunkError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The daemon's shared state.
+#[derive(Debug)]
+pub struct Node {
+    pub repo: Repository,
+    /// One reader, so one memory and one disk cache, for every mount and job.
+    pub reader: Arc<ChunkReader>,
+    pub jobs: Arc<jobs::Jobs>,
+    pub mounts: mounts::Mounts,
+    pub token: Option<String>,
+    pub started: Instant,
+    pub http: http::HttpStats,
+}
+
+impl Node {
+    pub fn new(repo: Repository, config: &ServerConfig) -> Result<Arc<Self>, ServeError> {
+        if config.token.as_deref() == Some("") {
+            return Err(ServeError::EmptyToken);
+        }
+        if config.token.is_none() && !config.listen.ip().is_loopback() {
+            return Err(ServeError::TokenRequired(config.listen));
+        }
+        repo.packs().scheduler().configure(config.scheduler);
+        let reader = ChunkReader::new(repo.packs().clone(), config.reader.clone())?;
+        let state = &config.mounts.state_dir;
+        let mounts =
+            mounts::Mounts::open(config.mounts.clone()).map_err(|source| ServeError::Io {
+                what: "opening the state directory",
+                path: state.display().to_string(),
+                source,
+            })?;
+        Ok(Arc::new(Node {
+            repo,
+            reader,
+            jobs: Arc::default(),
+            mounts,
+            token: config.token.clone(),
+            started: Instant::now(),
+            http: http::HttpStats::default(),
+        }))
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves; then stops accepting requests, cancels
+/// prewarm jobs and unmounts every mount it made.
+pub async fn serve(
+    repo: Repository,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let node = Node::new(repo, &config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    tracing::info!(%addr, "listening");
+    eprintln!("thaw serve: listening on http://{addr}");
+    if let Some(f) = &config.ready_file {
+        let tmp = f.with_extension("tmp");
+        std::fs::write(&tmp, format!("{addr}\n"))
+            .and_then(|()| std::fs::rename(&tmp, f))
+            .map_err(|source| ServeError::Io {
+                what: "writing the ready file",
+                path: f.display().to_string(),
+                source,
+            })?;
+    }
+    let served = axum::serve(listener, router(node.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    node.jobs.cancel_all();
+    node.mounts.remove_all().await;
+    served.map_err(|source| ServeError::Bind { addr, source })
+}
