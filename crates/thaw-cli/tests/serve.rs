@@ -326,6 +326,17 @@ async fn authentication_and_bad_requests_get_clear_errors_and_the_daemon_keeps_s
         );
         assert!(!e.error.message.is_empty());
     }
+    // An image built while the daemon runs is found, packs and all.
+    let late = tmp.path().join("late");
+    std::fs::create_dir(&late).unwrap();
+    std::fs::write(late.join("new"), pseudo_random(300_000, 7)).unwrap();
+    thaw(
+        &tmp.path().join("store"),
+        &["build", late.to_str().unwrap(), "--tag", "late"],
+    );
+    let j = d.client().prewarm(&all("late")).await.unwrap();
+    let j = wait_done(&d.client(), &j.id).await;
+    assert_eq!((j.state, j.errors), (JobState::Done, 0), "{j:?}");
     let (status, code) = api_code(d.client().job("0000").await.unwrap_err());
     assert_eq!((status, code), (404, Some(api::ErrorCode::NotFound)));
     // Still serving.

@@ -201,9 +201,10 @@ async fn prewarm(
     JsonBody(req): JsonBody<api::PrewarmRequest>,
 ) -> Result<Response, ApiError> {
     let image = node.repo.resolve(validate::image_ref(&req.image)?).await?;
+    let manifest = node.manifest(&image).await?;
     let (job, _new) = node
         .jobs
-        .start(&node.repo, &node.reader, image, req.scope)
+        .start(&node.repo, &node.reader, &manifest, image, req.scope)
         .await?;
     let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
@@ -244,15 +245,10 @@ async fn create_mount(
     JsonBody(req): JsonBody<api::MountRequest>,
 ) -> Result<(StatusCode, Json<api::Mount>), ApiError> {
     let image = node.repo.resolve(validate::image_ref(&req.image)?).await?;
+    let manifest = node.manifest(&image).await?;
     let m = node
         .mounts
-        .create(
-            &node.repo,
-            &node.reader,
-            image,
-            &req.mountpoint,
-            req.writable,
-        )
+        .create(manifest, &node.reader, image, &req.mountpoint, req.writable)
         .await?;
     Ok((StatusCode::CREATED, Json(m.view())))
 }

@@ -129,14 +129,14 @@ impl Jobs {
         self: &Arc<Self>,
         repo: &Repository,
         reader: &Arc<ChunkReader>,
+        manifest: &Manifest,
         image: ImageId,
         scope: Scope,
     ) -> Result<(Arc<Job>, bool), ApiError> {
         if let Some(j) = self.running_like(&image, &scope) {
             return Ok((j, false));
         }
-        let manifest = repo.get_manifest(&image).await?;
-        let list = chunk_list(repo, &manifest, &image, &scope).await?;
+        let list = chunk_list(repo, manifest, &image, &scope).await?;
         let mut jobs = self.jobs.lock().expect("jobs lock");
         // Checked again under the lock: two identical requests may have raced here.
         if let Some(j) = jobs

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use thaw_core::{ImageId, Manifest};
 use thaw_store::{ChunkError, ChunkReader, ReaderConfig, Repository, SchedulerConfig};
 
 /// Everything `thaw serve` is told.
@@ -70,6 +71,9 @@ pub struct Node {
     pub token: Option<String>,
     pub started: Instant,
     pub http: http::HttpStats,
+    /// Recently used manifests: images are immutable, so a prewarm's manifest serves the
+    /// mount that follows without another request.
+    manifests: std::sync::Mutex<lru::LruCache<ImageId, Arc<Manifest>>>,
 }
 
 impl Node {
@@ -97,9 +101,32 @@ impl Node {
             token: config.token.clone(),
             started: Instant::now(),
             http: http::HttpStats::default(),
+            manifests: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(MANIFESTS_CACHED).expect("non-zero"),
+            )),
         }))
     }
+
+    /// An image's manifest, from memory when recently used.
+    pub async fn manifest(&self, id: &ImageId) -> Result<Arc<Manifest>, ApiError> {
+        if let Some(m) = self.manifests.lock().expect("manifests lock").get(id) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(self.repo.get_manifest(id).await?);
+        // An image built since the daemon started may sit in packs it has not loaded.
+        if m.chunks.iter().any(|c| !self.repo.packs().contains(&c.id)) {
+            self.repo.packs().reload().await?;
+        }
+        self.manifests
+            .lock()
+            .expect("manifests lock")
+            .put(*id, m.clone());
+        Ok(m)
+    }
 }
+
+/// Manifests the daemon keeps in memory.
+const MANIFESTS_CACHED: usize = 32;
 
 /// Runs the daemon until `shutdown` resolves; then stops accepting requests, cancels
 /// prewarm jobs and unmounts every mount it made.

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use thaw_core::ImageId;
+use thaw_core::{ImageId, Manifest};
 use thaw_fuse::{FsConfig, MountHandle, MountOptions, StatsSnapshot, ThawFs};
-use thaw_store::{ChunkReader, Repository};
+use thaw_store::ChunkReader;
 
 /// Mounts one daemon serves at most.
 pub const MAX_MOUNTS: usize = 256;
@@ -115,7 +115,7 @@ impl Mounts {
     /// Mounts `image` at `mountpoint` through the shared reader.
     pub async fn create(
         &self,
-        repo: &Repository,
+        manifest: Arc<Manifest>,
         reader: &Arc<ChunkReader>,
         image: ImageId,
         mountpoint: &str,
@@ -136,7 +136,6 @@ impl Mounts {
                 format!("{} is already a mount point", mountpoint.display()),
             ));
         }
-        let manifest = Arc::new(repo.get_manifest(&image).await?);
         let id = format!("{:016x}", rand::random::<u64>());
         let upper = writable.then(|| self.settings.state_dir.join("uppers").join(&id));
         let fs = ThawFs::new(

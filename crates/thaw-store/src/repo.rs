@@ -171,6 +171,11 @@ impl Repository {
 
     /// Resolves a tag, a full image id or an unambiguous id prefix.
     pub async fn resolve(&self, name: &str) -> Result<ImageId, ChunkError> {
+        // A whole id costs no request (tags cannot look like one); loading its manifest
+        // checks that it exists.
+        if name.len() == 64 && is_hex_prefix(name) {
+            return Ok(name.parse()?);
+        }
         if let Some(id) = self.get_tag(name).await? {
             return Ok(id);
         }
