@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${THAW_CACHE:-/var/cache/thaw}
-for pkg in debootstrap zstd hyperfine; do
+for pkg in debootstrap zstd hyperfine wrk fuse3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null; }
 done
 cargo build --release -p thaw-cli -p thaw-benches

@@ -201,11 +201,7 @@ async fn prewarm(
     JsonBody(req): JsonBody<api::PrewarmRequest>,
 ) -> Result<Response, ApiError> {
     let image = node.repo.resolve(validate::image_ref(&req.image)?).await?;
-    let manifest = node.manifest(&image).await?;
-    let (job, _new) = node
-        .jobs
-        .start(&node.repo, &node.reader, &manifest, image, req.scope)
-        .await?;
+    let (job, _new) = node.jobs.start(&node, image, req.scope).await?;
     let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     Ok((

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thaw_core::{ChunkId, ImageId, InodeKind, Manifest};
-use thaw_store::{ChunkReader, PrefetchProgress, Repository};
+use thaw_store::PrefetchProgress;
 use tokio_util::sync::CancellationToken;
 
 /// Jobs running at once; more get 429.
@@ -127,16 +127,15 @@ impl Jobs {
     /// same. The bool is whether a new job was made.
     pub async fn start(
         self: &Arc<Self>,
-        repo: &Repository,
-        reader: &Arc<ChunkReader>,
-        manifest: &Manifest,
+        node: &crate::Node,
         image: ImageId,
         scope: Scope,
     ) -> Result<(Arc<Job>, bool), ApiError> {
         if let Some(j) = self.running_like(&image, &scope) {
             return Ok((j, false));
         }
-        let list = chunk_list(repo, manifest, &image, &scope).await?;
+        let reader = &node.reader;
+        let list = chunk_list(node, &image, &scope).await?;
         let mut jobs = self.jobs.lock().expect("jobs lock");
         // Checked again under the lock: two identical requests may have raced here.
         if let Some(j) = jobs
@@ -229,15 +228,28 @@ impl Jobs {
 
 /// The chunks a scope names, in the order to fetch them.
 async fn chunk_list(
-    repo: &Repository,
-    manifest: &Manifest,
+    node: &crate::Node,
     image: &ImageId,
     scope: &Scope,
 ) -> Result<Vec<ChunkId>, ApiError> {
     match scope {
-        Scope::Named(NamedScope::All) => Ok(manifest.chunks.iter().map(|c| c.id).collect()),
+        Scope::Named(NamedScope::All) => Ok(node
+            .manifest(image)
+            .await?
+            .chunks
+            .iter()
+            .map(|c| c.id)
+            .collect()),
         Scope::Named(NamedScope::Trace) => {
-            let list = repo.prefetch_list(image).await?;
+            // No manifest needed: the list names chunks, and the store checks the image
+            // exists by holding its traces.
+            let list = node.repo.prefetch_list(image).await?;
+            if list.is_empty() {
+                node.manifest(image).await?; // an unknown image is a 404, not "no trace"
+            }
+            if list.iter().any(|r| !node.repo.packs().contains(&r.chunk)) {
+                node.repo.packs().reload().await?;
+            }
             if list.is_empty() {
                 return Err(ApiError::new(
                     api::ErrorCode::NoTrace,
@@ -246,7 +258,7 @@ async fn chunk_list(
             }
             Ok(list.into_iter().map(|r| r.chunk).collect())
         }
-        Scope::Paths { paths } => paths_chunks(manifest, paths),
+        Scope::Paths { paths } => paths_chunks(&*node.manifest(image).await?, paths),
     }
 }
 

@@ -111,6 +111,9 @@ impl PrefetchProgress {
     }
 }
 
+/// The most stored bytes one prefetch GET asks for (one chunk may be larger).
+const PREFETCH_PIECE: u64 = 1 << 20;
+
 /// Disk cache reads one `read_many` runs at once.
 const DISK_READS_IN_FLIGHT: usize = 4;
 
@@ -342,12 +345,26 @@ impl ChunkReader {
         for (_, e) in unknown {
             progress.error(&e);
         }
+        // Runs are cut into pieces of about PREFETCH_PIECE stored bytes: a reader that
+        // needs a chunk being prefetched then waits for a piece, not a whole pack, and the
+        // first pieces land while later ones are still on the wire.
+        let mut pieces: Vec<Vec<ChunkId>> = Vec::new();
+        for run in runs {
+            let mut piece = Vec::new();
+            let mut bytes = 0u64;
+            for (i, e) in run.entries {
+                if !piece.is_empty() && bytes + u64::from(e.stored_len) > PREFETCH_PIECE {
+                    pieces.push(std::mem::take(&mut piece));
+                    bytes = 0;
+                }
+                bytes += u64::from(e.stored_len);
+                piece.push(pending[i]);
+            }
+            pieces.push(piece);
+        }
         let slots = self.packs.scheduler().config().prefetch_in_flight.max(1);
-        let work = futures::stream::iter(runs)
-            .map(|run| {
-                let ids: Vec<ChunkId> = run.entries.iter().map(|(i, _)| pending[*i]).collect();
-                self.prefetch_run(ids, progress)
-            })
+        let work = futures::stream::iter(pieces)
+            .map(|ids| self.prefetch_run(ids, progress))
             .buffered(slots)
             .for_each(|()| async {});
         tokio::select! {

@@ -16,6 +16,13 @@ use thaw_core::{ChunkId, ImageId, Manifest, PackId};
 const IMAGES_PREFIX: &str = "images";
 const TAGS_PREFIX: &str = "tags";
 const TRACES_PREFIX: &str = "traces";
+/// The merged prefetch list of an image, rewritten at every push, so that a prewarm
+/// costs one request instead of a listing and a read per trace.
+const PREFETCH_PREFIX: &str = "prefetch";
+
+fn prefetch_key(image: &ImageId) -> String {
+    format!("{PREFETCH_PREFIX}/{image}")
+}
 /// Traces kept per image: merging more adds little, and bounds the work of a prewarm.
 pub const MAX_TRACES_PER_IMAGE: usize = 64;
 /// The largest trace accepted (about 200,000 records with long paths).
@@ -227,6 +234,15 @@ impl Repository {
             });
         }
         self.store.put(&key, Bytes::from(text)).await?;
+        // Two pushes racing here may each write a merge without the other's trace; the
+        // next push (or a prewarm that falls back to merging) repairs it.
+        let merged = Trace {
+            image,
+            records: thaw_core::trace::merge(&self.traces(&image).await?),
+        };
+        self.store
+            .put(&prefetch_key(&image), Bytes::from(merged.encode()))
+            .await?;
         Ok(key)
     }
 
@@ -272,7 +288,25 @@ impl Repository {
 
     /// The image's traces merged into one prefetch list (see [`thaw_core::trace::merge`]).
     pub async fn prefetch_list(&self, image: &ImageId) -> Result<Vec<TraceRecord>, ChunkError> {
-        Ok(thaw_core::trace::merge(&self.traces(image).await?))
+        let key = prefetch_key(image);
+        match self.store.get(&key).await {
+            Ok(bytes) if bytes.len() <= MAX_TRACE_BYTES => {
+                let merged = Trace::decode(&String::from_utf8_lossy(&bytes))
+                    .map_err(|source| ChunkError::BadTrace { key, source })?;
+                if merged.image != *image {
+                    return Err(ChunkError::TraceImageMismatch {
+                        image: *image,
+                        recorded: merged.image,
+                    });
+                }
+                Ok(merged.records)
+            }
+            // None stored (or absurdly large): merge the traces themselves.
+            Ok(_) | Err(StoreError::NotFound { .. }) => {
+                Ok(thaw_core::trace::merge(&self.traces(image).await?))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes an image, its traces and every tag that names it. Its chunks stay until
@@ -280,6 +314,10 @@ impl Repository {
     pub async fn remove_image(&self, id: &ImageId) -> Result<Vec<String>, ChunkError> {
         for key in self.trace_keys(id).await? {
             self.store.delete(&key).await?;
+        }
+        match self.store.delete(&prefetch_key(id)).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
         let mut removed = Vec::new();
         for (name, tagged) in self.list_tags().await? {
