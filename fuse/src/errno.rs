@@ -15,6 +15,10 @@ pub enum FsError {
     NotASymlink,
     #[error("no such extended attribute")]
     NoXattr,
+    /// The image has no extended attributes at all: telling the kernel so (ENOSYS) makes
+    /// it stop asking, where every "no such attribute" would cost a round trip.
+    #[error("the image has no extended attributes")]
+    NoXattrsInImage,
     #[error("buffer of {given} bytes is smaller than the {needed} needed")]
     BufferTooSmall { given: u32, needed: usize },
     #[error("the image is read-only")]
@@ -39,6 +43,7 @@ pub fn errno_of(err: &FsError) -> fuser::Errno {
         FsError::IsADirectory => libc::EISDIR,
         FsError::NotASymlink => libc::EINVAL,
         FsError::NoXattr => libc::ENODATA,
+        FsError::NoXattrsInImage => libc::ENOSYS,
         FsError::BufferTooSmall { .. } => libc::ERANGE,
         FsError::ReadOnly => libc::EROFS,
         FsError::BadHandle => libc::EBADF,
@@ -81,6 +86,7 @@ mod tests {
             (FsError::IsADirectory, libc::EISDIR),
             (FsError::NotASymlink, libc::EINVAL),
             (FsError::NoXattr, libc::ENODATA),
+            (FsError::NoXattrsInImage, libc::ENOSYS),
             (
                 FsError::BufferTooSmall {
                     given: 1,

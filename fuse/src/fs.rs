@@ -55,6 +55,8 @@ pub struct FsShared {
     rt: tokio::runtime::Handle,
     handles: Mutex<HashMap<u64, ReadState>>,
     next_handle: AtomicU64,
+    /// Whether any inode has an extended attribute.
+    has_xattrs: bool,
 }
 
 /// The filesystem handed to `fuser`; cheap to clone.
@@ -73,6 +75,7 @@ impl ThawFs {
         rt: tokio::runtime::Handle,
     ) -> Self {
         let table = InodeTable::new(&manifest);
+        let has_xattrs = manifest.inodes.iter().any(|i| !i.meta.xattrs.is_empty());
         let trace = trace.map(|p| TraceRecorder::new(image, p));
         ThawFs {
             shared: Arc::new(FsShared {
@@ -86,6 +89,7 @@ impl ThawFs {
                 rt,
                 handles: Mutex::default(),
                 next_handle: AtomicU64::new(1),
+                has_xattrs,
             }),
         }
     }
@@ -418,6 +422,11 @@ impl Filesystem for ThawFs {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let s = &self.shared;
         let _timer = s.stats.start(Op::Getxattr);
+        if !s.has_xattrs {
+            // The kernel remembers ENOSYS and answers later getxattr calls itself
+            // (EOPNOTSUPP) with no round trip: `ls -l` asks two per file otherwise.
+            return reply.error(errno_of(&FsError::NoXattrsInImage));
+        }
         let i = match s.ino(ino) {
             Ok(i) => i,
             Err(e) => return reply.error(errno_of(&e)),

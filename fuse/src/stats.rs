@@ -114,9 +114,10 @@ impl StatsSnapshot {
         }
         let r = &self.reader;
         s.push_str(&format!(
-            "bytes_served: {}\nzero_bytes_served: {}\nread_errors: {}\nreadahead_chunks: {}\nmemory_hits: {}\ndisk_hits: {}\nfetched_chunks: {}\nfetched_bytes: {}\njoined_fetches: {}\nfetched_around: {}\n",
+            "bytes_served: {}\nzero_bytes_served: {}\nread_errors: {}\nreadahead_chunks: {}\nmemory_hits: {}\ndisk_hits: {}\nfetched_chunks: {}\nfetched_bytes: {}\njoined_fetches: {}\nfetched_around: {}\nprefetched_chunks: {}\nprefetched_bytes: {}\n",
             self.bytes_served, self.zero_bytes_served, self.read_errors, self.readahead_chunks,
-            r.memory_hits, r.disk_hits, r.fetched_chunks, r.fetched_bytes, r.joined_fetches, r.fetched_around
+            r.memory_hits, r.disk_hits, r.fetched_chunks, r.fetched_bytes, r.joined_fetches, r.fetched_around,
+            r.prefetched_chunks, r.prefetched_bytes
         ));
         s
     }

@@ -49,6 +49,10 @@ pub struct MountArgs {
     /// Do not ask fusermount3 to unmount if this process dies.
     #[arg(long)]
     pub no_auto_unmount: bool,
+    /// Warm the cache in the background with the image's pushed start-up traces
+    /// (`thaw trace push`), at prefetch priority: `trace` (default) or `none`.
+    #[arg(long, default_value = "trace", value_parser = ["trace", "none"])]
+    pub prefetch: String,
 }
 
 fn run_dir() -> PathBuf {
@@ -95,7 +99,6 @@ fn write_status(path: &Path, text: &str) {
 /// Runs a mount in the foreground until SIGINT, SIGTERM or an external unmount.
 pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Result<()> {
     let id = repo.resolve(&args.image).await?;
-    let manifest = Arc::new(repo.get_manifest(&id).await?);
     let reader = ChunkReader::new(
         repo.packs().clone(),
         ReaderConfig {
@@ -104,6 +107,34 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
             fetch_around: args.fetch_around,
         },
     )?;
+    // The prefetch starts before the manifest is loaded: both are a round trip away.
+    let cancel_prefetch = tokio_util::sync::CancellationToken::new();
+    let prefetch = (args.prefetch == "trace").then(|| {
+        let (repo, reader, cancel) = (repo.clone(), reader.clone(), cancel_prefetch.clone());
+        tokio::spawn(async move {
+            let list = match repo.prefetch_list(&id).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no prefetch: reading the image's traces failed");
+                    return;
+                }
+            };
+            if list.is_empty() {
+                return;
+            }
+            let ids: Vec<_> = list.into_iter().map(|r| r.chunk).collect();
+            let progress = thaw_store::PrefetchProgress::default();
+            let done = reader.prefetch(&ids, &progress, &cancel).await;
+            tracing::info!(
+                done,
+                chunks = progress
+                    .done_chunks
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                "trace prefetch finished"
+            );
+        })
+    });
+    let manifest = Arc::new(repo.get_manifest(&id).await?);
     let config = FsConfig {
         read_timeout: Duration::from_secs(args.timeout),
         readahead_max: args.readahead,
@@ -161,6 +192,10 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
         }
     };
     tracing::info!(reason, "unmounting");
+    cancel_prefetch.cancel();
+    if let Some(p) = prefetch {
+        let _ = p.await;
+    }
     if let Some(n) = handle.write_trace().context("writing the start-up trace")? {
         eprintln!(
             "trace: {n} records written to {}",

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// FUSE worker threads per mount.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
+    /// Have fusermount3 unmount every mount if the daemon dies (each mount then costs an
+    /// exec of fusermount3). Without it, the next start of the daemon cleans them up.
+    #[arg(long)]
+    pub auto_unmount: bool,
     /// Write the bound address to this file once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -80,6 +84,7 @@ pub async fn serve(repo: Repository, args: &ServeArgs) -> Result<()> {
             mount_root: args.mount_root.clone(),
             read_timeout: Duration::from_secs(args.timeout),
             threads: args.threads,
+            auto_unmount: args.auto_unmount,
         },
         ready_file: args.ready_file.clone(),
     };

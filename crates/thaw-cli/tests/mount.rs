@@ -469,3 +469,58 @@ fn kill_9_leaves_a_mount_that_thaw_umount_cleans_up() {
         .unwrap();
     assert!(!out.status.success(), "unmounting a non-mount is an error");
 }
+
+#[test]
+fn an_image_without_xattrs_tells_the_kernel_once() {
+    if !can_mount("an_image_without_xattrs_tells_the_kernel_once") {
+        return;
+    }
+    let (tmp, _src, store) = built_tree(|src| {
+        for i in 0..50 {
+            std::fs::write(src.join(format!("f{i}")), format!("{i}")).unwrap();
+        }
+    });
+    let status = tmp.path().join("status");
+    let m = Mount::start(
+        &store,
+        "t",
+        &tmp.path().join("mnt"),
+        &["--status-file", status.to_str().unwrap()],
+    );
+    for i in 0..50 {
+        let path = std::ffi::CString::new(
+            m.mountpoint
+                .join(format!("f{i}"))
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
+        let mut buf = [0u8; 64];
+        // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+        let r = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                c"security.selinux".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EOPNOTSUPP)
+        );
+    }
+    let ls = Command::new("ls")
+        .arg("-l")
+        .arg(&m.mountpoint)
+        .output()
+        .unwrap();
+    assert!(ls.status.success());
+    let log = m.stop();
+    let text = std::fs::read_to_string(&status).unwrap();
+    assert!(
+        stat_value(&text, "op_getxattr") <= 1,
+        "the kernel kept asking: {text}\n{log}"
+    );
+}

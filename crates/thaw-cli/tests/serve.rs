@@ -719,6 +719,46 @@ fn a_recorded_trace_pushed_with_the_image_drives_thaw_prewarm() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("was recorded on image"));
 
+    // `thaw mount` warms the cache with the pushed trace by itself.
+    let cache = tmp.path().join("mount-cache");
+    let status = tmp.path().join("status");
+    let mut child = Command::new(THAW)
+        .arg("--store")
+        .arg(&store)
+        .args(["mount", "big"])
+        .arg(&mnt)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--status-file")
+        .arg(&status)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let stat = |key: &str| -> u64 {
+        std::fs::read_to_string(&status)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")?.parse().ok())
+            .unwrap_or(0)
+    };
+    while stat("prefetched_chunks") < 3 {
+        assert!(start.elapsed() < Duration::from_secs(20), "no prefetch");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for f in ["etc/f3", "etc/f1", "etc/f7"] {
+        std::fs::read(mnt.join(f)).unwrap();
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        stat("fetched_chunks"),
+        3,
+        "the reads found the prefetched chunks"
+    );
+    assert_eq!(stat("prefetched_chunks"), 3);
+
     let d = Daemon::start(tmp.path(), &[]);
     let client = |args: &[&str]| {
         let out = Command::new(THAW)

@@ -237,7 +237,14 @@ impl ChunkReader {
                 }
             }
             if self.fetch_around > 0 {
-                for id in to_start.clone() {
+                // Only misses that will go to the store take their neighbours along; a
+                // chunk found on disk costs no request to share.
+                let remote: Vec<ChunkId> = to_start
+                    .iter()
+                    .copied()
+                    .filter(|id| !self.disk.as_ref().is_some_and(|d| d.contains(id)))
+                    .collect();
+                for id in remote {
                     for n in self.packs.following(&id, self.fetch_around) {
                         let cached = self.memory.contains(&n)
                             || self.disk.as_ref().is_some_and(|d| d.contains(&n));
@@ -460,9 +467,9 @@ impl ChunkReader {
             let remote_ids: Vec<ChunkId> = remote.iter().map(|&i| ids[i]).collect();
             let mut fetched = Vec::new();
             let fetched_all = self.packs.fetch_with(&remote_ids, &priority).await;
-            // A prefetch nobody waits for goes to disk only, so that warming a large
-            // image does not push the working set out of memory.
-            let to_memory = self.disk.is_none() || !priority.is_prefetch();
+            // A prefetch nobody waits for fills free memory but never evicts: warming a
+            // large image must not push the working set out (it still lands on disk).
+            let evicting = self.disk.is_none() || !priority.is_prefetch();
             for (&i, r) in remote.iter().zip(fetched_all) {
                 match &r {
                     Ok(data) => {
@@ -476,8 +483,10 @@ impl ChunkReader {
                                 .prefetched_bytes
                                 .fetch_add(data.len() as u64, Relaxed);
                         }
-                        if to_memory {
+                        if evicting {
                             self.memory.insert(ids[i], data.clone());
+                        } else {
+                            self.memory.insert_if_room(ids[i], data.clone());
                         }
                         fetched.push((ids[i], data.clone()));
                     }

@@ -65,7 +65,23 @@ impl MemoryCache {
         }
     }
 
-    /// Bytes held now.
+    /// Inserts only if the chunk fits without evicting anything (for prefetched data,
+    /// which must never push out what readers use). Returns whether it was inserted.
+    pub fn insert_if_room(&self, id: ChunkId, data: Bytes) -> bool {
+        let len = data.len() as u64;
+        let mut g = self.inner.lock().expect("memory cache lock");
+        if g.lru.contains(&id) || g.bytes + len > self.capacity {
+            return false;
+        }
+        // Least recently used position: a prefetched chunk nobody has read yet goes
+        // first when room is needed.
+        g.lru.push(id, data);
+        g.lru.demote(&id);
+        g.bytes += len;
+        true
+    }
+
+    /// Entries held now.
     pub fn len(&self) -> usize {
         self.inner.lock().expect("memory cache lock").lru.len()
     }
@@ -100,5 +116,21 @@ mod tests {
         assert_eq!(c.bytes(), 8);
         c.insert(ChunkId::of(b"big"), Bytes::from(vec![0; 11]));
         assert_eq!(c.bytes(), 8, "an entry larger than the cache is not kept");
+    }
+
+    #[test]
+    fn prefetched_entries_never_evict_and_go_first() {
+        let c = MemoryCache::new(10);
+        let ids: Vec<ChunkId> = (0..4u8).map(|i| ChunkId::of(&[i])).collect();
+        c.insert(ids[0], Bytes::from(vec![0; 4]));
+        assert!(c.insert_if_room(ids[1], Bytes::from(vec![1; 4])));
+        assert!(
+            !c.insert_if_room(ids[2], Bytes::from(vec![2; 4])),
+            "no room without evicting"
+        );
+        assert!(c.get(&ids[0]).is_some() && c.get(&ids[2]).is_none());
+        // A later insert evicts the unread prefetched entry, not the used one.
+        c.insert(ids[3], Bytes::from(vec![3; 4]));
+        assert!(c.contains(&ids[0]) && c.contains(&ids[3]) && !c.contains(&ids[1]));
     }
 }
