@@ -561,11 +561,15 @@ def main():
         w(f"| {label} | {lazy:.3f} | {full:.3f} | {lazy / full:.2f} | {served:.0f} | {fetched:.0f} | "
           f"{fetched / served:.2f} | {served / size:.3f} |")
     w("")
-    w("What is left of the lazy time under the throttle is the chain of dependent first reads "
+    w("Without a trace, what is left of the lazy time under the throttle is the chain of dependent first reads "
       "(exec, dynamic loader, libraries, dpkg's database: about 30 requests of 20 ms each) plus the mount's own "
-      "start (listing packs, loading the indexes and the manifest). Fetch-around removes about half of those requests; "
-      "the rest is what trace prefetch (issue 4) is for. The last row is the same rootfs with 1 GiB more "
-      "that start-up never reads, as in GPU images: the full pull grows with the image, the lazy start does not.")
+      "start (listing packs, loading the indexes and the manifest). Fetch-around removes about half of those requests. "
+      "Packing the start-up working set in first-access order (`thaw build --order-by TRACE`) makes fetch-around "
+      "bring the next chunks the start-up needs. With the image's start-up trace pushed (`thaw trace push`; here the "
+      "workload's own trace, recorded once with `thaw mount --record-trace`), `thaw mount` prefetches it in the "
+      "background from the first moment, at prefetch priority; reads still fetch on demand and promote a prefetch "
+      "they wait for. The 1 GiB row is the same rootfs with 1 GiB more that start-up never reads, as in GPU images: "
+      "the full pull grows with the image, the lazy start does not.")
     w("")
     w("Reproduce: `RUNS=5 scripts/bench.sh` (`cold_start` in `scripts/bench.py`); by hand: "
       "`thaw --throttle 20,1000 mount base MNT` and the chroot command above.")
@@ -592,9 +596,10 @@ def main():
         w(f"| `{cell(cmd)}` | {a:.3f} | {b:.3f} | {a / b:.2f} |")
     w("")
     w("`ls -l` asks for two extended attributes of every file (`system.posix_acl_access` and "
-      "`security.selinux`). FUSE gives the kernel no way to cache xattrs or their absence, so each "
-      "is a round trip to the daemon (about 24 µs here; `strace -c ls -lR` counts 13,663 of them on this tree). "
-      "`find` needs only readdirplus, whose attributes the kernel caches, and stays well inside the target.")
+      "`security.selinux`), and FUSE lets the kernel cache neither attributes nor their absence. This image has "
+      "no extended attributes at all, so thaw answers the first `getxattr` with `ENOSYS`; the kernel then answers "
+      "every later one itself (`EOPNOTSUPP`) with no round trip. Images that do have xattrs keep exact "
+      "`getxattr` semantics and pay a round trip (about 24 µs here) per call.")
     w("")
     w("## Node daemon: cold start with prefetch and prewarm (issue 4)")
     w("")

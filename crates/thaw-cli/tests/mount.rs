@@ -2,42 +2,14 @@
 //! source tree, real programs in a chroot, writable overlays, concurrent readers,
 //! start-up traces, and the mount's lifecycle (SIGTERM, kill -9, `thaw umount`).
 
+mod common;
+use common::{can_mount, mounted, stat_value, thaw, THAW};
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use thaw_tests::{fixtures, is_root, pseudo_random, skip, treediff};
-
-const THAW: &str = env!("CARGO_BIN_EXE_thaw");
-
-fn can_mount(test: &str) -> bool {
-    if !is_root() || !Path::new("/dev/fuse").exists() {
-        skip(test, "needs root and /dev/fuse");
-        return false;
-    }
-    true
-}
-
-fn mounted(path: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let p = path.to_str().unwrap();
-    text.lines().any(|l| l.split(' ').nth(4) == Some(p))
-}
-
-fn thaw(store: &Path, args: &[&str]) -> String {
-    let out = Command::new(THAW)
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "thaw {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use thaw_tests::{fixtures, pseudo_random, skip, treediff};
 
 /// A temporary directory whose `src/` is filled by `fill` and built into `store/` as tag `t`.
 fn built_tree(fill: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -116,12 +88,6 @@ impl Drop for Mount {
                 .output();
         }
     }
-}
-
-fn stat_value(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {text}"))
 }
 
 #[test]

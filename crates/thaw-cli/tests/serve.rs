@@ -3,30 +3,17 @@
 //! serving; restart with the same cache; kill -9 in the middle of a prewarm; mounts
 //! through the API; and a bounded load test.
 
+mod common;
+use common::{can_mount, thaw, THAW};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use thaw_server::api::{self, JobState, NamedScope, Scope};
 use thaw_server::{Client, ClientError};
-use thaw_tests::{is_root, pseudo_random, skip, treediff};
+use thaw_tests::{pseudo_random, treediff};
 
-const THAW: &str = env!("CARGO_BIN_EXE_thaw");
 const TOKEN: &str = "test-token-0123456789";
-
-fn thaw(store: &Path, args: &[&str]) -> String {
-    let out = Command::new(THAW)
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "thaw {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A running `thaw serve`; killed on drop.
 struct Daemon {
@@ -159,6 +146,14 @@ async fn wait_done(c: &Client, id: &str) -> api::Job {
             "job stuck: {j:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn mount_at(image: &str, mountpoint: &Path, writable: bool) -> api::MountRequest {
+    api::MountRequest {
+        image: image.into(),
+        mountpoint: mountpoint.to_str().unwrap().into(),
+        writable,
     }
 }
 
@@ -360,7 +355,7 @@ async fn authentication_and_bad_requests_get_clear_errors_and_the_daemon_keeps_s
     assert!(err.contains("without a token"), "{err}");
 }
 
-/// Reads every chunk file of a disk cache, returning how many there are.
+/// Every chunk file of a disk cache.
 fn cache_files(cache: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for sub in std::fs::read_dir(cache).unwrap() {
@@ -527,14 +522,6 @@ async fn ten_thousand_requests_over_a_hundred_connections_without_errors() {
     d.stop();
 }
 
-fn can_mount(test: &str) -> bool {
-    if !is_root() || !Path::new("/dev/fuse").exists() {
-        skip(test, "needs root and /dev/fuse");
-        return false;
-    }
-    true
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm() {
     if !can_mount("mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm") {
@@ -551,14 +538,7 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
     std::fs::create_dir(&mnt).unwrap();
     // A long prewarm of the big file is running...
     let big = c.prewarm(&all("big")).await.unwrap();
-    let m = c
-        .mount(&api::MountRequest {
-            image: "big".into(),
-            mountpoint: mnt.to_str().unwrap().into(),
-            writable: false,
-        })
-        .await
-        .unwrap();
+    let m = c.mount(&mount_at("big", &mnt, false)).await.unwrap();
     // ...and a container reads its small files: they arrive before the prewarm ends.
     let mnt2 = mnt.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -577,14 +557,7 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
     // The whole tree equals its source.
     assert!(treediff::assert_same(&tmp.path().join("src"), &mnt, &[]) > 20);
     // Mounting the same place twice is a conflict; a relative path is refused.
-    let again = c
-        .mount(&api::MountRequest {
-            image: "big".into(),
-            mountpoint: mnt.to_str().unwrap().into(),
-            writable: false,
-        })
-        .await
-        .unwrap_err();
+    let again = c.mount(&mount_at("big", &mnt, false)).await.unwrap_err();
     assert_eq!(api_code(again), (409, Some(api::ErrorCode::Conflict)));
     let rel = c
         .mount(&api::MountRequest {
@@ -599,14 +572,7 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
     // A writable mount: writes land in the upper directory.
     let wmnt = tmp.path().join("wmnt");
     std::fs::create_dir(&wmnt).unwrap();
-    let w = c
-        .mount(&api::MountRequest {
-            image: "small".into(),
-            mountpoint: wmnt.to_str().unwrap().into(),
-            writable: true,
-        })
-        .await
-        .unwrap();
+    let w = c.mount(&mount_at("small", &wmnt, true)).await.unwrap();
     std::fs::write(wmnt.join("etc/new"), b"written").unwrap();
     assert_eq!(std::fs::read(wmnt.join("etc/new")).unwrap(), b"written");
     let upper = PathBuf::from(w.upper.clone().unwrap());
@@ -637,26 +603,12 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
     );
 
     // A daemon killed with mounts up: the next one cleans them up at start.
-    let m = c
-        .mount(&api::MountRequest {
-            image: "small".into(),
-            mountpoint: mnt.to_str().unwrap().into(),
-            writable: false,
-        })
-        .await
-        .unwrap();
+    let m = c.mount(&mount_at("small", &mnt, false)).await.unwrap();
     assert!(!m.id.is_empty());
     d.kill9();
     let d = Daemon::start(tmp.path(), &[]);
     let c = d.client();
-    let fresh = c
-        .mount(&api::MountRequest {
-            image: "small".into(),
-            mountpoint: mnt.to_str().unwrap().into(),
-            writable: false,
-        })
-        .await
-        .unwrap();
+    let fresh = c.mount(&mount_at("small", &mnt, false)).await.unwrap();
     assert!(mnt.join("etc/f0").exists());
     d.stop();
     assert!(

@@ -188,6 +188,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::InvalidArgument,
+        ErrorCode::NoTrace,
+        ErrorCode::Conflict,
+        ErrorCode::TooManyRequests,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::Internal,
+    ];
+
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,

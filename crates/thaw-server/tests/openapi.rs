@@ -43,22 +43,7 @@ fn the_spec_lists_every_error_code() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    use ErrorCode::*;
-    let all = [
-        BadRequest,
-        Unauthorized,
-        NotFound,
-        MethodNotAllowed,
-        PayloadTooLarge,
-        UnsupportedMediaType,
-        InvalidArgument,
-        NoTrace,
-        Conflict,
-        TooManyRequests,
-        StoreUnavailable,
-        Internal,
-    ];
-    let codes: BTreeSet<String> = all
+    let codes: BTreeSet<String> = ErrorCode::ALL
         .iter()
         .map(|c| {
             serde_json::to_value(c)

@@ -1,0 +1,47 @@
+//! Helpers the `thaw` binary's end-to-end tests share.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::Path;
+use std::process::Command;
+use thaw_tests::{is_root, skip};
+
+pub const THAW: &str = env!("CARGO_BIN_EXE_thaw");
+
+/// Runs `thaw --store STORE ARGS...`, which must succeed; returns its stdout.
+pub fn thaw(store: &Path, args: &[&str]) -> String {
+    let out = Command::new(THAW)
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thaw {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Whether FUSE mounts can run here; prints why not otherwise.
+pub fn can_mount(test: &str) -> bool {
+    if !is_root() || !Path::new("/dev/fuse").exists() {
+        skip(test, "needs root and /dev/fuse");
+        return false;
+    }
+    true
+}
+
+/// Whether `path` is a mount point now.
+pub fn mounted(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = path.to_str().unwrap();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(p))
+}
+
+/// The number after `key: ` in `key: value` text (a status file).
+pub fn stat_value(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
