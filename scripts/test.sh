@@ -36,6 +36,11 @@ log "preparing the debootstrap root filesystem"
 THAW_ROOTFS=$(THAW_ROOTFS_CACHE=$CACHE scripts/rootfs.sh | head -n1)
 export THAW_ROOTFS
 
+# --- real model weights (cached) ---------------------------------------------------
+log "fetching real model weights"
+THAW_WEIGHTS=$(THAW_PYTHON="$VENV/bin/python" THAW_WEIGHTS_CACHE=$CACHE/weights scripts/weights.sh)
+export THAW_WEIGHTS
+
 # --- S3 endpoint ---------------------------------------------------------------------
 PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$CACHE/moto.log" 2>&1 &

@@ -33,11 +33,41 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         in_flight: usize,
     },
+    /// The baseline for `thaw weights`: read a whole local file into ordinary memory,
+    /// then copy it to the GPU (what loading without thaw does).
+    GpuBaseline {
+        file: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        device: usize,
+    },
+}
+
+/// `gpu-baseline`: times read + allocate + copy, after the CUDA context exists.
+fn gpu_baseline(file: &std::path::Path, device: usize) -> Result<()> {
+    anyhow::ensure!(
+        thaw_gpu::cuda::cuda_available(),
+        "no CUDA driver on this machine"
+    );
+    let ctx = cudarc::driver::CudaContext::new(device)?;
+    let stream = ctx.default_stream();
+    let start = Instant::now();
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let read = start.elapsed().as_secs_f64();
+    let dst = stream.clone_htod(&data)?;
+    stream.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64();
+    println!("bytes: {}", data.len());
+    println!("read_seconds: {read:.4}");
+    println!("seconds: {seconds:.4}");
+    println!("gb_per_s: {:.3}", data.len() as f64 / seconds / 1e9);
+    drop(dst);
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::GpuBaseline { file, device } => gpu_baseline(&file, device)?,
         Command::Read {
             store,
             image,

@@ -3,6 +3,7 @@
 mod mount_cmd;
 mod serve_cmd;
 mod trace_cmd;
+mod weights_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -83,6 +84,8 @@ enum Command {
     Mount(mount_cmd::MountArgs),
     /// Unmount a thaw mount, stopping its daemon, or clean up after a dead one.
     Umount { mountpoint: PathBuf },
+    /// Load a safetensors file of an image into GPU memory (or host memory with --host).
+    Weights(weights_cmd::WeightsArgs),
     /// Run the node daemon: shared caches, mounts and prewarm jobs behind an HTTP API.
     Serve(serve_cmd::ServeArgs),
     /// Ask the node daemon to warm its cache with an image (waits unless --detach).
@@ -306,6 +309,7 @@ async fn main() -> Result<()> {
         }
         Command::Mount(args) => mount_cmd::mount(&repo, args, cli.stats).await?,
         Command::Trace(t) => trace_cmd::run(&repo, t).await?,
+        Command::Weights(w) => weights_cmd::run(&repo, w).await?,
         Command::Serve(args) => serve_cmd::serve(repo.clone(), args).await?,
         Command::Umount { .. } | Command::Prewarm(_) | Command::Jobs(_) | Command::Cache(_) => {
             unreachable!("handled before opening the store")

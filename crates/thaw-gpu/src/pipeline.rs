@@ -1,0 +1,262 @@
+//! The load pipeline: chunks are read (fetched, decompressed and verified by the reader)
+//! several at a time on the async runtime, copied in file order into a ring of staging
+//! buffers on a blocking thread, and each full buffer is handed to the sink, which copies
+//! it to its destination while the next one fills.
+
+use crate::{LoadError, WeightsHeader};
+use bytes::Bytes;
+use futures::{stream, StreamExt};
+use std::sync::Arc;
+use std::time::Instant;
+use thaw_core::{InodeKind, Manifest};
+use thaw_store::ChunkReader;
+
+/// Where loaded bytes go: a destination of `len` bytes written through staging buffers.
+pub trait Sink: Send {
+    /// How many staging buffers there are, and the size of each.
+    fn staging_count(&self) -> usize;
+    fn staging_bytes(&self) -> usize;
+    /// Allocates the destination.
+    fn allocate(&mut self, len: u64) -> Result<(), LoadError>;
+    /// Waits until staging buffer `i` may be written again, and returns it.
+    fn staging(&mut self, i: usize) -> Result<&mut [u8], LoadError>;
+    /// Starts copying the first `len` bytes of staging buffer `i` to `offset` in the
+    /// destination; may return before the copy is done.
+    fn submit(&mut self, i: usize, len: usize, offset: u64) -> Result<(), LoadError>;
+    /// Waits for every copy.
+    fn finish(&mut self) -> Result<(), LoadError>;
+}
+
+/// Host memory as the destination: what tests and machines without a GPU use.
+#[derive(Debug)]
+pub struct HostSink {
+    staging: Vec<Vec<u8>>,
+    pub data: Vec<u8>,
+}
+
+impl HostSink {
+    pub fn new(buffers: usize, buffer_bytes: usize) -> Self {
+        HostSink {
+            staging: (0..buffers.max(1))
+                .map(|_| vec![0; buffer_bytes.max(1)])
+                .collect(),
+            data: Vec::new(),
+        }
+    }
+}
+
+impl Sink for HostSink {
+    fn staging_count(&self) -> usize {
+        self.staging.len()
+    }
+    fn staging_bytes(&self) -> usize {
+        self.staging[0].len()
+    }
+    fn allocate(&mut self, len: u64) -> Result<(), LoadError> {
+        self.data = vec![0; len as usize];
+        Ok(())
+    }
+    fn staging(&mut self, i: usize) -> Result<&mut [u8], LoadError> {
+        Ok(&mut self.staging[i])
+    }
+    fn submit(&mut self, i: usize, len: usize, offset: u64) -> Result<(), LoadError> {
+        let o = offset as usize;
+        self.data[o..o + len].copy_from_slice(&self.staging[i][..len]);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), LoadError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Chunks read at once, ahead of the copy.
+    pub chunks_in_flight: usize,
+    /// Hash the data region on the way (BLAKE3), to check the destination afterwards.
+    pub hash: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            chunks_in_flight: 16,
+            hash: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub header: WeightsHeader,
+    /// Bytes written to the destination (the data region).
+    pub bytes: u64,
+    pub seconds: f64,
+    /// BLAKE3 of the data region, when asked for.
+    pub blake3: Option<String>,
+}
+
+/// Zero runs are produced in pieces of this size, so a sparse file costs no large buffer.
+const ZERO_PIECE: u64 = 4 << 20;
+
+/// One piece of the file, in order: (offset in the file, bytes).
+type Piece = Result<(u64, Bytes), LoadError>;
+
+/// Loads the safetensors file at `path` in the image into `sink`.
+pub async fn load<S: Sink + 'static>(
+    reader: Arc<ChunkReader>,
+    manifest: &Manifest,
+    path: &str,
+    mut sink: S,
+    options: LoadOptions,
+) -> Result<(S, LoadReport), LoadError> {
+    let start = Instant::now();
+    let mut ino = 0u32;
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        ino = manifest
+            .lookup(ino, c.as_bytes())
+            .ok_or_else(|| LoadError::NotAFile(path.to_string()))?;
+    }
+    let size = match &manifest.inodes[ino as usize].kind {
+        InodeKind::File { size, .. } => *size,
+        _ => return Err(LoadError::NotAFile(path.to_string())),
+    };
+    let extents = manifest.file_extents(ino);
+    let read_prefix = |len: u64| {
+        let (reader, extents, path) = (reader.clone(), extents.clone(), path.to_string());
+        async move {
+            let mut out = Vec::with_capacity(len.min(size) as usize);
+            for e in extents.iter().take_while(|e| e.offset < len) {
+                match e.chunk {
+                    Some(id) => {
+                        let b = reader.read(id).await.map_err(|source| LoadError::Chunk {
+                            path: path.clone(),
+                            index: 0,
+                            source,
+                        })?;
+                        out.extend_from_slice(&b);
+                    }
+                    None => out.resize(out.len() + e.len as usize, 0),
+                }
+            }
+            out.truncate(len as usize);
+            Ok::<_, LoadError>(out)
+        }
+    };
+    let prefix = read_prefix(8).await?;
+    let header_len = WeightsHeader::header_len(&prefix, path)?;
+    let header = WeightsHeader::parse(&read_prefix(header_len).await?, size, path)?;
+    sink.allocate(header.data_len)?;
+
+    // Pieces of the data region, in file order, read `chunks_in_flight` at a time.
+    let data_offset = header.data_offset;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(options.chunks_in_flight.max(1));
+    let producer = {
+        let (reader, path) = (reader.clone(), path.to_string());
+        let in_flight = options.chunks_in_flight.max(1);
+        tokio::spawn(async move {
+            let jobs = extents
+                .into_iter()
+                .enumerate()
+                .filter(move |(_, e)| e.offset + e.len > data_offset)
+                .flat_map(|(index, e)| {
+                    // Zero runs split into bounded pieces; a chunk is one piece.
+                    let n = if e.chunk.is_some() {
+                        1
+                    } else {
+                        e.len.div_ceil(ZERO_PIECE)
+                    };
+                    (0..n).map(move |k| (index, e, k))
+                });
+            let mut pieces = stream::iter(jobs)
+                .map(|(index, e, k)| {
+                    let (reader, path) = (reader.clone(), path.clone());
+                    async move {
+                        match e.chunk {
+                            Some(id) => {
+                                reader
+                                    .read(id)
+                                    .await
+                                    .map(|b| (e.offset, b))
+                                    .map_err(|source| LoadError::Chunk {
+                                        path,
+                                        index,
+                                        source,
+                                    })
+                            }
+                            None => {
+                                let off = e.offset + k * ZERO_PIECE;
+                                let len = ZERO_PIECE.min(e.offset + e.len - off);
+                                Ok((off, Bytes::from(vec![0u8; len as usize])))
+                            }
+                        }
+                    }
+                })
+                .buffered(in_flight);
+            while let Some(p) = pieces.next().await {
+                let stop = p.is_err();
+                if tx.send(p).await.is_err() || stop {
+                    break;
+                }
+            }
+        })
+    };
+
+    // The copy loop blocks (on staging buffers being free), so it runs on its own thread.
+    let hash = options.hash;
+    let copied = tokio::task::spawn_blocking(move || {
+        let mut hasher = hash.then(blake3::Hasher::new);
+        let (count, cap) = (sink.staging_count(), sink.staging_bytes());
+        let (mut buf, mut fill, mut written) = (0usize, 0usize, 0u64);
+        while let Some(piece) = rx.blocking_recv() {
+            let (offset, bytes) = piece?;
+            // The part of this piece inside the data region.
+            let skip = data_offset.saturating_sub(offset) as usize;
+            let mut rest = &bytes[skip.min(bytes.len())..];
+            if let Some(h) = hasher.as_mut() {
+                h.update(rest);
+            }
+            while !rest.is_empty() {
+                let staging = sink.staging(buf)?;
+                let n = rest.len().min(cap - fill);
+                staging[fill..fill + n].copy_from_slice(&rest[..n]);
+                fill += n;
+                rest = &rest[n..];
+                if fill == cap {
+                    sink.submit(buf, fill, written)?;
+                    written += fill as u64;
+                    (buf, fill) = ((buf + 1) % count, 0);
+                }
+            }
+        }
+        if fill > 0 {
+            sink.submit(buf, fill, written)?;
+            written += fill as u64;
+        }
+        sink.finish()?;
+        Ok::<_, LoadError>((
+            sink,
+            written,
+            hasher.map(|h| h.finalize().to_hex().to_string()),
+        ))
+    })
+    .await
+    .map_err(|e| LoadError::Pipeline(e.to_string()))?;
+    producer.abort();
+    let (sink, bytes, blake3) = copied?;
+    if bytes != header.data_len {
+        return Err(LoadError::Pipeline(format!(
+            "{bytes} bytes copied, {} expected",
+            header.data_len
+        )));
+    }
+    Ok((
+        sink,
+        LoadReport {
+            header,
+            bytes,
+            seconds: start.elapsed().as_secs_f64(),
+            blake3,
+        },
+    ))
+}
