@@ -154,6 +154,7 @@ fn mount_at(image: &str, mountpoint: &Path, writable: bool) -> api::MountRequest
         image: image.into(),
         mountpoint: mountpoint.to_str().unwrap().into(),
         writable,
+        prefetch: api::MountPrefetch::Trace,
     }
 }
 
@@ -573,6 +574,7 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
             image: "big".into(),
             mountpoint: "relative/dir".into(),
             writable: false,
+            prefetch: api::MountPrefetch::None,
         })
         .await
         .unwrap_err();
@@ -743,5 +745,25 @@ fn a_recorded_trace_pushed_with_the_image_drives_thaw_prewarm() {
         stats.contains("disk: ") && stats.contains("3 entries"),
         "{stats}"
     );
+
+    // A mount through the API starts the trace prewarm itself; an image without traces
+    // gets none.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = d.client();
+    let m = rt.block_on(c.mount(&mount_at("big", &mnt, false))).unwrap();
+    let job = m
+        .prefetch_job
+        .clone()
+        .expect("a prewarm started with the mount");
+    let j = rt.block_on(wait_done(&c, &job));
+    assert_eq!((j.state, j.chunks_total), (JobState::Done, 3), "{j:?}");
+    let other = tmp.path().join("mnt2");
+    std::fs::create_dir(&other).unwrap();
+    let n = rt
+        .block_on(c.mount(&mount_at("small", &other, false)))
+        .unwrap();
+    assert_eq!(n.prefetch_job, None);
+    rt.block_on(c.unmount(&m.id)).unwrap();
+    rt.block_on(c.unmount(&n.id)).unwrap();
     d.stop();
 }

@@ -111,6 +111,18 @@ pub struct MountRequest {
     pub mountpoint: String,
     #[serde(default)]
     pub writable: bool,
+    /// `trace` (default): also start a prewarm of the image's start-up traces, if it has
+    /// any, at the same moment as the mount; `none`: only what the container reads.
+    #[serde(default)]
+    pub prefetch: MountPrefetch,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountPrefetch {
+    #[default]
+    Trace,
+    None,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +136,9 @@ pub struct Mount {
     pub created: u64,
     pub bytes_served: u64,
     pub read_errors: u64,
+    /// The prewarm job the mount started, if any.
+    #[serde(default)]
+    pub prefetch_job: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -241,11 +241,39 @@ async fn create_mount(
     JsonBody(req): JsonBody<api::MountRequest>,
 ) -> Result<(StatusCode, Json<api::Mount>), ApiError> {
     let image = node.repo.resolve(validate::image_ref(&req.image)?).await?;
-    let manifest = node.manifest(&image).await?;
-    let m = node
-        .mounts
-        .create(manifest, &node.reader, image, &req.mountpoint, req.writable)
-        .await?;
+    // The prewarm starts at the same moment as the mount: both begin with a round trip.
+    let prewarm = async {
+        if req.prefetch != api::MountPrefetch::Trace {
+            return None;
+        }
+        let scope = api::Scope::Named(api::NamedScope::Trace);
+        match node.jobs.start(&node, image, scope).await {
+            Ok(started) => Some(started),
+            Err(e) if e.code == ErrorCode::NoTrace => None,
+            Err(e) => {
+                tracing::warn!(image = %image, error = %e.message, "no prewarm with the mount");
+                None
+            }
+        }
+    };
+    let mount = async {
+        let manifest = node.manifest(&image).await?;
+        node.mounts
+            .create(manifest, &node.reader, image, &req.mountpoint, req.writable)
+            .await
+    };
+    let (mounted, prewarm) = tokio::join!(mount, prewarm);
+    let m = match mounted {
+        Ok(m) => m,
+        Err(e) => {
+            // Cancel a prewarm this request started; one shared with others stays.
+            if let Some((job, true)) = prewarm {
+                node.jobs.cancel(&job.id);
+            }
+            return Err(e);
+        }
+    };
+    *m.prefetch_job.lock().expect("mount lock") = prewarm.map(|(job, _)| job.id.clone());
     Ok((StatusCode::CREATED, Json(m.view())))
 }
 

@@ -23,6 +23,8 @@ pub struct MountEntry {
     pub mountpoint: PathBuf,
     pub upper: Option<PathBuf>,
     pub created: u64,
+    /// The prewarm job started with the mount, if any.
+    pub prefetch_job: Mutex<Option<String>>,
     handle: Mutex<Option<MountHandle>>,
 }
 
@@ -46,6 +48,7 @@ impl MountEntry {
             created: self.created,
             bytes_served: s.bytes_served,
             read_errors: s.read_errors,
+            prefetch_job: self.prefetch_job.lock().expect("mount lock").clone(),
         }
     }
 }
@@ -181,6 +184,7 @@ impl Mounts {
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            prefetch_job: Mutex::new(None),
             handle: Mutex::new(Some(handle)),
         });
         self.live
