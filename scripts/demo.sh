@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded local store: build a real Debian root filesystem into
 # content-addressed chunks, inspect it, export it back and check it is identical,
-# rebuild to show dedup, and list what garbage collection would remove.
+# mount it lazily and run programs from it (recording their start-up trace), warm a node
+# daemon's cache from that trace, rebuild to show dedup, and list what garbage collection
+# would remove.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STORE=${THAW_STORE:-./thaw-data}
@@ -52,7 +54,8 @@ done
 if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   step "thaw mount demo:rootfs (lazy), then programs from it in a chroot, as a runtime would run them"
   mkdir -p "$WORK/mnt"
-  $THAW mount demo:rootfs "$WORK/mnt" --status-file "$WORK/mount.status" 2>"$WORK/mount.log" &
+  $THAW mount demo:rootfs "$WORK/mnt" --status-file "$WORK/mount.status" \
+    --record-trace "$WORK/startup.trace" 2>"$WORK/mount.log" &
   for _ in $(seq 1 200); do grep -q " $WORK/mnt " /proc/self/mountinfo && break; sleep 0.05; done
   unshare -m sh -c "mount --bind /dev $WORK/mnt/dev && mount -t proc proc $WORK/mnt/proc && \
     chroot $WORK/mnt /bin/bash -c 'apt-get --version | head -n1; echo \"installed packages: \$(dpkg -l | grep -c ^ii)\"'"
@@ -61,9 +64,23 @@ if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   grep -E '^(bytes_served|fetched_bytes|fetched_chunks):' "$WORK/mount.status"
   "$PWD/target/release/thaw" umount "$WORK/mnt"
   wait
+  step "thaw trace push: the start-up trace just recorded becomes the image's prefetch list"
+  $THAW trace push demo:rootfs "$WORK/startup.trace"
+  SCOPE=trace
 else
   step "skipping the lazy mount: it needs root and /dev/fuse"
+  SCOPE=all
 fi
+
+step "thaw serve (the node daemon, loopback only), then thaw prewarm --scope $SCOPE and thaw cache stats"
+$THAW serve --listen 127.0.0.1:0 --cache "$WORK/node-cache" --state-dir "$WORK/node-state" \
+  --ready-file "$WORK/node.addr" 2>"$WORK/serve.log" &
+SERVE_PID=$!
+for _ in $(seq 1 200); do [ -s "$WORK/node.addr" ] && break; sleep 0.05; done
+SERVER="http://$(cat "$WORK/node.addr")"
+"$PWD/target/release/thaw" prewarm demo:rootfs --scope "$SCOPE" --server "$SERVER"
+"$PWD/target/release/thaw" cache stats --server "$SERVER"
+kill "$SERVE_PID"; wait "$SERVE_PID" || true
 
 step "building the same tree again: everything is deduplicated"
 $THAW build "$SRC" --tag demo:again | grep -E 'image|bytes_stored|chunks'
