@@ -1,6 +1,8 @@
 //! Helpers the `thaw` binary's end-to-end tests share.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod daemon;
+
 use std::path::Path;
 use std::process::Command;
 use thaw_tests::{is_root, skip};

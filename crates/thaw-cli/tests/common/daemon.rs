@@ -1,0 +1,161 @@
+//! A real `thaw serve` for tests, and the fixtures and calls the daemon tests share.
+
+use super::{thaw, THAW};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use thaw_server::api::{self, NamedScope, Scope};
+use thaw_server::{Client, ClientError};
+use thaw_tests::pseudo_random;
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// A running `thaw serve`; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon over `dir/store` with its cache in `dir/cache`.
+    pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let log = dir.join(format!(
+            "serve-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = Command::new(THAW)
+            .arg("--store")
+            .arg(dir.join("store"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--cache"])
+            .arg(dir.join("cache"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(extra)
+            .env("THAW_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&ready) {
+                break a.trim().to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Daemon {
+            child: Some(child),
+            url: format!("http://{addr}"),
+            log,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, Some(TOKEN.into()))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the daemon must exit cleanly.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "thaw serve exited {status}: {}",
+            self.log()
+        );
+    }
+
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `src/` with a few small files and one large incompressible file, built into `store/`
+/// as tags `small` (the small files) and `big` (everything).
+pub fn two_images(dir: &Path, big_mib: usize) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    for i in 0..20u64 {
+        std::fs::write(
+            src.join(format!("etc/f{i}")),
+            pseudo_random(20_000 + i as usize, i),
+        )
+        .unwrap();
+    }
+    let store = dir.join("store");
+    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "small"]);
+    std::fs::write(src.join("big"), pseudo_random(big_mib << 20, 99)).unwrap();
+    thaw(&store, &["build", src.to_str().unwrap(), "--tag", "big"]);
+}
+
+pub fn all(image: &str) -> api::PrewarmRequest {
+    api::PrewarmRequest {
+        image: image.into(),
+        scope: Scope::Named(NamedScope::All),
+    }
+}
+
+pub async fn wait_done(c: &Client, id: &str) -> api::Job {
+    let start = Instant::now();
+    loop {
+        let j = c.job(id).await.unwrap();
+        if j.state.is_finished() {
+            return j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "job stuck: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn mount_at(image: &str, mountpoint: &Path, writable: bool) -> api::MountRequest {
+    api::MountRequest {
+        image: image.into(),
+        mountpoint: mountpoint.to_str().unwrap().into(),
+        writable,
+        prefetch: api::MountPrefetch::Trace,
+    }
+}
+
+pub fn api_code(e: ClientError) -> (u16, Option<api::ErrorCode>) {
+    match e {
+        ClientError::Api { status, code, .. } => (status, code),
+        other => panic!("not an API error: {other}"),
+    }
+}
