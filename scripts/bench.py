@@ -1,440 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark driver for scripts/bench.sh: runs thaw and its baselines in the same
 session, takes medians over RUNS repetitions, and writes docs/benchmarks.md."""
-
 import datetime
 import json
 import os
 import platform
-import shutil
-import statistics
-import subprocess
 import sys
-import time
 
-RUNS = int(os.environ.get("RUNS", "5"))
-THAW = os.environ["THAW_BIN"]
-BENCH = os.environ["THAW_BENCH_BIN"]
-ROOTFS = os.environ["THAW_ROOTFS"]
-ROOTFS_PLUS = os.environ["THAW_ROOTFS_PLUS"]
-WORK = os.environ.get("THAW_BENCH_DIR", "/var/tmp/thaw-bench")
-OUT = os.environ.get("THAW_BENCH_OUT", "docs/benchmarks.md")
-
-
-def sh(cmd, **kw):
-    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True, **kw).stdout
-
-
-def fields(text):
-    out = {}
-    for line in text.splitlines():
-        if ": " in line:
-            k, v = line.split(": ", 1)
-            out[k.strip()] = v.split()[0] if v.split() else ""
-    return out
-
-
-def timed(cmd):
-    start = time.perf_counter()
-    out = sh(cmd)
-    return time.perf_counter() - start, out
-
-
-def drop_caches():
-    sh("sync; echo 3 > /proc/sys/vm/drop_caches")
-
-
-def fresh(path):
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-
-
-def cell(text):
-    """A Markdown table cell: pipes inside it must be escaped."""
-    return text.replace("|", "\\|")
-
-
-def med(xs):
-    return statistics.median(xs)
-
-
-def build_throughput():
-    """thaw build vs tar -c | zstd -3 -T0 on the same tree, page cache warm."""
-    store = f"{WORK}/build-store"
-    rows = {"thaw build (local store)": [], "thaw build (memory:// store)": [], "tar -c | zstd -3 -T0 > /dev/null": []}
-    bytes_read = None
-    sh(f"tar -C {ROOTFS} -cf - . > /dev/null")  # warm the page cache
-    for _ in range(RUNS):
-        fresh(store)
-        t, out = timed(f"{THAW} --store {store} build {ROOTFS}")
-        bytes_read = int(fields(out)["bytes_read"])
-        rows["thaw build (local store)"].append(t)
-        t, _ = timed(f"{THAW} --store memory:// build {ROOTFS}")
-        rows["thaw build (memory:// store)"].append(t)
-        t, _ = timed(f"tar -C {ROOTFS} -cf - . | zstd -3 -T0 -q > /dev/null")
-        rows["tar -c | zstd -3 -T0 > /dev/null"].append(t)
-    base = med(rows["tar -c | zstd -3 -T0 > /dev/null"])
-    table = []
-    for name, ts in rows.items():
-        m = med(ts)
-        table.append((name, m, bytes_read / m / 1e6, base / m))
-    return bytes_read, table
-
-
-def package_bytes(root, pkg):
-    total = 0
-    with open(f"{root}/var/lib/dpkg/info/{pkg}.list") as f:
-        for line in f:
-            p = root + line.strip()
-            if os.path.isfile(p) and not os.path.islink(p):
-                total += os.path.getsize(p)
-    return total
-
-
-def dedup():
-    store = f"{WORK}/dedup-store"
-    fresh(store)
-    first = fields(sh(f"{THAW} --store {store} build {ROOTFS} --tag base"))
-    again = fields(sh(f"{THAW} --store {store} build {ROOTFS} --tag base-again"))
-    plus = fields(sh(f"{THAW} --store {store} build {ROOTFS_PLUS} --tag plus"))
-    pkg = open(f"{ROOTFS_PLUS}/.thaw-extra-package").read().strip()
-    pkg_bytes = package_bytes(ROOTFS_PLUS, pkg)
-    return store, first, again, plus, pkg, pkg_bytes
-
-
-def read_throughput(store):
-    export = f"{WORK}/export"
-    cache = f"{WORK}/read-cache"
-    fresh(export)
-    sh(f"{THAW} --store {store} export base {export}")
-    fresh(cache)
-    sh(f"{BENCH} read --store {store} base --cache {cache}")  # fill the disk cache
-    cat = f"find {export} -type f -print0 | xargs -0 cat > /dev/null"
-    file_bytes = int(sh(f"find {export} -type f -printf '%s\\n' | awk '{{s+=$1}} END {{print s}}'").strip())
-    rows = {k: [] for k in ["cold store, page cache dropped", "warm disk cache, page cache dropped",
-                            "warm disk cache, page cache warm", "cat exported files, page cache dropped",
-                            "cat exported files, page cache warm"]}
-    chunk_bytes = None
-    for _ in range(RUNS):
-        drop_caches()
-        t, out = timed(f"{BENCH} read --store {store} base")
-        f = fields(out)
-        chunk_bytes = int(f["bytes"])
-        rows["cold store, page cache dropped"].append(chunk_bytes / float(f["seconds"]) / 1e9)
-        drop_caches()
-        f = fields(sh(f"{BENCH} read --store {store} base --cache {cache}"))
-        assert int(f["fetched_chunks"]) == 0, "the disk cache should be warm"
-        rows["warm disk cache, page cache dropped"].append(chunk_bytes / float(f["seconds"]) / 1e9)
-        f = fields(sh(f"{BENCH} read --store {store} base --cache {cache}"))
-        rows["warm disk cache, page cache warm"].append(chunk_bytes / float(f["seconds"]) / 1e9)
-        drop_caches()
-        t, _ = timed(cat)
-        rows["cat exported files, page cache dropped"].append(file_bytes / t / 1e9)
-        t, _ = timed(cat)
-        rows["cat exported files, page cache warm"].append(file_bytes / t / 1e9)
-    return chunk_bytes, file_bytes, {k: med(v) for k, v in rows.items()}
-
-
-# ---- issue 3: the lazy FUSE mount -------------------------------------------------
-
-WORKLOAD = "apt-get --version >/dev/null && dpkg -l >/dev/null"
-THROTTLE = os.environ.get("THAW_BENCH_THROTTLE", "20,1000")
-
-
-def is_mounted(path):
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split(" ")[4] == path for line in f)
-
-
-class Mount:
-    """A `thaw mount` process, started cold (fresh process, empty memory cache)."""
-
-    def __init__(self, store, image, mountpoint, global_args=(), mount_args=()):
-        os.makedirs(mountpoint, exist_ok=True)
-        self.mountpoint = os.path.realpath(mountpoint)
-        self.status = f"{self.mountpoint}.status"
-        self.proc = subprocess.Popen([THAW, "--store", store, *global_args, "mount", image, self.mountpoint,
-                                      "--status-file", self.status, *mount_args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 30
-        while not is_mounted(self.mountpoint):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mount failed: " + self.proc.stderr.read().decode())
-            time.sleep(0.002)
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-        return fields(open(self.status).read())
-
-
-def chroot_workload(root):
-    sh(f"unshare -m sh -c 'mount --bind /dev {root}/dev && mount -t proc proc {root}/proc && "
-       f"chroot {root} /bin/bash -c \"{WORKLOAD}\"'")
-
-
-def payload_image(store):
-    """The rootfs plus 1 GiB of incompressible data the workload never reads: GPU images
-    are gigabytes, of which start-up reads a few percent."""
-    tree = f"{WORK}/rootfs-payload"
-    if not os.path.exists(f"{tree}/.bench-complete"):
-        shutil.rmtree(tree, ignore_errors=True)
-        sh(f"cp -a {ROOTFS} {tree} && head -c {1 << 30} /dev/urandom > {tree}/opt/payload.bin && touch {tree}/.bench-complete")
-    sh(f"{THAW} --store {store} build {tree} --tag payload")
-
-
-def image_bytes(store, image):
-    return int(fields(sh(f"{THAW} --store {store} inspect {image}"))["file_bytes"])
-
-
-def cold_start(store):
-    """Time from `thaw mount` to the end of a start-up workload, against a full pull."""
-    results = {}
-    payload_image(store)
-    throttled = f"throttled {THROTTLE.replace(',', ' ms, ')} Mbit/s"
-    ordered, _, _ = trace_stores()
-    configs = [
-        (f"{throttled}, fetch-around 512 KiB (default)", store, "base", ["--throttle", THROTTLE], []),
-        (f"{throttled}, fetch-around off", store, "base", ["--throttle", THROTTLE], ["--fetch-around", "0"]),
-        ("unthrottled, fetch-around 512 KiB (default)", store, "base", [], []),
-        (f"{throttled}, fetch-around 512 KiB, image + 1 GiB not read at start-up", store, "payload", ["--throttle", THROTTLE], []),
-        (f"{throttled}, packs in trace order (`build --order-by`), no prefetch", ordered, "base", ["--throttle", THROTTLE], ["--prefetch", "none"]),
-        (f"{throttled}, packs in trace order, trace pushed: `thaw mount` prefetches it", ordered, "base", ["--throttle", THROTTLE], []),
-    ]
-    for label, st, image, extra, mount_args in configs:
-        lazy, full, fetched, served = [], [], [], []
-        for _ in range(RUNS):
-            mp = f"{WORK}/coldstart-mnt"
-            drop_caches()
-            t0 = time.perf_counter()
-            m = Mount(st, image, mp, extra, mount_args)
-            chroot_workload(m.mountpoint)
-            lazy.append(time.perf_counter() - t0)
-            st_ = m.stop()
-            fetched.append(int(st_["fetched_bytes"]))
-            served.append(int(st_["bytes_served"]))
-            out = f"{WORK}/coldstart-export"
-            fresh(out)
-            drop_caches()
-            t0 = time.perf_counter()
-            sh(f"{THAW} --store {st} {' '.join(extra)} export {image} {out}")
-            chroot_workload(out)
-            full.append(time.perf_counter() - t0)
-        results[label] = (med(lazy), med(full), med(fetched), med(served), image_bytes(st, image))
-    return results
-
-
-def warm_sequential():
-    """A 2 GiB file read through the mount from a warm disk cache, page cache dropped,
-    next to `cat` of the same file exported to the local disk."""
-    src = f"{WORK}/bigfile-src"
-    if not os.path.exists(f"{src}/big.bin"):
-        os.makedirs(src, exist_ok=True)
-        sh(f"head -c {2 << 30} /dev/urandom > {src}/big.bin.tmp && mv {src}/big.bin.tmp {src}/big.bin")
-    store, cache, out, mp = f"{WORK}/big-store", f"{WORK}/big-cache", f"{WORK}/big-export", f"{WORK}/big-mnt"
-    for d in (store, cache, out):
-        fresh(d)
-    sh(f"{THAW} --store {store} build {src} --tag big")
-    sh(f"{THAW} --store {store} export big {out}")
-    m = Mount(store, "big", mp, mount_args=["--cache", cache])
-    sh(f"cat {m.mountpoint}/big.bin > /dev/null")  # fills the disk cache
-    m.stop()
-    size = os.path.getsize(f"{out}/big.bin")
-    thaw_runs, cat_runs = [], []
-    for _ in range(RUNS):
-        m = Mount(store, "big", mp, mount_args=["--cache", cache])
-        drop_caches()
-        t, _ = timed(f"cat {m.mountpoint}/big.bin > /dev/null")
-        st = m.stop()
-        assert int(st["fetched_chunks"]) == 0, "the disk cache should serve everything"
-        thaw_runs.append(size / t / 1e9)
-        drop_caches()
-        t, _ = timed(f"cat {out}/big.bin > /dev/null")
-        cat_runs.append(size / t / 1e9)
-    return size, med(thaw_runs), med(cat_runs)
-
-
-def metadata_walk(store):
-    """`find | wc -l` and `ls -lR` on a freshly mounted rootfs vs the exported tree, cold."""
-    out = f"{WORK}/export"
-    mp = f"{WORK}/walk-mnt"
-    commands = {"find | wc -l": "find {} | wc -l", "ls -lR": "ls -lR {} > /dev/null"}
-    times = {name: ([], []) for name in commands}
-    for _ in range(RUNS):
-        m = Mount(store, "base", mp)
-        drop_caches()
-        for name, cmd in commands.items():
-            times[name][0].append(timed(cmd.format(m.mountpoint))[0])
-        m.stop()
-        drop_caches()
-        for name, cmd in commands.items():
-            times[name][1].append(timed(cmd.format(out))[0])
-    return {k: (med(a), med(b)) for k, (a, b) in times.items()}
-
-# ---- issue 4: the node daemon, prefetch and prewarm ----------------------------------
-
-import threading
-import urllib.request
-
-
-class Daemon:
-    """A `thaw serve` on loopback with a fresh (or given) disk cache."""
-
-    def __init__(self, store, cache, global_args=(), serve_args=()):
-        self.state = f"{WORK}/serve-state"
-        ready = f"{WORK}/serve-ready"
-        if os.path.exists(ready):
-            os.remove(ready)
-        self.proc = subprocess.Popen([THAW, "--store", store, *global_args, "serve", "--listen", "127.0.0.1:0",
-                                      "--cache", cache, "--state-dir", self.state, "--ready-file", ready, *serve_args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 30
-        while not os.path.exists(ready):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("thaw serve failed: " + self.proc.stderr.read().decode())
-            time.sleep(0.005)
-        self.url = "http://" + open(ready).read().strip()
-
-    def call(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return json.loads(r.read())
-
-    def wait_job(self, job_id):
-        while True:
-            j = self.call("GET", f"/v1/jobs/{job_id}")
-            if j["state"] != "running":
-                return j
-            time.sleep(0.01)
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-
-
-def record_trace(store, image):
-    """Records the workload's start-up trace on an unthrottled mount."""
-    trace = f"{WORK}/startup.trace"
-    m = Mount(store, image, f"{WORK}/trace-mnt", mount_args=["--record-trace", trace])
-    chroot_workload(m.mountpoint)
-    m.stop()
-    return trace
-
-
-def trace_stores():
-    """Two stores of the base rootfs with the workload's start-up trace pushed: one built
-    in path order, one with `--order-by` the trace. Returns (ordered, path-order, (image, records))."""
-    base_store = f"{WORK}/prefetch-base-store"
-    store = f"{WORK}/prefetch-ordered-store"
-    marker = f"{WORK}/prefetch-stores.json"
-    if os.path.exists(marker):
-        return store, base_store, tuple(json.load(open(marker)))
-    for d in (base_store, store):
-        fresh(d)
-    image = fields(sh(f"{THAW} --store {base_store} build {ROOTFS} --tag base"))["image"]
-    trace = record_trace(base_store, "base")
-    records = len(open(trace).read().splitlines()) - 2
-    # The same rootfs built with its start-up working set packed in first-access order.
-    ordered = fields(sh(f"{THAW} --store {store} build {ROOTFS} --tag base --order-by {trace}"))
-    assert ordered["image"] == image, "the layout must not change the image"
-    for st in (base_store, store):
-        sh(f"{THAW} --store {st} trace push base {trace}")
-    json.dump([image, records], open(marker, "w"))
-    return store, base_store, (image, records)
-
-
-def prefetch_cold_start():
-    """The cold start of issue 3 through the daemon: no prefetch, trace prewarm issued with
-    the start, and a node prewarmed in advance, next to the full pull and a local run."""
-    store, base_store, (image, records) = trace_stores()
-    export = f"{WORK}/prefetch-export"
-    fresh(export)
-    sh(f"{THAW} --store {store} export base {export}")
-    throttle = ["--throttle", THROTTLE]
-    cache = f"{WORK}/serve-cache"
-    mp = f"{WORK}/prefetch-mnt"
-    os.makedirs(mp, exist_ok=True)
-    mp = os.path.realpath(mp)
-
-    def daemon_start(st, prewarm=None, in_advance=False, mount_prefetch="none"):
-        fresh(cache)
-        d = Daemon(st, cache, throttle)
-        try:
-            if in_advance:
-                j = d.call("POST", "/v1/prewarm", {"image": image, "scope": "all"})
-                assert d.wait_job(j["id"])["state"] == "done"
-            drop_caches()
-            t0 = time.perf_counter()
-            threads = []
-            if prewarm:
-                # The autoscaler asks for the prewarm as the runtime asks for the mount.
-                t = threading.Thread(target=lambda: d.call("POST", "/v1/prewarm", {"image": image, "scope": prewarm}))
-                t.start()
-                threads.append(t)
-            m = d.call("POST", "/v1/mounts", {"image": image, "mountpoint": mp, "prefetch": mount_prefetch})
-            chroot_workload(mp)
-            took = time.perf_counter() - t0
-            for t in threads:
-                t.join()
-            cache_state = d.call("GET", "/v1/cache")
-            d.call("DELETE", f"/v1/mounts/{m['id']}")
-            return took, cache_state["store"]["fetched_bytes"]
-        finally:
-            d.stop()
-
-    rows = {
-        "full pull (`thaw export`, then the workload)": [],
-        "lazy, no prefetch, packs in path order": [],
-        "lazy, no prefetch": [],
-        "lazy + trace prewarm issued with the start": [],
-        "lazy, the mount starts the trace prewarm itself (default)": [],
-        "lazy, node prewarmed in advance (scope all)": [],
-        "local export, page cache dropped (no thaw)": [],
-    }
-    fetched = {k: [] for k in rows}
-    for _ in range(RUNS):
-        out = f"{WORK}/prefetch-full"
-        fresh(out)
-        drop_caches()
-        t0 = time.perf_counter()
-        sh(f"{THAW} --store {store} {' '.join(throttle)} export {image} {out}")
-        chroot_workload(out)
-        rows["full pull (`thaw export`, then the workload)"].append(time.perf_counter() - t0)
-        for label, st, kw in [("lazy, no prefetch, packs in path order", base_store, {}),
-                              ("lazy, no prefetch", store, {}),
-                              ("lazy + trace prewarm issued with the start", store, {"prewarm": "trace"}),
-                              ("lazy, the mount starts the trace prewarm itself (default)", store, {"mount_prefetch": "trace"}),
-                              ("lazy, node prewarmed in advance (scope all)", store, {"in_advance": True})]:
-            took, fb = daemon_start(st, **kw)
-            rows[label].append(took)
-            fetched[label].append(fb)
-        drop_caches()
-        t0 = time.perf_counter()
-        chroot_workload(export)
-        rows["local export, page cache dropped (no thaw)"].append(time.perf_counter() - t0)
-    return {k: (med(v), med(fetched[k]) if fetched[k] else None) for k, v in rows.items()}, records
-
-
-def wrk_load():
-    """`wrk` against the daemon's GET /v1/cache on loopback: requests per second, errors."""
-    if shutil.which("wrk") is None:
-        return None
-    store = f"{WORK}/prefetch-ordered-store"
-    cache = f"{WORK}/serve-cache"
-    d = Daemon(store, cache)
-    try:
-        rss0 = int(sh(f"awk '/VmRSS/ {{print $2}}' /proc/{d.proc.pid}/status"))
-        out = sh(f"wrk -t2 -c100 -d10s {d.url}/v1/cache")
-        rss1 = int(sh(f"awk '/VmRSS/ {{print $2}}' /proc/{d.proc.pid}/status"))
-    finally:
-        d.stop()
-    rps = float(out.split("Requests/sec:")[1].split()[0])
-    total = int(out.split(" requests in ")[0].split()[-1])
-    errors = sum(int(x) for x in __import__("re").findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    non2xx = int(out.split("Non-2xx or 3xx responses:")[1].split()[0]) if "Non-2xx" in out else 0
-    return {"requests": total, "rps": rps, "socket_errors": errors, "non_2xx": non2xx, "rss_kb": (rss0, rss1)}
+from bench_common import (RUNS, WORK, OUT, sh, cell)
+from bench_store import build_throughput, dedup, read_throughput
+from bench_mount import WORKLOAD, THROTTLE, cold_start, warm_sequential, metadata_walk
+from bench_daemon import prefetch_cold_start, wrk_load
+from bench_weights import weights_host
 
 
 def plot_cold_start(cold):
@@ -496,6 +73,8 @@ def main():
     prefetch, trace_records = prefetch_cold_start()
     print("wrk load ...", file=sys.stderr)
     load = wrk_load()
+    print("weights to host memory ...", file=sys.stderr)
+    weights = weights_host()
 
     lines = []
     w = lines.append
@@ -642,13 +221,27 @@ def main():
     else:
         w("`wrk` is not installed; skipped.")
     w("")
+    w("## Weights to host memory (no GPU on this machine)")
+    w("")
+    w("`thaw weights IMAGE FILE --host`: a safetensors file of an image read from a local store (chunks fetched, "
+      "decompressed and BLAKE3-verified 32 at a time), copied through a ring of 4 × 64 MiB staging buffers into "
+      "one host allocation; next to `cat FILE > /dev/null` of the same file on the local disk. Page cache dropped "
+      "before each. Wall time includes starting the process and opening the store; the GPU path "
+      "(`scripts/gpu-bench.sh`, docs/gpu.md) has not run on a GPU yet.")
+    w("")
+    w("| file | bytes | thaw weights --host s (load only) | cat s | thaw / cat time |")
+    w("|---|---:|---:|---:|---:|")
+    for label, size, t, b, inner in weights:
+        w(f"| {cell(label)} | {size} | {t:.3f} ({inner:.3f}) | {b:.3f} | {t / b:.2f} |")
+    w("")
     plot = plot_cold_start(cold)
     if plot:
         w(f"![Cold start: lazy mount vs full pull]({os.path.relpath(plot, os.path.dirname(OUT))})")
         w("")
     with open(OUT + ".json", "w") as f:
         json.dump({"build": build_rows, "reads": reads, "cold_start": cold, "warm_sequential": [big_size, big_thaw, big_cat],
-                   "metadata_walk": walk, "prefetch_cold_start": prefetch, "wrk": load}, f, indent=1)
+                   "metadata_walk": walk, "prefetch_cold_start": prefetch, "wrk": load,
+                   "weights_host": weights}, f, indent=1)
     with open(OUT, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

@@ -16,4 +16,5 @@ VENV=$CACHE/bench-venv
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
   rm -rf "$VENV"; python3 -m venv "$VENV"; "$VENV/bin/pip" install -q matplotlib
 fi
+export THAW_PYTHON="$VENV/bin/python"
 exec "$VENV/bin/python" scripts/bench.py "$@"

@@ -1,0 +1,175 @@
+"""Issue 3 benchmarks: the lazy FUSE mount's cold start, warm sequential read and
+metadata walk, plus the start-up trace and trace-ordered stores the later ones share."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+from bench_common import (RUNS, THAW, ROOTFS, WORK, sh, fields, timed, drop_caches, fresh, med)
+
+WORKLOAD = "apt-get --version >/dev/null && dpkg -l >/dev/null"
+THROTTLE = os.environ.get("THAW_BENCH_THROTTLE", "20,1000")
+
+
+def is_mounted(path):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == path for line in f)
+
+
+class Mount:
+    """A `thaw mount` process, started cold (fresh process, empty memory cache)."""
+
+    def __init__(self, store, image, mountpoint, global_args=(), mount_args=()):
+        os.makedirs(mountpoint, exist_ok=True)
+        self.mountpoint = os.path.realpath(mountpoint)
+        self.status = f"{self.mountpoint}.status"
+        self.proc = subprocess.Popen([THAW, "--store", store, *global_args, "mount", image, self.mountpoint,
+                                      "--status-file", self.status, *mount_args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 30
+        while not is_mounted(self.mountpoint):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("mount failed: " + self.proc.stderr.read().decode())
+            time.sleep(0.002)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        return fields(open(self.status).read())
+
+
+def chroot_workload(root):
+    sh(f"unshare -m sh -c 'mount --bind /dev {root}/dev && mount -t proc proc {root}/proc && "
+       f"chroot {root} /bin/bash -c \"{WORKLOAD}\"'")
+
+
+def payload_image(store):
+    """The rootfs plus 1 GiB of incompressible data the workload never reads: GPU images
+    are gigabytes, of which start-up reads a few percent."""
+    tree = f"{WORK}/rootfs-payload"
+    if not os.path.exists(f"{tree}/.bench-complete"):
+        shutil.rmtree(tree, ignore_errors=True)
+        sh(f"cp -a {ROOTFS} {tree} && head -c {1 << 30} /dev/urandom > {tree}/opt/payload.bin && touch {tree}/.bench-complete")
+    sh(f"{THAW} --store {store} build {tree} --tag payload")
+
+
+def image_bytes(store, image):
+    return int(fields(sh(f"{THAW} --store {store} inspect {image}"))["file_bytes"])
+
+
+def cold_start(store):
+    """Time from `thaw mount` to the end of a start-up workload, against a full pull."""
+    results = {}
+    payload_image(store)
+    throttled = f"throttled {THROTTLE.replace(',', ' ms, ')} Mbit/s"
+    ordered, _, _ = trace_stores()
+    configs = [
+        (f"{throttled}, fetch-around 512 KiB (default)", store, "base", ["--throttle", THROTTLE], []),
+        (f"{throttled}, fetch-around off", store, "base", ["--throttle", THROTTLE], ["--fetch-around", "0"]),
+        ("unthrottled, fetch-around 512 KiB (default)", store, "base", [], []),
+        (f"{throttled}, fetch-around 512 KiB, image + 1 GiB not read at start-up", store, "payload", ["--throttle", THROTTLE], []),
+        (f"{throttled}, packs in trace order (`build --order-by`), no prefetch", ordered, "base", ["--throttle", THROTTLE], ["--prefetch", "none"]),
+        (f"{throttled}, packs in trace order, trace pushed: `thaw mount` prefetches it", ordered, "base", ["--throttle", THROTTLE], []),
+    ]
+    for label, st, image, extra, mount_args in configs:
+        lazy, full, fetched, served = [], [], [], []
+        for _ in range(RUNS):
+            mp = f"{WORK}/coldstart-mnt"
+            drop_caches()
+            t0 = time.perf_counter()
+            m = Mount(st, image, mp, extra, mount_args)
+            chroot_workload(m.mountpoint)
+            lazy.append(time.perf_counter() - t0)
+            st_ = m.stop()
+            fetched.append(int(st_["fetched_bytes"]))
+            served.append(int(st_["bytes_served"]))
+            out = f"{WORK}/coldstart-export"
+            fresh(out)
+            drop_caches()
+            t0 = time.perf_counter()
+            sh(f"{THAW} --store {st} {' '.join(extra)} export {image} {out}")
+            chroot_workload(out)
+            full.append(time.perf_counter() - t0)
+        results[label] = (med(lazy), med(full), med(fetched), med(served), image_bytes(st, image))
+    return results
+
+
+def warm_sequential():
+    """A 2 GiB file read through the mount from a warm disk cache, page cache dropped,
+    next to `cat` of the same file exported to the local disk."""
+    src = f"{WORK}/bigfile-src"
+    if not os.path.exists(f"{src}/big.bin"):
+        os.makedirs(src, exist_ok=True)
+        sh(f"head -c {2 << 30} /dev/urandom > {src}/big.bin.tmp && mv {src}/big.bin.tmp {src}/big.bin")
+    store, cache, out, mp = f"{WORK}/big-store", f"{WORK}/big-cache", f"{WORK}/big-export", f"{WORK}/big-mnt"
+    for d in (store, cache, out):
+        fresh(d)
+    sh(f"{THAW} --store {store} build {src} --tag big")
+    sh(f"{THAW} --store {store} export big {out}")
+    m = Mount(store, "big", mp, mount_args=["--cache", cache])
+    sh(f"cat {m.mountpoint}/big.bin > /dev/null")  # fills the disk cache
+    m.stop()
+    size = os.path.getsize(f"{out}/big.bin")
+    thaw_runs, cat_runs = [], []
+    for _ in range(RUNS):
+        m = Mount(store, "big", mp, mount_args=["--cache", cache])
+        drop_caches()
+        t, _ = timed(f"cat {m.mountpoint}/big.bin > /dev/null")
+        st = m.stop()
+        assert int(st["fetched_chunks"]) == 0, "the disk cache should serve everything"
+        thaw_runs.append(size / t / 1e9)
+        drop_caches()
+        t, _ = timed(f"cat {out}/big.bin > /dev/null")
+        cat_runs.append(size / t / 1e9)
+    return size, med(thaw_runs), med(cat_runs)
+
+
+def metadata_walk(store):
+    """`find | wc -l` and `ls -lR` on a freshly mounted rootfs vs the exported tree, cold."""
+    out = f"{WORK}/export"
+    mp = f"{WORK}/walk-mnt"
+    commands = {"find | wc -l": "find {} | wc -l", "ls -lR": "ls -lR {} > /dev/null"}
+    times = {name: ([], []) for name in commands}
+    for _ in range(RUNS):
+        m = Mount(store, "base", mp)
+        drop_caches()
+        for name, cmd in commands.items():
+            times[name][0].append(timed(cmd.format(m.mountpoint))[0])
+        m.stop()
+        drop_caches()
+        for name, cmd in commands.items():
+            times[name][1].append(timed(cmd.format(out))[0])
+    return {k: (med(a), med(b)) for k, (a, b) in times.items()}
+
+
+def record_trace(store, image):
+    """Records the workload's start-up trace on an unthrottled mount."""
+    trace = f"{WORK}/startup.trace"
+    m = Mount(store, image, f"{WORK}/trace-mnt", mount_args=["--record-trace", trace])
+    chroot_workload(m.mountpoint)
+    m.stop()
+    return trace
+
+
+def trace_stores():
+    """Two stores of the base rootfs with the workload's start-up trace pushed: one built
+    in path order, one with `--order-by` the trace. Returns (ordered, path-order, (image, records))."""
+    base_store = f"{WORK}/prefetch-base-store"
+    store = f"{WORK}/prefetch-ordered-store"
+    marker = f"{WORK}/prefetch-stores.json"
+    if os.path.exists(marker):
+        return store, base_store, tuple(json.load(open(marker)))
+    for d in (base_store, store):
+        fresh(d)
+    image = fields(sh(f"{THAW} --store {base_store} build {ROOTFS} --tag base"))["image"]
+    trace = record_trace(base_store, "base")
+    records = len(open(trace).read().splitlines()) - 2
+    # The same rootfs built with its start-up working set packed in first-access order.
+    ordered = fields(sh(f"{THAW} --store {store} build {ROOTFS} --tag base --order-by {trace}"))
+    assert ordered["image"] == image, "the layout must not change the image"
+    for st in (base_store, store):
+        sh(f"{THAW} --store {st} trace push base {trace}")
+    json.dump([image, records], open(marker, "w"))
+    return store, base_store, (image, records)
