@@ -79,10 +79,13 @@ impl CudaSink {
 
     /// Copies the device bytes back (to check them).
     pub fn to_host(&self) -> Result<Vec<u8>, LoadError> {
-        match &self.dst {
-            Some(d) => self.stream.clone_dtoh(d).map_err(cuda),
-            None => Ok(Vec::new()),
-        }
+        let Some(d) = &self.dst else {
+            return Ok(Vec::new());
+        };
+        let host = self.stream.clone_dtoh(d).map_err(cuda)?;
+        // The copy is asynchronous in form: wait for it before the bytes are looked at.
+        self.stream.synchronize().map_err(cuda)?;
+        Ok(host)
     }
 }
 
