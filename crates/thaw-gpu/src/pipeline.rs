@@ -102,6 +102,15 @@ const ZERO_PIECE: u64 = 4 << 20;
 /// One piece of the file, in order: (offset in the file, bytes).
 type Piece = Result<(u64, Bytes), LoadError>;
 
+/// Chunks read in one batch (one coalesced request where they share a pack).
+const BATCH_CHUNKS: usize = 8;
+
+/// Work for the reading side: a batch of chunk extents, or a run of zeros.
+enum Job {
+    Chunks(Vec<(usize, thaw_core::manifest::FileExtent)>),
+    Zeros(u64, u64),
+}
+
 /// Loads the safetensors file at `path` in the image into `sink`.
 pub async fn load<S: Sink + 'static>(
     reader: Arc<ChunkReader>,
@@ -155,48 +164,64 @@ pub async fn load<S: Sink + 'static>(
         let (reader, path) = (reader.clone(), path.to_string());
         let in_flight = options.chunks_in_flight.max(1);
         tokio::spawn(async move {
-            let jobs = extents
-                .into_iter()
-                .enumerate()
-                .filter(move |(_, e)| e.offset + e.len > data_offset)
-                .flat_map(|(index, e)| {
-                    // Zero runs split into bounded pieces; a chunk is one piece.
-                    let n = if e.chunk.is_some() {
-                        1
-                    } else {
-                        e.len.div_ceil(ZERO_PIECE)
-                    };
-                    (0..n).map(move |k| (index, e, k))
-                });
-            let mut pieces = stream::iter(jobs)
-                .map(|(index, e, k)| {
+            // Consecutive chunks go in batches, which the reader fetches with coalesced
+            // ranged GETs; zero runs become bounded pieces of zeros.
+            let mut jobs: Vec<Job> = Vec::new();
+            for (index, e) in extents.into_iter().enumerate() {
+                if e.offset + e.len <= data_offset {
+                    continue;
+                }
+                match e.chunk {
+                    Some(_) => match jobs.last_mut() {
+                        Some(Job::Chunks(batch)) if batch.len() < BATCH_CHUNKS => {
+                            batch.push((index, e))
+                        }
+                        _ => jobs.push(Job::Chunks(vec![(index, e)])),
+                    },
+                    None => {
+                        let mut off = e.offset;
+                        while off < e.offset + e.len {
+                            let len = ZERO_PIECE.min(e.offset + e.len - off);
+                            jobs.push(Job::Zeros(off, len));
+                            off += len;
+                        }
+                    }
+                }
+            }
+            let mut batches = stream::iter(jobs)
+                .map(|job| {
                     let (reader, path) = (reader.clone(), path.clone());
                     async move {
-                        match e.chunk {
-                            Some(id) => {
-                                reader
-                                    .read(id)
-                                    .await
-                                    .map(|b| (e.offset, b))
-                                    .map_err(|source| LoadError::Chunk {
+                        match job {
+                            Job::Chunks(batch) => {
+                                let ids: Vec<_> =
+                                    batch.iter().filter_map(|(_, e)| e.chunk).collect();
+                                let data = reader.read_many(&ids).await.map_err(|source| {
+                                    LoadError::Chunk {
                                         path,
-                                        index,
+                                        index: batch[0].0,
                                         source,
-                                    })
+                                    }
+                                })?;
+                                Ok(batch.iter().map(|(_, e)| e.offset).zip(data).collect())
                             }
-                            None => {
-                                let off = e.offset + k * ZERO_PIECE;
-                                let len = ZERO_PIECE.min(e.offset + e.len - off);
-                                Ok((off, Bytes::from(vec![0u8; len as usize])))
+                            Job::Zeros(off, len) => {
+                                Ok(vec![(off, Bytes::from(vec![0u8; len as usize]))])
                             }
                         }
                     }
                 })
-                .buffered(in_flight);
-            while let Some(p) = pieces.next().await {
-                let stop = p.is_err();
-                if tx.send(p).await.is_err() || stop {
-                    break;
+                .buffered(in_flight.div_ceil(BATCH_CHUNKS));
+            while let Some(batch) = batches.next().await {
+                let pieces: Vec<Piece> = match batch {
+                    Ok(v) => v.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                for p in pieces {
+                    let stop = p.is_err();
+                    if tx.send(p).await.is_err() || stop {
+                        return;
+                    }
                 }
             }
         })

@@ -192,3 +192,37 @@ async fn weights_reach_gpu_memory_intact() {
     let back = sink.to_host().unwrap();
     assert!(back[..] == bytes[report.header.data_offset as usize..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbouring_chunks_share_requests() {
+    use thaw_store::wrap::CountingStore;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let bytes = synthetic(&src.join("w.safetensors"));
+    let store = tmp.path().join("store");
+    let (_, manifest) = image_of(&src, &store).await;
+    let chunks = manifest.chunks.len();
+    // A fresh reader over a counting store: every GET is seen.
+    let counting = CountingStore::new(Arc::new(ObjectStoreBackend::local(&store).unwrap()));
+    let counters = counting.counters();
+    let repo = Repository::open(Arc::new(counting)).await.unwrap();
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
+    let before = counters.snapshot().gets;
+    let (sink, report) = load(
+        reader,
+        &manifest,
+        "w.safetensors",
+        HostSink::new(2, 1 << 20),
+        options(),
+    )
+    .await
+    .unwrap();
+    assert!(sink.data[..] == bytes[report.header.data_offset as usize..]);
+    let gets = counters.snapshot().gets - before;
+    assert!(chunks >= 3, "{chunks} chunks");
+    assert!(
+        (gets as usize) < chunks,
+        "{gets} GETs for {chunks} chunks: batches were not coalesced"
+    );
+}
