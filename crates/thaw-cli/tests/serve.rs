@@ -369,3 +369,49 @@ async fn ten_thousand_requests_over_a_hundred_connections_without_errors() {
     assert!(ok >= 11_000, "{ok}");
     d.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_an_s3_store() {
+    let Ok(url) = std::env::var("THAW_TEST_S3_URL") else {
+        return thaw_tests::skip(
+            "the_daemon_serves_an_s3_store",
+            "THAW_TEST_S3_URL is not set (scripts/test.sh starts moto and sets it)",
+        );
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = format!(
+        "{url}/serve-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..8u64 {
+        std::fs::write(src.join(format!("f{i}")), pseudo_random(200_000, i)).unwrap();
+    }
+    let out = Command::new(THAW)
+        .args(["--store", &store, "build"])
+        .arg(&src)
+        .args(["--tag", "s3img"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = Daemon::start_on(tmp.path(), &store, &[]);
+    let c = d.client();
+    let images = c.images().await.unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].tags, ["s3img"]);
+    let j = wait_done(&c, &c.prewarm(&all("s3img")).await.unwrap().id).await;
+    assert_eq!((j.state, j.errors), (JobState::Done, 0), "{j:?}");
+    assert_eq!(j.chunks_done, 8);
+    let cache = c.cache().await.unwrap();
+    assert_eq!(cache.store.fetched_chunks, 8);
+    assert_eq!(cache.disk.entries, 8);
+    d.stop();
+}

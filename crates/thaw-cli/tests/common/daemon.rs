@@ -20,6 +20,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon over `dir/store` with its cache in `dir/cache`.
     pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_on(dir, dir.join("store").to_str().unwrap(), extra)
+    }
+
+    /// Starts a daemon over the store `store` (a path or URL), its cache in `dir/cache`.
+    pub fn start_on(dir: &Path, store: &str, extra: &[&str]) -> Daemon {
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
         let log = dir.join(format!(
@@ -31,7 +36,7 @@ impl Daemon {
         ));
         let child = Command::new(THAW)
             .arg("--store")
-            .arg(dir.join("store"))
+            .arg(store)
             .args(["serve", "--listen", "127.0.0.1:0", "--cache"])
             .arg(dir.join("cache"))
             .arg("--state-dir")
