@@ -68,19 +68,31 @@ async fn throttled_reader(store: Arc<dyn BlobStore>, disk: &std::path::Path) -> 
     .unwrap()
 }
 
+/// A prefetch of `list` running in the background, with its progress and cancel token.
+fn spawn_prefetch(
+    reader: &Arc<ChunkReader>,
+    list: Vec<ChunkId>,
+) -> (
+    Arc<PrefetchProgress>,
+    CancellationToken,
+    tokio::task::JoinHandle<bool>,
+) {
+    let progress = Arc::new(PrefetchProgress::default());
+    let cancel = CancellationToken::new();
+    let job = {
+        let (reader, progress, cancel) = (reader.clone(), progress.clone(), cancel.clone());
+        tokio::spawn(async move { reader.prefetch(&list, &progress, &cancel).await })
+    };
+    (progress, cancel, job)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_on_demand_read_overtakes_a_long_prefetch() {
     let (store, ids) = one_chunk_per_pack().await;
     let tmp = tempfile::tempdir().unwrap();
     let reader = throttled_reader(store, tmp.path()).await;
-    let progress = Arc::new(PrefetchProgress::default());
-    let cancel = CancellationToken::new();
     // Prefetch all but the last chunk: 119 GETs of 20 ms, two at a time, about 1.2 s.
-    let job = {
-        let (reader, progress, cancel) = (reader.clone(), progress.clone(), cancel.clone());
-        let list = ids[..CHUNKS - 1].to_vec();
-        tokio::spawn(async move { reader.prefetch(&list, &progress, &cancel).await })
-    };
+    let (progress, _cancel, job) = spawn_prefetch(&reader, ids[..CHUNKS - 1].to_vec());
     while progress.done_chunks.load(Relaxed) < 10 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -122,12 +134,7 @@ async fn a_cancelled_prefetch_stops_soon() {
     let (store, ids) = one_chunk_per_pack().await;
     let tmp = tempfile::tempdir().unwrap();
     let reader = throttled_reader(store, tmp.path()).await;
-    let progress = Arc::new(PrefetchProgress::default());
-    let cancel = CancellationToken::new();
-    let job = {
-        let (reader, progress, cancel) = (reader.clone(), progress.clone(), cancel.clone());
-        tokio::spawn(async move { reader.prefetch(&ids, &progress, &cancel).await })
-    };
+    let (progress, cancel, job) = spawn_prefetch(&reader, ids);
     while progress.done_chunks.load(Relaxed) < 4 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -152,13 +159,7 @@ async fn a_reader_joining_a_paced_prefetch_promotes_it() {
         prefetch_in_flight: 2,
         prefetch_bandwidth: Some(CHUNK as u64),
     });
-    let progress = Arc::new(PrefetchProgress::default());
-    let cancel = CancellationToken::new();
-    let job = {
-        let (reader, progress, cancel) = (reader.clone(), progress.clone(), cancel.clone());
-        let list = ids.clone();
-        tokio::spawn(async move { reader.prefetch(&list, &progress, &cancel).await })
-    };
+    let (progress, cancel, job) = spawn_prefetch(&reader, ids.clone());
     while reader.packs().scheduler().stats().active_prefetch < 2 {
         tokio::task::yield_now().await;
     }

@@ -351,15 +351,7 @@ async fn ten_thousand_requests_over_a_hundred_connections_without_errors() {
         "RSS grew from {before} kB to {after} kB"
     );
     // The daemon counted them.
-    let metrics = reqwest::Client::new()
-        .get(format!("{url}/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     let ok: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("thaw_http_requests_total{code=\"2xx\"} "))

@@ -77,15 +77,7 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
     let upper = PathBuf::from(w.upper.clone().unwrap());
     assert_eq!(std::fs::read(upper.join("etc/new")).unwrap(), b"written");
     assert_eq!(c.mounts().await.unwrap().len(), 2);
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", d.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(metrics.contains(&format!(
         "thaw_fuse_operation_seconds_count{{mount=\"{}\",op=\"read\"}}",
         m.id

@@ -72,6 +72,19 @@ impl Daemon {
         Client::new(&self.url, Some(TOKEN.into()))
     }
 
+    /// `GET /metrics` with the token.
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
