@@ -150,6 +150,9 @@ impl FsShared {
         let ids: Vec<ChunkId> = needed.iter().filter_map(|e| e.chunk).collect();
         let chunks = if ids.is_empty() {
             Vec::new()
+        } else if let Some(hit) = self.reader.read_from_memory(&ids) {
+            // Readahead usually got there first: no trip through the runtime.
+            hit
         } else {
             // The timer must be created inside the runtime, so inside the future.
             let fetch = async {

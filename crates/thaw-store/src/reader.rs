@@ -191,6 +191,16 @@ impl ChunkReader {
         }
     }
 
+    /// The chunks, if every one is in memory (counted as memory hits); else `None`, and
+    /// the caller takes the async path. Lets a blocking caller skip the runtime.
+    pub fn read_from_memory(&self, ids: &[ChunkId]) -> Option<Vec<Bytes>> {
+        let found: Option<Vec<Bytes>> = ids.iter().map(|id| self.memory.get(id)).collect();
+        if let Some(v) = &found {
+            self.counters.memory_hits.fetch_add(v.len() as u64, Relaxed);
+        }
+        found
+    }
+
     /// Reads one chunk.
     pub async fn read(self: &Arc<Self>, id: ChunkId) -> Result<Bytes, SharedChunkError> {
         Ok(self
