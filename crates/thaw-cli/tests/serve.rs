@@ -383,16 +383,9 @@ async fn the_daemon_serves_an_s3_store() {
     for i in 0..8u64 {
         std::fs::write(src.join(format!("f{i}")), pseudo_random(200_000, i)).unwrap();
     }
-    let out = Command::new(THAW)
-        .args(["--store", &store, "build"])
-        .arg(&src)
-        .args(["--tag", "s3img"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    thaw(
+        Path::new(&store),
+        &["build", src.to_str().unwrap(), "--tag", "s3img"],
     );
     let d = Daemon::start_on(tmp.path(), &store, &[]);
     let c = d.client();

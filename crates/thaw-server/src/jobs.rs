@@ -131,18 +131,20 @@ impl Jobs {
         image: ImageId,
         scope: Scope,
     ) -> Result<(Arc<Job>, bool), ApiError> {
-        if let Some(j) = self.running_like(&image, &scope) {
+        let running_like = |jobs: &BTreeMap<String, Arc<Job>>| {
+            jobs.values()
+                .find(|j| j.state() == JobState::Running && j.image == image && j.scope == scope)
+                .cloned()
+        };
+        if let Some(j) = running_like(&self.jobs.lock().expect("jobs lock")) {
             return Ok((j, false));
         }
         let reader = &node.reader;
         let list = chunk_list(node, &image, &scope).await?;
         let mut jobs = self.jobs.lock().expect("jobs lock");
         // Checked again under the lock: two identical requests may have raced here.
-        if let Some(j) = jobs
-            .values()
-            .find(|j| j.state() == JobState::Running && j.image == image && j.scope == scope)
-        {
-            return Ok((j.clone(), false));
+        if let Some(j) = running_like(&jobs) {
+            return Ok((j, false));
         }
         let running = jobs
             .values()
@@ -184,15 +186,6 @@ impl Jobs {
             tracing::info!(job = %j.id, image = %j.image, ?state, "prewarm finished");
         });
         Ok((job, true))
-    }
-
-    fn running_like(&self, image: &ImageId, scope: &Scope) -> Option<Arc<Job>> {
-        self.jobs
-            .lock()
-            .expect("jobs lock")
-            .values()
-            .find(|j| j.state() == JobState::Running && j.image == *image && j.scope == *scope)
-            .cloned()
     }
 
     fn forget_old(jobs: &mut BTreeMap<String, Arc<Job>>) {

@@ -105,6 +105,12 @@ impl PrefetchProgress {
         self.done_bytes.fetch_add(bytes, Relaxed);
     }
 
+    /// One chunk found cached: done, and counted as such.
+    fn cached(&self, bytes: u64) {
+        self.done(1, bytes);
+        self.cached_chunks.fetch_add(1, Relaxed);
+    }
+
     fn error(&self, e: &dyn std::fmt::Display) {
         self.errors.fetch_add(1, Relaxed);
         *self.last_error.lock().expect("progress lock") = Some(e.to_string());
@@ -313,19 +319,19 @@ impl ChunkReader {
         self.memory.contains(id) || self.disk.as_ref().is_some_and(|d| d.contains(id))
     }
 
+    /// A chunk's uncompressed length (0 if the store does not hold it).
+    fn raw_len(&self, id: &ChunkId) -> u64 {
+        self.packs
+            .location(id)
+            .map_or(0, |l| u64::from(l.entry.raw_len))
+    }
+
     /// Sets a prefetch's totals (distinct chunks and their bytes) before it starts;
     /// returns the distinct chunks in order.
     pub fn count_prefetch(&self, ids: &[ChunkId], progress: &PrefetchProgress) -> Vec<ChunkId> {
         let mut seen = HashSet::new();
         let ids: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-        let bytes: u64 = ids
-            .iter()
-            .map(|id| {
-                self.packs
-                    .location(id)
-                    .map_or(0, |l| u64::from(l.entry.raw_len))
-            })
-            .sum();
+        let bytes: u64 = ids.iter().map(|id| self.raw_len(id)).sum();
         progress.total_chunks.store(ids.len() as u64, Relaxed);
         progress.total_bytes.store(bytes, Relaxed);
         ids
@@ -342,18 +348,12 @@ impl ChunkReader {
         cancel: &tokio_util::sync::CancellationToken,
     ) -> bool {
         let ids = self.count_prefetch(ids, progress);
-        let raw_len = |id: &ChunkId| {
-            self.packs
-                .location(id)
-                .map_or(0, |l| u64::from(l.entry.raw_len))
-        };
         let pending: Vec<ChunkId> = ids
             .into_iter()
             .filter(|id| {
                 let cached = self.is_cached(id);
                 if cached {
-                    progress.done(1, raw_len(id));
-                    progress.cached_chunks.fetch_add(1, Relaxed);
+                    progress.cached(self.raw_len(id));
                 }
                 !cached
             })
@@ -398,12 +398,7 @@ impl ChunkReader {
             let mut to_start = Vec::new();
             for id in ids {
                 if self.is_cached(&id) {
-                    let len = self
-                        .packs
-                        .location(&id)
-                        .map_or(0, |l| u64::from(l.entry.raw_len));
-                    progress.done(1, len);
-                    progress.cached_chunks.fetch_add(1, Relaxed);
+                    progress.cached(self.raw_len(&id));
                 } else if let Some((f, _)) = inflight.get(&id) {
                     waits.push(f.clone());
                 } else {

@@ -28,6 +28,22 @@ pub const MAX_TRACES_PER_IMAGE: usize = 64;
 /// The largest trace accepted (about 200,000 records with long paths).
 pub const MAX_TRACE_BYTES: usize = 64 << 20;
 
+/// Decodes a stored trace and checks it belongs to `image`.
+fn decode_trace(key: &str, bytes: &[u8], image: &ImageId) -> Result<Trace, ChunkError> {
+    let trace =
+        Trace::decode(&String::from_utf8_lossy(bytes)).map_err(|source| ChunkError::BadTrace {
+            key: key.to_string(),
+            source,
+        })?;
+    if trace.image != *image {
+        return Err(ChunkError::TraceImageMismatch {
+            image: *image,
+            recorded: trace.image,
+        });
+    }
+    Ok(trace)
+}
+
 fn image_key(id: &ImageId) -> String {
     format!("{IMAGES_PREFIX}/{id}")
 }
@@ -236,9 +252,15 @@ impl Repository {
         self.store.put(&key, Bytes::from(text)).await?;
         // Two pushes racing here may each write a merge without the other's trace; the
         // next push (or a prewarm that falls back to merging) repairs it.
+        // The listing made above plus the trace in hand, in key order: no second
+        // listing and no re-read of what was just written.
+        let others: Vec<String> = existing.into_iter().filter(|k| *k != key).collect();
+        let mut all = self.read_traces(&others, &image).await?;
+        let at = others.partition_point(|k| *k < key);
+        all.insert(at, trace.clone());
         let merged = Trace {
             image,
-            records: thaw_core::trace::merge(&self.traces(&image).await?),
+            records: thaw_core::trace::merge(&all),
         };
         self.store
             .put(&prefetch_key(&image), Bytes::from(merged.encode()))
@@ -261,27 +283,28 @@ impl Repository {
 
     /// Every trace stored with an image.
     pub async fn traces(&self, image: &ImageId) -> Result<Vec<Trace>, ChunkError> {
-        let mut out = Vec::new();
-        for key in self.trace_keys(image).await? {
-            let bytes = self.store.get(&key).await?;
-            let bad = |source| ChunkError::BadTrace {
-                key: key.clone(),
-                source,
-            };
+        let keys = self.trace_keys(image).await?;
+        self.read_traces(&keys, image).await
+    }
+
+    async fn read_traces(
+        &self,
+        keys: &[String],
+        image: &ImageId,
+    ) -> Result<Vec<Trace>, ChunkError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let bytes = self.store.get(key).await?;
             if bytes.len() > MAX_TRACE_BYTES {
-                return Err(bad(thaw_core::FormatError::Malformed {
-                    what: "trace",
-                    reason: format!("{} bytes, more than {MAX_TRACE_BYTES}", bytes.len()),
-                }));
-            }
-            let trace = Trace::decode(&String::from_utf8_lossy(&bytes)).map_err(bad)?;
-            if trace.image != *image {
-                return Err(ChunkError::TraceImageMismatch {
-                    image: *image,
-                    recorded: trace.image,
+                return Err(ChunkError::BadTrace {
+                    key: key.clone(),
+                    source: thaw_core::FormatError::Malformed {
+                        what: "trace",
+                        reason: format!("{} bytes, more than {MAX_TRACE_BYTES}", bytes.len()),
+                    },
                 });
             }
-            out.push(trace);
+            out.push(decode_trace(key, &bytes, image)?);
         }
         Ok(out)
     }
@@ -291,15 +314,7 @@ impl Repository {
         let key = prefetch_key(image);
         match self.store.get(&key).await {
             Ok(bytes) if bytes.len() <= MAX_TRACE_BYTES => {
-                let merged = Trace::decode(&String::from_utf8_lossy(&bytes))
-                    .map_err(|source| ChunkError::BadTrace { key, source })?;
-                if merged.image != *image {
-                    return Err(ChunkError::TraceImageMismatch {
-                        image: *image,
-                        recorded: merged.image,
-                    });
-                }
-                Ok(merged.records)
+                Ok(decode_trace(&key, &bytes, image)?.records)
             }
             // None stored (or absurdly large): merge the traces themselves.
             Ok(_) | Err(StoreError::NotFound { .. }) => {
