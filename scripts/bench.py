@@ -53,9 +53,14 @@ def main():
     # Stores made by an earlier version of thaw are not reused.
     if os.path.exists(f"{WORK}/prefetch-stores.json"):
         os.remove(f"{WORK}/prefetch-stores.json")
-    if os.environ.get("THAW_BENCH_ONLY") == "prefetch":
+    only = os.environ.get("THAW_BENCH_ONLY")
+    if only == "prefetch":
         print(json.dumps(prefetch_cold_start(), indent=1))
         print(json.dumps(wrk_load(), indent=1))
+        return
+    if only == "warm_sequential":
+        size, thaw, cat = warm_sequential()
+        print(f"{size} bytes: thaw {thaw:.2f} GB/s, cat {cat:.2f} GB/s, {thaw / cat:.2f}x")
         return
     print("build throughput ...", file=sys.stderr)
     tree_bytes, build_rows = build_throughput()

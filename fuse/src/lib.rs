@@ -14,5 +14,5 @@ pub mod stats;
 mod trace;
 
 pub use fs::{FsConfig, ThawFs};
-pub use mount::{mount, unmount, MountHandle, MountOptions};
+pub use mount::{mount, unmount, MountHandle, MountOptions, DEFAULT_KERNEL_READAHEAD};
 pub use stats::{FsStats, StatsSnapshot};

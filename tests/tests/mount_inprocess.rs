@@ -278,3 +278,36 @@ async fn concurrent_cold_reads_of_one_chunk_cause_one_fetch() {
     );
     blocking(move || handle.unmount().unwrap()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mount_asks_the_kernel_for_its_readahead_window() {
+    if !can_mount("the_mount_asks_the_kernel_for_its_readahead_window") {
+        return;
+    }
+    let f = fixture().await;
+    let (handle, mp) = mount(&f, local(&f), Duration::from_secs(10), "mnt").await;
+    let file = thaw_fuse::mount::readahead_file(&mp).unwrap();
+    let kib = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        kib.trim().parse::<u64>().unwrap() * 1024,
+        thaw_fuse::DEFAULT_KERNEL_READAHEAD,
+        "{}",
+        file.display()
+    );
+    // A sequential reader gets large requests: a 4.9 MB file in far fewer than the
+    // 38 requests that 128 KiB of readahead would need.
+    let data = blocking({
+        let p = mp.join("sub/file6");
+        move || std::fs::read(p).unwrap()
+    })
+    .await;
+    assert_eq!(data, std::fs::read(f.src.join("sub/file6")).unwrap());
+    let stats = handle.stats();
+    let reads = stats.ops.iter().find(|(op, _)| *op == "read").unwrap().1;
+    assert!(
+        reads <= 12,
+        "{reads} read requests for {} bytes",
+        data.len()
+    );
+    blocking(move || handle.unmount().unwrap()).await;
+}

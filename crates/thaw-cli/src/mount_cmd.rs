@@ -41,6 +41,9 @@ pub struct MountArgs {
     /// Largest readahead window for sequential readers, in bytes (0 disables readahead).
     #[arg(long, default_value_t = 32 << 20)]
     pub readahead: u64,
+    /// The kernel's readahead for the mount, in bytes (0 keeps the kernel's 128 KiB).
+    #[arg(long, default_value_t = thaw_fuse::DEFAULT_KERNEL_READAHEAD)]
+    pub kernel_readahead: u64,
     /// On a miss, also fetch the chunks stored right after it, up to this many bytes, in
     /// the same request: cheap when each request costs a round trip to a remote store
     /// (0 turns it off). See docs/benchmarks.md for the trade-off.
@@ -156,6 +159,7 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
             None
         },
         writable: args.writable.clone(),
+        kernel_readahead: args.kernel_readahead,
         ..Default::default()
     };
     let mountpoint = args.mountpoint.clone();

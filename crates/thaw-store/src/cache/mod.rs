@@ -1,5 +1,6 @@
 //! Local cache tiers for decompressed, verified chunks.
 
+mod direct;
 mod disk;
 mod memory;
 
