@@ -3,6 +3,7 @@ metadata walk, plus the start-up trace and trace-ordered stores the later ones s
 
 import json
 import os
+import sys
 import shutil
 import subprocess
 import time
@@ -132,6 +133,8 @@ def warm_sequential():
     for i in range(RUNS):
         for run in (thaw_run, cat_run) if i % 2 == 0 else (cat_run, thaw_run):
             run()
+    print(f"  warm sequential GB/s: thaw {[round(x, 2) for x in thaw_runs]}, "
+          f"cat {[round(x, 2) for x in cat_runs]}", file=sys.stderr)
     return size, med(thaw_runs), med(cat_runs)
 
 

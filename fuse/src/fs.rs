@@ -109,14 +109,24 @@ impl FsShared {
     }
 
     /// Reads `[offset, offset + size)` of a file.
-    fn read(&self, ino: u32, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+    /// Reads `[offset, offset + size)` of a file: a slice of one cached chunk when the
+    /// range lies inside one, otherwise the bytes assembled in `scratch` (this thread's
+    /// reused buffer: a fresh one per read cost page faults on every large read).
+    fn read(
+        &self,
+        ino: u32,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        scratch: &mut Vec<u8>,
+    ) -> Result<ReadData, FsError> {
         let file_size = match &self.manifest.inodes[ino as usize].kind {
             InodeKind::File { size, .. } => *size,
             InodeKind::Directory { .. } => return Err(FsError::IsADirectory),
             _ => return Err(FsError::BadHandle),
         };
         if offset >= file_size || size == 0 {
-            return Ok(Bytes::new());
+            return Ok(ReadData::Chunk(Bytes::new()));
         }
         let end = (offset + u64::from(size)).min(file_size);
         let extents = &self.table.extents[ino as usize];
@@ -171,9 +181,11 @@ impl FsShared {
                 t.record(ino, e.offset, id);
             }
             self.stats.bytes_served.fetch_add((hi - lo) as u64, Relaxed);
-            return Ok(data.slice(lo..hi));
+            return Ok(ReadData::Chunk(data.slice(lo..hi)));
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let out = scratch;
+        out.clear();
+        out.reserve((end - offset) as usize);
         let mut chunks = chunks.into_iter();
         for e in needed {
             let lo = offset.max(e.offset);
@@ -195,7 +207,7 @@ impl FsShared {
             }
         }
         self.stats.bytes_served.fetch_add(out.len() as u64, Relaxed);
-        Ok(Bytes::from(out))
+        Ok(ReadData::Scratch)
     }
 
     /// A directory's listing from `offset` on: `.`, `..`, then its entries, each with the
@@ -231,6 +243,19 @@ impl FsShared {
             reply.data(bytes);
         }
     }
+}
+
+/// Where a read's bytes are.
+enum ReadData {
+    /// A slice of a cached chunk (or empty).
+    Chunk(Bytes),
+    /// Assembled in the caller's scratch buffer.
+    Scratch,
+}
+
+thread_local! {
+    /// Per FUSE worker: the buffer reads spanning chunks are assembled in.
+    static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Filesystem for ThawFs {
@@ -316,14 +341,20 @@ impl Filesystem for ThawFs {
     ) {
         let s = &self.shared;
         let _timer = s.stats.start(Op::Read);
-        match s.ino(ino).and_then(|i| s.read(i, fh.0, offset, size)) {
-            Ok(data) => reply.data(&data),
-            Err(e) => {
-                s.stats.read_errors.fetch_add(1, Relaxed);
-                tracing::warn!(ino = ino.0, offset, size, error = %e, "read failed");
-                reply.error(errno_of(&e));
+        READ_SCRATCH.with_borrow_mut(|scratch| {
+            match s
+                .ino(ino)
+                .and_then(|i| s.read(i, fh.0, offset, size, scratch))
+            {
+                Ok(ReadData::Chunk(data)) => reply.data(&data),
+                Ok(ReadData::Scratch) => reply.data(scratch),
+                Err(e) => {
+                    s.stats.read_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(ino = ino.0, offset, size, error = %e, "read failed");
+                    reply.error(errno_of(&e));
+                }
             }
-        }
+        });
     }
 
     fn flush(
