@@ -4,7 +4,8 @@
 //! mount serves it, once more into the mount's page cache. Going through the page
 //! cache of the cache file as well would cost a third copy and keep the same bytes
 //! cached twice, so entries are read with `O_DIRECT` (the device writes straight into
-//! our buffer). Filesystems without `O_DIRECT` (tmpfs) fall back to a buffered read.
+//! our buffer). Small entries, and filesystems without `O_DIRECT` (tmpfs), use a
+//! buffered read.
 //! Buffers freed by the caches are pooled and reused, so the device writes into pages
 //! that are already mapped.
 
@@ -21,6 +22,12 @@ use std::sync::Mutex;
 /// Offsets, lengths and buffer addresses of `O_DIRECT` reads are multiples of this.
 /// 4 KiB covers every logical block size in common use.
 const ALIGN: usize = 4096;
+
+/// Entries smaller than this are read through the page cache into a buffer of their
+/// exact size: an aligned buffer (rounded up to [`SIZE_STEP`]) would hold far more memory
+/// than the caches account for, and a small read gains little from skipping a copy.
+/// Content-defined chunks are at least 256 KiB except at the end of a file.
+const DIRECT_MIN: u64 = 256 << 10;
 
 /// Buffers are allocated in multiples of this, so chunks of similar sizes share them.
 const SIZE_STEP: usize = 64 << 10;
@@ -126,6 +133,9 @@ impl Drop for AlignedBuf {
 /// Reads the whole file at `path`, which is expected to hold `expected_len` bytes (a
 /// file of another length is read as it is; the caller's hash check catches it).
 pub fn read_file(path: &Path, expected_len: u64) -> io::Result<Bytes> {
+    if expected_len < DIRECT_MIN {
+        return buffered(path);
+    }
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
@@ -209,7 +219,16 @@ mod tests {
     }
 
     fn check_reads(dir: &Path) {
-        for len in [0usize, 1, 4095, 4096, 4097, 1 << 20, (1 << 20) + 3] {
+        for len in [
+            0usize,
+            1,
+            4097,
+            (256 << 10) - 1,
+            256 << 10,
+            (256 << 10) + 1,
+            1 << 20,
+            (1 << 20) + 3,
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
             let path = dir.join(format!("f{len}"));
             std::fs::write(&path, &data).unwrap();
@@ -230,13 +249,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big");
         let small = dir.path().join("small");
-        std::fs::write(&big, vec![0xaa; 300_000]).unwrap();
-        std::fs::write(&small, vec![0x55; 290_000]).unwrap();
+        std::fs::write(&big, vec![0xaa; 330_000]).unwrap();
+        std::fs::write(&small, vec![0x55; 300_000]).unwrap();
         for _ in 0..4 {
             // The big buffer is freed, then likely reused for the smaller file.
-            drop(read_file(&big, 300_000).unwrap());
-            let got = read_file(&small, 290_000).unwrap();
-            assert_eq!(got.len(), 290_000);
+            drop(read_file(&big, 330_000).unwrap());
+            let got = read_file(&small, 300_000).unwrap();
+            assert_eq!(got.len(), 300_000);
             assert!(got.iter().all(|&b| b == 0x55));
         }
         let pool = POOL.lock().unwrap();
