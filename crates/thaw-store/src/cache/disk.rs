@@ -6,7 +6,7 @@
 //! a torn or corrupt entry is deleted and reported as a miss, never served. Only chunks
 //! whose BLAKE3 id was verified are ever inserted, so the checksum guards the local copy
 //! against torn writes and bit rot at a fraction of BLAKE3's cost (see ARCHITECTURE.md).
-//! Entries are read with `O_DIRECT` where the filesystem allows it (see `direct`).
+//! Large entries are read into pooled buffers (see `buffers`).
 //! Recency across restarts is approximated by file mtime (set on insert). A `VERSION` file
 //! names the layout; a directory in another layout is emptied at open.
 
@@ -95,7 +95,7 @@ impl DiskCache {
     pub fn get(&self, id: &ChunkId) -> Option<Bytes> {
         let stored_len = *self.inner.lock().expect("disk cache lock").lru.peek(id)?;
         let path = self.path_of(id);
-        match super::direct::read_file(&path, stored_len) {
+        match super::buffers::read_file(&path, stored_len) {
             Ok(entry) => match check_entry(entry) {
                 Some(data) => {
                     self.inner.lock().expect("disk cache lock").lru.get(id);

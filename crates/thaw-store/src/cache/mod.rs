@@ -1,6 +1,6 @@
 //! Local cache tiers for decompressed, verified chunks.
 
-mod direct;
+mod buffers;
 mod disk;
 mod memory;
 

@@ -1,33 +1,31 @@
-//! Reading whole cache files with `O_DIRECT` into page-aligned buffers.
+//! Reading whole cache entries into reused buffers.
 //!
-//! A chunk read from the disk cache is copied once into memory and, when the FUSE
-//! mount serves it, once more into the mount's page cache. Going through the page
-//! cache of the cache file as well would cost a third copy and keep the same bytes
-//! cached twice, so entries are read with `O_DIRECT` (the device writes straight into
-//! our buffer). Small entries, and filesystems without `O_DIRECT` (tmpfs), use a
-//! buffered read.
-//! Buffers freed by the caches are pooled and reused, so the device writes into pages
-//! that are already mapped.
+//! A chunk read from the disk cache lands in a fresh buffer of about a megabyte, and the
+//! first write into fresh memory costs a page fault and a cleared page per 4 KiB: about a
+//! tenth of the mount's CPU on a warm sequential read. Buffers freed by the caches are
+//! therefore pooled and reused. Small entries, where that cost is small and a pooled
+//! buffer (rounded up to 64 KiB) would hold far more memory than the caches count, are
+//! read into buffers of their exact size.
+//!
+//! Reads go through the page cache. `O_DIRECT` saved a copy, but on this project's VMs it
+//! capped the disk at about 1.25 GB/s where buffered reads of the same files reached 1.7
+//! to 1.9 GB/s (docs/benchmarks.md).
 
 use bytes::Bytes;
 use std::alloc::{alloc, dealloc, Layout};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
-/// Offsets, lengths and buffer addresses of `O_DIRECT` reads are multiples of this.
-/// 4 KiB covers every logical block size in common use.
+/// Buffers are page-aligned.
 const ALIGN: usize = 4096;
 
-/// Entries smaller than this are read through the page cache into a buffer of their
-/// exact size: an aligned buffer (rounded up to [`SIZE_STEP`]) would hold far more memory
-/// than the caches account for, and a small read gains little from skipping a copy.
-/// Content-defined chunks are at least 256 KiB except at the end of a file.
-const DIRECT_MIN: u64 = 256 << 10;
+/// Entries smaller than this are read into a buffer of their exact size. Content-defined
+/// chunks are at least 256 KiB except at the end of a file.
+const POOLED_MIN: u64 = 256 << 10;
 
 /// Buffers are allocated in multiples of this, so chunks of similar sizes share them.
 const SIZE_STEP: usize = 64 << 10;
@@ -131,60 +129,39 @@ impl Drop for AlignedBuf {
 }
 
 /// Reads the whole file at `path`, which is expected to hold `expected_len` bytes (a
-/// file of another length is read as it is; the caller's hash check catches it).
+/// file of another length is read as it is; the caller's checksum check catches it).
 pub fn read_file(path: &Path, expected_len: u64) -> io::Result<Bytes> {
-    if expected_len < DIRECT_MIN {
-        return buffered(path);
+    if expected_len < POOLED_MIN {
+        return exact(path);
     }
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return buffered(path),
-        Err(e) => return Err(e),
-    };
+    let file = File::open(path)?;
     let len = usize::try_from(expected_len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "cache entry too large"))?;
-    // One block more than expected, so a longer (corrupt) file shows as a length mismatch
-    // instead of being cut to the expected length and passing for a short read.
-    let Some(mut buf) = AlignedBuf::new(len + ALIGN) else {
+    // Room for more than expected, so a longer (corrupt) file shows as a length mismatch
+    // instead of being cut to the expected length.
+    let Some(mut buf) = AlignedBuf::new(len + 1) else {
         return Err(io::Error::new(
             io::ErrorKind::OutOfMemory,
             "cache read buffer",
         ));
     };
     let capacity = buf.layout.size();
-    loop {
-        let remaining = capacity - buf.len;
-        if remaining == 0 {
-            break;
-        }
-        // SAFETY: writes at most `remaining` bytes inside the allocation; `buf.len` is a
-        // multiple of ALIGN until the last (short) read, after which the loop ends.
+    while buf.len < capacity {
+        // SAFETY: writes at most `capacity - buf.len` bytes, inside the allocation.
         let n = unsafe {
             libc::read(
                 file.as_raw_fd(),
                 buf.ptr.as_ptr().add(buf.len).cast(),
-                remaining,
+                capacity - buf.len,
             )
         };
         match n {
             0 => break,
-            n if n > 0 => {
-                buf.len += n as usize;
-                if buf.len % ALIGN != 0 {
-                    break; // a short read at the end of the file
-                }
-            }
+            n if n > 0 => buf.len += n as usize,
             _ => {
                 let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    // Some filesystems accept O_DIRECT at open but refuse the read.
-                    Some(libc::EINVAL) if buf.len == 0 => return buffered(path),
-                    _ => return Err(e),
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
                 }
             }
         }
@@ -192,7 +169,7 @@ pub fn read_file(path: &Path, expected_len: u64) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(buf))
 }
 
-fn buffered(path: &Path) -> io::Result<Bytes> {
+fn exact(path: &Path) -> io::Result<Bytes> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     Ok(Bytes::from(data))
@@ -205,16 +182,6 @@ mod tests {
     #[test]
     fn reads_files_of_every_alignment() {
         let dir = tempfile::tempdir().unwrap();
-        check_reads(dir.path());
-    }
-
-    #[test]
-    fn falls_back_to_buffered_reads_where_o_direct_is_refused() {
-        // tmpfs refuses O_DIRECT at open.
-        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
-            eprintln!("SKIPPED falls_back_to_buffered_reads: no /dev/shm here");
-            return;
-        };
         check_reads(dir.path());
     }
 
