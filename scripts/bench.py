@@ -178,12 +178,13 @@ def main():
         runs = f"{', '.join(f'{x:.2f}' for x in thaw)}; {', '.join(f'{x:.2f}' for x in cat)}"
         w(f"| {where} | {med(thaw):.3f} | {med(cat):.3f} | {med(thaw) / med(cat):.2f} | {runs} |")
     w("")
-    w("Where the time goes (`perf record` on the mount during the read, RAM-backed row): the kernel copying each "
-      "reply into the page cache (about 17%), assembling replies that span two chunks (about 11%: `fuser` 0.18 "
-      "replies from one buffer, so such a reply is copied once), context switches (7 to 15%), pinning pages for "
-      "`O_DIRECT` (about 5%) and the XXH3 check of each cache entry (about 6%; BLAKE3 was 24%). `cat` of the export "
-      "does one copy; the mount path does three on 2 cores shared with `cat`. On the VM disk, `cat` of a file "
-      "written minutes before reads at up to 2.7 GB/s, while thaw reads its 1.2 MiB cache entries at 1.0 to 1.7 GB/s.")
+    w("Where the time goes (`perf record` on the mount during the read from the VM disk): copying cache entries "
+      "out of the page cache (about 14%), assembling replies that span two chunks (about 12%: `fuser` 0.18 replies "
+      "from one buffer, so such a reply is copied once), the kernel copying each reply into the mount's page cache "
+      "(about 10%), page cache locking (about 10%), page faults (about 8%), the XXH3 check of each entry (about 4%; "
+      "BLAKE3 was 24%) and context switches (about 4%). `cat` of the export does one copy; the mount path does "
+      "three, on 2 cores shared with `cat`. On the VM disk, `cat` of a file written minutes before reads at up to "
+      "2.7 GB/s, later at 1 to 1.5 GB/s.")
     w("")
     w("## Lazy mount: metadata walk (issue 3)")
     w("")
