@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// FUSE worker threads per mount.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
+    /// The kernel's readahead for each mount, in bytes (0 keeps the kernel's 128 KiB).
+    #[arg(long, default_value_t = thaw_fuse::DEFAULT_KERNEL_READAHEAD)]
+    pub kernel_readahead: u64,
     /// Have fusermount3 unmount every mount if the daemon dies (each mount then costs an
     /// exec of fusermount3). Without it, the next start of the daemon cleans them up.
     #[arg(long)]
@@ -84,6 +87,7 @@ pub async fn serve(repo: Repository, args: &ServeArgs) -> Result<()> {
             mount_root: args.mount_root.clone(),
             read_timeout: Duration::from_secs(args.timeout),
             threads: args.threads,
+            kernel_readahead: args.kernel_readahead,
             auto_unmount: args.auto_unmount,
         },
         ready_file: args.ready_file.clone(),

@@ -54,6 +54,12 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
 
     // The whole tree equals its source.
     assert!(treediff::assert_same(&tmp.path().join("src"), &mnt, &[]) > 20);
+    // The daemon's mounts get the larger kernel readahead too (`--kernel-readahead`).
+    let ra = std::fs::read_to_string(thaw_fuse::mount::readahead_file(&mnt).unwrap()).unwrap();
+    assert_eq!(
+        ra.trim().parse::<u64>().unwrap() * 1024,
+        thaw_fuse::DEFAULT_KERNEL_READAHEAD
+    );
     // Mounting the same place twice is a conflict; a relative path is refused.
     let again = c.mount(&mount_at("big", &mnt, false)).await.unwrap_err();
     assert_eq!(api_code(again), (409, Some(api::ErrorCode::Conflict)));

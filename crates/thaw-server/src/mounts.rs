@@ -62,6 +62,8 @@ pub struct MountSettings {
     pub mount_root: Option<PathBuf>,
     pub read_timeout: Duration,
     pub threads: usize,
+    /// See `thaw_fuse::MountOptions::kernel_readahead`.
+    pub kernel_readahead: u64,
     /// Have `fusermount3` unmount each mount if the daemon dies. Off by default: it costs
     /// an exec of `fusermount3` per mount (5 to 40 ms here), and the daemon unmounts what a
     /// dead predecessor left when it starts again.
@@ -158,6 +160,7 @@ impl Mounts {
         );
         let options = MountOptions {
             threads: self.settings.threads,
+            kernel_readahead: self.settings.kernel_readahead,
             writable: upper.clone(),
             auto_unmount: Some(self.settings.auto_unmount),
             ..Default::default()

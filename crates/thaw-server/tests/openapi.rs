@@ -71,6 +71,7 @@ async fn the_router_serves_every_route_in_the_table() {
             mount_root: None,
             read_timeout: std::time::Duration::from_secs(5),
             threads: 1,
+            kernel_readahead: 0,
             auto_unmount: false,
         },
         ready_file: None,
