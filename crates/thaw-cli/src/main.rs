@@ -43,7 +43,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Build an image from a directory, a tar file (.tar, .tar.gz, .tar.zst) or `-` (tar on stdin).
+    /// Build an image from a directory, a tar file (.tar, .tar.gz, .tar.zst), `-` (tar on stdin)
+    /// or an OCI image layout, `oci:DIR[:NAME]`.
     Build {
         source: String,
         #[arg(long)]

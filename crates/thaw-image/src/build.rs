@@ -1,7 +1,7 @@
 //! The build driver: runs a source on a blocking thread, then stores manifest and tag.
 
 use crate::ingest::Ingest;
-use crate::{source_dir, source_tar, BuildError};
+use crate::{oci, source_dir, source_tar, BuildError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -16,13 +16,32 @@ pub enum BuildSource {
     TarFile(PathBuf),
     /// A tar stream on standard input.
     Stdin,
+    /// An image in an OCI image layout directory: the one named `reference` in its
+    /// `index.json`, or its only image.
+    OciLayout {
+        dir: PathBuf,
+        reference: Option<String>,
+    },
 }
 
 impl BuildSource {
-    /// `-` is stdin, a directory is a tree, anything else a tar file.
+    /// `-` is stdin, `oci:DIR[:NAME]` an OCI image layout (as `skopeo` names them), a
+    /// directory is a tree, anything else a tar file.
     pub fn from_arg(arg: &str) -> Self {
         let p = PathBuf::from(arg);
-        if arg == "-" {
+        if let Some(rest) = arg.strip_prefix("oci:") {
+            // The name follows the last ':' unless that ':' is part of the path.
+            let (dir, reference) = match rest.rsplit_once(':') {
+                Some((dir, name)) if !name.contains('/') && !name.is_empty() => {
+                    (dir, Some(name.to_string()))
+                }
+                _ => (rest, None),
+            };
+            BuildSource::OciLayout {
+                dir: PathBuf::from(dir),
+                reference,
+            }
+        } else if arg == "-" {
             BuildSource::Stdin
         } else if p.is_dir() {
             BuildSource::Directory(p)
@@ -85,6 +104,9 @@ pub async fn build(
                     .map_err(crate::error::io_err("open", &path))
                     .and_then(|f| source_tar::build_tree(f, &ingest)),
                 BuildSource::Stdin => source_tar::build_tree(std::io::stdin().lock(), &ingest),
+                BuildSource::OciLayout { dir, reference } => {
+                    oci::build_tree(&dir, reference.as_deref(), &ingest)
+                }
             };
             (tree, writer)
         })
@@ -122,4 +144,23 @@ fn count(m: &thaw_core::Manifest) -> (u64, u64, u64) {
         }
     }
     (f, d, o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_arguments() {
+        let oci = |arg: &str| match BuildSource::from_arg(arg) {
+            BuildSource::OciLayout { dir, reference } => (dir, reference),
+            other => panic!("{arg}: {other:?}"),
+        };
+        assert_eq!(oci("oci:/l"), (PathBuf::from("/l"), None));
+        assert_eq!(oci("oci:/l:v1"), (PathBuf::from("/l"), Some("v1".into())));
+        // A ':' inside the path is not a name separator.
+        assert_eq!(oci("oci:/a:b/l"), (PathBuf::from("/a:b/l"), None));
+        assert_eq!(oci("oci:/l:"), (PathBuf::from("/l:"), None));
+        assert!(matches!(BuildSource::from_arg("-"), BuildSource::Stdin));
+    }
 }

@@ -29,6 +29,8 @@ pub enum BuildError {
     NotADirectory { path: String },
     #[error("{path}: unsupported file type {kind}")]
     Unsupported { path: String, kind: String },
+    #[error("OCI image layout {layout}: {reason}")]
+    Oci { layout: String, reason: String },
     #[error(transparent)]
     Chunk(#[from] ChunkError),
     #[error(transparent)]

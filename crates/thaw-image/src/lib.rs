@@ -1,5 +1,5 @@
-//! Builds images from directory trees and tar streams, and exports them back to
-//! directories.
+//! Builds images from directory trees, tar streams and OCI image layouts, and exports
+//! them back to directories.
 //!
 //! Building reads files on a blocking thread, cuts them with content-defined chunking,
 //! hands new chunks to the store's [`thaw_store::PackWriter`] (which compresses and
@@ -9,6 +9,7 @@ mod build;
 mod error;
 mod export;
 mod ingest;
+mod oci;
 mod source_dir;
 mod source_tar;
 mod sys;

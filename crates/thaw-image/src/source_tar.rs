@@ -4,11 +4,15 @@
 //! (a directory entry over a directory only updates its metadata), and missing parent
 //! directories are created with mode 0755, owner 0:0. Absolute paths and `..` are
 //! rejected, as are hard links to missing, escaping or directory targets.
+//!
+//! Container image layers ([`apply_layer`] with [`Whiteouts::Apply`]) are applied one
+//! over another with the OCI whiteouts: `.wh.NAME` removes `NAME` of the layers below,
+//! `.wh..wh..opq` empties its directory of what the layers below put there.
 
 use crate::ingest::Ingest;
 use crate::tree::{Node, NodeKind, Tree};
 use crate::BuildError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use tar::EntryType;
 use thaw_core::{Metadata, Timestamp, Xattr};
@@ -91,9 +95,33 @@ fn pax_time(v: &str) -> Option<Timestamp> {
     Some(Timestamp { sec, nsec })
 }
 
+/// Whether `.wh.` entries are whiteouts (image layers) or plain files (a tar archive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    Ignore,
+    Apply,
+}
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
+
 pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildError> {
-    let mut archive = tar::Archive::new(open_stream(input)?);
     let mut tree = Tree::new(crate::tree::dir_meta_default());
+    apply_layer(&mut tree, input, ingest, Whiteouts::Ignore)?;
+    Ok(tree)
+}
+
+/// Applies one tar stream over `tree`.
+pub fn apply_layer(
+    tree: &mut Tree,
+    input: impl Read,
+    ingest: &Ingest<'_>,
+    whiteouts: Whiteouts,
+) -> Result<(), BuildError> {
+    let mut archive = tar::Archive::new(open_stream(input)?);
+    // Entries this layer put in place, by (directory, name): whiteouts hide only what
+    // the layers below put there.
+    let mut added: HashSet<(usize, Vec<u8>)> = HashSet::new();
     let tar_err = |entry: &str, e: &dyn std::fmt::Display| BuildError::Tar {
         entry: entry.to_string(),
         reason: e.to_string(),
@@ -162,8 +190,24 @@ pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildEr
                 reason: "a non-directory at the archive root",
             });
         }
-        let parent = tree.parent_of(&comps, &shown, true)?;
         let name = comps.last().expect("non-empty").clone();
+        if whiteouts == Whiteouts::Apply && name.starts_with(WHITEOUT_PREFIX) {
+            // A whiteout in a directory no layer below has hides nothing.
+            let Ok(parent) = tree.parent_of(&comps, &shown, false) else {
+                continue;
+            };
+            if name == OPAQUE_WHITEOUT {
+                tree.retain(parent, |n| added.contains(&(parent, n.to_vec())));
+            } else {
+                let hidden = &name[WHITEOUT_PREFIX.len()..];
+                if !added.contains(&(parent, hidden.to_vec())) {
+                    tree.unlink(parent, hidden);
+                }
+            }
+            continue;
+        }
+        let parent = tree.parent_of(&comps, &shown, true)?;
+        added.insert((parent, name.clone()));
         let rdev = || -> Result<u64, BuildError> {
             let major = header
                 .device_major()
@@ -245,7 +289,7 @@ pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildEr
             },
         );
     }
-    Ok(tree)
+    Ok(())
 }
 
 #[cfg(test)]

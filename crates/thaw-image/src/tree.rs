@@ -81,6 +81,21 @@ impl Tree {
         }
     }
 
+    /// Removes the entry `name` from directory `dir`, if there is one (the node stays
+    /// reachable through its other hard links, if any).
+    pub fn unlink(&mut self, dir: usize, name: &[u8]) {
+        if let NodeKind::Dir(entries) = &mut self.nodes[dir].kind {
+            entries.remove(name);
+        }
+    }
+
+    /// Keeps only the entries of directory `dir` for which `keep` holds.
+    pub fn retain(&mut self, dir: usize, mut keep: impl FnMut(&[u8]) -> bool) {
+        if let NodeKind::Dir(entries) = &mut self.nodes[dir].kind {
+            entries.retain(|name, _| keep(name));
+        }
+    }
+
     pub fn child(&self, dir: usize, name: &[u8]) -> Option<usize> {
         match &self.nodes[dir].kind {
             NodeKind::Dir(entries) => entries.get(name).copied(),

@@ -1,0 +1,396 @@
+//! OCI image layouts: layers apply in order with whiteouts and opaque directories; every
+//! blob is checked against its digest; bad layouts get clear errors and store nothing;
+//! a layout written by `umoci` (when installed) builds to the tree it was made from.
+
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
+use thaw_image::{build, export, BuildError, BuildOptions, BuildSource};
+use thaw_store::{ChunkReader, ReaderConfig, Repository};
+use thaw_tests::{local_repo, skip};
+
+enum E {
+    File(&'static str, &'static [u8]),
+    Dir(&'static str),
+}
+
+fn layer_tar(entries: &[E]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        match e {
+            E::File(path, data) => {
+                h.set_mode(0o644);
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, *data).unwrap();
+            }
+            E::Dir(path) => {
+                h.set_mode(0o755);
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, path, &b""[..]).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Writes a blob; returns its descriptor JSON.
+fn blob(
+    layout: &Path,
+    media_type: &str,
+    data: &[u8],
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let hex = hex::encode(Sha256::digest(data));
+    let dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&hex), data).unwrap();
+    let mut d = serde_json::json!({
+        "mediaType": media_type,
+        "digest": format!("sha256:{hex}"),
+        "size": data.len(),
+    });
+    if let serde_json::Value::Object(m) = extra {
+        d.as_object_mut().unwrap().extend(m);
+    }
+    d
+}
+
+const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+const LAYER_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// An image manifest blob over `layers` (media type, bytes); returns its descriptor.
+fn image(layout: &Path, layers: &[(&str, Vec<u8>)], extra: serde_json::Value) -> serde_json::Value {
+    let config = blob(
+        layout,
+        "application/vnd.oci.image.config.v1+json",
+        b"{}",
+        serde_json::json!({}),
+    );
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|(t, data)| blob(layout, t, data, serde_json::json!({})))
+        .collect();
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": layers});
+    blob(layout, MANIFEST, manifest.to_string().as_bytes(), extra)
+}
+
+fn write_index(layout: &Path, manifests: Vec<serde_json::Value>) {
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+}
+
+fn named(name: &str) -> serde_json::Value {
+    serde_json::json!({"annotations": {"org.opencontainers.image.ref.name": name}})
+}
+
+/// Three layers: plain, gzip, zstd, with whiteouts and an opaque directory.
+fn three_layers(layout: &Path) -> serde_json::Value {
+    let base = layer_tar(&[
+        E::Dir("etc"),
+        E::File("etc/a", b"a from the base"),
+        E::File("etc/b", b"b from the base"),
+        E::Dir("opt/x"),
+        E::File("opt/x/1", b"one"),
+        E::File("opt/x/2", b"two"),
+        E::File("usr/bin/tool", b"tool v1"),
+        E::File("gone/file", b"removed with its directory"),
+    ]);
+    let second = layer_tar(&[
+        E::File("etc/.wh.a", b""),
+        E::Dir("opt/x"),
+        // Put in place before the opaque marker of its own directory: it stays.
+        E::File("opt/x/3", b"three"),
+        E::File("opt/x/.wh..wh..opq", b""),
+        E::File("usr/bin/tool", b"tool v2"),
+        E::File(".wh.gone", b""),
+        E::File("nothing/.wh.here", b""),
+    ]);
+    let third = layer_tar(&[E::File("etc/a", b"a again")]);
+    image(
+        layout,
+        &[
+            (LAYER, base),
+            (LAYER_GZ, gzip(&second)),
+            (LAYER_ZSTD, zstd::encode_all(&third[..], 3).unwrap()),
+        ],
+        named("latest"),
+    )
+}
+
+async fn build_and_export(repo: &Repository, arg: &str, out: &Path) -> Result<(), BuildError> {
+    let report = build(repo, BuildSource::from_arg(arg), BuildOptions::default()).await?;
+    let manifest = repo.get_manifest(&report.image).await.unwrap();
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
+    export(&reader, &manifest, out).await.unwrap();
+    Ok(())
+}
+
+fn list(root: &Path) -> Vec<String> {
+    let mut all = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            all.push(p.strip_prefix(root).unwrap().display().to_string());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn layers_apply_in_order_with_whiteouts_and_opaque_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let d = three_layers(&layout);
+    write_index(&layout, vec![d]);
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let out = tmp.path().join("out");
+    build_and_export(&repo, &format!("oci:{}:latest", layout.display()), &out)
+        .await
+        .unwrap();
+    assert_eq!(
+        list(&out),
+        [
+            "etc",
+            "etc/a",
+            "etc/b",
+            "opt",
+            "opt/x",
+            "opt/x/3",
+            "usr",
+            "usr/bin",
+            "usr/bin/tool"
+        ]
+    );
+    assert_eq!(std::fs::read(out.join("etc/a")).unwrap(), b"a again");
+    assert_eq!(
+        std::fs::read(out.join("etc/b")).unwrap(),
+        b"b from the base"
+    );
+    assert_eq!(std::fs::read(out.join("usr/bin/tool")).unwrap(), b"tool v2");
+    // The only image is chosen without a name as well.
+    let out2 = tmp.path().join("out2");
+    build_and_export(&repo, &format!("oci:{}", layout.display()), &out2)
+        .await
+        .unwrap();
+    assert_eq!(list(&out2), list(&out));
+}
+
+async fn assert_fails(repo: &Repository, arg: &str, needle: &str) {
+    let before = repo.list_images().await.unwrap().len();
+    let opts = BuildOptions {
+        tag: Some("t".into()),
+        ..Default::default()
+    };
+    let err = build(repo, BuildSource::from_arg(arg), opts)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(needle), "{arg}: {err}");
+    assert_eq!(
+        repo.list_images().await.unwrap().len(),
+        before,
+        "no manifest stored"
+    );
+    assert!(repo.resolve("t").await.is_err(), "no tag stored");
+}
+
+#[tokio::test]
+async fn bad_layouts_get_clear_errors_and_store_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+
+    // A layer whose bytes do not match its digest.
+    let layout = tmp.path().join("corrupt");
+    let d = three_layers(&layout);
+    write_index(&layout, vec![d]);
+    let mut layers: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    layers.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let victim = layers.last().unwrap(); // the largest blob: the uncompressed base layer
+    let mut bytes = std::fs::read(victim).unwrap();
+    // A byte of file content, so the tar stream still parses and only the digest tells.
+    let at = bytes
+        .windows(15)
+        .position(|w| w == b"b from the base")
+        .unwrap();
+    bytes[at] = b'B';
+    std::fs::write(victim, bytes).unwrap();
+    assert_fails(
+        &repo,
+        &format!("oci:{}", layout.display()),
+        "does not match its descriptor",
+    )
+    .await;
+
+    // Two images and no name; a name that is not there.
+    let two = tmp.path().join("two");
+    let a = image(
+        &two,
+        &[(LAYER, layer_tar(&[E::File("f", b"a")]))],
+        named("a"),
+    );
+    let b = image(
+        &two,
+        &[(LAYER, layer_tar(&[E::File("f", b"b")]))],
+        named("b"),
+    );
+    write_index(&two, vec![a, b]);
+    assert_fails(&repo, &format!("oci:{}", two.display()), "several images").await;
+    assert_fails(
+        &repo,
+        &format!("oci:{}:c", two.display()),
+        "no image named \"c\"",
+    )
+    .await;
+    let out = tmp.path().join("out-b");
+    build_and_export(&repo, &format!("oci:{}:b", two.display()), &out)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out.join("f")).unwrap(), b"b");
+
+    // A digest that would be a path outside the layout.
+    let evil = tmp.path().join("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    write_index(
+        &evil,
+        vec![
+            serde_json::json!({"mediaType": MANIFEST, "digest": "sha256:../../../../etc/passwd", "size": 10}),
+        ],
+    );
+    assert_fails(
+        &repo,
+        &format!("oci:{}", evil.display()),
+        "malformed digest",
+    )
+    .await;
+
+    // Not a layout at all; an index that is not JSON.
+    assert_fails(
+        &repo,
+        &format!("oci:{}", tmp.path().join("missing").display()),
+        "oci-layout",
+    )
+    .await;
+    let garbage = tmp.path().join("garbage");
+    std::fs::create_dir_all(&garbage).unwrap();
+    std::fs::write(
+        garbage.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(garbage.join("index.json"), b"{not json").unwrap();
+    assert_fails(&repo, &format!("oci:{}", garbage.display()), "index.json").await;
+}
+
+#[tokio::test]
+async fn a_multi_platform_index_resolves_to_this_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("multi");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let here = image(
+        &layout,
+        &[(LAYER, layer_tar(&[E::File("arch", b"host")]))],
+        serde_json::json!({"platform": {"os": "linux", "architecture": arch}}),
+    );
+    let other = image(
+        &layout,
+        &[(LAYER, layer_tar(&[E::File("arch", b"other")]))],
+        serde_json::json!({"platform": {"os": "linux", "architecture": "s390x"}}),
+    );
+    let nested = serde_json::json!({"schemaVersion": 2, "manifests": [other, here]});
+    let d = blob(
+        &layout,
+        "application/vnd.oci.image.index.v1+json",
+        nested.to_string().as_bytes(),
+        named("multi"),
+    );
+    write_index(&layout, vec![d]);
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let out = tmp.path().join("out");
+    build_and_export(&repo, &format!("oci:{}:multi", layout.display()), &out)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out.join("arch")).unwrap(), b"host");
+}
+
+#[tokio::test]
+async fn a_layout_written_by_umoci_builds_to_its_tree() {
+    let umoci = std::process::Command::new("umoci")
+        .arg("--version")
+        .output();
+    if !umoci.is_ok_and(|o| o.status.success()) || !thaw_tests::is_root() {
+        skip(
+            "a_layout_written_by_umoci_builds_to_its_tree",
+            "needs umoci and root",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let bundle = tmp.path().join("bundle");
+    let sh = |cmd: &str| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    let (l, b) = (layout.display(), bundle.display());
+    sh(&format!(
+        "umoci init --layout {l} && umoci new --image {l}:img && umoci unpack --image {l}:img {b}"
+    ));
+    // Layer 1: a small tree. Layer 2: one file removed, one changed, one added.
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc/conf.d")).unwrap();
+    std::fs::write(rootfs.join("etc/keep"), b"kept").unwrap();
+    std::fs::write(rootfs.join("etc/conf.d/old"), b"old").unwrap();
+    std::fs::write(rootfs.join("big"), thaw_tests::pseudo_random(3 << 20, 7)).unwrap();
+    std::os::unix::fs::symlink("keep", rootfs.join("etc/link")).unwrap();
+    // Layers keep whole seconds of mtime, so the tree gets whole seconds.
+    let whole_seconds = format!("find {b}/rootfs -exec touch -h -d @1700000000 {{}} +");
+    sh(&whole_seconds);
+    sh(&format!("umoci repack --image {l}:img {b}"));
+    std::fs::remove_file(rootfs.join("etc/conf.d/old")).unwrap();
+    std::fs::write(rootfs.join("etc/keep"), b"kept, changed").unwrap();
+    std::fs::write(rootfs.join("new"), b"new").unwrap();
+    sh(&whole_seconds);
+    sh(&format!("umoci repack --image {l}:img {b}"));
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let out = tmp.path().join("out");
+    build_and_export(&repo, &format!("oci:{l}:img"), &out)
+        .await
+        .unwrap();
+    let compared = thaw_tests::treediff::assert_same(&rootfs, &out, &[]);
+    assert!(compared >= 6, "{compared} paths compared");
+    assert!(!out.join("etc/conf.d/old").exists());
+}
