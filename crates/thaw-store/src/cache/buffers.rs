@@ -8,8 +8,8 @@
 //! read into buffers of their exact size.
 //!
 //! Reads go through the page cache. `O_DIRECT` saved a copy, but on this project's VMs it
-//! capped the disk at about 1.25 GB/s where buffered reads of the same files reached 1.7
-//! to 1.9 GB/s (docs/benchmarks.md).
+//! capped the disk at about 1.25 GB/s where buffered reads of the same files reached up to
+//! 1.6 to 1.9 GB/s (`scripts/disk_read_modes.py`; ARCHITECTURE.md).
 
 use bytes::Bytes;
 use std::alloc::{alloc, dealloc, Layout};
