@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs the whole suite:
-#   Debian packages (debootstrap, zstd, fuse3, attr, umoci), a Python venv with moto[server]
-#   as the S3 endpoint, a cached debootstrap root filesystem; then fmt, clippy and
+#   Debian packages (debootstrap, zstd, fuse3, attr, umoci, skopeo, docker-registry), a
+#   Python venv with moto[server] as the S3 endpoint, a cached debootstrap root
+#   filesystem; then fmt, clippy and
 #   cargo test over the workspace with the S3 and rootfs tests enabled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ log() { echo "== test.sh: $*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------
 missing=()
-for pkg in debootstrap zstd fuse3 attr tar umoci; do
+for pkg in debootstrap zstd fuse3 attr tar umoci skopeo docker-registry; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -342,34 +342,32 @@ async fn a_multi_platform_index_resolves_to_this_host() {
     assert_eq!(std::fs::read(out.join("arch")).unwrap(), b"host");
 }
 
-#[tokio::test]
-async fn a_layout_written_by_umoci_builds_to_its_tree() {
-    let umoci = std::process::Command::new("umoci")
-        .arg("--version")
-        .output();
-    if !umoci.is_ok_and(|o| o.status.success()) || !thaw_tests::is_root() {
-        skip(
-            "a_layout_written_by_umoci_builds_to_its_tree",
-            "needs umoci and root",
-        );
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = tmp.path().join("layout");
-    let bundle = tmp.path().join("bundle");
-    let sh = |cmd: &str| {
-        let st = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .status()
-            .unwrap();
-        assert!(st.success(), "{cmd}");
-    };
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+/// An image `img` made by `umoci` in `tmp/layout` from two repacks of `tmp/bundle/rootfs`
+/// (the second removes, changes and adds a file); returns (layout, rootfs).
+fn umoci_layout(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let layout = tmp.join("layout");
+    let bundle = tmp.join("bundle");
     let (l, b) = (layout.display(), bundle.display());
     sh(&format!(
         "umoci init --layout {l} && umoci new --image {l}:img && umoci unpack --image {l}:img {b}"
     ));
-    // Layer 1: a small tree. Layer 2: one file removed, one changed, one added.
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(rootfs.join("etc/conf.d")).unwrap();
     std::fs::write(rootfs.join("etc/keep"), b"kept").unwrap();
@@ -385,12 +383,118 @@ async fn a_layout_written_by_umoci_builds_to_its_tree() {
     std::fs::write(rootfs.join("new"), b"new").unwrap();
     sh(&whole_seconds);
     sh(&format!("umoci repack --image {l}:img {b}"));
+    (layout, rootfs)
+}
+
+#[tokio::test]
+async fn a_layout_written_by_umoci_builds_to_its_tree() {
+    if !have("umoci") || !thaw_tests::is_root() {
+        skip(
+            "a_layout_written_by_umoci_builds_to_its_tree",
+            "needs umoci and root",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, rootfs) = umoci_layout(tmp.path());
     let (_, repo) = local_repo(&tmp.path().join("store")).await;
     let out = tmp.path().join("out");
-    build_and_export(&repo, &format!("oci:{l}:img"), &out)
+    build_and_export(&repo, &format!("oci:{}:img", layout.display()), &out)
         .await
         .unwrap();
     let compared = thaw_tests::treediff::assert_same(&rootfs, &out, &[]);
     assert!(compared >= 6, "{compared} paths compared");
     assert!(!out.join("etc/conf.d/old").exists());
+}
+
+/// Debian's `docker-registry` on a free loopback port; killed when dropped.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Registry { child, addr }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_pushed_to_a_local_registry_builds_to_its_tree() {
+    let test = "an_image_pushed_to_a_local_registry_builds_to_its_tree";
+    if !["umoci", "skopeo", "docker-registry"]
+        .iter()
+        .all(|t| have(t))
+        || !thaw_tests::is_root()
+    {
+        skip(test, "needs umoci, skopeo, docker-registry and root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, rootfs) = umoci_layout(tmp.path());
+    let registry = Registry::start(tmp.path());
+    let image = format!("{}/thaw/test:v1", registry.addr);
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:img docker://{image}",
+        layout.display()
+    ));
+    let pulled = tmp.path().join("pulled");
+    let r = thaw_registry::ImageRef::parse(&image).unwrap();
+    thaw_registry::pull_to_layout(&r, &pulled).await.unwrap();
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let out = tmp.path().join("out");
+    build_and_export(&repo, &format!("oci:{}", pulled.display()), &out)
+        .await
+        .unwrap();
+    let compared = thaw_tests::treediff::assert_same(&rootfs, &out, &[]);
+    assert!(compared >= 6, "{compared} paths compared");
+    // An unknown tag and an unknown repository: clear errors naming the image.
+    for missing in ["thaw/test:nope", "thaw/other:v1"] {
+        let r = thaw_registry::ImageRef::parse(&format!("{}/{missing}", registry.addr)).unwrap();
+        let err = thaw_registry::pull_to_layout(&r, &tmp.path().join("missing"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("404") && err.contains(missing.split(':').next().unwrap()),
+            "{err}"
+        );
+    }
 }

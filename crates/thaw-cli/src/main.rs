@@ -43,8 +43,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Build an image from a directory, a tar file (.tar, .tar.gz, .tar.zst), `-` (tar on stdin)
-    /// or an OCI image layout, `oci:DIR[:NAME]`.
+    /// Build an image from a directory, a tar file (.tar, .tar.gz, .tar.zst), `-` (tar on stdin),
+    /// an OCI image layout (`oci:DIR[:NAME]`) or a registry image (`docker://HOST/NAME:TAG`).
     Build {
         source: String,
         #[arg(long)]
@@ -206,7 +206,24 @@ async fn main() -> Result<()> {
                 first_access,
             };
             let start = Instant::now();
-            let r = thaw_image::build(&repo, BuildSource::from_arg(source), options)
+            // A registry image is pulled (every blob checked) into a temporary OCI layout,
+            // which is then built like any other layout.
+            let mut _pulled = None;
+            let build_source = match source.strip_prefix("docker://") {
+                Some(image) => {
+                    let image = thaw_registry::ImageRef::parse(image)?;
+                    let dir = tempfile::tempdir().context("a temporary directory for the pull")?;
+                    thaw_registry::pull_to_layout(&image, dir.path()).await?;
+                    let layout = BuildSource::OciLayout {
+                        dir: dir.path().to_path_buf(),
+                        reference: None,
+                    };
+                    _pulled = Some(dir);
+                    layout
+                }
+                None => BuildSource::from_arg(source),
+            };
+            let r = thaw_image::build(&repo, build_source, options)
                 .await
                 .with_context(|| format!("building {source}"));
             if let Some((bar, stop)) = bar {

@@ -9,7 +9,7 @@ mod build;
 mod error;
 mod export;
 mod ingest;
-mod oci;
+pub mod oci;
 mod source_dir;
 mod source_tar;
 mod sys;

@@ -14,14 +14,14 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The largest index or manifest read: real ones are a few kilobytes.
-const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
+pub const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
 /// The annotation that names a manifest in an image layout's index.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// Layer media types thaw applies: tar, plain or compressed.
 const LAYER_TYPES: &[&str] = &[
     "application/vnd.oci.image.layer.v1.tar",
@@ -32,30 +32,30 @@ const LAYER_TYPES: &[&str] = &[
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
-    media_type: String,
-    digest: String,
-    size: u64,
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
     #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub platform: Option<Platform>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
+pub struct Index {
+    pub manifests: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
-struct ImageManifest {
-    layers: Vec<Descriptor>,
+pub struct ImageManifest {
+    pub layers: Vec<Descriptor>,
 }
 
 fn oci_err(layout: &Path, reason: impl Into<String>) -> BuildError {
@@ -66,7 +66,7 @@ fn oci_err(layout: &Path, reason: impl Into<String>) -> BuildError {
 }
 
 /// The architecture name OCI uses for the machine thaw runs on.
-fn host_architecture() -> &'static str {
+pub fn host_architecture() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -154,18 +154,12 @@ fn resolve_manifest(
         MEDIA_MANIFEST | MEDIA_DOCKER_MANIFEST => parse(layout, &d.digest, &bytes),
         MEDIA_INDEX | MEDIA_DOCKER_LIST => {
             let index: Index = parse(layout, &d.digest, &bytes)?;
-            let arch = host_architecture();
-            let entry = index
-                .manifests
-                .iter()
-                .find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-                })
-                .ok_or_else(|| {
-                    oci_err(layout, format!("{}: no image for linux/{arch}", d.digest))
-                })?;
+            let entry = for_this_host(&index).ok_or_else(|| {
+                oci_err(
+                    layout,
+                    format!("{}: no image for linux/{}", d.digest, host_architecture()),
+                )
+            })?;
             resolve_manifest(layout, entry, depth + 1)
         }
         other => Err(oci_err(
@@ -173,6 +167,16 @@ fn resolve_manifest(
             format!("{}: unsupported media type {other}", d.digest),
         )),
     }
+}
+
+/// The entry of a multi-platform index for linux on this machine's architecture.
+pub fn for_this_host(index: &Index) -> Option<&Descriptor> {
+    let arch = host_architecture();
+    index.manifests.iter().find(|m| {
+        m.platform
+            .as_ref()
+            .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+    })
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(
@@ -186,16 +190,21 @@ fn parse<T: for<'de> Deserialize<'de>>(
 /// `blobs/sha256/<hex>` for a digest, refusing anything but a well-formed SHA-256 digest
 /// (the digest comes from the layout and becomes a path).
 fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, BuildError> {
+    blob_file(layout, digest).ok_or_else(|| {
+        oci_err(
+            layout,
+            format!("unsupported or malformed digest {digest:?}"),
+        )
+    })
+}
+
+/// `DIR/blobs/sha256/<hex>`, or `None` unless `digest` is `sha256:` and 64 lowercase hex
+/// digits (so it can never name a path outside `DIR`).
+pub fn blob_file(dir: &Path, digest: &str) -> Option<PathBuf> {
     let hex = digest
         .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .ok_or_else(|| {
-            oci_err(
-                layout,
-                format!("unsupported or malformed digest {digest:?}"),
-            )
-        })?;
-    Ok(layout.join("blobs").join("sha256").join(hex))
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))?;
+    Some(dir.join("blobs").join("sha256").join(hex))
 }
 
 fn read_document(layout: &Path, path: &Path) -> Result<Vec<u8>, BuildError> {
