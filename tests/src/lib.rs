@@ -3,6 +3,7 @@
 //! environment this machine may not have.
 
 pub mod fixtures;
+pub mod images;
 pub mod treediff;
 
 use std::sync::Arc;

@@ -204,3 +204,70 @@ fn debootstrap_rootfs_round_trips_through_the_cli() {
     assert_eq!(number(&again, "bytes_stored"), 0);
     assert_eq!(number(&again, "chunks_new"), 0);
 }
+
+#[test]
+fn build_takes_oci_layouts_and_registry_images() {
+    use thaw_tests::images::{have, sh, umoci_layout, Registry};
+    let test = "build_takes_oci_layouts_and_registry_images";
+    if !["umoci", "skopeo", "docker-registry"]
+        .iter()
+        .all(|t| have(t))
+        || !is_root()
+    {
+        skip(test, "needs umoci, skopeo, docker-registry and root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (layout, rootfs) = umoci_layout(tmp.path());
+    let registry = Registry::start(tmp.path());
+    let image = format!("{}/thaw/cli:v1", registry.addr);
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:img docker://{image}",
+        layout.display()
+    ));
+    ok(
+        &store,
+        &[
+            "build",
+            &format!("oci:{}:img", layout.display()),
+            "--tag",
+            "from-layout",
+        ],
+    );
+    ok(
+        &store,
+        &[
+            "build",
+            &format!("docker://{image}"),
+            "--tag",
+            "from-registry",
+        ],
+    );
+    for tag in ["from-layout", "from-registry"] {
+        let out = tmp.path().join(tag);
+        ok(&store, &["export", tag, out.to_str().unwrap()]);
+        assert!(treediff::assert_same(&rootfs, &out, &[]) >= 6, "{tag}");
+    }
+    // The same image twice: the second build stores nothing new.
+    assert_eq!(
+        field(
+            &ok(&store, &["build", &format!("docker://{image}")]),
+            "chunks_new"
+        ),
+        "0"
+    );
+    let missing = thaw(
+        &store,
+        &[
+            "build",
+            &format!("docker://{}/thaw/cli:nope", registry.addr),
+        ],
+    );
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("404") && err.contains("thaw/cli:nope"),
+        "{err}"
+    );
+}

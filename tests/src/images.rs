@@ -1,0 +1,100 @@
+//! Container image fixtures: a layout made by `umoci`, and Debian's `docker-registry` on
+//! a loopback port (the real tools; tests skip where they are missing).
+
+use std::path::Path;
+
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs a shell command; panics if it fails.
+pub fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+/// An image `img` made by `umoci` in `tmp/layout` from two repacks of `tmp/bundle/rootfs`
+/// (the second removes, changes and adds a file); returns (layout, rootfs).
+pub fn umoci_layout(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let layout = tmp.join("layout");
+    let bundle = tmp.join("bundle");
+    let (l, b) = (layout.display(), bundle.display());
+    sh(&format!(
+        "umoci init --layout {l} && umoci new --image {l}:img && umoci unpack --image {l}:img {b}"
+    ));
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc/conf.d")).unwrap();
+    std::fs::write(rootfs.join("etc/keep"), b"kept").unwrap();
+    std::fs::write(rootfs.join("etc/conf.d/old"), b"old").unwrap();
+    std::fs::write(rootfs.join("big"), crate::pseudo_random(3 << 20, 7)).unwrap();
+    std::os::unix::fs::symlink("keep", rootfs.join("etc/link")).unwrap();
+    // Layers keep whole seconds of mtime, so the tree gets whole seconds.
+    let whole_seconds = format!("find {b}/rootfs -exec touch -h -d @1700000000 {{}} +");
+    sh(&whole_seconds);
+    sh(&format!("umoci repack --image {l}:img {b}"));
+    std::fs::remove_file(rootfs.join("etc/conf.d/old")).unwrap();
+    std::fs::write(rootfs.join("etc/keep"), b"kept, changed").unwrap();
+    std::fs::write(rootfs.join("new"), b"new").unwrap();
+    sh(&whole_seconds);
+    sh(&format!("umoci repack --image {l}:img {b}"));
+    (layout, rootfs)
+}
+
+/// Debian's `docker-registry` on a free loopback port; killed when dropped.
+#[derive(Debug)]
+pub struct Registry {
+    child: std::process::Child,
+    pub addr: String,
+}
+
+impl Registry {
+    pub fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Registry { child, addr }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
