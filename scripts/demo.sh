@@ -16,7 +16,7 @@ cargo build --release -q -p thaw-cli
 THAW="$PWD/target/release/thaw --store $STORE"
 
 step "preparing a Debian bookworm minbase root filesystem (cached after the first run)"
-if SRC=$(scripts/rootfs.sh 2>"$WORK/rootfs.log" | head -n1) && [ -d "$SRC" ]; then
+if SRC=$(scripts/rootfs.sh 2>"$WORK/rootfs.log" | sed -n 1p) && [ -d "$SRC" ]; then
   echo "source: $SRC"
 else
   SRC=/usr/share

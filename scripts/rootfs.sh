@@ -16,8 +16,8 @@ need debootstrap debootstrap
 
 mirror() {
   local m
-  m=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}')
-  [ -n "$m" ] || m=$(grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | head -n1 | awk '{print $2}')
+  m=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk 'NR==1 {print $2}')
+  [ -n "$m" ] || m=$(grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk 'NR==1 {print $2}')
   [ -n "$m" ] || { echo "rootfs.sh: no Debian mirror configured for apt" >&2; exit 1; }
   echo "$m"
 }

@@ -34,7 +34,9 @@ fi
 
 # --- debootstrap root filesystem (cached) ------------------------------------------
 log "preparing the debootstrap root filesystem"
-THAW_ROOTFS=$(THAW_ROOTFS_CACHE=$CACHE scripts/rootfs.sh | head -n1)
+# sed, not head: head would exit after one line and rootfs.sh, printing a second,
+# would die of SIGPIPE, which pipefail turns into a failure (seen once).
+THAW_ROOTFS=$(THAW_ROOTFS_CACHE=$CACHE scripts/rootfs.sh | sed -n 1p)
 export THAW_ROOTFS
 
 # --- real model weights (cached) ---------------------------------------------------
