@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 from bench_common import (RUNS, THAW, WORK, sh, drop_caches, fresh, med)
-from bench_mount import THROTTLE, chroot_workload, trace_stores
+from bench_mount import THROTTLE, chroot_workload, full_pull, trace_stores
 
 class Daemon:
     """A `thaw serve` on loopback with a fresh (or given) disk cache."""
@@ -100,13 +100,8 @@ def prefetch_cold_start():
     }
     fetched = {k: [] for k in rows}
     for _ in range(RUNS):
-        out = f"{WORK}/prefetch-full"
-        fresh(out)
-        drop_caches()
-        t0 = time.perf_counter()
-        sh(f"{THAW} --store {store} {' '.join(throttle)} export {image} {out}")
-        chroot_workload(out)
-        rows["full pull (`thaw export`, then the workload)"].append(time.perf_counter() - t0)
+        rows["full pull (`thaw export`, then the workload)"].append(
+            full_pull(store, throttle, image, f"{WORK}/prefetch-full"))
         for label, st, kw in [("lazy, no prefetch, packs in path order", base_store, {}),
                               ("lazy, no prefetch", store, {}),
                               ("lazy + trace prewarm issued with the start", store, {"prewarm": "trace"}),

@@ -3,7 +3,7 @@
 //! start-up traces, and the mount's lifecycle (SIGTERM, kill -9, `thaw umount`).
 
 mod common;
-use common::{can_mount, mounted, stat_value, thaw, THAW};
+use common::{can_mount, mounted, stat_value, succeed, thaw, umount, THAW};
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -82,10 +82,7 @@ impl Drop for Mount {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
-            let _ = Command::new(THAW)
-                .arg("umount")
-                .arg(&self.mountpoint)
-                .output();
+            let _ = umount(&self.mountpoint).output();
         }
     }
 }
@@ -369,16 +366,7 @@ fn kill_9_leaves_a_mount_that_thaw_umount_cleans_up() {
     assert!(mounted(&m.mountpoint), "a killed daemon leaves its mount");
     let err = std::fs::read_dir(&m.mountpoint).expect_err("a dead FUSE mount cannot be read");
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
-    let out = Command::new(THAW)
-        .arg("umount")
-        .arg(&m.mountpoint)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&mut umount(&m.mountpoint));
     assert!(!mounted(&m.mountpoint));
     assert_eq!(
         std::fs::read_dir(&m.mountpoint).unwrap().count(),
@@ -387,13 +375,7 @@ fn kill_9_leaves_a_mount_that_thaw_umount_cleans_up() {
     );
 
     // With auto-unmount (fusermount3), the kernel mount goes away with the daemon.
-    if Command::new("sh")
-        .args(["-c", "command -v fusermount3"])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
+    if thaw_tests::images::have("fusermount3") {
         let mut m = Mount::start(&store, "t", &tmp.path().join("mnt"), &[]);
         unsafe { libc::kill(m.pid(), libc::SIGKILL) };
         m.child.take().unwrap().wait().unwrap();
@@ -408,27 +390,14 @@ fn kill_9_leaves_a_mount_that_thaw_umount_cleans_up() {
                 "kill_9 auto-unmount half",
                 "fusermount3 did not auto-unmount within 20 s; checking thaw umount instead",
             );
-            let out = Command::new(THAW)
-                .arg("umount")
-                .arg(&m.mountpoint)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            succeed(&mut umount(&m.mountpoint));
             assert!(
                 !mounted(&m.mountpoint),
                 "thaw umount removed the dead mount"
             );
         } else {
             // `thaw umount` on an already clean mount point cleans the state file.
-            let _ = Command::new(THAW)
-                .arg("umount")
-                .arg(&m.mountpoint)
-                .output()
-                .unwrap();
+            let _ = umount(&m.mountpoint).output().unwrap();
         }
     } else {
         skip("kill_9 auto-unmount half", "fusermount3 is not installed");
@@ -436,25 +405,12 @@ fn kill_9_leaves_a_mount_that_thaw_umount_cleans_up() {
 
     // `thaw umount` stops a live daemon too.
     let m = Mount::start(&store, "t", &tmp.path().join("mnt"), &[]);
-    let out = Command::new(THAW)
-        .arg("umount")
-        .arg(&m.mountpoint)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&mut umount(&m.mountpoint));
     assert!(!mounted(&m.mountpoint));
     let mut m = m;
     let status = m.child.take().unwrap().wait().unwrap();
     assert!(status.success());
-    let out = Command::new(THAW)
-        .arg("umount")
-        .arg(&m.mountpoint)
-        .output()
-        .unwrap();
+    let out = umount(&m.mountpoint).output().unwrap();
     assert!(!out.status.success(), "unmounting a non-mount is an error");
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 use common::daemon::{all, api_code, mount_at, two_images, wait_done, Daemon, TOKEN};
-use common::{can_mount, thaw, THAW};
+use common::{can_mount, succeed, thaw, THAW};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -210,18 +210,12 @@ fn a_recorded_trace_pushed_with_the_image_drives_thaw_prewarm() {
 
     let d = Daemon::start(tmp.path(), &[]);
     let client = |args: &[&str]| {
-        let out = Command::new(THAW)
-            .args(args)
-            .args(["--server", &d.url])
-            .env("THAW_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "thaw {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeed(
+            Command::new(THAW)
+                .args(args)
+                .args(["--server", &d.url])
+                .env("THAW_TOKEN", TOKEN),
+        )
     };
     let out = client(&["prewarm", "big"]);
     assert!(out.contains("done") && out.contains("chunks 3/3"), "{out}");

@@ -235,11 +235,23 @@ fn read_blob_document(layout: &Path, d: &Descriptor) -> Result<Vec<u8>, BuildErr
     }
     let path = blob_path(layout, &d.digest)?;
     let bytes = read_document(layout, &path)?;
-    let mut checked = Checked::new(&bytes[..]);
-    std::io::copy(&mut checked, &mut std::io::sink())
-        .map_err(crate::error::io_err("read", &path))?;
-    checked.verify(layout, d)?;
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    check_blob(layout, d, bytes.len() as u64, &digest)?;
     Ok(bytes)
+}
+
+/// A blob of `size` bytes with digest `got` must match its descriptor.
+fn check_blob(layout: &Path, d: &Descriptor, size: u64, got: &str) -> Result<(), BuildError> {
+    if size != d.size || got != d.digest {
+        return Err(oci_err(
+            layout,
+            format!(
+                "blob {} does not match its descriptor: {size} bytes with digest {got}, expected {} bytes",
+                d.digest, d.size
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A reader that hashes and counts what passes through it.
@@ -260,16 +272,7 @@ impl<R: Read> Checked<R> {
 
     fn verify(self, layout: &Path, d: &Descriptor) -> Result<(), BuildError> {
         let got = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        if self.bytes != d.size || got != d.digest {
-            return Err(oci_err(
-                layout,
-                format!(
-                    "blob {} does not match its descriptor: {} bytes with digest {got}, expected {} bytes",
-                    d.digest, self.bytes, d.size
-                ),
-            ));
-        }
-        Ok(())
+        check_blob(layout, d, self.bytes, &got)
     }
 }
 

@@ -119,8 +119,8 @@ pub fn apply_layer(
     whiteouts: Whiteouts,
 ) -> Result<(), BuildError> {
     let mut archive = tar::Archive::new(open_stream(input)?);
-    // Entries this layer put in place, by (directory, name): whiteouts hide only what
-    // the layers below put there.
+    // Entries this layer put in place, by (directory, name), kept only for layers:
+    // whiteouts hide only what the layers below put there.
     let mut added: HashSet<(usize, Vec<u8>)> = HashSet::new();
     let tar_err = |entry: &str, e: &dyn std::fmt::Display| BuildError::Tar {
         entry: entry.to_string(),
@@ -207,7 +207,9 @@ pub fn apply_layer(
             continue;
         }
         let parent = tree.parent_of(&comps, &shown, true)?;
-        added.insert((parent, name.clone()));
+        if whiteouts == Whiteouts::Apply {
+            added.insert((parent, name.clone()));
+        }
         let rdev = || -> Result<u64, BuildError> {
             let major = header
                 .device_major()

@@ -11,18 +11,25 @@ pub const THAW: &str = env!("CARGO_BIN_EXE_thaw");
 
 /// Runs `thaw --store STORE ARGS...`, which must succeed; returns its stdout.
 pub fn thaw(store: &Path, args: &[&str]) -> String {
-    let out = Command::new(THAW)
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap();
+    succeed(Command::new(THAW).arg("--store").arg(store).args(args))
+}
+
+/// Runs `cmd`, which must succeed (its stderr is shown otherwise); returns its stdout.
+pub fn succeed(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "thaw {args:?}: {}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `thaw umount MOUNTPOINT`.
+pub fn umount(mountpoint: &Path) -> Command {
+    let mut cmd = Command::new(THAW);
+    cmd.arg("umount").arg(mountpoint);
+    cmd
 }
 
 /// Whether FUSE mounts can run here; prints why not otherwise.
