@@ -245,14 +245,20 @@ def main():
     w("`thaw weights IMAGE FILE --host`: a safetensors file of an image read from a local store (chunks fetched, "
       "decompressed and BLAKE3-verified 32 at a time), copied through a ring of 4 × 64 MiB staging buffers into "
       "one host allocation; next to `cat FILE > /dev/null` of the same file on the local disk. Page cache dropped "
-      "before each. Wall time includes starting the process and opening the store; the GPU path "
-      "(`scripts/gpu-bench.sh`, docs/gpu.md) has not run on a GPU yet.")
+      "before each. Wall time includes starting the process and opening the store. The GPU path is measured "
+      "on a GPU machine by `scripts/gpu-bench.sh` (section below).")
     w("")
     w("| file | bytes | thaw weights --host s (load only) | cat s | thaw / cat time |")
     w("|---|---:|---:|---:|---:|")
     for label, size, t, b, inner in weights:
         w(f"| {cell(label)} | {size} | {t:.3f} ({inner:.3f}) | {b:.3f} | {t / b:.2f} |")
     w("")
+    gpu = os.path.join(os.path.dirname(OUT), "gpu-results.md")
+    if os.path.exists(gpu):
+        # Measured on a lent GPU machine by scripts/gpu-bench.sh, not by this run.
+        with open(gpu) as f:
+            w(f.read().rstrip())
+        w("")
     plot = plot_cold_start(cold)
     if plot:
         w(f"![Cold start: lazy mount vs full pull]({os.path.relpath(plot, os.path.dirname(OUT))})")

@@ -1,71 +1,150 @@
 #!/usr/bin/env bash
-# The GPU check, run on a GPU machine in one go (see docs/benchmarks.md): the thaw-gpu
-# tests against a real driver, then `thaw weights` (chunk store -> pinned buffers -> GPU)
-# against reading the same file into memory and copying it (`thaw-bench gpu-baseline`),
-# page cache dropped and warm, RUNS times each. Binaries come prebuilt in $BIN (this
-# machine may have no crate registry); results go to $OUT.
+# The GPU check, run on a GPU machine in one call (see docs/gpu.md). Binaries come
+# prebuilt in $BIN (scripts/gpu-bin.sh; the GPU machine has no crate registry); results go
+# to $OUT as each phase finishes, so a phase that runs out of time loses only itself.
+#
+# Phases, each under its own timeout:
+#   1. the thaw-gpu tests against the real driver;
+#   2. raw host-to-device bandwidth: pinned and pageable (one large copy, CUDA events);
+#   3. a realistic GIB GiB bf16 safetensors file (normal values, as trained weights: they
+#      compress a little), built into a local store;
+#   4. loads, RUNS each, page cache dropped ("cold") and warm: `thaw weights` from the
+#      store, `thaw weights` from a warm disk cache, read+copy (`thaw-bench gpu-baseline`),
+#      and `safetensors.torch.load_file(device="cuda:0")` in one long-lived Python process;
+#   5. --verify (the GPU holds the file's bytes) and staging-buffer variants;
+#   6. one table, every figure also as a fraction of the raw pinned bandwidth.
 set -uo pipefail
 BIN=${BIN:-gpu-bin}
 OUT=${OUT:-/tmp/thaw-gpu-out}
-RUNS=${RUNS:-5}
+RUNS=${RUNS:-3}
 GIB=${GIB:-4}
 W=${WORK:-/tmp/thaw-gpu}
 mkdir -p "$OUT"
 rm -rf "$W" && mkdir -p "$W/src"
-nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current --format=csv | tee "$OUT/gpu.txt"
-nproc | sed 's/^/cpus: /' | tee -a "$OUT/gpu.txt"
+R="$OUT/runs.txt"
+: >"$R"
+phase() { echo "== $(date +%T) $*" | tee -a "$OUT/phases.txt"; }
+drop() {
+  sync
+  if echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then echo dropped; else echo not-dropped; fi
+}
 
-echo "== thaw-gpu tests on the GPU" | tee "$OUT/tests.txt"
-"$BIN/thaw-gpu-tests" --test-threads 1 2>&1 | tee -a "$OUT/tests.txt"
+phase machine
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current --format=csv
+  echo "cpus: $(nproc)"
+  uname -r
+  echo "page cache drop: $(drop)"
+} 2>&1 | tee "$OUT/gpu.txt"
 
-echo "== a $GIB GiB bf16 safetensors file of random weights"
-python3 - "$W/src/w.safetensors" "$GIB" <<'PY'
-import json, os, sys
+phase "thaw-gpu tests on the GPU"
+timeout 120 "$BIN/thaw-gpu-tests" --test-threads 1 2>&1 | tee "$OUT/tests.txt"
+echo "tests exit: ${PIPESTATUS[0]}" | tee -a "$OUT/tests.txt"
+
+phase "raw host-to-device bandwidth"
+timeout 90 python3 - <<'PY' 2>&1 | tee -a "$R"
+import statistics, torch
+n = 1 << 30
+dst = torch.empty(n, dtype=torch.uint8, device="cuda:0")
+for kind in ("pinned", "pageable"):
+    src = torch.ones(n, dtype=torch.uint8)
+    if kind == "pinned":
+        src = src.pin_memory()
+    rates = []
+    for i in range(6):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src, non_blocking=True)
+        b.record()
+        b.synchronize()
+        if i:
+            rates.append(n / (a.elapsed_time(b) / 1e3) / 1e9)
+    print(f"raw_{kind} gb_per_s: {statistics.median(rates):.3f}")
+PY
+
+phase "a $GIB GiB bf16 safetensors file, built into a store"
+timeout 180 python3 - "$W/src/w.safetensors" "$GIB" <<'PY'
+import sys, torch
+from safetensors.torch import save_file
 path, gib = sys.argv[1], int(sys.argv[2])
-tensor = 64 << 20
-n = gib * (1 << 30) // tensor
-header, off = {"__metadata__": {"format": "pt"}}, 0
-for i in range(n):
-    header[f"layers.{i}.weight"] = {"dtype": "BF16", "shape": [4096, tensor // 8192], "data_offsets": [off, off + tensor]}
-    off += tensor
-h = json.dumps(header).encode()
-h += b" " * (-len(h) % 8)
-with open(path, "wb") as f:
-    f.write(len(h).to_bytes(8, "little"))
-    f.write(h)
-    for _ in range(n):
-        f.write(os.urandom(tensor))
+g = torch.Generator().manual_seed(7)
+per = 64 << 20  # bytes per tensor
+tensors = {f"layers.{i}.weight": (torch.randn(4096, per // 8192, generator=g) * 0.02).to(torch.bfloat16)
+           for i in range(gib * (1 << 30) // per)}
+save_file(tensors, path, metadata={"format": "pt"})
 PY
 ls -la "$W/src"
-"$BIN/thaw" --store "$W/store" build "$W/src" --tag w | tee "$OUT/build.txt"
+timeout 240 "$BIN/thaw" --store "$W/store" build "$W/src" --tag w 2>&1 | tee "$OUT/build.txt"
+du -sb "$W/store" | tee -a "$OUT/build.txt"
 
-cat > "$W/st_load.py" <<'PY'
-import sys, time
-import torch
+phase "loads"
+cat >"$W/st_load.py" <<'PY'
+import os, sys, time, torch
 from safetensors.torch import load_file
+path, runs = sys.argv[1], int(sys.argv[2])
 torch.zeros(1, device="cuda:0")  # the context exists before timing, as for the others
-t = time.perf_counter()
-tensors = load_file(sys.argv[1], device="cuda:0")
-torch.cuda.synchronize()
-s = time.perf_counter() - t
-n = sum(v.numel() * v.element_size() for v in tensors.values())
-print(f"bytes: {n}\nseconds: {s:.4f}\ngb_per_s: {n / s / 1e9:.3f}")
+def drop():
+    os.sync()
+    try:
+        open("/proc/sys/vm/drop_caches", "w").write("3")
+    except OSError:
+        pass
+for mode in ("cold", "warm"):
+    for i in range(1, runs + 1):
+        if mode == "cold":
+            drop()
+        t = time.perf_counter()
+        tensors = load_file(path, device="cuda:0")
+        torch.cuda.synchronize()
+        s = time.perf_counter() - t
+        n = sum(v.numel() * v.element_size() for v in tensors.values())
+        print(f"safetensors_torch {mode} {i} gb_per_s: {n / s / 1e9:.3f} seconds: {s:.4f}", flush=True)
+        del tensors
+        torch.cuda.empty_cache()
 PY
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the page cache)"; }
+timeout 150 python3 "$W/st_load.py" "$W/src/w.safetensors" "$RUNS" 2>&1 | tee -a "$R"
+# One run fills the disk cache; later "cache" runs read from it.
+timeout 60 "$BIN/thaw" --store "$W/store" weights w w.safetensors --cache "$W/cache" >/dev/null 2>&1
+row() { # name mode i command...
+  local name=$1 mode=$2 i=$3
+  shift 3
+  [ "$mode" = cold ] && drop >/dev/null
+  timeout 60 "$@" 2>&1 | grep -E '^(gb_per_s|seconds|Error|error)' | tr '\n' ' ' | sed "s/^/$name $mode $i /;s/\$/\n/" | tee -a "$R"
+}
 for mode in cold warm; do
   for i in $(seq 1 "$RUNS"); do
-    [ "$mode" = cold ] && drop
-    "$BIN/thaw-bench" gpu-baseline "$W/src/w.safetensors" | sed "s/^/baseline $mode $i /" | tee -a "$OUT/runs.txt"
-    [ "$mode" = cold ] && drop
-    python3 "$W/st_load.py" "$W/src/w.safetensors" 2>&1 | sed "s/^/safetensors_torch $mode $i /" | tee -a "$OUT/runs.txt"
-    [ "$mode" = cold ] && drop
-    "$BIN/thaw" --store "$W/store" weights w w.safetensors | sed "s/^/thaw $mode $i /" | tee -a "$OUT/runs.txt"
+    row read_copy "$mode" "$i" "$BIN/thaw-bench" gpu-baseline "$W/src/w.safetensors"
+    row thaw_store "$mode" "$i" "$BIN/thaw" --store "$W/store" weights w w.safetensors
+    row thaw_disk_cache "$mode" "$i" "$BIN/thaw" --store "$W/store" weights w w.safetensors --cache "$W/cache"
   done
 done
-echo "== verify: the GPU holds the file's bytes"
-"$BIN/thaw" --store "$W/store" weights w w.safetensors --verify | tee "$OUT/verify.txt"
-echo "== staging variants (warm)"
+
+phase "verify and staging variants"
+timeout 60 "$BIN/thaw" --store "$W/store" weights w w.safetensors --verify 2>&1 | tee "$OUT/verify.txt"
 for b in "2 16" "4 64" "8 64"; do
   set -- $b
-  "$BIN/thaw" --store "$W/store" weights w w.safetensors --buffers "$1" --buffer-mib "$2" | sed "s/^/buffers $1x$2MiB /" | tee -a "$OUT/variants.txt"
+  row "buffers_${1}x${2}MiB" warm 1 "$BIN/thaw" --store "$W/store" weights w w.safetensors --buffers "$1" --buffer-mib "$2"
 done
+
+phase summary
+python3 - "$R" <<'PY' | tee "$OUT/summary.md"
+import re, statistics, sys
+rows, raw = {}, {}
+for line in open(sys.argv[1]):
+    m = re.match(r"raw_(\w+) gb_per_s: ([\d.]+)", line)
+    if m:
+        raw[m[1]] = float(m[2]); continue
+    m = re.match(r"(\S+) (cold|warm) \d+ .*gb_per_s: ([\d.]+)", line)
+    if m:
+        rows.setdefault((m[1], m[2]), []).append(float(m[3]))
+pinned = raw.get("pinned")
+print("| what | page cache | runs | median GB/s | x raw pinned |")
+print("|---|---|---|---|---|")
+for k, v in raw.items():
+    print(f"| raw {k} host-to-device copy | - | 5 | {v:.2f} | {v / pinned:.3f} |" if pinned else f"| raw {k} | - | 5 | {v:.2f} | - |")
+for (name, mode), v in rows.items():
+    med = statistics.median(v)
+    frac = f"{med / pinned:.3f}" if pinned else "-"
+    print(f"| {name} | {mode} | {len(v)} | {med:.2f} (min {min(v):.2f}, max {max(v):.2f}) | {frac} |")
+PY
+phase done
