@@ -88,6 +88,7 @@ async fn main() -> Result<()> {
                 memory_bytes: 64 << 20,
                 disk: cache.map(|c| (c, 100 << 30)),
                 fetch_around: 0,
+                ..Default::default()
             };
             let reader = ChunkReader::new(repo.packs().clone(), config)?;
             // Unique chunks in the order files reference them.

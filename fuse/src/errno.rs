@@ -1,6 +1,6 @@
 //! The one place where errors become errno values, with its table under test.
 
-use thaw_store::{ChunkError, StoreError};
+use thaw_store::error::ReadError;
 
 /// Why a filesystem operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +25,17 @@ pub enum FsError {
     ReadOnly,
     #[error("unknown file handle")]
     BadHandle,
+    /// A chunk is shorter than the extent that names it, or missing from a read's
+    /// chunks: the image and the store disagree.
+    #[error("the chunk of the extent at {extent} is shorter than the extent")]
+    ShortChunk {
+        /// The extent's offset in its file.
+        extent: u64,
+    },
     #[error("read timed out after {0:?}")]
     Timeout(std::time::Duration),
     #[error(transparent)]
-    Chunk(#[from] std::sync::Arc<ChunkError>),
+    Read(#[from] std::sync::Arc<ReadError>),
 }
 
 /// Maps an error to the errno the kernel returns to the process.
@@ -47,11 +54,8 @@ pub fn errno_of(err: &FsError) -> fuser::Errno {
         FsError::BufferTooSmall { .. } => libc::ERANGE,
         FsError::ReadOnly => libc::EROFS,
         FsError::BadHandle => libc::EBADF,
-        FsError::Timeout(_) => libc::EIO,
-        FsError::Chunk(e) => match &**e {
-            ChunkError::Store(StoreError::NotFound { .. }) => libc::EIO,
-            _ => libc::EIO,
-        },
+        FsError::Timeout(_) | FsError::ShortChunk { .. } => libc::EIO,
+        FsError::Read(_) => libc::EIO,
     };
     fuser::Errno::from_i32(code)
 }
@@ -62,22 +66,28 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
     use thaw_core::{ChunkId, PackId};
+    use thaw_store::error::StoreError;
 
     #[test]
     fn errno_table() {
-        let integrity = ChunkError::Integrity {
+        let integrity = ReadError::Integrity {
             chunk: ChunkId::of(b"c"),
             pack: PackId::of(b"p"),
             reason: "bad".into(),
         };
-        let down = ChunkError::Store(StoreError::Deadline {
+        let fetch = |source: StoreError| ReadError::Fetch {
+            chunk: ChunkId::of(b"c"),
+            pack: PackId::of(b"p"),
+            source: Arc::new(source),
+        };
+        let down = fetch(StoreError::Deadline {
             op: "get_range",
             key: "k".into(),
             after: Duration::from_secs(1),
             attempts: 3,
             last: "down".into(),
         });
-        let missing_pack = ChunkError::Store(StoreError::NotFound {
+        let missing_pack = fetch(StoreError::NotFound {
             key: "packs/x.pack".into(),
         });
         let table: Vec<(FsError, i32)> = vec![
@@ -97,11 +107,16 @@ mod tests {
             (FsError::ReadOnly, libc::EROFS),
             (FsError::BadHandle, libc::EBADF),
             (FsError::Timeout(Duration::from_secs(1)), libc::EIO),
-            (FsError::Chunk(Arc::new(integrity)), libc::EIO),
-            (FsError::Chunk(Arc::new(down)), libc::EIO),
-            (FsError::Chunk(Arc::new(missing_pack)), libc::EIO),
+            (FsError::ShortChunk { extent: 0 }, libc::EIO),
+            (FsError::Read(Arc::new(integrity)), libc::EIO),
+            (FsError::Read(Arc::new(down)), libc::EIO),
+            (FsError::Read(Arc::new(missing_pack)), libc::EIO),
             (
-                FsError::Chunk(Arc::new(ChunkError::UnknownChunk(ChunkId::of(b"u")))),
+                FsError::Read(Arc::new(ReadError::UnknownChunk(ChunkId::of(b"u")))),
+                libc::EIO,
+            ),
+            (
+                FsError::Read(Arc::new(ReadError::Abandoned(ChunkId::of(b"a")))),
                 libc::EIO,
             ),
         ];

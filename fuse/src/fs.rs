@@ -3,7 +3,7 @@
 
 use crate::errno::{errno_of, FsError};
 use crate::inodes::{file_type, from_fuse, to_fuse, InodeTable};
-use crate::reads::{overlapping, ReadState};
+use crate::reads::{assemble, overlapping, ReadData, ReadState};
 use crate::stats::{FsStats, Op};
 use crate::trace::TraceRecorder;
 use bytes::Bytes;
@@ -12,12 +12,14 @@ use fuser::{
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+use thaw_core::manifest::FileExtent;
 use thaw_core::{ChunkId, ImageId, InodeKind, Manifest};
 use thaw_store::ChunkReader;
 
@@ -108,10 +110,7 @@ impl FsShared {
         &self.table.attrs[ino as usize]
     }
 
-    /// Reads `[offset, offset + size)` of a file.
-    /// Reads `[offset, offset + size)` of a file: a slice of one cached chunk when the
-    /// range lies inside one, otherwise the bytes assembled in `scratch` (this thread's
-    /// reused buffer: a fresh one per read cost page faults on every large read).
+    /// Reads `[offset, offset + size)` of a file: see [`assemble`] for where the bytes go.
     fn read(
         &self,
         ino: u32,
@@ -131,83 +130,78 @@ impl FsShared {
         let end = (offset + u64::from(size)).min(file_size);
         let extents = &self.table.extents[ino as usize];
         let needed = overlapping(extents, offset, end);
-
-        // Readahead: fetch the next chunks in the background; never waited for here.
-        let ahead = self
-            .handles
-            .lock()
-            .expect("handles lock")
-            .entry(fh)
-            .or_default()
-            .plan(offset, end, self.config.readahead_max);
-        if let Some((from, to)) = ahead {
-            let ids: Vec<ChunkId> = overlapping(extents, from, to.min(file_size))
-                .iter()
-                .filter_map(|e| e.chunk)
-                .filter(|c| !needed.iter().any(|n| n.chunk == Some(*c)))
-                .collect();
-            if !ids.is_empty() {
-                self.stats
-                    .readahead_chunks
-                    .fetch_add(ids.len() as u64, Relaxed);
-                let reader = self.reader.clone();
-                self.rt.spawn(async move {
-                    let _ = reader.read_many(&ids).await;
-                });
-            }
-        }
-
+        self.read_ahead(fh, extents, needed, (offset, end, file_size));
         let ids: Vec<ChunkId> = needed.iter().filter_map(|e| e.chunk).collect();
-        let chunks = if ids.is_empty() {
-            Vec::new()
-        } else if let Some(hit) = self.reader.read_from_memory(&ids) {
-            // Readahead usually got there first: no trip through the runtime.
-            hit
-        } else {
-            // The timer must be created inside the runtime, so inside the future.
-            let fetch = async {
-                tokio::time::timeout(self.config.read_timeout, self.reader.read_many(&ids)).await
-            };
-            match self.rt.block_on(fetch) {
-                Ok(r) => r?,
-                Err(_) => return Err(FsError::Timeout(self.config.read_timeout)),
+        let chunks = self.chunks(&ids)?;
+        if let Some(t) = &self.trace {
+            for e in needed {
+                if let Some(id) = e.chunk {
+                    t.record(ino, e.offset, id);
+                }
             }
+        }
+        let reply = assemble(needed, &chunks, offset, end, scratch)?;
+        self.stats.bytes_served.fetch_add(end - offset, Relaxed);
+        self.stats
+            .zero_bytes_served
+            .fetch_add(reply.zero_bytes, Relaxed);
+        Ok(reply.data)
+    }
+
+    /// The chunks of a read: from memory without entering the runtime when all are there
+    /// (readahead usually got there first), else through the reader within the timeout.
+    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Bytes>, FsError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let partial = match self.reader.lookup(ids).into_found() {
+            Ok(all) => return Ok(all),
+            Err(partial) => partial,
         };
-        // The common case, a read inside one chunk, is answered from the cached chunk
-        // without copying it.
-        if let ([e], [data]) = (needed, chunks.as_slice()) {
-            let (lo, hi) = ((offset - e.offset) as usize, (end - e.offset) as usize);
-            if let (Some(t), Some(id)) = (&self.trace, e.chunk) {
-                t.record(ino, e.offset, id);
-            }
-            self.stats.bytes_served.fetch_add((hi - lo) as u64, Relaxed);
-            return Ok(ReadData::Chunk(data.slice(lo..hi)));
+        // The timer must be created inside the runtime, so inside the future.
+        let fetch = async {
+            tokio::time::timeout(self.config.read_timeout, self.reader.complete(partial)).await
+        };
+        match self.rt.block_on(fetch) {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(FsError::Timeout(self.config.read_timeout)),
         }
-        let out = scratch;
-        out.clear();
-        out.reserve((end - offset) as usize);
-        let mut chunks = chunks.into_iter();
-        for e in needed {
-            let lo = offset.max(e.offset);
-            let hi = end.min(e.offset + e.len);
-            match e.chunk {
-                Some(id) => {
-                    let data = chunks.next().expect("one chunk per chunk extent");
-                    out.extend_from_slice(
-                        &data[(lo - e.offset) as usize..(hi - e.offset) as usize],
-                    );
-                    if let Some(t) = &self.trace {
-                        t.record(ino, e.offset, id);
-                    }
-                }
-                None => {
-                    out.resize(out.len() + (hi - lo) as usize, 0);
-                    self.stats.zero_bytes_served.fetch_add(hi - lo, Relaxed);
-                }
-            }
+    }
+
+    /// Starts readahead for a sequential reader: the next chunks are fetched in the
+    /// background and never waited for here. `span` is (offset, end, file size).
+    fn read_ahead(
+        &self,
+        fh: u64,
+        extents: &[FileExtent],
+        needed: &[FileExtent],
+        span: (u64, u64, u64),
+    ) {
+        let (offset, end, file_size) = span;
+        let ahead =
+            self.handles
+                .lock()
+                .entry(fh)
+                .or_default()
+                .plan(offset, end, self.config.readahead_max);
+        let Some((from, to)) = ahead else {
+            return;
+        };
+        let ids: Vec<ChunkId> = overlapping(extents, from, to.min(file_size))
+            .iter()
+            .filter_map(|e| e.chunk)
+            .filter(|c| !needed.iter().any(|n| n.chunk == Some(*c)))
+            .collect();
+        if ids.is_empty() {
+            return;
         }
-        self.stats.bytes_served.fetch_add(out.len() as u64, Relaxed);
-        Ok(ReadData::Scratch)
+        self.stats
+            .readahead_chunks
+            .fetch_add(ids.len() as u64, Relaxed);
+        let reader = self.reader.clone();
+        self.rt.spawn(async move {
+            let _ = reader.read_many(&ids).await;
+        });
     }
 
     /// A directory's listing from `offset` on: `.`, `..`, then its entries, each with the
@@ -243,14 +237,6 @@ impl FsShared {
             reply.data(bytes);
         }
     }
-}
-
-/// Where a read's bytes are.
-enum ReadData {
-    /// A slice of a cached chunk (or empty).
-    Chunk(Bytes),
-    /// Assembled in the caller's scratch buffer.
-    Scratch,
 }
 
 thread_local! {
@@ -320,10 +306,7 @@ impl Filesystem for ThawFs {
             return reply.error(errno_of(&FsError::ReadOnly));
         }
         let fh = s.next_handle.fetch_add(1, Relaxed);
-        s.handles
-            .lock()
-            .expect("handles lock")
-            .insert(fh, ReadState::default());
+        s.handles.lock().insert(fh, ReadState::default());
         // The image never changes: the page cache may outlive this open.
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
@@ -379,11 +362,7 @@ impl Filesystem for ThawFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.shared
-            .handles
-            .lock()
-            .expect("handles lock")
-            .remove(&fh.0);
+        self.shared.handles.lock().remove(&fh.0);
         reply.ok();
     }
 

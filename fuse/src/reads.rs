@@ -1,6 +1,9 @@
-//! The read path: which chunks a read needs, readahead for sequential readers, and
-//! assembling the reply from chunks and zero runs.
+//! The read path of the FUSE crate: which chunks a read needs, readahead for sequential
+//! readers, and assembling the reply from chunks and zero runs (the one place replies
+//! are put together).
 
+use crate::errno::FsError;
+use bytes::Bytes;
 use thaw_core::manifest::FileExtent;
 
 /// Readahead starts at this window once a reader looks sequential.
@@ -47,6 +50,71 @@ pub fn overlapping(extents: &[FileExtent], start: u64, end: u64) -> &[FileExtent
     &extents[first..last.max(first)]
 }
 
+/// Where a read's bytes are.
+#[derive(Debug)]
+pub enum ReadData {
+    /// A slice of a cached chunk (or empty).
+    Chunk(Bytes),
+    /// Assembled in the caller's scratch buffer.
+    Scratch,
+}
+
+/// What [`assemble`] produced: the reply, and how many of its bytes were zero runs.
+#[derive(Debug)]
+pub struct Assembled {
+    /// The reply's bytes.
+    pub data: ReadData,
+    /// Bytes of it that came from zero runs (holes) rather than chunks.
+    pub zero_bytes: u64,
+}
+
+/// The bytes `[offset, end)` of a file from the extents that overlap it and their chunks
+/// (one per chunk extent, in order). A read inside one chunk is a slice of it, without a
+/// copy; anything else is assembled in `scratch` (the caller's reused buffer: a fresh one
+/// per read cost page faults on every large read).
+pub fn assemble(
+    needed: &[FileExtent],
+    chunks: &[Bytes],
+    offset: u64,
+    end: u64,
+    scratch: &mut Vec<u8>,
+) -> Result<Assembled, FsError> {
+    let part = |e: &FileExtent, data: &Bytes| {
+        let (lo, hi) = (offset.max(e.offset), end.min(e.offset + e.len));
+        let range = (lo - e.offset) as usize..(hi - e.offset) as usize;
+        data.get(range.clone())
+            .map(|_| data.slice(range))
+            .ok_or(FsError::ShortChunk { extent: e.offset })
+    };
+    if let ([e], [data]) = (needed, chunks) {
+        let data = ReadData::Chunk(part(e, data)?);
+        return Ok(Assembled {
+            data,
+            zero_bytes: 0,
+        });
+    }
+    scratch.clear();
+    scratch.reserve((end - offset) as usize);
+    let mut chunks = chunks.iter();
+    let mut zero_bytes = 0;
+    for e in needed {
+        if e.chunk.is_some() {
+            let data = chunks
+                .next()
+                .ok_or(FsError::ShortChunk { extent: e.offset })?;
+            scratch.extend_from_slice(&part(e, data)?);
+        } else {
+            let (lo, hi) = (offset.max(e.offset), end.min(e.offset + e.len));
+            scratch.resize(scratch.len() + (hi - lo) as usize, 0);
+            zero_bytes += hi - lo;
+        }
+    }
+    Ok(Assembled {
+        data: ReadData::Scratch,
+        zero_bytes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +146,23 @@ mod tests {
             end += 4096;
         }
         assert_eq!(s.window, 4 << 20);
+    }
+
+    #[test]
+    fn replies_are_slices_or_assembled_and_short_chunks_are_errors() {
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        let ext = |offset, len, chunk| FileExtent { offset, len, chunk };
+        let extents = [ext(0, 4, Some(a)), ext(4, 2, None), ext(6, 4, Some(b))];
+        let chunks = [Bytes::from_static(b"AAAA"), Bytes::from_static(b"BBBB")];
+        let mut scratch = Vec::new();
+        let one = assemble(&extents[..1], &chunks[..1], 1, 3, &mut scratch).unwrap();
+        assert!(matches!(one.data, ReadData::Chunk(ref d) if d.as_ref() == b"AA"));
+        let all = assemble(&extents, &chunks, 2, 8, &mut scratch).unwrap();
+        assert!(matches!(all.data, ReadData::Scratch));
+        assert_eq!((scratch.as_slice(), all.zero_bytes), (&b"AA\0\0BB"[..], 2));
+        let short = [Bytes::from_static(b"AA")];
+        assert!(assemble(&extents[..1], &short, 0, 4, &mut scratch).is_err());
+        assert!(assemble(&extents, &chunks[..1], 0, 10, &mut scratch).is_err());
     }
 
     #[test]

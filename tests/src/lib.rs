@@ -44,3 +44,42 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A tree of a few files: compressible text, incompressible bytes, several chunks, and
+/// twenty small neighbours (`d/f0`..`d/f19`) that share a pack in path order.
+pub fn small_tree(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("d")).expect("mkdir");
+    std::fs::write(dir.join("text"), "compressible line\n".repeat(20_000)).expect("write");
+    std::fs::write(dir.join("d/random"), pseudo_random(3 << 20, 11)).expect("write");
+    for i in 0..20 {
+        let data = pseudo_random(10_000 + i * 100, i as u64);
+        std::fs::write(dir.join(format!("d/f{i}")), data).expect("write");
+    }
+}
+
+/// [`small_tree`] under `src/` of a fresh temporary directory, built into a local store
+/// under `store/` of it.
+pub async fn built_small_store() -> (tempfile::TempDir, thaw_core::ImageId) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    small_tree(&tmp.path().join("src"));
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let source = thaw_image::BuildSource::Directory(tmp.path().join("src"));
+    let r = thaw_image::build(&repo, source, thaw_image::BuildOptions::default())
+        .await
+        .expect("build");
+    (tmp, r.image)
+}
+
+/// Polls `done` every few milliseconds until it holds, or panics naming `what` after a
+/// generous deadline: for effects that happen in the background (a cache write after the
+/// reader got its bytes, a daemon's file), instead of a sleep.
+pub async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

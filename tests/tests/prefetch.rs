@@ -52,17 +52,17 @@ async fn throttled_reader(store: Arc<dyn BlobStore>, disk: &std::path::Path) -> 
     let link = ThrottleConfig::parse("20,1000").unwrap();
     let remote: Arc<dyn BlobStore> = Arc::new(ThrottledStore::new(store, link));
     let packs = PackStore::open(remote).await.unwrap();
-    packs.scheduler().configure(SchedulerConfig {
-        max_in_flight: 64,
-        prefetch_in_flight: 2,
-        prefetch_bandwidth: None,
-    });
     ChunkReader::new(
         packs,
         ReaderConfig {
             memory_bytes: 1 << 30,
             disk: Some((disk.to_path_buf(), 1 << 30)),
             fetch_around: 0,
+            scheduler: SchedulerConfig {
+                max_in_flight: 64,
+                prefetch_in_flight: 2,
+                prefetch_bandwidth: None,
+            },
         },
     )
     .unwrap()
@@ -112,7 +112,7 @@ async fn an_on_demand_read_overtakes_a_long_prefetch() {
         after < (CHUNKS as u64 - 1) / 2,
         "prefetch had done {after} chunks"
     );
-    let s = reader.packs().scheduler().stats();
+    let s = reader.scheduler_stats();
     assert_eq!(s.on_demand_fetches, 1);
     assert!(s.active_prefetch <= 2, "prefetch cap exceeded: {s:?}");
     assert!(job.await.unwrap(), "the prefetch runs to completion");
@@ -154,13 +154,13 @@ async fn a_reader_joining_a_paced_prefetch_promotes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let reader = throttled_reader(store, tmp.path()).await;
     // 64 KiB/s for prefetch: after the first chunk, each waits about a second.
-    reader.packs().scheduler().configure(SchedulerConfig {
+    reader.configure_scheduler(SchedulerConfig {
         max_in_flight: 64,
         prefetch_in_flight: 2,
         prefetch_bandwidth: Some(CHUNK as u64),
     });
     let (progress, cancel, job) = spawn_prefetch(&reader, ids.clone());
-    while reader.packs().scheduler().stats().active_prefetch < 2 {
+    while reader.scheduler_stats().active_prefetch < 2 {
         tokio::task::yield_now().await;
     }
     // ids[1] holds a prefetch slot but waits for bandwidth; a reader needs it now.
@@ -168,7 +168,7 @@ async fn a_reader_joining_a_paced_prefetch_promotes_it() {
     assert_eq!(ChunkId::of(&data), ids[1]);
     let done = progress.done_chunks.load(Relaxed);
     assert!(done <= 2, "the read waited for {done} paced prefetches");
-    let s = reader.packs().scheduler().stats();
+    let s = reader.scheduler_stats();
     assert_eq!(s.promoted, 1, "{s:?}");
     let r = reader.stats();
     assert_eq!(r.joined_fetches, 1, "the reader joined the prefetch");

@@ -5,47 +5,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thaw_core::ChunkId;
 use thaw_image::{build, export, BuildOptions, BuildSource};
-use thaw_store::packs::pack_key;
+use thaw_store::packs::{pack_key, PlanOptions};
 use thaw_store::wrap::{
     CountingStore, FaultConfig, FaultyStore, RetryConfig, RetryStore, ThrottleConfig,
     ThrottledStore,
 };
 use thaw_store::{
-    BlobStore, ChunkError, ChunkReader, ObjectStoreBackend, ReaderConfig, Repository,
+    BlobStore, ChunkError, ChunkReader, ObjectStoreBackend, ReadError, ReaderConfig, Repository,
 };
-use thaw_tests::{local_repo, pseudo_random, treediff};
-
-/// A tree of a few files: compressible text, incompressible bytes, several chunks.
-fn small_tree(dir: &std::path::Path) {
-    std::fs::create_dir_all(dir.join("d")).unwrap();
-    std::fs::write(dir.join("text"), "compressible line\n".repeat(20_000)).unwrap();
-    std::fs::write(dir.join("d/random"), pseudo_random(3 << 20, 11)).unwrap();
-    for i in 0..20 {
-        std::fs::write(
-            dir.join(format!("d/f{i}")),
-            pseudo_random(10_000 + i * 100, i as u64),
-        )
-        .unwrap();
-    }
-}
-
-async fn built_store() -> (tempfile::TempDir, thaw_core::ImageId) {
-    let tmp = tempfile::tempdir().unwrap();
-    small_tree(&tmp.path().join("src"));
-    let (_, repo) = local_repo(&tmp.path().join("store")).await;
-    let r = build(
-        &repo,
-        BuildSource::Directory(tmp.path().join("src")),
-        BuildOptions::default(),
-    )
-    .await
-    .unwrap();
-    (tmp, r.image)
-}
+use thaw_tests::{built_small_store, eventually, local_repo, pseudo_random, small_tree, treediff};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
-    let (tmp, image) = built_store().await;
+    let (tmp, image) = built_small_store().await;
     let (_, repo) = local_repo(&tmp.path().join("store")).await;
     let m = repo.get_manifest(&image).await.unwrap();
     let (victim, other) = (m.chunks[0].id, m.chunks[1].id);
@@ -68,6 +40,7 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
             memory_bytes: 1 << 30,
             disk: Some((cache.clone(), 1 << 30)),
             fetch_around: 0,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -77,7 +50,7 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
             .await
             .expect_err("corrupt chunk must not be returned");
         match &*err {
-            ChunkError::Integrity { chunk, pack, .. } => {
+            ReadError::Integrity { chunk, pack, .. } => {
                 assert_eq!(*chunk, victim);
                 assert_eq!(*pack, loc.pack);
             }
@@ -103,12 +76,14 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
         .await
         .expect("an intact neighbour reads fine");
     assert_eq!(ChunkId::of(&good), other);
-    assert!(reader.disk().unwrap().contains(&other));
+    // The reader gets its bytes before the disk-cache write, which follows.
+    let disk = reader.disk().unwrap();
+    eventually("the neighbour on disk", || disk.contains(&other)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_readers_of_a_cold_chunk_cause_one_get() {
-    let (tmp, image) = built_store().await;
+    let (tmp, image) = built_small_store().await;
     let local: Arc<dyn BlobStore> =
         Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
     // A little latency so all readers arrive while the fetch is in flight.
@@ -145,7 +120,7 @@ async fn thirty_two_concurrent_readers_of_a_cold_chunk_cause_one_get() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_twenty_percent_failures() {
-    let (tmp, image) = built_store().await;
+    let (tmp, image) = built_small_store().await;
     let local: Arc<dyn BlobStore> =
         Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
     let faulty = Arc::new(FaultyStore::new(
@@ -188,7 +163,7 @@ async fn reads_survive_twenty_percent_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_store_fails_within_the_deadline_and_cached_chunks_still_read() {
-    let (tmp, image) = built_store().await;
+    let (tmp, image) = built_small_store().await;
     let local: Arc<dyn BlobStore> =
         Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
     let faulty = Arc::new(FaultyStore::new(
@@ -316,7 +291,7 @@ async fn dedup_across_builds_and_gc_of_removed_images() {
 
 #[tokio::test]
 async fn image_references_resolve_and_bad_manifests_are_refused() {
-    let (tmp, image) = built_store().await;
+    let (tmp, image) = built_small_store().await;
     let (store, repo) = local_repo(&tmp.path().join("store")).await;
     assert_eq!(repo.resolve(&image.to_hex()).await.unwrap(), image);
     assert_eq!(repo.resolve(&image.to_hex()[..8]).await.unwrap(), image);
@@ -345,7 +320,7 @@ async fn image_references_resolve_and_bad_manifests_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_around_brings_the_following_chunks_in_the_same_get() {
-    let (tmp, image) = built_store().await;
+    let (tmp, image) = built_small_store().await;
     let counting = Arc::new(CountingStore::new(Arc::new(
         ObjectStoreBackend::local(&tmp.path().join("store")).unwrap(),
     )));
@@ -362,7 +337,17 @@ async fn fetch_around_brings_the_following_chunks_in_the_same_get() {
                 .unwrap()
         })
         .collect();
-    let following = repo.packs().following(&ids[0], 64 * 1024);
+    let options = PlanOptions {
+        fetch_around: 64 * 1024,
+        ..Default::default()
+    };
+    let plan = repo.packs().plan(&ids[..1], options, |_| false);
+    assert_eq!(
+        plan.runs.len(),
+        1,
+        "one GET for the chunk and its neighbours"
+    );
+    let following = plan.around;
     assert!(
         following.len() >= 3 && following.len() <= 6,
         "about 64 KiB of 10 KiB neighbours: {following:?}"

@@ -146,7 +146,7 @@ async fn order_by_packs_the_working_set_together_in_trace_order() {
         "the pack holds exactly the working set, in order"
     );
     // One coalesced GET fetches it all.
-    let (runs, unknown) = second.packs().plan(&order);
-    assert!(unknown.is_empty());
-    assert_eq!(runs.len(), 1);
+    let plan = second.packs().plan(&order, Default::default(), |_| false);
+    assert!(plan.unknown.is_empty());
+    assert_eq!(plan.runs.len(), 1);
 }

@@ -108,6 +108,7 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
             memory_bytes: args.memory_cache,
             disk: args.cache.clone().map(|c| (c, args.cache_size)),
             fetch_around: args.fetch_around,
+            ..Default::default()
         },
     )?;
     // The prefetch starts before the manifest is loaded: both are a round trip away.

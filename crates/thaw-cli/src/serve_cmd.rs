@@ -75,12 +75,12 @@ pub async fn serve(repo: Repository, args: &ServeArgs) -> Result<()> {
             memory_bytes: args.memory_cache,
             disk: Some((args.cache.clone(), args.cache_size)),
             fetch_around: args.fetch_around,
-        },
-        scheduler: SchedulerConfig {
-            prefetch_in_flight: args.prefetch_concurrency.max(1),
-            prefetch_bandwidth: (args.prefetch_mbps > 0.0)
-                .then_some((args.prefetch_mbps * 1e6) as u64),
-            ..Default::default()
+            scheduler: SchedulerConfig {
+                prefetch_in_flight: args.prefetch_concurrency.max(1),
+                prefetch_bandwidth: (args.prefetch_mbps > 0.0)
+                    .then_some((args.prefetch_mbps * 1e6) as u64),
+                ..Default::default()
+            },
         },
         mounts: MountSettings {
             state_dir: args.state_dir.clone(),

@@ -47,6 +47,7 @@ pub async fn run(repo: &Repository, args: &WeightsArgs) -> Result<()> {
             memory_bytes: args.memory_cache,
             disk: args.cache.clone().map(|c| (c, args.cache_size)),
             fetch_around: 0,
+            ..Default::default()
         },
     )?;
     let options = LoadOptions {

@@ -14,7 +14,7 @@ mod pipeline;
 pub use header::{Tensor, WeightsHeader, MAX_HEADER_BYTES};
 pub use pipeline::{load, HostSink, LoadOptions, LoadReport, Sink};
 
-use thaw_store::error::SharedChunkError;
+use thaw_store::error::SharedReadError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -26,7 +26,7 @@ pub enum LoadError {
     Chunk {
         path: String,
         index: usize,
-        source: SharedChunkError,
+        source: SharedReadError,
     },
     #[error("CUDA: {0}")]
     Cuda(String),

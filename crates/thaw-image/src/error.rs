@@ -1,7 +1,7 @@
 //! Errors of building and exporting images.
 
 use thaw_core::FormatError;
-use thaw_store::error::SharedChunkError;
+use thaw_store::error::SharedReadError;
 use thaw_store::ChunkError;
 use thiserror::Error;
 
@@ -51,7 +51,7 @@ pub enum ExportError {
         source: std::io::Error,
     },
     #[error("reading chunks: {0}")]
-    Chunk(SharedChunkError),
+    Chunk(SharedReadError),
     #[error("export thread failed: {0}")]
     Internal(String),
 }

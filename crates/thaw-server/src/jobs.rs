@@ -60,7 +60,7 @@ impl Job {
             bytes_total: p.total_bytes.load(Relaxed),
             chunks_cached: p.cached_chunks.load(Relaxed),
             errors: p.errors.load(Relaxed),
-            last_error: p.last_error.lock().expect("progress lock").clone(),
+            last_error: p.last_error.lock().clone(),
             rate_bytes_per_second: if elapsed > 0.0 {
                 bytes_done as f64 / elapsed
             } else {

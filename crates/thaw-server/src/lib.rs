@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use thaw_core::{ImageId, Manifest};
-use thaw_store::{ChunkError, ChunkReader, ReaderConfig, Repository, SchedulerConfig};
+use thaw_store::{ChunkReader, ReadError, ReaderConfig, Repository};
 
 /// Everything `thaw serve` is told.
 #[derive(Debug, Clone)]
@@ -33,7 +33,6 @@ pub struct ServerConfig {
     /// Clients must send `Authorization: Bearer <token>`. Required off loopback.
     pub token: Option<String>,
     pub reader: ReaderConfig,
-    pub scheduler: SchedulerConfig,
     pub mounts: MountSettings,
     /// Once listening, write the bound address here (useful with port 0).
     pub ready_file: Option<PathBuf>,
@@ -51,7 +50,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("opening the cache: {0}")]
-    Cache(#[from] ChunkError),
+    Cache(#[from] ReadError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -73,7 +72,7 @@ pub struct Node {
     pub http: http::HttpStats,
     /// Recently used manifests: images are immutable, so a prewarm's manifest serves the
     /// mount that follows without another request.
-    manifests: std::sync::Mutex<lru::LruCache<ImageId, Arc<Manifest>>>,
+    manifests: parking_lot::Mutex<lru::LruCache<ImageId, Arc<Manifest>>>,
 }
 
 impl Node {
@@ -84,7 +83,6 @@ impl Node {
         if config.token.is_none() && !config.listen.ip().is_loopback() {
             return Err(ServeError::TokenRequired(config.listen));
         }
-        repo.packs().scheduler().configure(config.scheduler);
         let reader = ChunkReader::new(repo.packs().clone(), config.reader.clone())?;
         let state = &config.mounts.state_dir;
         let mounts =
@@ -101,15 +99,13 @@ impl Node {
             token: config.token.clone(),
             started: Instant::now(),
             http: http::HttpStats::default(),
-            manifests: std::sync::Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(MANIFESTS_CACHED).expect("non-zero"),
-            )),
+            manifests: parking_lot::Mutex::new(lru::LruCache::new(MANIFESTS_CACHED)),
         }))
     }
 
     /// An image's manifest, from memory when recently used.
     pub async fn manifest(&self, id: &ImageId) -> Result<Arc<Manifest>, ApiError> {
-        if let Some(m) = self.manifests.lock().expect("manifests lock").get(id) {
+        if let Some(m) = self.manifests.lock().get(id) {
             return Ok(m.clone());
         }
         let m = Arc::new(self.repo.get_manifest(id).await?);
@@ -117,16 +113,13 @@ impl Node {
         if m.chunks.iter().any(|c| !self.repo.packs().contains(&c.id)) {
             self.repo.packs().reload().await?;
         }
-        self.manifests
-            .lock()
-            .expect("manifests lock")
-            .put(*id, m.clone());
+        self.manifests.lock().put(*id, m.clone());
         Ok(m)
     }
 }
 
 /// Manifests the daemon keeps in memory.
-const MANIFESTS_CACHED: usize = 32;
+const MANIFESTS_CACHED: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).unwrap();
 
 /// Runs the daemon until `shutdown` resolves; then stops accepting requests, cancels
 /// prewarm jobs and unmounts every mount it made.
@@ -135,7 +128,6 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let node = Node::new(repo, &config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -146,6 +138,7 @@ pub async fn serve(
         addr: config.listen,
         source,
     })?;
+    let node = Node::new(repo, &config)?;
     tracing::info!(%addr, "listening");
     eprintln!("thaw serve: listening on http://{addr}");
     if let Some(f) = &config.ready_file {

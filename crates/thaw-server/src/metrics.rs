@@ -5,7 +5,7 @@
 
 use crate::Node;
 use std::fmt::Write;
-use thaw_store::schedule::{HistogramSnapshot, LATENCY_BUCKETS};
+use thaw_store::read::schedule::{HistogramSnapshot, LATENCY_BUCKETS};
 
 /// Writes `# HELP` and `# TYPE` once per metric family.
 struct Out(String);
@@ -56,7 +56,7 @@ pub fn render(node: &Node) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
     let r = node.reader.stats();
     let usage = node.reader.cache_usage();
-    let sched = node.reader.packs().scheduler().stats();
+    let sched = node.reader.scheduler_stats();
 
     o.family(
         "thaw_cache_hits_total",

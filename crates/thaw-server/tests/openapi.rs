@@ -65,7 +65,6 @@ async fn the_router_serves_every_route_in_the_table() {
         listen: "127.0.0.1:0".parse().unwrap(),
         token: None,
         reader: ReaderConfig::default(),
-        scheduler: Default::default(),
         mounts: MountSettings {
             state_dir: tmp.path().join("state"),
             mount_root: None,

@@ -1,5 +1,6 @@
 //! Errors of the store layers.
 
+use std::sync::Arc;
 use std::time::Duration;
 use thaw_core::{ChunkId, FormatError, ImageId, PackId};
 use thiserror::Error;
@@ -65,12 +66,6 @@ pub enum ChunkError {
     Store(#[from] StoreError),
     #[error("chunk {0} is not in any pack of this store")]
     UnknownChunk(ChunkId),
-    #[error("integrity error: chunk {chunk} from pack {pack}: {reason}")]
-    Integrity {
-        chunk: ChunkId,
-        pack: PackId,
-        reason: String,
-    },
     #[error("pack index {key:?}: {source}")]
     BadPackIndex { key: String, source: FormatError },
     #[error("manifest of image {image}: {source}")]
@@ -83,11 +78,8 @@ pub enum ChunkError {
     AmbiguousImage { input: String, count: usize },
     #[error(transparent)]
     Format(#[from] FormatError),
-    #[error("disk cache {path}: {source}")]
-    DiskCache {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("pack writer: {0}")]
     Writer(String),
     #[error("trace {key:?}: {source}")]
@@ -108,5 +100,57 @@ pub enum ChunkError {
     },
 }
 
-/// A chunk error that can be handed to every waiter of a single-flight fetch.
-pub type SharedChunkError = std::sync::Arc<ChunkError>;
+/// An error reading a chunk through the caches and the packs.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    /// No pack of the store holds the chunk.
+    #[error("chunk {0} is not in any pack of this store")]
+    UnknownChunk(ChunkId),
+    /// The bytes the store returned are not the chunk: the store is damaged or lying.
+    #[error("integrity error: chunk {chunk} from pack {pack}: {reason}")]
+    Integrity {
+        /// The chunk asked for.
+        chunk: ChunkId,
+        /// The pack it was read from.
+        pack: PackId,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The ranged GET of the chunk's pack failed; the store error keeps its kind (a
+    /// missing pack is not transient).
+    #[error("fetching chunk {chunk} from pack {pack}: {source}")]
+    Fetch {
+        /// The chunk asked for.
+        chunk: ChunkId,
+        /// The pack it lives in.
+        pack: PackId,
+        /// The store's error, shared by every chunk of the GET.
+        source: Arc<StoreError>,
+    },
+    /// The fetch this read waited for ended without a result: it panicked or was
+    /// cancelled. Nothing is left behind; the next read fetches again.
+    #[error("the fetch of chunk {0} ended without a result (panicked or cancelled)")]
+    Abandoned(ChunkId),
+    /// The disk cache could not be opened.
+    #[error("disk cache {path}: {source}")]
+    DiskCache {
+        /// Its directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ReadError {
+    /// Whether reading again may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReadError::Fetch { source, .. } => source.is_transient(),
+            ReadError::Abandoned(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A read error that can be handed to every waiter of a single-flight fetch.
+pub type SharedReadError = Arc<ReadError>;

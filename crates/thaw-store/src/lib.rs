@@ -7,21 +7,20 @@
 
 pub mod backend;
 pub mod blob;
-pub mod cache;
 pub mod conformance;
 pub mod error;
 pub mod packs;
-pub mod reader;
+pub mod read;
 pub mod repo;
-pub mod schedule;
 pub mod wrap;
 pub mod writer;
 
 pub use backend::{open_store, ObjectStoreBackend};
 pub use blob::{BlobStore, ObjectInfo};
-pub use error::{ChunkError, StoreError};
+pub use error::{ChunkError, ReadError, StoreError};
 pub use packs::PackStore;
-pub use reader::{CacheUsage, ChunkReader, PrefetchProgress, ReaderConfig, ReaderStats};
+pub use read::reader::{ChunkReader, ReaderConfig};
+pub use read::schedule::{FetchClass, SchedulerConfig};
+pub use read::stats::{CacheUsage, PrefetchProgress, ReaderStats};
 pub use repo::Repository;
-pub use schedule::{FetchClass, FetchScheduler, Priority, SchedulerConfig};
 pub use writer::{PackWriter, WriterConfig, WriterStats};

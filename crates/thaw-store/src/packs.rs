@@ -2,13 +2,13 @@
 //! where every chunk of the store lives and fetches chunks with coalesced ranged GETs,
 //! verifying each one.
 
-use crate::error::ChunkError;
-use crate::schedule::{FetchScheduler, Priority};
-use crate::BlobStore;
+use crate::blob::BlobStore;
+use crate::error::{ChunkError, ReadError, StoreError};
 use bytes::Bytes;
 use futures::{stream, StreamExt, TryStreamExt};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use thaw_core::{ChunkId, Compression, PackEntry, PackId, PackIndex};
 
 /// Objects of a store, by key prefix.
@@ -33,35 +33,59 @@ pub struct ChunkLocation {
     pub entry: PackEntry,
 }
 
-/// Chunks of one pack read with one ranged GET: (position in the request, entry).
+/// Chunks of one pack read with one ranged GET, in offset order.
 #[derive(Debug, Clone)]
 pub struct FetchRun {
+    /// The pack the chunks are in.
     pub pack: PackId,
-    pub entries: Vec<(usize, PackEntry)>,
+    /// Their entries, by offset.
+    pub entries: Vec<PackEntry>,
 }
 
 impl FetchRun {
     /// The stored byte range the GET covers.
     pub fn range(&self) -> std::ops::Range<u64> {
-        let start = self
-            .entries
-            .iter()
-            .map(|(_, e)| e.offset)
-            .min()
-            .unwrap_or(0);
-        let end = self
-            .entries
-            .iter()
-            .map(|(_, e)| e.end())
-            .max()
-            .unwrap_or(start);
+        let start = self.entries.first().map_or(0, |e| e.offset);
+        let end = self.entries.last().map_or(start, PackEntry::end);
         start..end
     }
 
-    /// The lowest request position among its chunks.
-    fn first_position(&self) -> usize {
-        self.entries.iter().map(|(i, _)| *i).min().unwrap_or(0)
+    /// Keeps only the chunks `keep` accepts (another fetch took the others). The run stays
+    /// one GET: its range shrinks to what is left.
+    pub fn retain(&mut self, keep: impl Fn(&ChunkId) -> bool) {
+        self.entries.retain(|e| keep(&e.id));
     }
+}
+
+/// How [`PackStore::plan`] groups chunks into GETs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// After each chunk asked for, also take the chunks stored right after it in its pack,
+    /// up to this many stored bytes (0: only what is asked). Pays off when a request's
+    /// latency costs more than the extra bytes, as with a remote object store.
+    pub fetch_around: u64,
+    /// The most stored bytes one GET asks for (a single chunk may be larger).
+    pub max_run: u64,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            fetch_around: 0,
+            max_run: MAX_COALESCED,
+        }
+    }
+}
+
+/// The GETs that fetch a list of chunks.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Ranged GETs, in the order of their first chunk asked for.
+    pub runs: Vec<FetchRun>,
+    /// Chunks no pack of the store holds.
+    pub unknown: Vec<ChunkId>,
+    /// Chunks added by fetch-around (not asked for).
+    pub around: Vec<ChunkId>,
 }
 
 /// The store's packs and the index of every chunk in them.
@@ -70,7 +94,6 @@ pub struct PackStore {
     store: Arc<dyn BlobStore>,
     chunks: RwLock<HashMap<ChunkId, ChunkLocation>>,
     packs: RwLock<BTreeMap<PackId, Arc<PackIndex>>>,
-    scheduler: FetchScheduler,
 }
 
 impl PackStore {
@@ -80,7 +103,6 @@ impl PackStore {
             store,
             chunks: RwLock::default(),
             packs: RwLock::default(),
-            scheduler: FetchScheduler::default(),
         });
         me.reload().await?;
         Ok(me)
@@ -90,21 +112,10 @@ impl PackStore {
         &self.store
     }
 
-    /// The scheduler every chunk GET goes through.
-    pub fn scheduler(&self) -> &FetchScheduler {
-        &self.scheduler
-    }
-
     /// Loads pack indexes that appeared since the last load.
     pub async fn reload(&self) -> Result<(), ChunkError> {
         let listing = self.store.list(PACKS_PREFIX).await?;
-        let known: Vec<PackId> = self
-            .packs
-            .read()
-            .expect("packs lock")
-            .keys()
-            .copied()
-            .collect();
+        let known: Vec<PackId> = self.packs.read().keys().copied().collect();
         let new: Vec<PackId> = listing
             .iter()
             .filter_map(|o| {
@@ -134,58 +145,27 @@ impl PackStore {
     }
 
     fn insert(&self, pack: PackId, index: Arc<PackIndex>) {
-        let mut chunks = self.chunks.write().expect("chunks lock");
+        let mut chunks = self.chunks.write();
         for e in &index.entries {
             chunks
                 .entry(e.id)
                 .or_insert(ChunkLocation { pack, entry: *e });
         }
-        self.packs.write().expect("packs lock").insert(pack, index);
+        self.packs.write().insert(pack, index);
     }
 
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.chunks.read().expect("chunks lock").contains_key(id)
+        self.chunks.read().contains_key(id)
     }
 
     pub fn location(&self, id: &ChunkId) -> Option<ChunkLocation> {
-        self.chunks.read().expect("chunks lock").get(id).copied()
-    }
-
-    /// The chunks stored right after `id` in its pack, up to `budget` stored bytes:
-    /// candidates to fetch in the same ranged GET. Packs keep chunks in the order a build
-    /// met them (path order), so these are usually the neighbouring files.
-    pub fn following(&self, id: &ChunkId, budget: u64) -> Vec<ChunkId> {
-        let Some(loc) = self.location(id) else {
-            return Vec::new();
-        };
-        let Some(index) = self
-            .packs
-            .read()
-            .expect("packs lock")
-            .get(&loc.pack)
-            .cloned()
-        else {
-            return Vec::new();
-        };
-        let start = index
-            .entries
-            .partition_point(|e| e.offset <= loc.entry.offset);
-        let mut used = 0u64;
-        index.entries[start..]
-            .iter()
-            .take_while(|e| {
-                used += u64::from(e.stored_len);
-                used <= budget
-            })
-            .map(|e| e.id)
-            .collect()
+        self.chunks.read().get(id).copied()
     }
 
     /// Every pack and its index.
     pub fn packs(&self) -> Vec<(PackId, Arc<PackIndex>)> {
         self.packs
             .read()
-            .expect("packs lock")
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect()
@@ -193,8 +173,8 @@ impl PackStore {
 
     /// Forgets a pack (after garbage collection deleted it).
     pub fn forget(&self, pack: &PackId) {
-        if let Some(index) = self.packs.write().expect("packs lock").remove(pack) {
-            let mut chunks = self.chunks.write().expect("chunks lock");
+        if let Some(index) = self.packs.write().remove(pack) {
+            let mut chunks = self.chunks.write();
             for e in &index.entries {
                 if chunks.get(&e.id).is_some_and(|l| l.pack == *pack) {
                     chunks.remove(&e.id);
@@ -216,121 +196,131 @@ impl PackStore {
         Ok(pack)
     }
 
-    /// Fetches chunks on demand, verified, in the order asked.
-    pub async fn fetch(&self, ids: &[ChunkId]) -> Vec<Result<Bytes, ChunkError>> {
-        self.fetch_with(ids, &Priority::on_demand()).await
-    }
-
-    /// Groups chunks into ranged GETs: chunks of one pack that lie close together share
-    /// one. Runs come in the order of their first chunk in `ids`, so a prefetch list keeps
-    /// its order. Chunks the store does not hold come back as errors.
-    pub fn plan(&self, ids: &[ChunkId]) -> (Vec<FetchRun>, Vec<(usize, ChunkError)>) {
-        let mut unknown = Vec::new();
-        let mut by_pack: HashMap<PackId, Vec<(usize, PackEntry)>> = HashMap::new();
-        for (i, id) in ids.iter().enumerate() {
-            match self.location(id) {
-                Some(loc) => by_pack.entry(loc.pack).or_default().push((i, loc.entry)),
-                None => unknown.push((i, ChunkError::UnknownChunk(*id))),
-            }
-        }
-        let mut runs: Vec<FetchRun> = Vec::new();
-        for (pack, mut entries) in by_pack {
-            entries.sort_by_key(|(_, e)| e.offset);
-            let mut run: Vec<(usize, PackEntry)> = Vec::new();
-            for (i, e) in entries {
-                if let (Some((_, first)), Some((_, last))) = (run.first(), run.last()) {
-                    let gap = e.offset.saturating_sub(last.end());
-                    if gap > COALESCE_GAP || e.end() - first.offset > MAX_COALESCED {
-                        runs.push(FetchRun {
-                            pack,
-                            entries: std::mem::take(&mut run),
-                        });
-                    }
-                }
-                run.push((i, e));
-            }
-            if !run.is_empty() {
-                runs.push(FetchRun { pack, entries: run });
-            }
-        }
-        runs.sort_by_key(FetchRun::first_position);
-        (runs, unknown)
-    }
-
-    /// Fetches chunks at a priority, verified, in the order asked. GETs run concurrently,
-    /// each when the scheduler grants it a slot.
-    pub async fn fetch_with(
+    /// Groups chunks into ranged GETs, each planned once: chunks of one pack that lie close
+    /// together share one, and fetch-around adds the chunks stored right after each asked
+    /// one unless `skip` says they are cached or being fetched already. Runs come in the
+    /// order of their first chunk in `ids`, so a prefetch list keeps its order.
+    pub fn plan(
         &self,
         ids: &[ChunkId],
-        priority: &Arc<Priority>,
-    ) -> Vec<Result<Bytes, ChunkError>> {
-        let mut out: Vec<Option<Result<Bytes, ChunkError>>> =
-            (0..ids.len()).map(|_| None).collect();
-        let (runs, unknown) = self.plan(ids);
-        for (i, e) in unknown {
-            out[i] = Some(Err(e));
+        options: PlanOptions,
+        skip: impl Fn(&ChunkId) -> bool,
+    ) -> Plan {
+        let mut plan = Plan::default();
+        let mut taken: HashSet<ChunkId> = HashSet::new();
+        // Per pack: entries with the position of the chunk asked that brought them in.
+        let mut by_pack: HashMap<PackId, Vec<(usize, PackEntry)>> = HashMap::new();
+        let chunks = self.chunks.read();
+        let packs = self.packs.read();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(loc) = chunks.get(id).copied() else {
+                plan.unknown.push(*id);
+                continue;
+            };
+            if !taken.insert(*id) {
+                continue;
+            }
+            let slot = by_pack.entry(loc.pack).or_default();
+            slot.push((i, loc.entry));
+            let Some(index) = packs.get(&loc.pack).filter(|_| options.fetch_around > 0) else {
+                continue;
+            };
+            for e in following(index, &loc.entry, options.fetch_around) {
+                if !skip(&e.id) && taken.insert(e.id) {
+                    plan.around.push(e.id);
+                    slot.push((i, *e));
+                }
+            }
         }
-        let results: Vec<Vec<(usize, Result<Bytes, ChunkError>)>> = stream::iter(runs)
-            .map(|run| self.fetch_run(run, priority))
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        for (i, r) in results.into_iter().flatten() {
-            out[i] = Some(r);
-        }
-        out.into_iter()
-            .map(|r| r.expect("every chunk has a result"))
-            .collect()
+        let mut runs: Vec<(usize, FetchRun)> = by_pack
+            .into_iter()
+            .flat_map(|(pack, entries)| coalesce(pack, entries, options.max_run))
+            .collect();
+        runs.sort_by_key(|(first, r)| (*first, r.range().start));
+        plan.runs = runs.into_iter().map(|(_, r)| r).collect();
+        plan
     }
 
-    async fn fetch_run(
-        &self,
-        run: FetchRun,
-        priority: &Priority,
-    ) -> Vec<(usize, Result<Bytes, ChunkError>)> {
-        let range = run.range();
-        let (pack, run, start) = (run.pack, run.entries, range.start);
-        let permit = self
-            .scheduler
-            .acquire(priority, range.end - range.start)
-            .await;
-        let got = self.store.get_range(&pack_key(&pack), range).await;
-        drop(permit);
-        let bytes = match got {
-            Ok(b) => b,
-            Err(e) => {
-                let msg = e.to_string();
-                return run
-                    .into_iter()
-                    .map(|(i, _)| {
-                        let err = crate::StoreError::Transient {
-                            op: "fetch chunk",
-                            key: pack_key(&pack),
-                            source: msg.clone().into(),
-                        };
-                        (i, Err(ChunkError::Store(err)))
-                    })
-                    .collect();
-            }
-        };
-        // Decompression and hashing are CPU work: keep them off the async workers.
-        let decoded = tokio::task::spawn_blocking(move || {
-            run.into_iter()
-                .map(|(i, e)| {
-                    let lo = (e.offset - start) as usize;
-                    let stored = bytes.slice(lo..lo + e.stored_len as usize);
-                    (i, decode_chunk(&pack, &e, stored))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        decoded.unwrap_or_else(|e| panic!("chunk decoding task panicked: {e}"))
+    /// Fetches one run with a ranged GET; decode it with [`decode_run`].
+    pub async fn get_run(&self, run: &FetchRun) -> Result<Bytes, StoreError> {
+        self.store
+            .get_range(&pack_key(&run.pack), run.range())
+            .await
     }
 }
 
+/// The entries stored right after `entry` in its pack, up to `budget` stored bytes. Packs
+/// keep chunks in the order a build met them (path order), so these are usually the
+/// neighbouring files.
+fn following<'a>(
+    index: &'a PackIndex,
+    entry: &PackEntry,
+    budget: u64,
+) -> impl Iterator<Item = &'a PackEntry> {
+    let start = index.entries.partition_point(|e| e.offset <= entry.offset);
+    let mut used = 0u64;
+    index.entries[start..].iter().take_while(move |e| {
+        used += u64::from(e.stored_len);
+        used <= budget
+    })
+}
+
+/// Cuts one pack's entries into runs: neighbours at most [`COALESCE_GAP`] apart share a
+/// run of at most `max_run` stored bytes. Each run comes with the lowest position asked
+/// among its chunks.
+fn coalesce(
+    pack: PackId,
+    mut entries: Vec<(usize, PackEntry)>,
+    max_run: u64,
+) -> Vec<(usize, FetchRun)> {
+    entries.sort_by_key(|(_, e)| e.offset);
+    let mut runs = Vec::new();
+    let mut run: Vec<PackEntry> = Vec::new();
+    let mut first = usize::MAX;
+    for (i, e) in entries {
+        if let (Some(lo), Some(last)) = (run.first(), run.last()) {
+            let gap = e.offset.saturating_sub(last.end());
+            if gap > COALESCE_GAP || e.end() - lo.offset > max_run {
+                let entries = std::mem::take(&mut run);
+                runs.push((first, FetchRun { pack, entries }));
+                first = usize::MAX;
+            }
+        }
+        first = first.min(i);
+        run.push(e);
+    }
+    if !run.is_empty() {
+        runs.push((first, FetchRun { pack, entries: run }));
+    }
+    runs
+}
+
+/// Decodes the bytes of one run's GET: each chunk decompressed and verified.
+pub fn decode_run(run: &FetchRun, bytes: &Bytes) -> Vec<(ChunkId, Result<Bytes, ReadError>)> {
+    let start = run.range().start;
+    let want = run.range().end - start;
+    run.entries
+        .iter()
+        .map(|e| {
+            let lo = (e.offset - start) as usize;
+            let hi = lo + e.stored_len as usize;
+            let got = if (bytes.len() as u64) < want {
+                Err(ReadError::Integrity {
+                    chunk: e.id,
+                    pack: run.pack,
+                    reason: format!("the GET returned {} bytes of {want}", bytes.len()),
+                })
+            } else {
+                decode_chunk(&run.pack, e, bytes.slice(lo..hi))
+            };
+            (e.id, got)
+        })
+        .collect()
+}
+
 /// Decompresses (if needed) and verifies one stored chunk.
-pub fn decode_chunk(pack: &PackId, e: &PackEntry, stored: Bytes) -> Result<Bytes, ChunkError> {
-    let integrity = |reason: String| ChunkError::Integrity {
+pub fn decode_chunk(pack: &PackId, e: &PackEntry, stored: Bytes) -> Result<Bytes, ReadError> {
+    let integrity = |reason: String| ReadError::Integrity {
         chunk: e.id,
         pack: *pack,
         reason,

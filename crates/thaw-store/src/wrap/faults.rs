@@ -3,10 +3,11 @@
 use crate::{BlobStore, ObjectInfo, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// What to inject.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +25,7 @@ pub struct FaultyStore {
     config: FaultConfig,
     rng: Mutex<StdRng>,
     down: AtomicBool,
+    panicking: AtomicBool,
     injected: AtomicU64,
 }
 
@@ -34,6 +36,7 @@ impl FaultyStore {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             config,
             down: AtomicBool::new(false),
+            panicking: AtomicBool::new(false),
             injected: AtomicU64::new(0),
         }
     }
@@ -43,14 +46,24 @@ impl FaultyStore {
         self.down.store(down, Relaxed);
     }
 
+    /// While set, every request panics: what a bug in a backend would do. Tests use it to
+    /// check that a panicking fetch leaves nothing behind.
+    pub fn set_panicking(&self, panicking: bool) {
+        self.panicking.store(panicking, Relaxed);
+    }
+
     /// How many failures were injected so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(Relaxed)
     }
 
     fn check(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
-        let fail = self.down.load(Relaxed)
-            || self.rng.lock().expect("fault rng").random::<f64>() < self.config.fail_rate;
+        if self.panicking.load(Relaxed) {
+            self.injected.fetch_add(1, Relaxed);
+            panic!("injected panic: {op} {key}");
+        }
+        let fail =
+            self.down.load(Relaxed) || self.rng.lock().random::<f64>() < self.config.fail_rate;
         if fail {
             self.injected.fetch_add(1, Relaxed);
             return Err(StoreError::Injected {

@@ -1,0 +1,40 @@
+//! Local cache tiers for decompressed, verified chunks: memory, then disk.
+
+mod buffers;
+mod disk;
+mod memory;
+
+pub use disk::DiskCache;
+pub use memory::MemoryCache;
+
+use crate::read::stats::CacheUsage;
+use thaw_core::ChunkId;
+
+/// The node's two local tiers, looked up in this order.
+#[derive(Debug)]
+pub struct Caches {
+    /// Chunks in memory (a byte-bounded LRU).
+    pub memory: MemoryCache,
+    /// Chunks on disk, if the reader has a disk cache.
+    pub disk: Option<DiskCache>,
+}
+
+impl Caches {
+    /// Whether either tier holds `id` (index lookups only: no I/O, no verification).
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.memory.contains(id) || self.disk.as_ref().is_some_and(|d| d.contains(id))
+    }
+
+    /// How full the tiers are.
+    pub fn usage(&self) -> CacheUsage {
+        let disk = self.disk.as_ref();
+        CacheUsage {
+            memory_bytes: self.memory.bytes(),
+            memory_capacity: self.memory.capacity(),
+            memory_entries: self.memory.len(),
+            disk_bytes: disk.map_or(0, DiskCache::bytes),
+            disk_capacity: disk.map_or(0, DiskCache::capacity),
+            disk_entries: disk.map_or(0, DiskCache::len),
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The fetcher: everything below the memory tier. One flight per batch of misses looks in
+//! the disk cache, has the packs plan the GETs (fetch-around included) once, asks the
+//! scheduler for a slot per GET, and hands each chunk to its waiters as soon as it is
+//! verified; the cache writes come after. Nobody outside this module touches the
+//! scheduler or the single-flight table.
+
+use crate::error::{ReadError, SharedReadError};
+use crate::packs::{decode_run, FetchRun, PackStore, PlanOptions, MAX_COALESCED};
+use crate::read::cache::Caches;
+use crate::read::flight::{FlightGuard, Flights, Outcome};
+use crate::read::schedule::{
+    FetchClass, FetchScheduler, Priority, SchedulerConfig, SchedulerStats,
+};
+use crate::read::stats::Counters;
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::HashSet;
+use std::sync::Arc;
+use thaw_core::ChunkId;
+
+/// GETs one flight runs at once (each still needs a scheduler slot).
+const GETS_PER_FLIGHT: usize = 8;
+/// Disk cache reads one flight runs at once: one file per chunk gets no readahead across
+/// chunks, so depth comes from parallelism.
+const DISK_READS_IN_FLIGHT: usize = 4;
+
+/// Fetches missing chunks, once each however many readers want them.
+#[derive(Debug)]
+pub struct Fetcher {
+    packs: Arc<PackStore>,
+    caches: Arc<Caches>,
+    flights: Arc<Flights>,
+    scheduler: FetchScheduler,
+    counters: Arc<Counters>,
+    fetch_around: u64,
+}
+
+impl Fetcher {
+    pub(crate) fn new(
+        packs: Arc<PackStore>,
+        caches: Arc<Caches>,
+        counters: Arc<Counters>,
+        fetch_around: u64,
+        scheduler: SchedulerConfig,
+    ) -> Self {
+        Fetcher {
+            packs,
+            caches,
+            flights: Arc::default(),
+            scheduler: FetchScheduler::new(scheduler),
+            counters,
+            fetch_around,
+        }
+    }
+
+    /// Changes the scheduler's limits.
+    pub fn configure(&self, config: SchedulerConfig) {
+        self.scheduler.configure(config);
+    }
+
+    /// The scheduler's limits.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        self.scheduler.config()
+    }
+
+    /// The scheduler's counters.
+    pub fn scheduler_stats(&self) -> SchedulerStats {
+        self.scheduler.stats()
+    }
+
+    /// Whether a fetch of `id` is in flight.
+    pub fn in_flight(&self, id: &ChunkId) -> bool {
+        self.flights.contains(id)
+    }
+
+    /// Chunks being fetched now.
+    pub fn flights_len(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// Fetches chunks missing from memory: joins fetches in flight, starts one flight for
+    /// the rest (disk cache, then the store). One outcome per chunk, in order.
+    pub async fn fetch(self: &Arc<Self>, ids: &[ChunkId], class: FetchClass) -> Vec<Outcome> {
+        let guard = self.claim(ids, class);
+        if let Some(guard) = guard.guard {
+            tokio::spawn(self.clone().fly(guard, None));
+        }
+        futures::future::join_all(guard.waiters.into_iter().map(|w| w.wait())).await
+    }
+
+    /// Fetches one planned run of a prefetch (its chunks known to be neither in memory nor
+    /// on disk), joining fetches already in flight for some of them. Returns once every
+    /// chunk's fetch has settled, its disk-cache write included.
+    pub async fn fetch_run(self: &Arc<Self>, run: FetchRun, class: FetchClass) -> Vec<Outcome> {
+        let ids: Vec<ChunkId> = run.entries.iter().map(|e| e.id).collect();
+        let claim = self.claim(&ids, class);
+        if let Some(guard) = claim.guard {
+            tokio::spawn(self.clone().fly(guard, Some(run)));
+        }
+        futures::future::join_all(claim.waiters.into_iter().map(|w| w.wait_settled())).await
+    }
+
+    fn claim(&self, ids: &[ChunkId], class: FetchClass) -> crate::read::flight::Claim {
+        let priority = match class {
+            FetchClass::OnDemand => Priority::on_demand(),
+            FetchClass::Prefetch => Priority::prefetch(),
+        };
+        let claim = self
+            .flights
+            .claim(ids, &priority, |p| self.scheduler.promote(p));
+        Counters::add(&self.counters.joined_fetches, claim.joined as u64);
+        claim
+    }
+
+    /// One flight: the disk cache (unless the run was planned already), then the store.
+    /// Every path out of here drops `guard`, which releases whoever still waits.
+    async fn fly(self: Arc<Self>, mut guard: FlightGuard, run: Option<FetchRun>) {
+        let runs = match run {
+            Some(mut run) => {
+                let ours: HashSet<ChunkId> = guard.ids().iter().copied().collect();
+                run.retain(|id| ours.contains(id));
+                vec![run]
+            }
+            None => {
+                let misses = self.serve_from_disk(&guard).await;
+                self.plan(&mut guard, &misses)
+            }
+        };
+        let fetched = self.fetch_from_store(&guard, runs).await;
+        if self.caches.disk.is_some() && !fetched.is_empty() {
+            // After the waiters have their bytes; the entries stay in flight (so late
+            // readers join instead of fetching again) until the files are written.
+            let caches = self.caches.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                if let Some(d) = &caches.disk {
+                    fetched.iter().for_each(|(id, b)| d.insert(id, b));
+                }
+            });
+            if let Err(e) = written.await {
+                tracing::error!(error = %e, "writing fetched chunks to the disk cache failed");
+            }
+        }
+        drop(guard);
+    }
+
+    /// Serves the flight's chunks the disk cache holds; returns the rest.
+    async fn serve_from_disk(&self, guard: &FlightGuard) -> Vec<ChunkId> {
+        if self.caches.disk.is_none() {
+            return guard.ids().to_vec();
+        }
+        let ids = guard.ids().to_vec();
+        let per = ids.len().div_ceil(DISK_READS_IN_FLIGHT).max(1);
+        let reads: Vec<_> = ids
+            .chunks(per)
+            .map(|group| {
+                let (caches, group) = (self.caches.clone(), group.to_vec());
+                let task = tokio::task::spawn_blocking({
+                    let group = group.clone();
+                    move || {
+                        let disk = caches.disk.as_ref();
+                        group
+                            .iter()
+                            .map(|id| disk.and_then(|d| d.get(id)))
+                            .collect()
+                    }
+                });
+                (group, task)
+            })
+            .collect();
+        let mut misses = Vec::new();
+        for (group, task) in reads {
+            // A failed read task leaves its chunks to the store.
+            let found: Vec<Option<Bytes>> = task.await.unwrap_or_default();
+            for (k, id) in group.into_iter().enumerate() {
+                match found.get(k).cloned().flatten() {
+                    Some(data) => {
+                        Counters::add(&self.counters.disk_hits, 1);
+                        self.caches.memory.insert(id, data.clone());
+                        guard.deliver(&id, Ok(data));
+                    }
+                    None => misses.push(id),
+                }
+            }
+        }
+        Counters::add(&self.counters.disk_misses, misses.len() as u64);
+        misses
+    }
+
+    /// Plans the GETs for `misses`, with the neighbours fetch-around adds claimed into this
+    /// flight; chunks no pack holds get their error now.
+    fn plan(&self, guard: &mut FlightGuard, misses: &[ChunkId]) -> Vec<FetchRun> {
+        let options = PlanOptions {
+            fetch_around: self.fetch_around,
+            max_run: MAX_COALESCED,
+        };
+        let skip = |id: &ChunkId| self.caches.contains(id) || self.flights.contains(id);
+        let mut plan = self.packs.plan(misses, options, skip);
+        for id in plan.unknown {
+            guard.deliver(&id, Err(Arc::new(ReadError::UnknownChunk(id))));
+        }
+        let mut ours: HashSet<ChunkId> = misses.iter().copied().collect();
+        let added = guard.extend(&plan.around);
+        Counters::add(&self.counters.fetched_around, added.len() as u64);
+        ours.extend(added);
+        for run in &mut plan.runs {
+            run.retain(|id| ours.contains(id));
+        }
+        plan.runs.retain(|r| !r.entries.is_empty());
+        plan.runs
+    }
+
+    /// Runs the GETs, delivering each chunk as it is verified; returns what was fetched.
+    async fn fetch_from_store(
+        &self,
+        guard: &FlightGuard,
+        runs: Vec<FetchRun>,
+    ) -> Vec<(ChunkId, Bytes)> {
+        let priority = guard.priority();
+        let mut results = futures::stream::iter(runs)
+            .map(|run| self.get_run(run, priority))
+            .buffer_unordered(GETS_PER_FLIGHT);
+        let mut fetched = Vec::new();
+        while let Some(decoded) = results.next().await {
+            for (id, outcome) in decoded {
+                if let Ok(data) = &outcome {
+                    self.keep(id, data, priority);
+                    fetched.push((id, data.clone()));
+                }
+                guard.deliver(&id, outcome);
+            }
+        }
+        fetched
+    }
+
+    /// One ranged GET under a scheduler slot, decoded and verified off the async workers.
+    async fn get_run(&self, run: FetchRun, priority: &Priority) -> Vec<(ChunkId, Outcome)> {
+        let range = run.range();
+        let permit = self
+            .scheduler
+            .acquire(priority, range.end - range.start)
+            .await;
+        let got = self.packs.get_run(&run).await;
+        drop(permit);
+        let bytes = match got {
+            Ok(b) => b,
+            Err(e) => {
+                let source = Arc::new(e);
+                return run
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        let err = ReadError::Fetch {
+                            chunk: e.id,
+                            pack: run.pack,
+                            source: source.clone(),
+                        };
+                        (e.id, Err(Arc::new(err)))
+                    })
+                    .collect();
+            }
+        };
+        // Decompression and hashing are CPU work. If the task dies, its chunks get no
+        // outcome and the flight's guard releases their waiters.
+        let decoded = tokio::task::spawn_blocking(move || decode_run(&run, &bytes)).await;
+        let decoded = decoded.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "decoding a fetched run failed");
+            Vec::new()
+        });
+        decoded
+            .into_iter()
+            .map(|(id, r)| (id, r.map_err(|e| self.shared(e))))
+            .collect()
+    }
+
+    fn shared(&self, e: ReadError) -> SharedReadError {
+        if let ReadError::Integrity { .. } = &e {
+            Counters::add(&self.counters.integrity_failures, 1);
+            tracing::error!(error = %e, "chunk failed verification");
+        }
+        Arc::new(e)
+    }
+
+    /// Counts a fetched chunk and puts it in memory. A prefetch nobody waits for fills free
+    /// memory but never evicts: warming a large image must not push the working set out
+    /// (it still lands on disk).
+    fn keep(&self, id: ChunkId, data: &Bytes, priority: &Priority) {
+        let c = &self.counters;
+        let len = data.len() as u64;
+        Counters::add(&c.fetched_chunks, 1);
+        Counters::add(&c.fetched_bytes, len);
+        if priority.is_prefetch() {
+            Counters::add(&c.prefetched_chunks, 1);
+            Counters::add(&c.prefetched_bytes, len);
+        }
+        if self.caches.disk.is_none() || !priority.is_prefetch() {
+            self.caches.memory.insert(id, data.clone());
+        } else {
+            self.caches.memory.insert_if_room(id, data.clone());
+        }
+    }
+}

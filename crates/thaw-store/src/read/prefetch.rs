@@ -1,0 +1,85 @@
+//! Prefetch: warms the caches with a list of chunks, in order, at prefetch priority, in
+//! GETs of about [`PREFETCH_PIECE`] planned once by the packs.
+
+use crate::packs::PlanOptions;
+use crate::read::reader::ChunkReader;
+use crate::read::schedule::FetchClass;
+use crate::read::stats::PrefetchProgress;
+use futures::StreamExt;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use thaw_core::ChunkId;
+use tokio_util::sync::CancellationToken;
+
+/// The most stored bytes one prefetch GET asks for (one chunk may be larger): a reader
+/// that needs a chunk being prefetched then waits for a piece, not a whole pack, and the
+/// first pieces land while later ones are still on the wire.
+pub const PREFETCH_PIECE: u64 = 1 << 20;
+
+impl ChunkReader {
+    /// A chunk's uncompressed length (0 if the store does not hold it).
+    fn raw_len(&self, id: &ChunkId) -> u64 {
+        self.packs()
+            .location(id)
+            .map_or(0, |l| u64::from(l.entry.raw_len))
+    }
+
+    /// Sets a prefetch's totals (distinct chunks and their bytes) before it starts;
+    /// returns the distinct chunks in order.
+    pub fn count_prefetch(&self, ids: &[ChunkId], progress: &PrefetchProgress) -> Vec<ChunkId> {
+        let mut seen = HashSet::new();
+        let ids: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let bytes: u64 = ids.iter().map(|id| self.raw_len(id)).sum();
+        progress.total_chunks.store(ids.len() as u64, Relaxed);
+        progress.total_bytes.store(bytes, Relaxed);
+        ids
+    }
+
+    /// Warms the caches with `ids`, in order, at prefetch priority: on-demand reads go
+    /// first, and a reader that needs a chunk being prefetched promotes that fetch.
+    /// Chunks already cached count as done at once. Returns `false` if cancelled (at most
+    /// the scheduler's prefetch slots' worth of fetches finish after that).
+    pub async fn prefetch(
+        &self,
+        ids: &[ChunkId],
+        progress: &PrefetchProgress,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let ids = self.count_prefetch(ids, progress);
+        let pending: Vec<ChunkId> = ids
+            .into_iter()
+            .filter(|id| {
+                let cached = self.is_cached(id);
+                if cached {
+                    progress.cached(self.raw_len(id));
+                }
+                !cached
+            })
+            .collect();
+        let options = PlanOptions {
+            fetch_around: 0,
+            max_run: PREFETCH_PIECE,
+        };
+        let plan = self.packs().plan(&pending, options, |_| false);
+        for id in plan.unknown {
+            progress.error(&crate::error::ReadError::UnknownChunk(id));
+        }
+        let slots = self.fetcher().scheduler_config().prefetch_in_flight.max(1);
+        let fetcher = self.fetcher().clone();
+        let work = futures::stream::iter(plan.runs)
+            .map(|run| fetcher.fetch_run(run, FetchClass::Prefetch))
+            .buffered(slots)
+            .for_each(|outcomes| async move {
+                for outcome in outcomes {
+                    match outcome {
+                        Ok(b) => progress.done(1, b.len() as u64),
+                        Err(e) => progress.error(&e),
+                    }
+                }
+            });
+        tokio::select! {
+            () = work => true,
+            () = cancel.cancelled() => false,
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The chunk reader: the memory tier in front of the [`Fetcher`]. A read looks each chunk
+//! up in memory once; the misses go to the fetcher, which tries the disk cache and then
+//! the store, once per chunk however many readers want it.
+
+use crate::error::{ReadError, SharedReadError};
+use crate::packs::PackStore;
+use crate::read::cache::{Caches, DiskCache, MemoryCache};
+use crate::read::fetcher::Fetcher;
+use crate::read::schedule::{FetchClass, SchedulerConfig, SchedulerStats};
+use crate::read::stats::{CacheUsage, Counters, ReaderStats};
+use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::Arc;
+use thaw_core::ChunkId;
+
+/// Cache sizes and places.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// The memory cache's bound in bytes.
+    pub memory_bytes: u64,
+    /// A disk cache directory and its size in bytes.
+    pub disk: Option<(PathBuf, u64)>,
+    /// On a miss, also fetch the chunks that follow it in its pack, up to this many stored
+    /// bytes, in the same request (0: only what is asked). Pays off when request latency
+    /// dominates, as with a remote object store.
+    pub fetch_around: u64,
+    /// Limits of the fetch scheduler.
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            memory_bytes: 256 * 1024 * 1024,
+            disk: None,
+            fetch_around: 0,
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+/// The tiered, single-flight chunk reader.
+#[derive(Debug)]
+pub struct ChunkReader {
+    packs: Arc<PackStore>,
+    caches: Arc<Caches>,
+    fetcher: Arc<Fetcher>,
+    counters: Arc<Counters>,
+}
+
+/// Chunks looked up in memory: those found, and which are still to fetch.
+#[derive(Debug)]
+pub struct Lookup {
+    ids: Vec<ChunkId>,
+    found: Vec<Option<Bytes>>,
+}
+
+impl Lookup {
+    /// Every chunk, if all were in memory; else the lookup back, to complete with
+    /// [`ChunkReader::complete`].
+    pub fn into_found(self) -> Result<Vec<Bytes>, Lookup> {
+        if self.found.iter().all(Option::is_some) {
+            Ok(self.found.into_iter().flatten().collect())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl ChunkReader {
+    /// A reader over `packs` with the caches `config` names.
+    pub fn new(packs: Arc<PackStore>, config: ReaderConfig) -> Result<Arc<Self>, ReadError> {
+        let disk = match &config.disk {
+            Some((dir, bytes)) => {
+                Some(
+                    DiskCache::open(dir, *bytes).map_err(|source| ReadError::DiskCache {
+                        path: dir.display().to_string(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let caches = Arc::new(Caches {
+            memory: MemoryCache::new(config.memory_bytes),
+            disk,
+        });
+        let counters = Arc::new(Counters::default());
+        let fetcher = Arc::new(Fetcher::new(
+            packs.clone(),
+            caches.clone(),
+            counters.clone(),
+            config.fetch_around,
+            config.scheduler,
+        ));
+        Ok(Arc::new(ChunkReader {
+            packs,
+            caches,
+            fetcher,
+            counters,
+        }))
+    }
+
+    /// The packs this reader fetches from.
+    pub fn packs(&self) -> &Arc<PackStore> {
+        &self.packs
+    }
+
+    /// The disk cache, if any.
+    pub fn disk(&self) -> Option<&DiskCache> {
+        self.caches.disk.as_ref()
+    }
+
+    /// The fetcher below the memory tier.
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+
+    /// Changes the fetch scheduler's limits.
+    pub fn configure_scheduler(&self, config: SchedulerConfig) {
+        self.fetcher.configure(config);
+    }
+
+    /// The fetch scheduler's counters.
+    pub fn scheduler_stats(&self) -> SchedulerStats {
+        self.fetcher.scheduler_stats()
+    }
+
+    /// Where reads were served from so far.
+    pub fn stats(&self) -> ReaderStats {
+        self.counters.snapshot()
+    }
+
+    /// How full the caches are.
+    pub fn cache_usage(&self) -> CacheUsage {
+        self.caches.usage()
+    }
+
+    /// Whether a chunk is in memory or on disk (index lookups, no I/O).
+    pub fn is_cached(&self, id: &ChunkId) -> bool {
+        self.caches.contains(id)
+    }
+
+    /// Looks every chunk up in memory, once, counting hits and misses. Lets a blocking
+    /// caller skip the async runtime when everything is there.
+    pub fn lookup(&self, ids: &[ChunkId]) -> Lookup {
+        let found: Vec<Option<Bytes>> = ids.iter().map(|id| self.caches.memory.get(id)).collect();
+        let hits = found.iter().filter(|f| f.is_some()).count() as u64;
+        Counters::add(&self.counters.memory_hits, hits);
+        Counters::add(&self.counters.memory_misses, ids.len() as u64 - hits);
+        Lookup {
+            ids: ids.to_vec(),
+            found,
+        }
+    }
+
+    /// Fetches what a [`Lookup`] did not find in memory, at on-demand priority.
+    pub async fn complete(&self, lookup: Lookup) -> Result<Vec<Bytes>, SharedReadError> {
+        let Lookup { ids, mut found } = lookup;
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| found[i].is_none()).collect();
+        let want: Vec<ChunkId> = missing.iter().map(|&i| ids[i]).collect();
+        let got = self.fetcher.fetch(&want, FetchClass::OnDemand).await;
+        for (i, outcome) in missing.into_iter().zip(got) {
+            found[i] = Some(outcome?);
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Reads chunks, in order. Misses are fetched together, so neighbours in a pack
+    /// share requests.
+    pub async fn read_many(&self, ids: &[ChunkId]) -> Result<Vec<Bytes>, SharedReadError> {
+        match self.lookup(ids).into_found() {
+            Ok(all) => Ok(all),
+            Err(partial) => self.complete(partial).await,
+        }
+    }
+
+    /// Reads one chunk.
+    pub async fn read(&self, id: ChunkId) -> Result<Bytes, SharedReadError> {
+        let mut v = self.read_many(&[id]).await?;
+        v.pop().ok_or_else(|| Arc::new(ReadError::Abandoned(id)))
+    }
+}

@@ -1,0 +1,95 @@
+//! The read path's failure modes through the real reader over a real store: a fetch that
+//! panics, many readers of one chunk, and a pack that is gone.
+
+use std::sync::Arc;
+use thaw_core::ChunkId;
+use thaw_store::packs::pack_key;
+use thaw_store::wrap::{FaultConfig, FaultyStore};
+use thaw_store::{BlobStore, ChunkReader, ObjectStoreBackend, ReadError, ReaderConfig, Repository};
+use thaw_tests::built_small_store;
+
+/// A reader over the built store behind a fault injector.
+async fn faulty_reader(
+    store: &std::path::Path,
+) -> (Arc<FaultyStore>, Repository, Arc<ChunkReader>) {
+    let local: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::local(store).expect("store"));
+    let config = FaultConfig {
+        fail_rate: 0.0,
+        seed: 1,
+    };
+    let faulty = Arc::new(FaultyStore::new(local, config));
+    let repo = Repository::open(faulty.clone()).await.expect("repo");
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).expect("reader");
+    (faulty, repo, reader)
+}
+
+/// Reads `id` from 32 tasks at once.
+async fn read_from_32(
+    reader: &Arc<ChunkReader>,
+    id: ChunkId,
+) -> Vec<Result<bytes::Bytes, Arc<ReadError>>> {
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let r = reader.clone();
+            tokio::spawn(async move { r.read(id).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("reader task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_panics_does_not_make_later_reads_fail() {
+    let (tmp, image) = built_small_store().await;
+    let (faulty, repo, reader) = faulty_reader(&tmp.path().join("store")).await;
+    let id = repo.get_manifest(&image).await.expect("manifest").chunks[0].id;
+    faulty.set_panicking(true);
+    for r in read_from_32(&reader, id).await {
+        let e = r.expect_err("the fetch panicked");
+        assert!(matches!(*e, ReadError::Abandoned(c) if c == id), "{e}");
+    }
+    assert!(faulty.injected() >= 1, "the store panicked");
+    assert_eq!(reader.fetcher().flights_len(), 0, "no entry is left behind");
+    faulty.set_panicking(false);
+    for r in read_from_32(&reader, id).await {
+        assert_eq!(ChunkId::of(&r.expect("the next reads succeed")), id);
+    }
+    assert_eq!(
+        reader.stats().fetched_chunks,
+        1,
+        "32 readers shared one fetch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_pack_is_a_permanent_error_and_the_next_read_tries_again() {
+    let (tmp, image) = built_small_store().await;
+    let (_faulty, repo, reader) = faulty_reader(&tmp.path().join("store")).await;
+    let id = repo.get_manifest(&image).await.expect("manifest").chunks[0].id;
+    let pack = repo.packs().location(&id).expect("located").pack;
+    let path = tmp.path().join("store").join(pack_key(&pack));
+    let saved = std::fs::read(&path).expect("pack");
+    std::fs::remove_file(&path).expect("remove pack");
+    let e = reader.read(id).await.expect_err("the pack is gone");
+    match &*e {
+        ReadError::Fetch {
+            chunk,
+            pack: p,
+            source,
+        } => {
+            assert_eq!((*chunk, *p), (id, pack));
+            assert!(
+                !source.is_transient(),
+                "a missing pack is not transient: {source}"
+            );
+        }
+        other => panic!("expected a fetch error, got {other}"),
+    }
+    assert!(!e.is_transient());
+    assert_eq!(reader.fetcher().flights_len(), 0);
+    std::fs::write(&path, saved).expect("restore pack");
+    assert_eq!(ChunkId::of(&reader.read(id).await.expect("read")), id);
+}
