@@ -10,6 +10,8 @@ mod fs;
 mod inodes;
 pub mod mount;
 mod reads;
+pub mod registry;
+pub mod session;
 pub mod stats;
 mod trace;
 

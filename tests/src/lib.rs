@@ -22,6 +22,15 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
+/// Whether FUSE mounts can run here (root and `/dev/fuse`); says why not otherwise.
+pub fn can_mount(test: &str) -> bool {
+    if !is_root() || !std::path::Path::new("/dev/fuse").exists() {
+        skip(test, "needs root and /dev/fuse");
+        return false;
+    }
+    true
+}
+
 /// A repository on a fresh local directory store.
 pub async fn local_repo(dir: &std::path::Path) -> (Arc<dyn BlobStore>, Repository) {
     let store: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::local(dir).expect("local store"));

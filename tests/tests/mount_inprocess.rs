@@ -14,15 +14,7 @@ use thaw_store::wrap::{
     ThrottleConfig, ThrottledStore,
 };
 use thaw_store::{BlobStore, ChunkReader, ObjectStoreBackend, ReaderConfig, Repository};
-use thaw_tests::{is_root, pseudo_random, skip, treediff};
-
-fn can_mount(test: &str) -> bool {
-    if !is_root() || !Path::new("/dev/fuse").exists() {
-        skip(test, "needs root and /dev/fuse");
-        return false;
-    }
-    true
-}
+use thaw_tests::{can_mount, pseudo_random, treediff};
 
 /// A source tree of files with several chunks each.
 fn make_tree(dir: &Path) {

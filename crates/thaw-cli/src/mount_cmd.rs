@@ -1,12 +1,15 @@
-//! `thaw mount` and `thaw umount`: a foreground mount daemon, and cleanup of mounts
-//! whether their daemon is alive or dead.
+//! `thaw mount` and `thaw umount`: a foreground mount session, and unmounting a mount
+//! whoever serves it (a `thaw mount` process, a daemon) or cleaning up after one that died.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thaw_fuse::mount::{absolute, is_mounted};
-use thaw_fuse::{FsConfig, MountOptions, ThawFs};
+use thaw_fuse::registry::{clean_up, MountRecord, MountRegistry};
+use thaw_fuse::session::{write_status, MountSession, Prefetch, SessionSpec};
+use thaw_fuse::{FsConfig, MountOptions};
+use thaw_server::Client;
 use thaw_store::{ChunkReader, ReaderConfig, Repository};
 
 /// Arguments of `thaw mount`.
@@ -58,44 +61,22 @@ pub struct MountArgs {
     pub prefetch: String,
 }
 
-fn run_dir() -> PathBuf {
-    std::env::var_os("THAW_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/thaw"))
+/// Who this process runs as, for the mount record.
+fn requested_by() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+    format!("thaw mount (uid {uid})")
 }
 
-/// The state file of a mount: which process serves it and where its FUSE layer is.
-fn state_file(mountpoint: &Path) -> PathBuf {
-    let key = blake3::hash(absolute(mountpoint).as_os_str().as_encoded_bytes());
-    run_dir().join("mounts").join(&key.to_hex()[..32])
-}
-
-struct MountState {
-    pid: i32,
-    fuse_dir: PathBuf,
-}
-
-fn read_state(mountpoint: &Path) -> Option<MountState> {
-    let text = std::fs::read_to_string(state_file(mountpoint)).ok()?;
-    let mut lines = text.lines();
-    let pid = lines.next()?.parse().ok()?;
-    let _mountpoint = lines.next()?;
-    let fuse_dir = PathBuf::from(lines.next()?);
-    Some(MountState { pid, fuse_dir })
-}
-
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
-}
-
-fn write_status(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    if std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .is_err()
-    {
-        tracing::warn!(path = %path.display(), "could not write the status file");
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn signalled() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return "no SIGTERM handler";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 
@@ -112,150 +93,104 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
         },
     )?;
     // The prefetch starts before the manifest is loaded: both are a round trip away.
-    let cancel_prefetch = tokio_util::sync::CancellationToken::new();
-    let prefetch = (args.prefetch == "trace").then(|| {
-        let (repo, reader, cancel) = (repo.clone(), reader.clone(), cancel_prefetch.clone());
-        tokio::spawn(async move {
-            let list = match repo.prefetch_list(&id).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "no prefetch: reading the image's traces failed");
-                    return;
-                }
-            };
-            if list.is_empty() {
-                return;
-            }
-            let ids: Vec<_> = list.into_iter().map(|r| r.chunk).collect();
-            let progress = thaw_store::PrefetchProgress::default();
-            let done = reader.prefetch(&ids, &progress, &cancel).await;
-            tracing::info!(
-                done,
-                chunks = progress
-                    .done_chunks
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                "trace prefetch finished"
-            );
-        })
-    });
+    let prefetch = (args.prefetch == "trace").then(|| Prefetch::trace(repo, &reader, id));
     let manifest = Arc::new(repo.get_manifest(&id).await?);
-    let config = FsConfig {
-        read_timeout: Duration::from_secs(args.timeout),
-        readahead_max: args.readahead,
-        ..Default::default()
-    };
-    let fs = ThawFs::new(
+    let spec = SessionSpec {
+        id: format!("{:016x}", rand::random::<u64>()),
+        image: id,
         manifest,
-        id,
-        reader,
-        config,
-        args.record_trace.clone(),
-        tokio::runtime::Handle::current(),
-    );
-    let options = MountOptions {
-        threads: args.threads,
-        auto_unmount: if args.no_auto_unmount {
-            Some(false)
-        } else {
-            None
+        mountpoint: args.mountpoint.clone(),
+        fs: FsConfig {
+            read_timeout: Duration::from_secs(args.timeout),
+            readahead_max: args.readahead,
+            ..Default::default()
         },
-        writable: args.writable.clone(),
-        kernel_readahead: args.kernel_readahead,
-        ..Default::default()
+        options: MountOptions {
+            threads: args.threads,
+            auto_unmount: (args.no_auto_unmount).then_some(false),
+            writable: args.writable.clone(),
+            kernel_readahead: args.kernel_readahead,
+            ..Default::default()
+        },
+        record_trace: args.record_trace.clone(),
+        requested_by: requested_by(),
+        daemon: None,
     };
-    let mountpoint = args.mountpoint.clone();
-    let handle = tokio::task::spawn_blocking(move || thaw_fuse::mount(fs, &mountpoint, &options))
-        .await?
+    let session = MountSession::start(reader, spec, MountRegistry::node(), prefetch)
+        .await
         .with_context(|| format!("mounting {id} at {}", args.mountpoint.display()))?;
-    let state = state_file(handle.mountpoint());
-    std::fs::create_dir_all(state.parent().expect("state files live in a directory"))?;
-    std::fs::write(
-        &state,
-        format!(
-            "{}\n{}\n{}\n",
-            std::process::id(),
-            handle.mountpoint().display(),
-            handle.fuse_dir().display()
-        ),
-    )?;
-    eprintln!("mounted {id} at {}", handle.mountpoint().display());
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let reason = loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break "SIGINT",
-            _ = term.recv() => break "SIGTERM",
-            _ = tick.tick() => {
-                if !handle.is_mounted() {
-                    break "unmounted from outside";
-                }
-                if let Some(p) = &args.status_file {
-                    write_status(p, &handle.stats().render());
-                }
-            }
-        }
-    };
+    eprintln!("mounted {id} at {}", session.mountpoint().display());
+    let status = args.status_file.as_deref();
+    let reason = session
+        .watch(signalled(), status, Duration::from_millis(500))
+        .await;
     tracing::info!(reason, "unmounting");
-    cancel_prefetch.cancel();
-    if let Some(p) = prefetch {
-        let _ = p.await;
+    let end = session.end().await.context("unmounting")?;
+    if let (Some(n), Some(path)) = (end.trace_records, &args.record_trace) {
+        eprintln!("trace: {n} records written to {}", path.display());
     }
-    if let Some(n) = handle.write_trace().context("writing the start-up trace")? {
-        eprintln!(
-            "trace: {n} records written to {}",
-            args.record_trace
-                .as_deref()
-                .unwrap_or(Path::new("?"))
-                .display()
-        );
+    if let Some(p) = status {
+        write_status(p, &end.stats.render());
     }
-    let stats = handle.stats();
-    if let Some(p) = &args.status_file {
-        write_status(p, &stats.render());
-    }
-    tokio::task::spawn_blocking(move || handle.unmount())
-        .await?
-        .context("unmounting")?;
-    let _ = std::fs::remove_file(&state);
     if print_stats {
-        eprint!("{}", stats.render());
+        eprint!("{}", end.stats.render());
     }
     eprintln!("unmounted ({reason})");
     Ok(())
 }
 
-/// Unmounts a mount: asks its daemon to stop, or cleans up after a dead one.
+/// Unmounts a mount made by `thaw mount` or by a daemon: asks the daemon that owns it,
+/// stops the `thaw mount` process that serves it, or cleans up after one that died.
 pub async fn umount(mountpoint: &Path) -> Result<()> {
     let mp = absolute(mountpoint);
-    let state = read_state(&mp);
-    if let Some(s) = state.as_ref().filter(|s| alive(s.pid)) {
-        // SAFETY: sending SIGTERM to a process we found in our own state file.
-        unsafe { libc::kill(s.pid, libc::SIGTERM) };
-        for _ in 0..150 {
-            if !alive(s.pid) {
-                break;
+    let registry = MountRegistry::node();
+    let record = registry.find(&mp)?;
+    match record {
+        Some(r) if r.owner.is_alive() => match &r.daemon {
+            Some(addr) => {
+                let token = std::env::var("THAW_TOKEN").ok().filter(|t| !t.is_empty());
+                Client::new(addr, token)
+                    .unmount(&r.id)
+                    .await
+                    .with_context(|| format!("asking the daemon at {addr} to unmount {}", r.id))?;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            None => {
+                stop_owner(&r).await?;
+                clean_up(&r);
+                registry.remove(&mp);
+            }
+        },
+        Some(r) => {
+            clean_up(&r);
+            registry.remove(&mp);
         }
-    }
-    let mut did = false;
-    for dir in [Some(mp.clone()), state.as_ref().map(|s| s.fuse_dir.clone())]
-        .into_iter()
-        .flatten()
-    {
-        if is_mounted(&dir) {
-            thaw_fuse::unmount(&dir).with_context(|| format!("unmounting {}", dir.display()))?;
-            did = true;
+        None if is_mounted(&mp) => {
+            thaw_fuse::unmount(&mp).with_context(|| format!("unmounting {}", mp.display()))?;
         }
-    }
-    let _ = std::fs::remove_file(state_file(&mp));
-    if state.is_none() && !did {
-        bail!(
+        None => bail!(
             "{} is not a thaw mount (nothing mounted there)",
             mp.display()
-        );
+        ),
     }
     eprintln!("unmounted {}", mp.display());
+    Ok(())
+}
+
+/// Sends SIGTERM to a mount's serving process and waits (with a deadline) for it to exit.
+async fn stop_owner(r: &MountRecord) -> Result<()> {
+    let pid = rustix::process::Pid::from_raw(r.owner.pid as i32)
+        .with_context(|| format!("bad pid {} in the mount record", r.owner.pid))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        .with_context(|| format!("stopping process {}", r.owner.pid))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while r.owner.is_alive() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if r.owner.is_alive() {
+        tracing::warn!(
+            pid = r.owner.pid,
+            "the mount's process did not exit; unmounting anyway"
+        );
+    }
     Ok(())
 }

@@ -25,7 +25,8 @@ pub struct ServeArgs {
     /// A file holding the bearer token clients must send (else THAW_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Mount records and overlay upper directories.
+    /// Overlay upper directories of writable mounts. Mounts are recorded in the node's
+    /// registry, `$THAW_RUN_DIR/mounts` (default `/run/thaw/mounts`).
     #[arg(long, default_value = "/run/thaw/serve")]
     pub state_dir: PathBuf,
     /// Only allow mount points under this directory.
@@ -84,6 +85,8 @@ pub async fn serve(repo: Repository, args: &ServeArgs) -> Result<()> {
         },
         mounts: MountSettings {
             state_dir: args.state_dir.clone(),
+            registry: thaw_fuse::registry::MountRegistry::node(),
+            api_address: None,
             mount_root: args.mount_root.clone(),
             read_timeout: Duration::from_secs(args.timeout),
             threads: args.threads,

@@ -99,6 +99,26 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
         "unmounted"
     );
 
+    // `thaw umount` on a mount the daemon owns asks the daemon, which forgets it.
+    let m = c.mount(&mount_at("small", &mnt, false)).await.unwrap();
+    let out = Command::new(THAW)
+        .env("THAW_TOKEN", TOKEN)
+        .arg("umount")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        c.mounts().await.unwrap().is_empty(),
+        "the daemon unmounted {}",
+        m.id
+    );
+    assert!(std::fs::read_dir(&mnt).unwrap().next().is_none());
+
     // A daemon killed with mounts up: the next one cleans them up at start.
     let m = c.mount(&mount_at("small", &mnt, false)).await.unwrap();
     assert!(!m.id.is_empty());

@@ -273,7 +273,7 @@ async fn create_mount(
             return Err(e);
         }
     };
-    *m.prefetch_job.lock().expect("mount lock") = prewarm.map(|(job, _)| job.id.clone());
+    *m.prefetch_job.lock() = prewarm.map(|(job, _)| job.id.clone());
     Ok((StatusCode::CREATED, Json(m.view())))
 }
 

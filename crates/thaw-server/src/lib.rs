@@ -138,6 +138,8 @@ pub async fn serve(
         addr: config.listen,
         source,
     })?;
+    let mut config = config;
+    config.mounts.api_address = Some(format!("http://{addr}"));
     let node = Node::new(repo, &config)?;
     tracing::info!(%addr, "listening");
     eprintln!("thaw serve: listening on http://{addr}");

@@ -1,15 +1,19 @@
 //! Mounts the daemon serves: all read through the node's one shared reader (so one cache
-//! serves every container), recorded on disk so a restarted daemon can clean up the
-//! mounts its predecessor left behind.
+//! serves every container), each a `thaw_fuse` mount session recorded in the node's mount
+//! registry, so `thaw umount` finds the daemon and a restarted daemon cleans up what its
+//! predecessor left behind.
 
 use crate::api::{self, ErrorCode};
 use crate::error::ApiError;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 use thaw_core::{ImageId, Manifest};
-use thaw_fuse::{FsConfig, MountHandle, MountOptions, StatsSnapshot, ThawFs};
+use thaw_fuse::registry::MountRegistry;
+use thaw_fuse::session::{MountSession, SessionSpec};
+use thaw_fuse::{FsConfig, MountOptions, StatsSnapshot};
 use thaw_store::ChunkReader;
 
 /// Mounts one daemon serves at most.
@@ -25,16 +29,17 @@ pub struct MountEntry {
     pub created: u64,
     /// The prewarm job started with the mount, if any.
     pub prefetch_job: Mutex<Option<String>>,
-    handle: Mutex<Option<MountHandle>>,
+    session: tokio::sync::Mutex<Option<MountSession>>,
 }
 
 impl MountEntry {
+    /// The mount's counters, unless it is being unmounted right now.
     pub fn stats(&self) -> Option<StatsSnapshot> {
-        self.handle
-            .lock()
-            .expect("mount lock")
+        self.session
+            .try_lock()
+            .ok()?
             .as_ref()
-            .map(|h| h.stats())
+            .map(MountSession::stats)
     }
 
     pub fn view(&self) -> api::Mount {
@@ -48,7 +53,7 @@ impl MountEntry {
             created: self.created,
             bytes_served: s.bytes_served,
             read_errors: s.read_errors,
-            prefetch_job: self.prefetch_job.lock().expect("mount lock").clone(),
+            prefetch_job: self.prefetch_job.lock().clone(),
         }
     }
 }
@@ -56,8 +61,13 @@ impl MountEntry {
 /// How the daemon mounts.
 #[derive(Debug, Clone)]
 pub struct MountSettings {
-    /// Mount records and overlay upper directories live here.
+    /// Overlay upper directories live here.
     pub state_dir: PathBuf,
+    /// Where mounts are recorded (the node's registry, shared with `thaw mount`).
+    pub registry: MountRegistry,
+    /// This daemon's API address, written into its mount records so `thaw umount` asks
+    /// the daemon rather than unmounting behind its back.
+    pub api_address: Option<String>,
     /// When set, mount points must lie under it.
     pub mount_root: Option<PathBuf>,
     pub read_timeout: Duration,
@@ -78,28 +88,13 @@ pub struct Mounts {
     busy: tokio::sync::Mutex<()>,
 }
 
-fn records_dir(state: &Path) -> PathBuf {
-    state.join("mounts")
-}
-
 impl Mounts {
-    /// Opens the mount table, unmounting whatever a previous daemon left mounted.
+    /// Opens the mount table, cleaning up the mounts of serving processes that died (a
+    /// killed predecessor, a killed `thaw mount`).
     pub fn open(settings: MountSettings) -> std::io::Result<Self> {
-        let dir = records_dir(&settings.state_dir);
-        std::fs::create_dir_all(&dir)?;
-        for rec in std::fs::read_dir(&dir)? {
-            let rec = rec?.path();
-            let text = std::fs::read_to_string(&rec).unwrap_or_default();
-            for line in text.lines().filter(|l| !l.is_empty()) {
-                let p = Path::new(line);
-                if thaw_fuse::mount::is_mounted(p) {
-                    match thaw_fuse::unmount(p) {
-                        Ok(how) => tracing::info!(path = line, ?how, "cleaned up a stale mount"),
-                        Err(e) => tracing::warn!(path = line, error = %e, "stale mount stays"),
-                    }
-                }
-            }
-            let _ = std::fs::remove_file(&rec);
+        std::fs::create_dir_all(&settings.state_dir)?;
+        for r in settings.registry.clean_dead() {
+            tracing::info!(mount = %r.id, path = %r.mountpoint.display(), "cleaned up after a dead mount process");
         }
         Ok(Mounts {
             settings,
@@ -109,16 +104,11 @@ impl Mounts {
     }
 
     pub fn list(&self) -> Vec<Arc<MountEntry>> {
-        self.live
-            .lock()
-            .expect("mounts lock")
-            .values()
-            .cloned()
-            .collect()
+        self.live.lock().values().cloned().collect()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<MountEntry>> {
-        self.live.lock().expect("mounts lock").get(id).cloned()
+        self.live.lock().get(id).cloned()
     }
 
     /// Mounts `image` at `mountpoint` through the shared reader.
@@ -147,53 +137,40 @@ impl Mounts {
         }
         let id = format!("{:016x}", rand::random::<u64>());
         let upper = writable.then(|| self.settings.state_dir.join("uppers").join(&id));
-        let fs = ThawFs::new(
-            manifest,
+        let spec = SessionSpec {
+            id: id.clone(),
             image,
-            reader.clone(),
-            FsConfig {
+            manifest,
+            mountpoint: mountpoint.clone(),
+            fs: FsConfig {
                 read_timeout: self.settings.read_timeout,
                 ..Default::default()
             },
-            None,
-            tokio::runtime::Handle::current(),
-        );
-        let options = MountOptions {
-            threads: self.settings.threads,
-            kernel_readahead: self.settings.kernel_readahead,
-            writable: upper.clone(),
-            auto_unmount: Some(self.settings.auto_unmount),
-            ..Default::default()
+            options: MountOptions {
+                threads: self.settings.threads,
+                kernel_readahead: self.settings.kernel_readahead,
+                writable: upper.clone(),
+                auto_unmount: Some(self.settings.auto_unmount),
+                ..Default::default()
+            },
+            record_trace: None,
+            requested_by: "api".to_string(),
+            daemon: self.settings.api_address.clone(),
         };
-        let record = records_dir(&self.settings.state_dir).join(&id);
-        let target = mountpoint.clone();
-        let handle = tokio::task::spawn_blocking(move || thaw_fuse::mount(fs, &target, &options))
+        let registry = self.settings.registry.clone();
+        let session = MountSession::start(reader.clone(), spec, registry, None)
             .await
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("mounting {image}: {e}")))?;
-        // The overlay first, then the FUSE layer under it: the order to unmount them.
-        let mut lines = format!("{}\n", handle.mountpoint().display());
-        if handle.fuse_dir() != handle.mountpoint() {
-            lines.push_str(&format!("{}\n", handle.fuse_dir().display()));
-        }
-        if let Err(e) = std::fs::write(&record, lines) {
-            tracing::warn!(record = %record.display(), error = %e, "could not record a mount");
-        }
         let entry = Arc::new(MountEntry {
             id: id.clone(),
             image,
-            mountpoint,
+            mountpoint: session.mountpoint().to_path_buf(),
             upper: upper.map(|u| u.join("upper")),
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created: session.record().created,
             prefetch_job: Mutex::new(None),
-            handle: Mutex::new(Some(handle)),
+            session: tokio::sync::Mutex::new(Some(session)),
         });
-        self.live
-            .lock()
-            .expect("mounts lock")
-            .insert(id, entry.clone());
+        self.live.lock().insert(id, entry.clone());
         tracing::info!(mount = %entry.id, image = %image, path = %entry.mountpoint.display(), "mounted");
         Ok(entry)
     }
@@ -205,15 +182,14 @@ impl Mounts {
         let entry = self
             .get(id)
             .ok_or_else(|| ApiError::not_found(format!("no mount {id:?}")))?;
-        let handle = entry.handle.lock().expect("mount lock").take();
-        if let Some(h) = handle {
-            tokio::task::spawn_blocking(move || h.unmount())
+        let session = entry.session.lock().await.take();
+        if let Some(session) = session {
+            session
+                .end()
                 .await
-                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
                 .map_err(|e| ApiError::new(ErrorCode::Internal, format!("unmounting {id}: {e}")))?;
         }
-        self.live.lock().expect("mounts lock").remove(id);
-        let _ = std::fs::remove_file(records_dir(&self.settings.state_dir).join(id));
+        self.live.lock().remove(id);
         tracing::info!(mount = id, "unmounted");
         Ok(entry)
     }

@@ -67,6 +67,8 @@ async fn the_router_serves_every_route_in_the_table() {
         reader: ReaderConfig::default(),
         mounts: MountSettings {
             state_dir: tmp.path().join("state"),
+            registry: thaw_fuse::registry::MountRegistry::new(tmp.path().join("mounts")),
+            api_address: None,
             mount_root: None,
             read_timeout: std::time::Duration::from_secs(5),
             threads: 1,

@@ -5,7 +5,6 @@ pub mod daemon;
 
 use std::path::Path;
 use std::process::Command;
-use thaw_tests::{is_root, skip};
 
 pub const THAW: &str = env!("CARGO_BIN_EXE_thaw");
 
@@ -32,13 +31,9 @@ pub fn umount(mountpoint: &Path) -> Command {
     cmd
 }
 
-/// Whether FUSE mounts can run here; prints why not otherwise.
+/// Whether FUSE mounts can run here; says why not otherwise.
 pub fn can_mount(test: &str) -> bool {
-    if !is_root() || !Path::new("/dev/fuse").exists() {
-        skip(test, "needs root and /dev/fuse");
-        return false;
-    }
-    true
+    thaw_tests::can_mount(test)
 }
 
 /// Whether `path` is a mount point now.

@@ -1,0 +1,122 @@
+//! The mount session in this process: its record is written at start and removed at the
+//! end, and a mount whose serving process died is cleaned up from its record.
+
+use std::path::Path;
+use std::sync::Arc;
+use thaw_fuse::mount::is_mounted;
+use thaw_fuse::registry::{MountRegistry, ProcessId};
+use thaw_fuse::session::{MountSession, SessionSpec};
+use thaw_fuse::{FsConfig, MountOptions};
+use thaw_store::{ChunkReader, ReaderConfig};
+use thaw_tests::{built_small_store, can_mount, local_repo};
+
+fn spec(
+    image: thaw_core::ImageId,
+    manifest: Arc<thaw_core::Manifest>,
+    mnt: &Path,
+    upper: Option<&Path>,
+) -> SessionSpec {
+    SessionSpec {
+        id: "0123456789abcdef".into(),
+        image,
+        manifest,
+        mountpoint: mnt.to_path_buf(),
+        fs: FsConfig::default(),
+        options: MountOptions {
+            threads: 2,
+            auto_unmount: Some(false),
+            writable: upper.map(Path::to_path_buf),
+            ..Default::default()
+        },
+        record_trace: None,
+        requested_by: "test".into(),
+        daemon: None,
+    }
+}
+
+/// A process id that no longer runs.
+fn dead_process() -> ProcessId {
+    let mut child = std::process::Command::new("true").spawn().expect("spawn");
+    let id = ProcessId {
+        pid: child.id(),
+        start: 0,
+    };
+    child.wait().expect("wait");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_records_its_mount_and_cleans_up_after_a_dead_owner() {
+    if !can_mount("a_session_records_its_mount_and_cleans_up_after_a_dead_owner") {
+        return;
+    }
+    let (tmp, image) = built_small_store().await;
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let manifest = Arc::new(repo.get_manifest(&image).await.expect("manifest"));
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).expect("reader");
+    let registry = MountRegistry::new(tmp.path().join("mounts"));
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+
+    let session = MountSession::start(
+        reader.clone(),
+        spec(image, manifest.clone(), &mnt, None),
+        registry.clone(),
+        None,
+    )
+    .await
+    .expect("mount");
+    let record = registry
+        .find(&mnt)
+        .expect("read")
+        .expect("the mount is recorded");
+    assert_eq!(
+        (record.owner, record.image.as_str()),
+        (ProcessId::current(), image.to_string().as_str())
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("text")).expect("read"),
+        std::fs::read(tmp.path().join("src/text")).expect("src")
+    );
+    let end = session.end().await.expect("unmount");
+    assert!(end.stats.bytes_served > 0);
+    assert!(
+        registry.find(&mnt).expect("read").is_none(),
+        "the record is removed"
+    );
+    assert!(!is_mounted(&mnt));
+
+    // A writable mount whose serving process "died": its record names a dead process.
+    let upper = tmp.path().join("upper");
+    let session = MountSession::start(
+        reader,
+        spec(image, manifest, &mnt, Some(&upper)),
+        registry.clone(),
+        None,
+    )
+    .await
+    .expect("mount");
+    std::fs::write(mnt.join("new"), b"written").expect("write through the overlay");
+    let mut record = session.record().clone();
+    assert_eq!(record.upper.as_deref(), Some(upper.as_path()));
+    assert_ne!(
+        record.fuse_dir, record.mountpoint,
+        "an overlay over a FUSE layer"
+    );
+    record.owner = dead_process();
+    registry.write(&record).expect("rewrite");
+    // Leave the mount up, as a killed process would.
+    std::mem::forget(session);
+    let cleaned = registry.clean_dead();
+    assert_eq!(cleaned.len(), 1);
+    assert!(
+        !is_mounted(&mnt) && !is_mounted(&record.fuse_dir),
+        "both layers unmounted"
+    );
+    assert!(registry.list().is_empty());
+    assert_eq!(
+        std::fs::read(upper.join("upper/new")).expect("kept"),
+        b"written",
+        "the upper keeps the writes"
+    );
+}
