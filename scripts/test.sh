@@ -11,6 +11,21 @@ CACHE=${THAW_CACHE:-/var/cache/thaw}
 mkdir -p "$CACHE"
 
 log() { echo "== test.sh: $*" >&2; }
+# Each phase says how long the one before it took, and the run ends with the total.
+T0=$(date +%s)
+PHASE_START=$T0
+PHASE=setup
+phase() {
+  local now
+  now=$(date +%s)
+  echo "== test.sh: phase '$PHASE' took $((now - PHASE_START)) s" >&2
+  PHASE=$1
+  PHASE_START=$now
+  log "$1"
+}
+# Tests that need root, /dev/fuse or a service this script starts fail instead of
+# skipping (thaw_tests::skip); only the GPU tests may still skip.
+export THAW_TESTS_STRICT=1
 
 # --- Debian packages -------------------------------------------------------------
 missing=()
@@ -33,14 +48,14 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
 fi
 
 # --- debootstrap root filesystem (cached) ------------------------------------------
-log "preparing the debootstrap root filesystem"
+phase "preparing the debootstrap root filesystem"
 # sed, not head: head would exit after one line and rootfs.sh, printing a second,
 # would die of SIGPIPE, which pipefail turns into a failure (seen once).
 THAW_ROOTFS=$(THAW_ROOTFS_CACHE=$CACHE scripts/rootfs.sh | sed -n 1p)
 export THAW_ROOTFS
 
 # --- real model weights (cached) ---------------------------------------------------
-log "fetching real model weights"
+phase "fetching real model weights"
 if ! THAW_WEIGHTS=$(THAW_PYTHON="$VENV/bin/python" THAW_WEIGHTS_CACHE=$CACHE/weights scripts/weights.sh); then
   log "could not fetch the model weights: the real-weights test will say SKIPPED"
   THAW_WEIGHTS=
@@ -48,6 +63,7 @@ fi
 export THAW_WEIGHTS
 
 # --- S3 endpoint ---------------------------------------------------------------------
+phase "starting moto (S3)"
 PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$CACHE/moto.log" 2>&1 &
 MOTO_PID=$!
@@ -66,13 +82,15 @@ export THAW_TEST_S3_URL=s3://thaw-test
 log "moto S3 on 127.0.0.1:$PORT"
 
 # --- lint and test -------------------------------------------------------------------
-log "cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-log "cargo clippy"
+phase "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-log "cargo test"
-cargo test --workspace 2>&1 | tee "$CACHE/test-output.log"
+phase "cargo test"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$CACHE/test-output.log"
 status=${PIPESTATUS[0]}
+phase "done"
+log "total $(( $(date +%s) - T0 )) s"
 # One summary line over every test binary, for CI.
 passed=$(grep -E '^test result:' "$CACHE/test-output.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -E '^test result:' "$CACHE/test-output.log" | awk '{s+=$6} END {print s+0}')

@@ -15,14 +15,24 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The variable under which a test that cannot run here fails instead of skipping.
+/// `scripts/test.sh` (and so CI) sets it; plain `cargo test` on a laptop does not.
+pub const STRICT_VAR: &str = "THAW_TESTS_STRICT";
+
 /// Prints why a test did not run; the test then returns early. Written to the stderr
 /// handle itself, which the test harness does not capture, so the reason is always seen.
+/// Under [`STRICT_VAR`] it panics instead: there, a test that needs root, `/dev/fuse`
+/// or a service the script starts must run.
 pub fn skip(test: &str, why: &str) {
     use std::io::Write;
+    if std::env::var_os(STRICT_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test} cannot run: {why} ({STRICT_VAR} is set, so this fails instead of skipping)");
+    }
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
-/// Whether FUSE mounts can run here (root and `/dev/fuse`); says why not otherwise.
+/// Whether FUSE mounts can run here (root and `/dev/fuse`); says why not otherwise (and
+/// fails under [`STRICT_VAR`]).
 pub fn can_mount(test: &str) -> bool {
     if !is_root() || !std::path::Path::new("/dev/fuse").exists() {
         skip(test, "needs root and /dev/fuse");

@@ -141,11 +141,19 @@ async fn a_cancelled_prefetch_stops_soon() {
     cancel.cancel();
     assert!(!job.await.unwrap(), "a cancelled prefetch says so");
     // Fetches already granted finish; nothing new starts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fetcher = reader.fetcher().clone();
+    thaw_tests::eventually("the granted fetches to finish", || {
+        fetcher.flights_len() == 0
+    })
+    .await;
     let settled = reader.stats().prefetched_chunks;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(reader.stats().prefetched_chunks, settled);
     assert!(settled < 20, "{settled} chunks fetched after cancelling");
+    tokio::task::yield_now().await;
+    assert_eq!(
+        reader.stats().prefetched_chunks,
+        settled,
+        "nothing new started"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,8 +176,20 @@ fn programs_run_from_the_lazily_mounted_debian_rootfs() {
     assert!(lines[0].parse::<u32>().unwrap() > 50, "{stdout}");
     assert!(lines[1].starts_with("apt "), "{stdout}");
     assert_eq!(lines[2], "TH4W");
-    std::thread::sleep(Duration::from_millis(1200));
-    let stats = std::fs::read_to_string(&status).unwrap();
+    // The status file is rewritten every 500 ms: wait (with a deadline) for one written
+    // after the workload.
+    let start = Instant::now();
+    let stats = loop {
+        let stats = std::fs::read_to_string(&status).unwrap_or_default();
+        if stats.contains("fetched_bytes: ") && stat_value(&stats, "fetched_bytes") > 0 {
+            break stats;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no status file: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let fetched = stat_value(&stats, "fetched_bytes");
     assert!(
         fetched < 100 << 20,
@@ -386,9 +398,9 @@ fn kill_9_leaves_a_mount_that_thaw_umount_cleans_up() {
         if mounted(&m.mountpoint) {
             // Seen once in many runs: killed within moments of mounting, fusermount3 left
             // the mount behind. `thaw umount` is the documented way out; it must work.
-            skip(
-                "kill_9 auto-unmount half",
-                "fusermount3 did not auto-unmount within 20 s; checking thaw umount instead",
+            eprintln!(
+                "NOTE kill_9 auto-unmount half: fusermount3 did not auto-unmount within 20 s; \
+                 checking thaw umount instead"
             );
             succeed(&mut umount(&m.mountpoint));
             assert!(
