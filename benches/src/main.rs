@@ -93,23 +93,23 @@ async fn main() -> Result<()> {
             let reader = ChunkReader::new(repo.packs().clone(), config)?;
             // Unique chunks in the order files reference them.
             let mut seen = HashSet::new();
-            let mut batches: Vec<Vec<ChunkId>> = vec![Vec::new()];
+            let mut batches: Vec<Vec<ChunkId>> = Vec::new();
+            let mut batch: Vec<ChunkId> = Vec::new();
             let (mut bytes, mut in_batch) = (0u64, 0u64);
             for ino in 0..m.inodes.len() as u32 {
                 for e in m.file_extents(ino) {
                     if let Some(c) = e.chunk.filter(|c| seen.insert(*c)) {
-                        if in_batch + e.len > batch_bytes
-                            && !batches.last().is_some_and(Vec::is_empty)
-                        {
-                            batches.push(Vec::new());
+                        if in_batch + e.len > batch_bytes && !batch.is_empty() {
+                            batches.push(std::mem::take(&mut batch));
                             in_batch = 0;
                         }
-                        batches.last_mut().expect("non-empty").push(c);
+                        batch.push(c);
                         in_batch += e.len;
                         bytes += e.len;
                     }
                 }
             }
+            batches.push(batch);
             let gets_before = counters.snapshot().gets;
             let start = Instant::now();
             let results: Vec<_> = stream::iter(batches)

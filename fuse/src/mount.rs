@@ -5,7 +5,6 @@ use crate::fs::ThawFs;
 use crate::stats::StatsSnapshot;
 use fuser::{Config, MountOption, SessionACL};
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// How to mount an image.
@@ -64,10 +63,6 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Mo
         path: path.display().to_string(),
         source,
     }
-}
-
-fn cstr(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).expect("paths have no NUL")
 }
 
 /// Whether `fusermount3` (needed for auto-unmount) is on the PATH.
@@ -154,19 +149,14 @@ pub fn mount(
             upper.join("upper").display(),
             upper.join("work").display()
         );
-        let data = CString::new(data).expect("no NUL");
-        // SAFETY: all pointers are valid NUL-terminated strings for the call.
-        let r = unsafe {
-            libc::mount(
-                c"overlay".as_ptr(),
-                cstr(&mountpoint).as_ptr(),
-                c"overlay".as_ptr(),
-                0,
-                data.as_ptr().cast(),
-            )
-        };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
+        let mounted = CString::new(data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            .and_then(|data| {
+                let flags = rustix::mount::MountFlags::empty();
+                rustix::mount::mount("overlay", &mountpoint, "overlay", flags, data.as_c_str())
+                    .map_err(std::io::Error::from)
+            });
+        if let Err(e) = mounted {
             drop(handle); // unmounts the FUSE layer
             return Err(io("mount overlayfs at", &mountpoint)(e));
         }
@@ -334,18 +324,15 @@ pub fn unmount(path: &Path) -> Result<Unmounted, MountError> {
     if !is_mounted(&path) {
         return Err(MountError::NotMounted(path.display().to_string()));
     }
-    let c = cstr(&path);
-    // SAFETY: `c` is a valid NUL-terminated path for the call.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(Unmounted::Clean);
-    }
-    let first = std::io::Error::last_os_error();
+    use rustix::mount::{unmount as umount2, UnmountFlags};
+    let first = match umount2(&path, UnmountFlags::empty()) {
+        Ok(()) => return Ok(Unmounted::Clean),
+        Err(e) => e,
+    };
     tracing::warn!(path = %path.display(), error = %first, "unmount failed; detaching lazily");
-    // SAFETY: as above.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        Ok(Unmounted::Detached)
-    } else {
-        Err(io("unmount", &path)(std::io::Error::last_os_error()))
+    match umount2(&path, UnmountFlags::DETACH) {
+        Ok(()) => Ok(Unmounted::Detached),
+        Err(e) => Err(io("unmount", &path)(e.into())),
     }
 }
 

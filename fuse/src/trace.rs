@@ -1,8 +1,8 @@
 //! Records the first access of every (file, chunk) during a mount, for prefetch lists.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Instant;
 use thaw_core::trace::{Trace, TraceRecord};
 use thaw_core::{ChunkId, ImageId, Manifest};
@@ -37,7 +37,7 @@ impl TraceRecorder {
 
     /// Notes that `ino` read its chunk at `offset`.
     pub fn record(&self, ino: u32, offset: u64, chunk: ChunkId) {
-        let mut s = self.seen.lock().expect("trace lock");
+        let mut s = self.seen.lock();
         if s.keys.insert((ino, offset)) {
             let t = self.start.elapsed().as_micros() as u64;
             s.records.push((t, ino, offset, chunk));
@@ -50,7 +50,6 @@ impl TraceRecorder {
         let records: Vec<TraceRecord> = self
             .seen
             .lock()
-            .expect("trace lock")
             .records
             .iter()
             .map(|&(elapsed_us, ino, offset, chunk)| TraceRecord {

@@ -1,6 +1,11 @@
 //! Shared test support: the tree-comparison walker (the round-trip oracle), the
 //! generated edge-case tree, and helpers to open stores and skip tests that need an
 //! environment this machine may not have.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a failed setup step panics the test with its message"
+)]
 
 pub mod fixtures;
 pub mod images;

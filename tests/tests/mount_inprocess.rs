@@ -1,5 +1,10 @@
 //! The FUSE filesystem mounted in this process over wrapped stores: injected failures,
 //! a store that goes down, a corrupt pack, and single-flight of concurrent cold reads.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;

@@ -1,5 +1,10 @@
 //! The mount session in this process: its record is written at start and removed at the
 //! end, and a mount whose serving process died is cleaned up from its record.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use std::path::Path;
 use std::sync::Arc;

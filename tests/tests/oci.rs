@@ -1,6 +1,11 @@
 //! OCI image layouts: layers apply in order with whiteouts and opaque directories; every
 //! blob is checked against its digest; bad layouts get clear errors and store nothing;
 //! a layout written by `umoci` (when installed) builds to the tree it was made from.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use sha2::{Digest, Sha256};
 use std::io::Write;

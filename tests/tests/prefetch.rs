@@ -1,5 +1,10 @@
 //! Prefetch against a throttled store: on-demand reads overtake a long prefetch queue,
 //! prefetches can be cancelled, and a reader waiting on a prefetched chunk promotes it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use bytes::Bytes;
 use std::sync::atomic::Ordering::Relaxed;

@@ -1,5 +1,10 @@
 //! The read path's failure modes through the real reader over a real store: a fetch that
 //! panics, many readers of one chunk, and a pack that is gone.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use std::sync::Arc;
 use thaw_core::ChunkId;

@@ -1,6 +1,11 @@
 //! Build then export reproduces the generated edge-case tree exactly, from a directory
 //! and from tar, tar.gz and tar.zst made by GNU tar. The debootstrap root filesystem
 //! round trip goes through the CLI, in crates/thaw-cli/tests/cli.rs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

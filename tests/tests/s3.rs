@@ -1,5 +1,10 @@
 //! The store against a real S3 API. `scripts/test.sh` starts a moto server on
 //! 127.0.0.1, creates a bucket and sets `THAW_TEST_S3_URL` and the `AWS_*` variables.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use thaw_image::{build, export, BuildOptions, BuildSource};
 use thaw_store::{open_store, ChunkReader, ReaderConfig, Repository};

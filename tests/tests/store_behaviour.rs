@@ -1,5 +1,10 @@
 //! The chunk store under stress: corruption, single-flight, injected faults, a store
 //! that is down, dedup across builds, and garbage collection.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,10 @@
 //! Tar input: bad archives get clear errors and store no image or tag; duplicates,
 //! implicit parents and non-UTF-8 names behave like `tar -x`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use std::time::Duration;
 use thaw_image::{build, BuildError, BuildOptions, BuildSource};

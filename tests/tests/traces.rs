@@ -1,5 +1,10 @@
 //! Start-up traces stored with images, merged into prefetch lists, and used to lay out
 //! packs in first-access order.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use thaw_core::trace::{Trace, TraceRecord};
 use thaw_core::{ChunkId, ImageId};

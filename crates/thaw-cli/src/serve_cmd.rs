@@ -95,9 +95,9 @@ pub async fn serve(repo: Repository, args: &ServeArgs) -> Result<()> {
         },
         ready_file: args.ready_file.clone(),
     };
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -170,7 +170,7 @@ pub async fn prewarm(args: &PrewarmArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template(
             "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
         )
-        .expect("valid template"),
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let done = loop {
         let j = client.job(&job.id).await?;

@@ -1,4 +1,10 @@
 //! The `thaw` binary end to end: build, images, inspect, export, gc, and errors.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "end-to-end scenarios: a failed step panics with its message, and a scenario reads top to bottom"
+)]
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

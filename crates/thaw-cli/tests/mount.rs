@@ -1,6 +1,12 @@
 //! `thaw mount` end to end, as a container runtime would use it: fidelity against the
 //! source tree, real programs in a chroot, writable overlays, concurrent readers,
 //! start-up traces, and the mount's lifecycle (SIGTERM, kill -9, `thaw umount`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "end-to-end scenarios: a failed step panics with its message, and a scenario reads top to bottom"
+)]
 
 mod common;
 use common::{can_mount, mounted, stat_value, succeed, thaw, umount, THAW};

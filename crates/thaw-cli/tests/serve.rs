@@ -2,6 +2,12 @@
 //! poll, cancel, share identical jobs; authentication; bad requests that leave it
 //! serving; restart with the same cache; kill -9 in the middle of a prewarm; and a
 //! bounded load test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "end-to-end scenarios: a failed step panics with its message, and a scenario reads top to bottom"
+)]
 
 mod common;
 use common::daemon::{all, api_code, two_images, wait_done, Daemon, TOKEN};

@@ -1,6 +1,12 @@
 //! `thaw serve` mounting for containers: mounts through the API sharing the node's cache
 //! while a prewarm runs, writable overlays, cleanup after kill -9, and a recorded trace
 //! pushed with its image driving `thaw mount`, `thaw prewarm` and the mount API.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "end-to-end scenarios: a failed step panics with its message, and a scenario reads top to bottom"
+)]
 
 mod common;
 use common::daemon::{all, api_code, mount_at, two_images, wait_done, Daemon, TOKEN};

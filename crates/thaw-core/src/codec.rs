@@ -21,6 +21,10 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn encode<T: Serialize>(&self, value: &T) -> Vec<u8> {
+        #[allow(
+            clippy::expect_used,
+            reason = "postcard fails only for unsupported serde types, none of which thaw encodes; not reachable from input"
+        )]
         let body = postcard::to_stdvec(value).expect("serializing into a Vec cannot fail");
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
         out.extend_from_slice(&self.magic);
@@ -64,7 +68,9 @@ impl Envelope {
                 reason: format!("unknown flags {flags:#x}"),
             });
         }
-        let declared = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[12..20]);
+        let declared = u64::from_le_bytes(len);
         let actual = (bytes.len() - need) as u64;
         if declared != actual {
             return Err(FormatError::LengthMismatch {

@@ -230,106 +230,36 @@ impl Manifest {
 
     /// Checks every invariant the rest of thaw relies on.
     pub fn validate(&self) -> Result<(), FormatError> {
-        let what = "manifest";
-        let inv = |reason: String| Err(FormatError::invalid(what, reason));
+        self.check()
+            .map_err(|reason| FormatError::invalid("manifest", reason))
+    }
+
+    fn check(&self) -> Result<(), String> {
         let n = self.inodes.len();
         if n == 0 {
-            return inv("no inodes".into());
+            return Err("no inodes".into());
         }
         if n > u32::MAX as usize {
-            return inv("too many inodes".into());
+            return Err("too many inodes".into());
         }
         if !matches!(self.root().kind, InodeKind::Directory { .. }) {
-            return inv("inode 0 (the root) is not a directory".into());
+            return Err("inode 0 (the root) is not a directory".into());
         }
-        let mut seen_chunks = HashSet::with_capacity(self.chunks.len());
-        for (i, c) in self.chunks.iter().enumerate() {
-            if c.len == 0 || c.len > MAX_CHUNK_LEN {
-                return inv(format!("chunk table entry {i} has length {}", c.len));
-            }
-            if !seen_chunks.insert(c.id) {
-                return inv(format!("chunk {} appears twice in the chunk table", c.id));
-            }
-        }
+        self.check_chunk_table()?;
         let mut refs = vec![0u32; n];
         for (ino, inode) in self.inodes.iter().enumerate() {
-            let m = &inode.meta;
-            if m.mode & !0o7777 != 0 {
-                return inv(format!(
-                    "inode {ino}: mode {:#o} has bits outside 0o7777",
-                    m.mode
-                ));
-            }
-            for x in &m.xattrs {
-                if x.name.is_empty() || x.name.contains(&0) || x.name.len() > 255 {
-                    return inv(format!(
-                        "inode {ino}: bad xattr name {:?}",
-                        String::from_utf8_lossy(&x.name)
-                    ));
-                }
-            }
-            if m.mtime.nsec >= 1_000_000_000 {
-                return inv(format!(
-                    "inode {ino}: mtime nanoseconds {} out of range",
-                    m.mtime.nsec
-                ));
-            }
+            let at = |r: String| format!("inode {ino}: {r}");
+            check_meta(&inode.meta).map_err(at)?;
             match &inode.kind {
                 InodeKind::Directory { entries } => {
-                    let mut prev: Option<&[u8]> = None;
-                    for e in entries {
-                        validate_name(&e.name)
-                            .map_err(|r| FormatError::invalid(what, format!("inode {ino}: {r}")))?;
-                        if let Some(p) = prev {
-                            if p >= e.name.as_slice() {
-                                return inv(format!(
-                                    "inode {ino}: entries not strictly sorted at {:?}",
-                                    String::from_utf8_lossy(&e.name)
-                                ));
-                            }
-                        }
-                        prev = Some(&e.name);
-                        let child = e.inode as usize;
-                        if child == ROOT_INODE as usize || child >= n {
-                            return inv(format!(
-                                "inode {ino}: entry {:?} names inode {child}",
-                                String::from_utf8_lossy(&e.name)
-                            ));
-                        }
-                        refs[child] = refs[child].saturating_add(1);
-                    }
+                    check_entries(entries, &mut refs).map_err(at)?
                 }
                 InodeKind::File { size, extents } => {
-                    let mut total: u64 = 0;
-                    for e in extents {
-                        let len = match *e {
-                            Extent::Chunk(i) => match self.chunks.get(i as usize) {
-                                Some(c) => u64::from(c.len),
-                                None => {
-                                    return inv(format!(
-                                    "inode {ino}: chunk reference {i} is not in the chunk table"
-                                ))
-                                }
-                            },
-                            Extent::Zero(0) => {
-                                return inv(format!("inode {ino}: empty zero extent"))
-                            }
-                            Extent::Zero(len) => len,
-                        };
-                        total = match total.checked_add(len) {
-                            Some(t) => t,
-                            None => return inv(format!("inode {ino}: extent lengths overflow")),
-                        };
-                    }
-                    if total != *size {
-                        return inv(format!(
-                            "inode {ino}: extents add up to {total} bytes, size says {size}"
-                        ));
-                    }
+                    self.check_extents(*size, extents).map_err(at)?
                 }
                 InodeKind::Symlink { target } => {
                     if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
-                        return inv(format!("inode {ino}: bad symlink target"));
+                        return Err(at("bad symlink target".into()));
                     }
                 }
                 InodeKind::CharDevice { .. }
@@ -338,43 +268,127 @@ impl Manifest {
                 | InodeKind::Socket => {}
             }
         }
+        self.check_parents(&refs)?;
+        self.check_reachable()
+    }
+
+    fn check_chunk_table(&self) -> Result<(), String> {
+        let mut seen = HashSet::with_capacity(self.chunks.len());
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.len == 0 || c.len > MAX_CHUNK_LEN {
+                return Err(format!("chunk table entry {i} has length {}", c.len));
+            }
+            if !seen.insert(c.id) {
+                return Err(format!("chunk {} appears twice in the chunk table", c.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// A file's extents must name chunks of the table, and add up to its size.
+    fn check_extents(&self, size: u64, extents: &[Extent]) -> Result<(), String> {
+        let mut total: u64 = 0;
+        for e in extents {
+            let len = match *e {
+                Extent::Chunk(i) => match self.chunks.get(i as usize) {
+                    Some(c) => u64::from(c.len),
+                    None => return Err(format!("chunk reference {i} is not in the chunk table")),
+                },
+                Extent::Zero(0) => return Err("empty zero extent".into()),
+                Extent::Zero(len) => len,
+            };
+            total = total.checked_add(len).ok_or("extent lengths overflow")?;
+        }
+        if total != size {
+            return Err(format!("extents add up to {total} bytes, size says {size}"));
+        }
+        Ok(())
+    }
+
+    /// Every directory but the root has exactly one parent; every other inode at least one.
+    fn check_parents(&self, refs: &[u32]) -> Result<(), String> {
         for (ino, inode) in self.inodes.iter().enumerate().skip(1) {
             let is_dir = matches!(inode.kind, InodeKind::Directory { .. });
             if is_dir && refs[ino] != 1 {
-                return inv(format!("directory inode {ino} has {} parents", refs[ino]));
+                return Err(format!("directory inode {ino} has {} parents", refs[ino]));
             }
             if !is_dir && refs[ino] == 0 {
-                return inv(format!("inode {ino} is not named by any directory"));
+                return Err(format!("inode {ino} is not named by any directory"));
             }
         }
-        // Every directory has exactly one parent and the root none, so the tree is a
-        // tree if and only if every inode is reachable from the root.
+        Ok(())
+    }
+
+    /// Every directory has exactly one parent and the root none, so the tree is a tree if
+    /// and only if every inode is reachable from the root.
+    fn check_reachable(&self) -> Result<(), String> {
+        let n = self.inodes.len();
         let mut reached = vec![false; n];
         let mut stack = vec![ROOT_INODE as usize];
         reached[0] = true;
         let mut count = 1usize;
         while let Some(d) = stack.pop() {
-            if let InodeKind::Directory { entries } = &self.inodes[d].kind {
-                for e in entries {
-                    let c = e.inode as usize;
-                    if !reached[c] {
-                        reached[c] = true;
-                        count += 1;
-                        if matches!(self.inodes[c].kind, InodeKind::Directory { .. }) {
-                            stack.push(c);
-                        }
+            let InodeKind::Directory { entries } = &self.inodes[d].kind else {
+                continue;
+            };
+            for e in entries {
+                let c = e.inode as usize;
+                if !reached[c] {
+                    reached[c] = true;
+                    count += 1;
+                    if matches!(self.inodes[c].kind, InodeKind::Directory { .. }) {
+                        stack.push(c);
                     }
                 }
             }
         }
         if count != n {
-            return inv(format!(
+            return Err(format!(
                 "{} inodes are not reachable from the root (a directory cycle?)",
                 n - count
             ));
         }
         Ok(())
     }
+}
+
+/// An inode's metadata: permission bits only, good xattr names, nanoseconds in range.
+fn check_meta(m: &Metadata) -> Result<(), String> {
+    if m.mode & !0o7777 != 0 {
+        return Err(format!("mode {:#o} has bits outside 0o7777", m.mode));
+    }
+    for x in &m.xattrs {
+        if x.name.is_empty() || x.name.contains(&0) || x.name.len() > 255 {
+            return Err(format!(
+                "bad xattr name {:?}",
+                String::from_utf8_lossy(&x.name)
+            ));
+        }
+    }
+    if m.mtime.nsec >= 1_000_000_000 {
+        return Err(format!("mtime nanoseconds {} out of range", m.mtime.nsec));
+    }
+    Ok(())
+}
+
+/// A directory's entries: valid names, strictly sorted, naming existing non-root inodes;
+/// counts each child's parents in `refs`.
+fn check_entries(entries: &[DirEntry], refs: &mut [u32]) -> Result<(), String> {
+    let mut prev: Option<&[u8]> = None;
+    for e in entries {
+        let shown = || String::from_utf8_lossy(&e.name).into_owned();
+        validate_name(&e.name)?;
+        if prev.is_some_and(|p| p >= e.name.as_slice()) {
+            return Err(format!("entries not strictly sorted at {:?}", shown()));
+        }
+        prev = Some(&e.name);
+        let child = e.inode as usize;
+        match refs.get_mut(child).filter(|_| child != ROOT_INODE as usize) {
+            Some(r) => *r = r.saturating_add(1),
+            None => return Err(format!("entry {:?} names inode {child}", shown())),
+        }
+    }
+    Ok(())
 }
 
 /// A valid directory entry name: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
@@ -393,6 +407,9 @@ pub fn validate_name(name: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+mod summary;
+pub use summary::TreeSummary;
 
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::{stream, StreamExt};
 use std::sync::Arc;
 use std::time::Instant;
+use thaw_core::manifest::FileExtent;
 use thaw_core::{InodeKind, Manifest};
 use thaw_store::ChunkReader;
 
@@ -107,7 +108,7 @@ const BATCH_CHUNKS: usize = 8;
 
 /// Work for the reading side: a batch of chunk extents, or a run of zeros.
 enum Job {
-    Chunks(Vec<(usize, thaw_core::manifest::FileExtent)>),
+    Chunks(Vec<(usize, FileExtent)>),
     Zeros(u64, u64),
 }
 
@@ -120,153 +121,24 @@ pub async fn load<S: Sink + 'static>(
     options: LoadOptions,
 ) -> Result<(S, LoadReport), LoadError> {
     let start = Instant::now();
-    let mut ino = 0u32;
-    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        ino = manifest
-            .lookup(ino, c.as_bytes())
-            .ok_or_else(|| LoadError::NotAFile(path.to_string()))?;
-    }
-    let size = match &manifest.inodes[ino as usize].kind {
-        InodeKind::File { size, .. } => *size,
-        _ => return Err(LoadError::NotAFile(path.to_string())),
-    };
-    let extents = manifest.file_extents(ino);
-    let read_prefix = |len: u64| {
-        let (reader, extents, path) = (reader.clone(), extents.clone(), path.to_string());
-        async move {
-            let mut out = Vec::with_capacity(len.min(size) as usize);
-            for e in extents.iter().take_while(|e| e.offset < len) {
-                match e.chunk {
-                    Some(id) => {
-                        let b = reader.read(id).await.map_err(|source| LoadError::Chunk {
-                            path: path.clone(),
-                            index: 0,
-                            source,
-                        })?;
-                        out.extend_from_slice(&b);
-                    }
-                    None => out.resize(out.len() + e.len as usize, 0),
-                }
-            }
-            out.truncate(len as usize);
-            Ok::<_, LoadError>(out)
-        }
-    };
-    let prefix = read_prefix(8).await?;
+    let (size, extents) = find_file(manifest, path)?;
+    let prefix = read_prefix(&reader, &extents, size, 8, path).await?;
     let header_len = WeightsHeader::header_len(&prefix, path)?;
-    let header = WeightsHeader::parse(&read_prefix(header_len).await?, size, path)?;
+    let head = read_prefix(&reader, &extents, size, header_len, path).await?;
+    let header = WeightsHeader::parse(&head, size, path)?;
     sink.allocate(header.data_len)?;
 
     // Pieces of the data region, in file order, read `chunks_in_flight` at a time.
     let data_offset = header.data_offset;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(options.chunks_in_flight.max(1));
-    let producer = {
-        let (reader, path) = (reader.clone(), path.to_string());
-        let in_flight = options.chunks_in_flight.max(1);
-        tokio::spawn(async move {
-            // Consecutive chunks go in batches, which the reader fetches with coalesced
-            // ranged GETs; zero runs become bounded pieces of zeros.
-            let mut jobs: Vec<Job> = Vec::new();
-            for (index, e) in extents.into_iter().enumerate() {
-                if e.offset + e.len <= data_offset {
-                    continue;
-                }
-                match e.chunk {
-                    Some(_) => match jobs.last_mut() {
-                        Some(Job::Chunks(batch)) if batch.len() < BATCH_CHUNKS => {
-                            batch.push((index, e))
-                        }
-                        _ => jobs.push(Job::Chunks(vec![(index, e)])),
-                    },
-                    None => {
-                        let mut off = e.offset;
-                        while off < e.offset + e.len {
-                            let len = ZERO_PIECE.min(e.offset + e.len - off);
-                            jobs.push(Job::Zeros(off, len));
-                            off += len;
-                        }
-                    }
-                }
-            }
-            let mut batches = stream::iter(jobs)
-                .map(|job| {
-                    let (reader, path) = (reader.clone(), path.clone());
-                    async move {
-                        match job {
-                            Job::Chunks(batch) => {
-                                let ids: Vec<_> =
-                                    batch.iter().filter_map(|(_, e)| e.chunk).collect();
-                                let data = reader.read_many(&ids).await.map_err(|source| {
-                                    LoadError::Chunk {
-                                        path,
-                                        index: batch[0].0,
-                                        source,
-                                    }
-                                })?;
-                                Ok(batch.iter().map(|(_, e)| e.offset).zip(data).collect())
-                            }
-                            Job::Zeros(off, len) => {
-                                Ok(vec![(off, Bytes::from(vec![0u8; len as usize]))])
-                            }
-                        }
-                    }
-                })
-                .buffered(in_flight.div_ceil(BATCH_CHUNKS));
-            while let Some(batch) = batches.next().await {
-                let pieces: Vec<Piece> = match batch {
-                    Ok(v) => v.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                for p in pieces {
-                    let stop = p.is_err();
-                    if tx.send(p).await.is_err() || stop {
-                        return;
-                    }
-                }
-            }
-        })
-    };
-
+    let in_flight = options.chunks_in_flight.max(1);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(in_flight);
+    let jobs = jobs_for(extents, data_offset);
+    let producer = tokio::spawn(produce(reader, path.to_string(), jobs, in_flight, tx));
     // The copy loop blocks (on staging buffers being free), so it runs on its own thread.
     let hash = options.hash;
-    let copied = tokio::task::spawn_blocking(move || {
-        let mut hasher = hash.then(blake3::Hasher::new);
-        let (count, cap) = (sink.staging_count(), sink.staging_bytes());
-        let (mut buf, mut fill, mut written) = (0usize, 0usize, 0u64);
-        while let Some(piece) = rx.blocking_recv() {
-            let (offset, bytes) = piece?;
-            // The part of this piece inside the data region.
-            let skip = data_offset.saturating_sub(offset) as usize;
-            let mut rest = &bytes[skip.min(bytes.len())..];
-            if let Some(h) = hasher.as_mut() {
-                h.update(rest);
-            }
-            while !rest.is_empty() {
-                let staging = sink.staging(buf)?;
-                let n = rest.len().min(cap - fill);
-                staging[fill..fill + n].copy_from_slice(&rest[..n]);
-                fill += n;
-                rest = &rest[n..];
-                if fill == cap {
-                    sink.submit(buf, fill, written)?;
-                    written += fill as u64;
-                    (buf, fill) = ((buf + 1) % count, 0);
-                }
-            }
-        }
-        if fill > 0 {
-            sink.submit(buf, fill, written)?;
-            written += fill as u64;
-        }
-        sink.finish()?;
-        Ok::<_, LoadError>((
-            sink,
-            written,
-            hasher.map(|h| h.finalize().to_hex().to_string()),
-        ))
-    })
-    .await
-    .map_err(|e| LoadError::Pipeline(e.to_string()))?;
+    let copied = tokio::task::spawn_blocking(move || copy_loop(sink, rx, data_offset, hash))
+        .await
+        .map_err(|e| LoadError::Pipeline(e.to_string()))?;
     producer.abort();
     let (sink, bytes, blake3) = copied?;
     if bytes != header.data_len {
@@ -275,13 +147,170 @@ pub async fn load<S: Sink + 'static>(
             header.data_len
         )));
     }
+    let seconds = start.elapsed().as_secs_f64();
     Ok((
         sink,
         LoadReport {
             header,
             bytes,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds,
             blake3,
         },
+    ))
+}
+
+/// The regular file at `path`: its size and extents.
+fn find_file(manifest: &Manifest, path: &str) -> Result<(u64, Vec<FileExtent>), LoadError> {
+    let mut ino = 0u32;
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        ino = manifest
+            .lookup(ino, c.as_bytes())
+            .ok_or_else(|| LoadError::NotAFile(path.to_string()))?;
+    }
+    match &manifest.inodes[ino as usize].kind {
+        InodeKind::File { size, .. } => Ok((*size, manifest.file_extents(ino))),
+        _ => Err(LoadError::NotAFile(path.to_string())),
+    }
+}
+
+/// The first `len` bytes of the file.
+async fn read_prefix(
+    reader: &ChunkReader,
+    extents: &[FileExtent],
+    size: u64,
+    len: u64,
+    path: &str,
+) -> Result<Vec<u8>, LoadError> {
+    let mut out = Vec::with_capacity(len.min(size) as usize);
+    for e in extents.iter().take_while(|e| e.offset < len) {
+        match e.chunk {
+            Some(id) => {
+                let b = reader.read(id).await.map_err(|source| LoadError::Chunk {
+                    path: path.to_string(),
+                    index: 0,
+                    source,
+                })?;
+                out.extend_from_slice(&b);
+            }
+            None => out.resize(out.len() + e.len as usize, 0),
+        }
+    }
+    out.truncate(len as usize);
+    Ok(out)
+}
+
+/// The data region's work: consecutive chunks in batches, which the reader fetches with
+/// coalesced ranged GETs; zero runs as bounded pieces of zeros.
+fn jobs_for(extents: Vec<FileExtent>, data_offset: u64) -> Vec<Job> {
+    let mut jobs: Vec<Job> = Vec::new();
+    for (index, e) in extents.into_iter().enumerate() {
+        if e.offset + e.len <= data_offset {
+            continue;
+        }
+        match e.chunk {
+            Some(_) => match jobs.last_mut() {
+                Some(Job::Chunks(batch)) if batch.len() < BATCH_CHUNKS => batch.push((index, e)),
+                _ => jobs.push(Job::Chunks(vec![(index, e)])),
+            },
+            None => {
+                let mut off = e.offset;
+                while off < e.offset + e.len {
+                    let len = ZERO_PIECE.min(e.offset + e.len - off);
+                    jobs.push(Job::Zeros(off, len));
+                    off += len;
+                }
+            }
+        }
+    }
+    jobs
+}
+
+/// Reads the jobs, `in_flight` chunks at a time, and sends their pieces in file order;
+/// stops at the first error (sent on) or when the receiver is gone.
+async fn produce(
+    reader: Arc<ChunkReader>,
+    path: String,
+    jobs: Vec<Job>,
+    in_flight: usize,
+    tx: tokio::sync::mpsc::Sender<Piece>,
+) {
+    let mut batches = stream::iter(jobs)
+        .map(|job| {
+            let (reader, path) = (reader.clone(), path.clone());
+            async move {
+                match job {
+                    Job::Chunks(batch) => {
+                        let ids: Vec<_> = batch.iter().filter_map(|(_, e)| e.chunk).collect();
+                        let data =
+                            reader
+                                .read_many(&ids)
+                                .await
+                                .map_err(|source| LoadError::Chunk {
+                                    path,
+                                    index: batch.first().map_or(0, |b| b.0),
+                                    source,
+                                })?;
+                        Ok(batch.iter().map(|(_, e)| e.offset).zip(data).collect())
+                    }
+                    Job::Zeros(off, len) => Ok(vec![(off, Bytes::from(vec![0u8; len as usize]))]),
+                }
+            }
+        })
+        .buffered(in_flight.div_ceil(BATCH_CHUNKS));
+    while let Some(batch) = batches.next().await {
+        let pieces: Vec<Piece> = match batch {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        for p in pieces {
+            let stop = p.is_err();
+            if tx.send(p).await.is_err() || stop {
+                return;
+            }
+        }
+    }
+}
+
+/// Copies the pieces into the sink's staging ring, submitting each full buffer; returns
+/// the sink, the bytes written and, if asked, the BLAKE3 of the data region.
+fn copy_loop<S: Sink>(
+    mut sink: S,
+    mut rx: tokio::sync::mpsc::Receiver<Piece>,
+    data_offset: u64,
+    hash: bool,
+) -> Result<(S, u64, Option<String>), LoadError> {
+    let mut hasher = hash.then(blake3::Hasher::new);
+    let (count, cap) = (sink.staging_count(), sink.staging_bytes());
+    let (mut buf, mut fill, mut written) = (0usize, 0usize, 0u64);
+    while let Some(piece) = rx.blocking_recv() {
+        let (offset, bytes) = piece?;
+        // The part of this piece inside the data region.
+        let skip = data_offset.saturating_sub(offset) as usize;
+        let mut rest = &bytes[skip.min(bytes.len())..];
+        if let Some(h) = hasher.as_mut() {
+            h.update(rest);
+        }
+        while !rest.is_empty() {
+            let staging = sink.staging(buf)?;
+            let n = rest.len().min(cap - fill);
+            staging[fill..fill + n].copy_from_slice(&rest[..n]);
+            fill += n;
+            rest = &rest[n..];
+            if fill == cap {
+                sink.submit(buf, fill, written)?;
+                written += fill as u64;
+                (buf, fill) = ((buf + 1) % count, 0);
+            }
+        }
+    }
+    if fill > 0 {
+        sink.submit(buf, fill, written)?;
+        written += fill as u64;
+    }
+    sink.finish()?;
+    Ok((
+        sink,
+        written,
+        hasher.map(|h| h.finalize().to_hex().to_string()),
     ))
 }

@@ -1,5 +1,10 @@
 //! Loading safetensors from an image: into host memory always, into GPU memory where a
 //! CUDA driver exists, and from real model weights where scripts/test.sh fetched them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -57,47 +57,109 @@ pub async fn export(
     manifest: &Manifest,
     dest: &Path,
 ) -> Result<ExportReport, ExportError> {
-    match std::fs::read_dir(dest) {
-        Ok(mut d) => {
-            if d.next().is_some() {
-                return Err(ExportError::DestinationNotEmpty(dest.display().to_string()));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dest).map_err(io("create", dest))?
-        }
-        Err(e) => return Err(io("open", dest)(e)),
+    prepare_destination(dest)?;
+    let layout = Layout::of(manifest, dest);
+    let (files, report) = create_entries(manifest, &layout)?;
+    stream::iter(batches(files))
+        .map(|batch| write_batch(reader, batch))
+        .buffer_unordered(BATCHES_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    for (path, ino) in &layout.links {
+        std::fs::hard_link(layout.path_of(*ino)?, path).map_err(io("hard link", path))?;
     }
-    // First name of every inode, in depth-first pre-order; later names are hard links.
-    let mut first: Vec<Option<PathBuf>> = vec![None; manifest.inodes.len()];
-    let mut links: Vec<(PathBuf, u32)> = Vec::new();
-    let mut order: Vec<u32> = Vec::new();
-    manifest.walk(|path, ino| {
-        let mut p = dest.to_path_buf();
-        for c in path {
-            p.push(std::ffi::OsStr::from_bytes(c));
-        }
-        if first[ino as usize].is_none() {
-            first[ino as usize] = Some(p);
-            order.push(ino);
-        } else {
-            links.push((p, ino));
-        }
-    });
-    let path_of = |ino: u32| {
-        first[ino as usize]
-            .as_ref()
-            .expect("every inode is reachable")
+    // Metadata: non-directories now; directories last, children before parents, so
+    // creating entries does not disturb a directory's mtime after it is set.
+    let is_dir = |ino: u32| {
+        matches!(
+            manifest.inodes[ino as usize].kind,
+            InodeKind::Directory { .. }
+        )
     };
+    for &ino in layout.order.iter().filter(|&&i| !is_dir(i)) {
+        let inode = &manifest.inodes[ino as usize];
+        let symlink = matches!(inode.kind, InodeKind::Symlink { .. });
+        apply_metadata(layout.path_of(ino)?, &inode.meta, symlink)?;
+    }
+    for &ino in layout.order.iter().rev().filter(|&&i| is_dir(i)) {
+        apply_metadata(
+            layout.path_of(ino)?,
+            &manifest.inodes[ino as usize].meta,
+            false,
+        )?;
+    }
+    Ok(report)
+}
 
-    // Directories first (writable for now), then everything that is not a file.
+/// Creates `dest`, or checks that it is an empty directory.
+fn prepare_destination(dest: &Path) -> Result<(), ExportError> {
+    match std::fs::read_dir(dest) {
+        Ok(mut d) => match d.next() {
+            Some(_) => Err(ExportError::DestinationNotEmpty(dest.display().to_string())),
+            None => Ok(()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dest).map_err(io("create", dest))
+        }
+        Err(e) => Err(io("open", dest)(e)),
+    }
+}
+
+/// Where each inode goes: its first name in depth-first pre-order; later names are hard
+/// links to it.
+struct Layout {
+    first: Vec<Option<PathBuf>>,
+    links: Vec<(PathBuf, u32)>,
+    order: Vec<u32>,
+}
+
+impl Layout {
+    fn of(manifest: &Manifest, dest: &Path) -> Self {
+        let mut layout = Layout {
+            first: vec![None; manifest.inodes.len()],
+            links: Vec::new(),
+            order: Vec::new(),
+        };
+        manifest.walk(|path, ino| {
+            let mut p = dest.to_path_buf();
+            for c in path {
+                p.push(std::ffi::OsStr::from_bytes(c));
+            }
+            match layout.first.get_mut(ino as usize) {
+                Some(slot @ None) => {
+                    *slot = Some(p);
+                    layout.order.push(ino);
+                }
+                _ => layout.links.push((p, ino)),
+            }
+        });
+        layout
+    }
+
+    fn path_of(&self, ino: u32) -> Result<&Path, ExportError> {
+        self.first
+            .get(ino as usize)
+            .and_then(Option::as_deref)
+            .ok_or_else(|| {
+                ExportError::Internal(format!("inode {ino} is not reachable from the root"))
+            })
+    }
+}
+
+/// Creates every entry but the root: directories (writable for now), symlinks, devices,
+/// fifos and sockets; returns the regular files to write, and the report.
+fn create_entries(
+    manifest: &Manifest,
+    layout: &Layout,
+) -> Result<(Vec<FileJob>, ExportReport), ExportError> {
     let mut files: Vec<FileJob> = Vec::new();
     let mut report = ExportReport {
-        inodes: order.len() as u64,
+        inodes: layout.order.len() as u64,
         ..Default::default()
     };
-    for &ino in &order[1..] {
-        let path = path_of(ino);
+    for &ino in layout.order.iter().skip(1) {
+        let path = layout.path_of(ino)?;
+        let node = |mode, rdev, what| sys::mknod(path, mode | 0o600, rdev).map_err(io(what, path));
         match &manifest.inodes[ino as usize].kind {
             InodeKind::Directory { .. } => {
                 std::fs::create_dir(path).map_err(io("create directory", path))?
@@ -109,7 +171,7 @@ pub async fn export(
                     .map(|e| (e.offset, e.len, e.chunk))
                     .collect();
                 files.push(FileJob {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     size: *size,
                     extents,
                 });
@@ -120,62 +182,31 @@ pub async fn export(
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path)
                     .map_err(io("create symlink", path))?
             }
-            InodeKind::CharDevice { rdev } => {
-                sys::mknod(path, libc::S_IFCHR | 0o600, *rdev).map_err(io("mknod", path))?
-            }
-            InodeKind::BlockDevice { rdev } => {
-                sys::mknod(path, libc::S_IFBLK | 0o600, *rdev).map_err(io("mknod", path))?
-            }
-            InodeKind::Fifo => {
-                sys::mknod(path, libc::S_IFIFO | 0o600, 0).map_err(io("mkfifo", path))?
-            }
-            InodeKind::Socket => {
-                sys::mknod(path, libc::S_IFSOCK | 0o600, 0).map_err(io("mknod socket", path))?
-            }
+            InodeKind::CharDevice { rdev } => node(libc::S_IFCHR, *rdev, "mknod")?,
+            InodeKind::BlockDevice { rdev } => node(libc::S_IFBLK, *rdev, "mknod")?,
+            InodeKind::Fifo => node(libc::S_IFIFO, 0, "mkfifo")?,
+            InodeKind::Socket => node(libc::S_IFSOCK, 0, "mknod socket")?,
         }
     }
+    Ok((files, report))
+}
 
-    // File contents, in batches of neighbouring chunks.
-    let mut batches: Vec<Vec<FileJob>> = vec![Vec::new()];
+/// Groups files into batches of about [`BATCH_BYTES`] of neighbouring chunks.
+fn batches(files: Vec<FileJob>) -> Vec<Vec<FileJob>> {
+    let mut batches = Vec::new();
+    let mut batch: Vec<FileJob> = Vec::new();
     let mut batch_bytes = 0u64;
     for job in files {
         let chunk_bytes = job.chunk_bytes();
-        if batch_bytes + chunk_bytes > BATCH_BYTES && !batches.last().expect("non-empty").is_empty()
-        {
-            batches.push(Vec::new());
+        if batch_bytes + chunk_bytes > BATCH_BYTES && !batch.is_empty() {
+            batches.push(std::mem::take(&mut batch));
             batch_bytes = 0;
         }
         batch_bytes += chunk_bytes;
-        batches.last_mut().expect("non-empty").push(job);
+        batch.push(job);
     }
-    stream::iter(batches)
-        .map(|batch| write_batch(reader, batch))
-        .buffer_unordered(BATCHES_IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
-
-    for (path, ino) in &links {
-        std::fs::hard_link(path_of(*ino), path).map_err(io("hard link", path))?;
-    }
-    // Metadata: non-directories now; directories last, children before parents, so
-    // creating entries does not disturb a directory's mtime after it is set.
-    for &ino in &order {
-        let inode = &manifest.inodes[ino as usize];
-        if !matches!(inode.kind, InodeKind::Directory { .. }) {
-            apply_metadata(
-                path_of(ino),
-                &inode.meta,
-                matches!(inode.kind, InodeKind::Symlink { .. }),
-            )?;
-        }
-    }
-    for &ino in order.iter().rev() {
-        let inode = &manifest.inodes[ino as usize];
-        if matches!(inode.kind, InodeKind::Directory { .. }) {
-            apply_metadata(path_of(ino), &inode.meta, false)?;
-        }
-    }
-    Ok(report)
+    batches.push(batch);
+    batches
 }
 
 /// Writes the files of one batch. Large files are split into several reads so a batch
@@ -198,9 +229,14 @@ async fn write_batch(reader: &Arc<ChunkReader>, batch: Vec<FileJob>) -> Result<(
             let mut f = File::create(&job.path).map_err(io("create", &job.path))?;
             for (offset, len, chunk) in &job.extents {
                 match chunk {
-                    Some(_) => f
-                        .write_all(&chunks.next().expect("one chunk per extent"))
-                        .map_err(io("write", &job.path))?,
+                    Some(_) => {
+                        let data = chunks.next().ok_or_else(|| {
+                            ExportError::Internal(
+                                "the reader returned fewer chunks than asked".into(),
+                            )
+                        })?;
+                        f.write_all(&data).map_err(io("write", &job.path))?;
+                    }
                     None => {
                         f.seek(SeekFrom::Start(offset + len))
                             .map_err(io("seek", &job.path))?;

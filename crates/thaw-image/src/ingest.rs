@@ -28,7 +28,11 @@ fn is_zero(data: &[u8]) -> bool {
     let words = data.chunks_exact(8);
     let tail = words.remainder();
     words
-        .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
+        .map(|w| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            u64::from_ne_bytes(word)
+        })
         .all(|w| w == 0)
         && tail.iter().all(|&b| b == 0)
 }

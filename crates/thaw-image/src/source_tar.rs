@@ -111,6 +111,17 @@ pub fn build_tree(input: impl Read, ingest: &Ingest<'_>) -> Result<Tree, BuildEr
     Ok(tree)
 }
 
+fn tar_err(entry: &str, e: &dyn std::fmt::Display) -> BuildError {
+    BuildError::Tar {
+        entry: entry.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Entries a layer put in place, by (directory, name): whiteouts hide only what the layers
+/// below put there.
+type Added = HashSet<(usize, Vec<u8>)>;
+
 /// Applies one tar stream over `tree`.
 pub fn apply_layer(
     tree: &mut Tree,
@@ -119,13 +130,7 @@ pub fn apply_layer(
     whiteouts: Whiteouts,
 ) -> Result<(), BuildError> {
     let mut archive = tar::Archive::new(open_stream(input)?);
-    // Entries this layer put in place, by (directory, name), kept only for layers:
-    // whiteouts hide only what the layers below put there.
-    let mut added: HashSet<(usize, Vec<u8>)> = HashSet::new();
-    let tar_err = |entry: &str, e: &dyn std::fmt::Display| BuildError::Tar {
-        entry: entry.to_string(),
-        reason: e.to_string(),
-    };
+    let mut added = Added::new();
     let entries = archive.entries().map_err(|e| tar_err("(archive)", &e))?;
     let mut last = String::from("(start of archive)");
     for entry in entries {
@@ -133,54 +138,13 @@ pub fn apply_layer(
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         last = shown.clone();
-        let header = entry.header().clone();
-        let kind = header.entry_type();
+        let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader) {
             continue;
         }
-        let mut meta = Metadata {
-            mode: header.mode().map_err(|e| tar_err(&shown, &e))? & 0o7777,
-            uid: header.uid().map_err(|e| tar_err(&shown, &e))? as u32,
-            gid: header.gid().map_err(|e| tar_err(&shown, &e))? as u32,
-            mtime: Timestamp {
-                sec: header.mtime().map_err(|e| tar_err(&shown, &e))? as i64,
-                nsec: 0,
-            },
-            xattrs: vec![],
-        };
-        if let Some(pax) = entry.pax_extensions().map_err(|e| tar_err(&shown, &e))? {
-            for ext in pax {
-                let ext = ext.map_err(|e| tar_err(&shown, &e))?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.push(Xattr {
-                        name: name.to_vec(),
-                        value: ext.value_bytes().to_vec(),
-                    });
-                } else if key == b"mtime" {
-                    meta.mtime = ext
-                        .value()
-                        .ok()
-                        .and_then(pax_time)
-                        .ok_or_else(|| tar_err(&shown, &"bad pax mtime"))?;
-                } else if key == b"uid" || key == b"gid" {
-                    let v: u32 = ext
-                        .value()
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .ok_or_else(|| tar_err(&shown, &"bad pax uid/gid"))?;
-                    if key == b"uid" {
-                        meta.uid = v;
-                    } else {
-                        meta.gid = v;
-                    }
-                }
-            }
-            meta.xattrs.sort_by(|a, b| a.name.cmp(&b.name));
-            meta.xattrs.dedup_by(|a, b| a.name == b.name);
-        }
+        let meta = entry_meta(&mut entry, &shown)?;
         let comps = components(&raw_path, &shown)?;
-        if comps.is_empty() {
+        let Some(name) = comps.last().cloned() else {
             if kind.is_dir() {
                 tree.set_meta(0, meta);
                 continue;
@@ -189,108 +153,195 @@ pub fn apply_layer(
                 path: shown,
                 reason: "a non-directory at the archive root",
             });
-        }
-        let name = comps.last().expect("non-empty").clone();
+        };
         if whiteouts == Whiteouts::Apply && name.starts_with(WHITEOUT_PREFIX) {
-            // A whiteout in a directory no layer below has hides nothing.
-            let Ok(parent) = tree.parent_of(&comps, &shown, false) else {
-                continue;
-            };
-            if name == OPAQUE_WHITEOUT {
-                tree.retain(parent, |n| added.contains(&(parent, n.to_vec())));
-            } else {
-                let hidden = &name[WHITEOUT_PREFIX.len()..];
-                if !added.contains(&(parent, hidden.to_vec())) {
-                    tree.unlink(parent, hidden);
-                }
-            }
+            apply_whiteout(tree, &comps, &name, &shown, &added);
             continue;
         }
         let parent = tree.parent_of(&comps, &shown, true)?;
         if whiteouts == Whiteouts::Apply {
             added.insert((parent, name.clone()));
         }
-        let rdev = || -> Result<u64, BuildError> {
-            let major = header
-                .device_major()
-                .map_err(|e| tar_err(&shown, &e))?
-                .unwrap_or(0);
-            let minor = header
-                .device_minor()
-                .map_err(|e| tar_err(&shown, &e))?
-                .unwrap_or(0);
-            Ok(libc::makedev(major, minor))
-        };
-        let node_kind = match kind {
-            EntryType::Directory => {
-                if let Some(existing) = tree.child(parent, &name).filter(|&c| tree.is_dir(c)) {
-                    tree.set_meta(existing, meta);
-                    continue;
-                }
-                NodeKind::Dir(BTreeMap::new())
-            }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let declared = entry.size();
-                let (size, extents) = ingest.file(&mut entry, declared, &shown)?;
-                if size != declared {
-                    return Err(tar_err(
-                        &shown,
-                        &format!("truncated: {size} of {declared} bytes"),
-                    ));
-                }
-                NodeKind::File { size, extents }
-            }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| tar_err(&shown, &"symlink without target"))?
-                    .into_owned();
-                if target.is_empty() || target.contains(&0) {
-                    return Err(tar_err(&shown, &"empty symlink target"));
-                }
-                NodeKind::Symlink(target)
-            }
-            EntryType::Link => {
-                let raw_target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| tar_err(&shown, &"hard link without target"))?
-                    .into_owned();
-                let target_shown = String::from_utf8_lossy(&raw_target).into_owned();
-                let hl = |reason| BuildError::HardLink {
-                    path: shown.clone(),
-                    target: target_shown.clone(),
-                    reason,
-                };
-                let target_comps = components(&raw_target, &target_shown)
-                    .map_err(|_| hl("target is absolute or escapes the archive"))?;
-                let target = tree
-                    .lookup(&target_comps)
-                    .ok_or_else(|| hl("target does not exist (yet) in the archive"))?;
-                if tree.is_dir(target) {
-                    return Err(hl("target is a directory"));
-                }
-                tree.link(parent, name, target);
-                continue;
-            }
-            EntryType::Char => NodeKind::CharDevice(rdev()?),
-            EntryType::Block => NodeKind::BlockDevice(rdev()?),
-            EntryType::Fifo => NodeKind::Fifo,
-            other => {
-                return Err(BuildError::Unsupported {
-                    path: shown,
-                    kind: format!("tar entry type {other:?}"),
-                })
-            }
-        };
-        tree.add(
+        let at = Place {
             parent,
-            name,
-            Node {
-                meta,
-                kind: node_kind,
-            },
-        );
+            name: &name,
+            shown: &shown,
+        };
+        if let Some(kind) = node_kind(tree, &mut entry, ingest, &at, &meta)? {
+            tree.add(parent, name, Node { meta, kind });
+        }
     }
+    Ok(())
+}
+
+/// Where an entry goes: its directory, its name, and its path as shown in errors.
+struct Place<'a> {
+    parent: usize,
+    name: &'a [u8],
+    shown: &'a str,
+}
+
+/// An entry's metadata from its header and pax extensions (xattrs, precise mtime, large
+/// uid and gid).
+fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Metadata, BuildError> {
+    let header = entry.header();
+    let err = |e: &dyn std::fmt::Display| tar_err(shown, e);
+    let mut meta = Metadata {
+        mode: header.mode().map_err(|e| err(&e))? & 0o7777,
+        uid: header.uid().map_err(|e| err(&e))? as u32,
+        gid: header.gid().map_err(|e| err(&e))? as u32,
+        mtime: Timestamp {
+            sec: header.mtime().map_err(|e| err(&e))? as i64,
+            nsec: 0,
+        },
+        xattrs: vec![],
+    };
+    let Some(pax) = entry.pax_extensions().map_err(|e| err(&e))? else {
+        return Ok(meta);
+    };
+    for ext in pax {
+        let ext = ext.map_err(|e| err(&e))?;
+        let key = ext.key_bytes();
+        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            let value = ext.value_bytes().to_vec();
+            meta.xattrs.push(Xattr {
+                name: name.to_vec(),
+                value,
+            });
+        } else if key == b"mtime" {
+            meta.mtime = ext
+                .value()
+                .ok()
+                .and_then(pax_time)
+                .ok_or_else(|| err(&"bad pax mtime"))?;
+        } else if key == b"uid" || key == b"gid" {
+            let v: u32 = ext
+                .value()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| err(&"bad pax uid/gid"))?;
+            if key == b"uid" {
+                meta.uid = v;
+            } else {
+                meta.gid = v;
+            }
+        }
+    }
+    meta.xattrs.sort_by(|a, b| a.name.cmp(&b.name));
+    meta.xattrs.dedup_by(|a, b| a.name == b.name);
+    Ok(meta)
+}
+
+/// An OCI whiteout: `.wh..wh..opq` empties its directory of lower entries, `.wh.NAME`
+/// hides a lower `NAME`; neither touches what this layer added. A whiteout in a directory
+/// no layer below has hides nothing.
+fn apply_whiteout(tree: &mut Tree, comps: &[Vec<u8>], name: &[u8], shown: &str, added: &Added) {
+    let Ok(parent) = tree.parent_of(comps, shown, false) else {
+        return;
+    };
+    if name == OPAQUE_WHITEOUT {
+        tree.retain(parent, |n| added.contains(&(parent, n.to_vec())));
+    } else {
+        let hidden = &name[WHITEOUT_PREFIX.len()..];
+        if !added.contains(&(parent, hidden.to_vec())) {
+            tree.unlink(parent, hidden);
+        }
+    }
+}
+
+/// What an entry becomes; `None` when it is already applied (an existing directory's new
+/// metadata, a hard link).
+fn node_kind<R: Read>(
+    tree: &mut Tree,
+    entry: &mut tar::Entry<'_, R>,
+    ingest: &Ingest<'_>,
+    at: &Place<'_>,
+    meta: &Metadata,
+) -> Result<Option<NodeKind>, BuildError> {
+    let shown = at.shown;
+    let header = entry.header().clone();
+    let rdev = || -> Result<u64, BuildError> {
+        let major = header
+            .device_major()
+            .map_err(|e| tar_err(shown, &e))?
+            .unwrap_or(0);
+        let minor = header
+            .device_minor()
+            .map_err(|e| tar_err(shown, &e))?
+            .unwrap_or(0);
+        Ok(libc::makedev(major, minor))
+    };
+    let kind = match header.entry_type() {
+        EntryType::Directory => {
+            if let Some(existing) = tree.child(at.parent, at.name).filter(|&c| tree.is_dir(c)) {
+                tree.set_meta(existing, meta.clone());
+                return Ok(None);
+            }
+            NodeKind::Dir(BTreeMap::new())
+        }
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            let declared = entry.size();
+            let (size, extents) = ingest.file(entry, declared, shown)?;
+            if size != declared {
+                return Err(tar_err(
+                    shown,
+                    &format!("truncated: {size} of {declared} bytes"),
+                ));
+            }
+            NodeKind::File { size, extents }
+        }
+        EntryType::Symlink => {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| tar_err(shown, &"symlink without target"))?
+                .into_owned();
+            if target.is_empty() || target.contains(&0) {
+                return Err(tar_err(shown, &"empty symlink target"));
+            }
+            NodeKind::Symlink(target)
+        }
+        EntryType::Link => {
+            hard_link(tree, entry, at)?;
+            return Ok(None);
+        }
+        EntryType::Char => NodeKind::CharDevice(rdev()?),
+        EntryType::Block => NodeKind::BlockDevice(rdev()?),
+        EntryType::Fifo => NodeKind::Fifo,
+        other => {
+            return Err(BuildError::Unsupported {
+                path: shown.to_string(),
+                kind: format!("tar entry type {other:?}"),
+            })
+        }
+    };
+    Ok(Some(kind))
+}
+
+/// A hard link must name an earlier non-directory entry inside the archive.
+fn hard_link<R: Read>(
+    tree: &mut Tree,
+    entry: &tar::Entry<'_, R>,
+    at: &Place<'_>,
+) -> Result<(), BuildError> {
+    let raw_target = entry
+        .link_name_bytes()
+        .ok_or_else(|| tar_err(at.shown, &"hard link without target"))?
+        .into_owned();
+    let target_shown = String::from_utf8_lossy(&raw_target).into_owned();
+    let hl = |reason| BuildError::HardLink {
+        path: at.shown.to_string(),
+        target: target_shown.clone(),
+        reason,
+    };
+    let target_comps = components(&raw_target, &target_shown)
+        .map_err(|_| hl("target is absolute or escapes the archive"))?;
+    let target = tree
+        .lookup(&target_comps)
+        .ok_or_else(|| hl("target does not exist (yet) in the archive"))?;
+    if tree.is_dir(target) {
+        return Err(hl("target is a directory"));
+    }
+    tree.link(at.parent, at.name.to_vec(), target);
     Ok(())
 }
 

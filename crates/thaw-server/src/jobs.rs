@@ -3,9 +3,10 @@
 
 use crate::api::{self, JobState, NamedScope, Scope};
 use crate::error::ApiError;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thaw_core::{ChunkId, ImageId, InodeKind, Manifest};
 use thaw_store::PrefetchProgress;
@@ -31,11 +32,11 @@ pub struct Job {
 
 impl Job {
     pub fn state(&self) -> JobState {
-        self.state.lock().expect("job lock").0
+        self.state.lock().0
     }
 
     fn finish(&self, state: JobState) {
-        let mut s = self.state.lock().expect("job lock");
+        let mut s = self.state.lock();
         if !s.0.is_finished() {
             *s = (state, Some(Instant::now()));
         }
@@ -43,7 +44,7 @@ impl Job {
 
     pub fn view(&self) -> api::Job {
         let p = &self.progress;
-        let (state, finished) = *self.state.lock().expect("job lock");
+        let (state, finished) = *self.state.lock();
         let elapsed = finished
             .unwrap_or_else(Instant::now)
             .duration_since(self.started)
@@ -87,18 +88,12 @@ fn now_unix() -> u64 {
 
 impl Jobs {
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
-        self.jobs.lock().expect("jobs lock").get(id).cloned()
+        self.jobs.lock().get(id).cloned()
     }
 
     /// Every job, oldest first.
     pub fn list(&self) -> Vec<Arc<Job>> {
-        let mut v: Vec<Arc<Job>> = self
-            .jobs
-            .lock()
-            .expect("jobs lock")
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<Arc<Job>> = self.jobs.lock().values().cloned().collect();
         v.sort_by_key(|j| j.seq);
         v
     }
@@ -136,12 +131,12 @@ impl Jobs {
                 .find(|j| j.state() == JobState::Running && j.image == image && j.scope == scope)
                 .cloned()
         };
-        if let Some(j) = running_like(&self.jobs.lock().expect("jobs lock")) {
+        if let Some(j) = running_like(&self.jobs.lock()) {
             return Ok((j, false));
         }
         let reader = &node.reader;
         let list = chunk_list(node, &image, &scope).await?;
-        let mut jobs = self.jobs.lock().expect("jobs lock");
+        let mut jobs = self.jobs.lock();
         // Checked again under the lock: two identical requests may have raced here.
         if let Some(j) = running_like(&jobs) {
             return Ok((j, false));

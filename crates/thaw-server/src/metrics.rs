@@ -51,79 +51,103 @@ impl Out {
     }
 }
 
+impl Out {
+    /// One family, its name written once, with a sample per label set.
+    fn labelled<V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: &[(&str, V)],
+    ) {
+        self.family(name, kind, help);
+        for (labels, value) in samples {
+            self.sample(name, labels, value);
+        }
+    }
+}
+
 /// Renders every metric of the node.
 pub fn render(node: &Node) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
-    let r = node.reader.stats();
-    let usage = node.reader.cache_usage();
-    let sched = node.reader.scheduler_stats();
+    caches(&mut o, node);
+    store(&mut o, node);
+    prefetch(&mut o, node);
+    mounts(&mut o, node);
+    let http: Vec<(String, u64)> = node
+        .http
+        .snapshot()
+        .into_iter()
+        .map(|(class, n)| (format!("code=\"{class}\""), n))
+        .collect();
+    let http: Vec<(&str, u64)> = http.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    o.labelled(
+        "thaw_http_requests_total",
+        "counter",
+        "HTTP requests answered, by status class.",
+        &http,
+    );
+    let uptime = node.started.elapsed().as_secs_f64();
+    o.one(
+        "thaw_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        uptime,
+    );
+    o.0
+}
 
-    o.family(
+const MEMORY: &str = "tier=\"memory\"";
+const DISK: &str = "tier=\"disk\"";
+const ON_DEMAND: &str = "class=\"on_demand\"";
+const PREFETCH: &str = "class=\"prefetch\"";
+
+/// The memory and disk tiers: hits, misses, bytes held and capacity.
+fn caches(o: &mut Out, node: &Node) {
+    let (r, u) = (node.reader.stats(), node.reader.cache_usage());
+    o.labelled(
         "thaw_cache_hits_total",
         "counter",
         "Chunk reads served by a cache tier.",
+        &[(MEMORY, r.memory_hits), (DISK, r.disk_hits)],
     );
-    o.sample("thaw_cache_hits_total", "tier=\"memory\"", r.memory_hits);
-    o.sample("thaw_cache_hits_total", "tier=\"disk\"", r.disk_hits);
-    o.family(
+    o.labelled(
         "thaw_cache_misses_total",
         "counter",
         "Chunk lookups a cache tier could not serve.",
+        &[(MEMORY, r.memory_misses), (DISK, r.disk_misses)],
     );
-    o.sample(
-        "thaw_cache_misses_total",
-        "tier=\"memory\"",
-        r.memory_misses,
+    o.labelled(
+        "thaw_cache_bytes",
+        "gauge",
+        "Bytes held by a cache tier.",
+        &[(MEMORY, u.memory_bytes), (DISK, u.disk_bytes)],
     );
-    o.sample("thaw_cache_misses_total", "tier=\"disk\"", r.disk_misses);
-    o.family("thaw_cache_bytes", "gauge", "Bytes held by a cache tier.");
-    o.sample("thaw_cache_bytes", "tier=\"memory\"", usage.memory_bytes);
-    o.sample("thaw_cache_bytes", "tier=\"disk\"", usage.disk_bytes);
-    o.family(
+    o.labelled(
         "thaw_cache_capacity_bytes",
         "gauge",
         "Capacity of a cache tier.",
+        &[(MEMORY, u.memory_capacity), (DISK, u.disk_capacity)],
     );
-    o.sample(
-        "thaw_cache_capacity_bytes",
-        "tier=\"memory\"",
-        usage.memory_capacity,
-    );
-    o.sample(
-        "thaw_cache_capacity_bytes",
-        "tier=\"disk\"",
-        usage.disk_capacity,
-    );
+}
 
-    o.family(
+/// GETs of chunk data from the object store, by priority class, and their latency.
+fn store(o: &mut Out, node: &Node) {
+    let (r, s) = (node.reader.stats(), node.reader.scheduler_stats());
+    o.labelled(
         "thaw_store_fetches_total",
         "counter",
         "Ranged GETs of chunk data, by priority class.",
+        &[
+            (ON_DEMAND, s.on_demand_fetches),
+            (PREFETCH, s.prefetch_fetches),
+        ],
     );
-    o.sample(
-        "thaw_store_fetches_total",
-        "class=\"on_demand\"",
-        sched.on_demand_fetches,
-    );
-    o.sample(
-        "thaw_store_fetches_total",
-        "class=\"prefetch\"",
-        sched.prefetch_fetches,
-    );
-    o.family(
+    o.labelled(
         "thaw_store_fetched_bytes_total",
         "counter",
         "Stored bytes fetched from the object store, by priority class.",
-    );
-    o.sample(
-        "thaw_store_fetched_bytes_total",
-        "class=\"on_demand\"",
-        sched.on_demand_bytes,
-    );
-    o.sample(
-        "thaw_store_fetched_bytes_total",
-        "class=\"prefetch\"",
-        sched.prefetch_bytes,
+        &[(ON_DEMAND, s.on_demand_bytes), (PREFETCH, s.prefetch_bytes)],
     );
     o.one(
         "thaw_store_fetched_chunks_total",
@@ -132,33 +156,37 @@ pub fn render(node: &Node) -> String {
         r.fetched_chunks,
     );
     o.one(
-        "thaw_prefetch_promoted_total",
+        "thaw_integrity_failures_total",
         "counter",
-        "Prefetches promoted because a reader waited for them.",
-        sched.promoted,
+        "Chunks from the store that failed verification (never served).",
+        r.integrity_failures,
     );
     o.family(
         "thaw_fetch_latency_seconds",
         "histogram",
         "Time of one ranged GET, from slot granted to bytes received.",
     );
-    o.histogram("thaw_fetch_latency_seconds", "", &sched.fetch_latency);
-    o.family(
+    o.histogram("thaw_fetch_latency_seconds", "", &s.fetch_latency);
+    o.labelled(
         "thaw_fetch_waiting",
         "gauge",
         "GETs waiting for a scheduler slot, by class.",
+        &[
+            (ON_DEMAND, s.waiting_on_demand),
+            (PREFETCH, s.waiting_prefetch),
+        ],
     );
-    o.sample(
-        "thaw_fetch_waiting",
-        "class=\"on_demand\"",
-        sched.waiting_on_demand,
-    );
-    o.sample(
-        "thaw_fetch_waiting",
-        "class=\"prefetch\"",
-        sched.waiting_prefetch,
-    );
+}
 
+/// Prefetch and prewarm jobs: promotions, the queue, bytes, jobs by state.
+fn prefetch(o: &mut Out, node: &Node) {
+    let (r, s) = (node.reader.stats(), node.reader.scheduler_stats());
+    o.one(
+        "thaw_prefetch_promoted_total",
+        "counter",
+        "Prefetches promoted because a reader waited for them.",
+        s.promoted,
+    );
     let (queued_chunks, queued_bytes) = node.jobs.queued();
     o.one(
         "thaw_prefetch_queue_chunks",
@@ -178,82 +206,48 @@ pub fn render(node: &Node) -> String {
         "Uncompressed bytes fetched by prefetch.",
         r.prefetched_bytes,
     );
-    o.one(
-        "thaw_integrity_failures_total",
-        "counter",
-        "Chunks from the store that failed verification (never served).",
-        r.integrity_failures,
-    );
-
     let jobs = node.jobs.list();
-    o.family("thaw_jobs", "gauge", "Prewarm jobs by state.");
-    for state in ["running", "done", "failed", "cancelled"] {
+    let by_state = ["running", "done", "failed", "cancelled"].map(|state| {
         let n = jobs.iter().filter(|j| j.state().as_str() == state).count();
-        o.sample("thaw_jobs", &format!("state=\"{state}\""), n);
-    }
+        (format!("state=\"{state}\""), n)
+    });
+    let by_state: Vec<(&str, usize)> = by_state.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    o.labelled("thaw_jobs", "gauge", "Prewarm jobs by state.", &by_state);
+}
 
+/// Mounts and their FUSE operations, latencies and bytes served.
+fn mounts(o: &mut Out, node: &Node) {
     let mounts = node.mounts.list();
     o.one("thaw_mounts", "gauge", "Images mounted.", mounts.len());
     let snaps: Vec<(String, thaw_fuse::StatsSnapshot)> = mounts
         .iter()
         .filter_map(|m| m.stats().map(|s| (m.id.clone(), s)))
         .collect();
+    let ops = "thaw_fuse_operations_total";
     o.family(
-        "thaw_fuse_operations_total",
+        ops,
         "counter",
         "FUSE operations served, by mount and operation.",
     );
     for (id, s) in &snaps {
         for (op, n) in &s.ops {
-            o.sample(
-                "thaw_fuse_operations_total",
-                &format!("mount=\"{id}\",op=\"{op}\""),
-                n,
-            );
+            o.sample(ops, &format!("mount=\"{id}\",op=\"{op}\""), n);
         }
     }
+    let seconds = "thaw_fuse_operation_seconds";
     o.family(
-        "thaw_fuse_operation_seconds",
+        seconds,
         "histogram",
         "Time from a FUSE request to its reply, by mount and operation.",
     );
     for (id, s) in &snaps {
-        for (op, h) in &s.op_latency {
-            if h.total() > 0 {
-                o.histogram(
-                    "thaw_fuse_operation_seconds",
-                    &format!("mount=\"{id}\",op=\"{op}\""),
-                    h,
-                );
-            }
+        for (op, h) in s.op_latency.iter().filter(|(_, h)| h.total() > 0) {
+            o.histogram(seconds, &format!("mount=\"{id}\",op=\"{op}\""), h);
         }
     }
-    o.family(
-        "thaw_fuse_bytes_served_total",
-        "counter",
-        "Bytes returned by FUSE reads, by mount.",
-    );
+    let served = "thaw_fuse_bytes_served_total";
+    o.family(served, "counter", "Bytes returned by FUSE reads, by mount.");
     for (id, s) in &snaps {
-        o.sample(
-            "thaw_fuse_bytes_served_total",
-            &format!("mount=\"{id}\""),
-            s.bytes_served,
-        );
+        o.sample(served, &format!("mount=\"{id}\""), s.bytes_served);
     }
-
-    o.family(
-        "thaw_http_requests_total",
-        "counter",
-        "HTTP requests answered, by status class.",
-    );
-    for (class, n) in node.http.snapshot() {
-        o.sample("thaw_http_requests_total", &format!("code=\"{class}\""), n);
-    }
-    o.one(
-        "thaw_uptime_seconds",
-        "gauge",
-        "Seconds since the daemon started.",
-        node.started.elapsed().as_secs_f64(),
-    );
-    o.0
 }

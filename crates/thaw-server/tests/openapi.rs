@@ -1,4 +1,9 @@
 //! Keeps docs/openapi.yaml, the route table and the router in step.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};

@@ -1,6 +1,11 @@
 //! The conformance suite every [`BlobStore`] must pass: in-memory and local backends in
 //! `cargo test`, S3 (a moto server) in `scripts/test.sh`. It panics with a message on
 //! the first violation, so call it from a test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test suite: a failed check panics with its message"
+)]
 
 use crate::{BlobStore, StoreError};
 use bytes::Bytes;

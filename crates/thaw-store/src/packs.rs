@@ -88,6 +88,19 @@ pub struct Plan {
     pub around: Vec<ChunkId>,
 }
 
+/// Where a set of chunks is stored: `thaw inspect`'s storage figures.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StorageSummary {
+    /// Distinct packs holding the chunks.
+    pub packs: u64,
+    /// Their stored (possibly compressed) bytes.
+    pub stored_bytes: u64,
+    /// Chunks stored compressed.
+    pub compressed_chunks: u64,
+    /// Chunks no pack holds.
+    pub missing_chunks: u64,
+}
+
 /// The store's packs and the index of every chunk in them.
 #[derive(Debug)]
 pub struct PackStore {
@@ -160,6 +173,26 @@ impl PackStore {
 
     pub fn location(&self, id: &ChunkId) -> Option<ChunkLocation> {
         self.chunks.read().get(id).copied()
+    }
+
+    /// Where `ids` are stored: packs, stored bytes, compressed and missing chunks.
+    pub fn storage(&self, ids: impl IntoIterator<Item = ChunkId>) -> StorageSummary {
+        let chunks = self.chunks.read();
+        let mut packs = HashSet::new();
+        let mut s = StorageSummary::default();
+        for id in ids {
+            let Some(loc) = chunks.get(&id) else {
+                s.missing_chunks += 1;
+                continue;
+            };
+            packs.insert(loc.pack);
+            s.stored_bytes += u64::from(loc.entry.stored_len);
+            if loc.entry.compression == Compression::Zstd {
+                s.compressed_chunks += 1;
+            }
+        }
+        s.packs = packs.len() as u64;
+        s
     }
 
     /// Every pack and its index.

@@ -5,9 +5,10 @@ use crate::error::ChunkError;
 use crate::PackStore;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use thaw_core::{ChunkId, Compression, PackEntry, PackIndex};
 
@@ -126,7 +127,7 @@ impl PackWriter {
             tokio::spawn(async move {
                 while let Some((data, index)) = up_rx.recv().await {
                     if let Err(e) = packs.publish(data, index).await {
-                        *failure.lock().expect("failure lock") = Some(e.to_string());
+                        *failure.lock() = Some(e.to_string());
                         return Err(e);
                     }
                     counters.packs.fetch_add(1, Relaxed);
@@ -172,13 +173,13 @@ impl PackWriter {
     /// Adds a chunk; returns whether it was new to the store. Blocks while the
     /// compression queue is full.
     pub fn add(&self, id: ChunkId, data: Bytes) -> Result<bool, ChunkError> {
-        if let Some(msg) = self.failure.lock().expect("failure lock").clone() {
+        if let Some(msg) = self.failure.lock().clone() {
             return Err(ChunkError::Writer(format!(
                 "an earlier upload failed: {msg}"
             )));
         }
         let seq = {
-            let mut st = self.state.lock().expect("writer state");
+            let mut st = self.state.lock();
             if self.packs.contains(&id) || !st.seen.insert(id) {
                 self.counters.chunks_dedup.fetch_add(1, Relaxed);
                 return Ok(false);
@@ -199,14 +200,15 @@ impl PackWriter {
     }
 
     fn send(&self, seq: u64, id: ChunkId, data: Bytes, new_pack: bool) -> Result<(), ChunkError> {
-        let jobs = self.jobs.as_ref().expect("add after finish");
+        let stopped = || ChunkError::Writer("the packing pipeline stopped".into());
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
         jobs.send(Job {
             seq,
             id,
             data,
             new_pack,
         })
-        .map_err(|_| ChunkError::Writer("the packing pipeline stopped".into()))
+        .map_err(|_| stopped())
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -222,9 +224,10 @@ impl PackWriter {
 
     /// Flushes the last pack and waits for every upload.
     pub async fn finish(mut self) -> Result<WriterStats, ChunkError> {
-        let jobs = self.jobs.take().expect("finish once");
+        let gone = |what: &str| ChunkError::Writer(format!("the {what} is gone"));
+        let jobs = self.jobs.take().ok_or_else(|| gone("packing queue"))?;
         let (mut held, first_seq) = {
-            let mut st = self.state.lock().expect("writer state");
+            let mut st = self.state.lock();
             let held = std::mem::take(&mut st.held);
             let first = st.next_seq;
             st.next_seq += held.len() as u64;
@@ -250,7 +253,7 @@ impl PackWriter {
         .await
         .map_err(|e| ChunkError::Writer(e.to_string()))?;
         let workers = std::mem::take(&mut self.workers);
-        let packer = self.packer.take().expect("packer");
+        let packer = self.packer.take().ok_or_else(|| gone("packer"))?;
         let packed = tokio::task::spawn_blocking(move || {
             for w in workers {
                 w.join()
@@ -265,7 +268,7 @@ impl PackWriter {
         let uploaded = self
             .uploader
             .take()
-            .expect("uploader")
+            .ok_or_else(|| gone("uploader"))?
             .await
             .map_err(|e| ChunkError::Writer(e.to_string()))?;
         uploaded?;

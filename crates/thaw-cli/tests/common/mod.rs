@@ -1,4 +1,9 @@
 //! Helpers the `thaw` binary's end-to-end tests share.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step panics with its message"
+)]
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod daemon;

@@ -204,6 +204,33 @@ fn huge_length_fields_do_not_allocate() {
     ));
 }
 
+/// One inode kind of a random tree, from its choice and two random numbers.
+fn arb_kind(kind: u8, chunks: &[ChunkInfo], name: &[u8], a: u32, b: u32) -> InodeKind {
+    match kind {
+        0 => InodeKind::Directory { entries: vec![] },
+        1 => {
+            let i = a % chunks.len() as u32;
+            let len = u64::from(chunks[i as usize].len) + u64::from(b % 100) + 1;
+            InodeKind::File {
+                size: len,
+                extents: vec![
+                    Extent::Chunk(i),
+                    Extent::Zero(len - u64::from(chunks[i as usize].len)),
+                ],
+            }
+        }
+        2 => InodeKind::Symlink {
+            target: name.to_vec(),
+        },
+        3 => InodeKind::CharDevice { rdev: u64::from(a) },
+        4 => InodeKind::Fifo,
+        _ => InodeKind::File {
+            size: 0,
+            extents: vec![],
+        },
+    }
+}
+
 /// Random valid trees: a list of (parent choice, kind choice, name) turned into a manifest.
 fn arb_manifest() -> impl Strategy<Value = Manifest> {
     let node = (
@@ -246,29 +273,7 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
                 if entries.iter().any(|e| e.name == name) {
                     continue;
                 }
-                let kind = match kind {
-                    0 => InodeKind::Directory { entries: vec![] },
-                    1 => {
-                        let i = a % chunks.len() as u32;
-                        let len = u64::from(chunks[i as usize].len) + u64::from(b % 100) + 1;
-                        InodeKind::File {
-                            size: len,
-                            extents: vec![
-                                Extent::Chunk(i),
-                                Extent::Zero(len - u64::from(chunks[i as usize].len)),
-                            ],
-                        }
-                    }
-                    2 => InodeKind::Symlink {
-                        target: name.clone(),
-                    },
-                    3 => InodeKind::CharDevice { rdev: u64::from(a) },
-                    4 => InodeKind::Fifo,
-                    _ => InodeKind::File {
-                        size: 0,
-                        extents: vec![],
-                    },
-                };
+                let kind = arb_kind(kind, &chunks, &name, a, b);
                 let is_dir = matches!(kind, InodeKind::Directory { .. });
                 let ino = inodes.len() as u32;
                 inodes.push(Inode {

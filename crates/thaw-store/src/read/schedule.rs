@@ -5,8 +5,9 @@
 //! from then on it competes as on-demand and skips the bandwidth pacing, so joining a
 //! prefetch never makes a reader wait behind the prefetch queue.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -217,7 +218,7 @@ impl Drop for FetchPermit<'_> {
     fn drop(&mut self) {
         let s = self.scheduler;
         {
-            let mut st = s.state.lock().expect("scheduler lock");
+            let mut st = s.state.lock();
             match self.class {
                 FetchClass::OnDemand => st.active_on_demand -= 1,
                 FetchClass::Prefetch => st.active_prefetch -= 1,
@@ -256,12 +257,12 @@ impl FetchScheduler {
     }
 
     pub fn config(&self) -> SchedulerConfig {
-        self.state.lock().expect("scheduler lock").config
+        self.state.lock().config
     }
 
     /// Changes the limits; waiting fetches see the new ones at once.
     pub fn configure(&self, config: SchedulerConfig) {
-        self.state.lock().expect("scheduler lock").config = SchedulerConfig {
+        self.state.lock().config = SchedulerConfig {
             max_in_flight: config.max_in_flight.max(1),
             prefetch_in_flight: config.prefetch_in_flight.max(1),
             ..config
@@ -292,7 +293,7 @@ impl FetchScheduler {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let mut st = self.state.lock().expect("scheduler lock");
+                let mut st = self.state.lock();
                 // Our own registration is in the on-demand count; others' are what matter.
                 let others = self
                     .waiting_on_demand
@@ -327,7 +328,7 @@ impl FetchScheduler {
     /// Holds a prefetch until its bytes fit the prefetch bandwidth, unless promoted.
     async fn pace(&self, priority: &Priority, bytes: u64) {
         let start = {
-            let mut st = self.state.lock().expect("scheduler lock");
+            let mut st = self.state.lock();
             let Some(bw) = st.config.prefetch_bandwidth.filter(|b| *b > 0) else {
                 return;
             };
@@ -350,7 +351,7 @@ impl FetchScheduler {
     }
 
     pub fn stats(&self) -> SchedulerStats {
-        let st = self.state.lock().expect("scheduler lock");
+        let st = self.state.lock();
         SchedulerStats {
             on_demand_fetches: self.on_demand_fetches.load(Relaxed),
             prefetch_fetches: self.prefetch_fetches.load(Relaxed),
@@ -406,7 +407,7 @@ mod tests {
             let (s, order) = (s.clone(), order.clone());
             tokio::spawn(async move {
                 let _permit = s.acquire(&p, 1).await;
-                order.lock().unwrap().push(name);
+                order.lock().push(name);
                 tokio::task::yield_now().await;
             })
         };
@@ -419,7 +420,7 @@ mod tests {
         drop(first);
         od.await.unwrap();
         pf.await.unwrap();
-        assert_eq!(*order.lock().unwrap(), vec!["on-demand", "prefetch"]);
+        assert_eq!(*order.lock(), vec!["on-demand", "prefetch"]);
     }
 
     #[tokio::test]

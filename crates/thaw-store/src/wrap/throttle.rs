@@ -3,8 +3,9 @@
 use crate::{BlobStore, ObjectInfo, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -73,7 +74,7 @@ impl ThrottledStore {
         tokio::time::sleep(self.config.latency).await;
         if let Some(bw) = self.config.bandwidth {
             let done = {
-                let mut free = self.link_free_at.lock().expect("throttle lock");
+                let mut free = self.link_free_at.lock();
                 let start = (*free).max(Instant::now());
                 *free = start + Duration::from_secs_f64(bytes as f64 / bw as f64);
                 *free

@@ -12,9 +12,9 @@
 
 use bytes::Bytes;
 use lru::LruCache;
+use parking_lot::Mutex;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use thaw_core::ChunkId;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -76,7 +76,7 @@ impl DiskCache {
             }),
         };
         {
-            let mut g = cache.inner.lock().expect("disk cache lock");
+            let mut g = cache.inner.lock();
             for (_, id, len) in found {
                 g.lru.put(id, len);
                 g.bytes += len;
@@ -93,12 +93,12 @@ impl DiskCache {
 
     /// Reads and verifies a chunk; `None` on a miss or a bad entry (which is removed).
     pub fn get(&self, id: &ChunkId) -> Option<Bytes> {
-        let stored_len = *self.inner.lock().expect("disk cache lock").lru.peek(id)?;
+        let stored_len = *self.inner.lock().lru.peek(id)?;
         let path = self.path_of(id);
         match super::buffers::read_file(&path, stored_len) {
             Ok(entry) => match check_entry(entry) {
                 Some(data) => {
-                    self.inner.lock().expect("disk cache lock").lru.get(id);
+                    self.inner.lock().lru.get(id);
                     Some(data)
                 }
                 None => {
@@ -116,7 +116,7 @@ impl DiskCache {
 
     /// Whether the cache holds an entry for `id` (not verified).
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.inner.lock().expect("disk cache lock").lru.contains(id)
+        self.inner.lock().lru.contains(id)
     }
 
     /// Stores a verified chunk. Errors are logged, not returned: the cache is best effort.
@@ -131,7 +131,7 @@ impl DiskCache {
             return;
         }
         {
-            let mut g = self.inner.lock().expect("disk cache lock");
+            let mut g = self.inner.lock();
             if g.lru.put(*id, stored_len).is_none() {
                 g.bytes += stored_len;
             }
@@ -140,7 +140,7 @@ impl DiskCache {
     }
 
     fn remove(&self, id: &ChunkId) {
-        let mut g = self.inner.lock().expect("disk cache lock");
+        let mut g = self.inner.lock();
         if let Some(len) = g.lru.pop(id) {
             g.bytes -= len;
         }
@@ -151,7 +151,7 @@ impl DiskCache {
     fn evict(&self) {
         loop {
             let victim = {
-                let mut g = self.inner.lock().expect("disk cache lock");
+                let mut g = self.inner.lock();
                 if g.bytes <= self.capacity {
                     return;
                 }
@@ -173,11 +173,11 @@ impl DiskCache {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.inner.lock().expect("disk cache lock").bytes
+        self.inner.lock().bytes
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("disk cache lock").lru.len()
+        self.inner.lock().lru.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -185,27 +185,19 @@ impl DiskCache {
     }
 }
 
+/// Writes an entry to a temporary file in its directory and renames it into place, so a
+/// reader never sees a partial entry (a crash leaves a temporary file, removed at open).
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("cache entries live in a subdirectory");
+    let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".tmp.{}.{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
     let mut trailer = [0u8; TRAILER_LEN as usize];
     trailer[..8].copy_from_slice(&xxh3_64(data).to_le_bytes());
     trailer[8..].copy_from_slice(TRAILER_MAGIC);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.write_all(&trailer)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut tmp = tempfile::Builder::new().prefix(".tmp.").tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.write_all(&trailer)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The chunk in a whole entry, if its trailer is intact and its checksum matches.

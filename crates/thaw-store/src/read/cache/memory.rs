@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use lru::LruCache;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use thaw_core::ChunkId;
 
 #[derive(Debug)]
@@ -30,21 +30,12 @@ impl MemoryCache {
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<Bytes> {
-        self.inner
-            .lock()
-            .expect("memory cache lock")
-            .lru
-            .get(id)
-            .cloned()
+        self.inner.lock().lru.get(id).cloned()
     }
 
     /// Whether `id` is cached, without touching its recency.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.inner
-            .lock()
-            .expect("memory cache lock")
-            .lru
-            .contains(id)
+        self.inner.lock().lru.contains(id)
     }
 
     pub fn insert(&self, id: ChunkId, data: Bytes) {
@@ -52,7 +43,7 @@ impl MemoryCache {
         if len > self.capacity {
             return;
         }
-        let mut g = self.inner.lock().expect("memory cache lock");
+        let mut g = self.inner.lock();
         if let Some(old) = g.lru.put(id, data) {
             g.bytes -= old.len() as u64;
         }
@@ -69,7 +60,7 @@ impl MemoryCache {
     /// which must never push out what readers use). Returns whether it was inserted.
     pub fn insert_if_room(&self, id: ChunkId, data: Bytes) -> bool {
         let len = data.len() as u64;
-        let mut g = self.inner.lock().expect("memory cache lock");
+        let mut g = self.inner.lock();
         if g.lru.contains(&id) || g.bytes + len > self.capacity {
             return false;
         }
@@ -83,7 +74,7 @@ impl MemoryCache {
 
     /// Entries held now.
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("memory cache lock").lru.len()
+        self.inner.lock().lru.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,7 +86,7 @@ impl MemoryCache {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.inner.lock().expect("memory cache lock").bytes
+        self.inner.lock().bytes
     }
 }
 

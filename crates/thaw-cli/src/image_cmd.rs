@@ -1,0 +1,324 @@
+//! The image commands: `build`, `images`, `inspect`, `export`, `tag`, `rmi` and `gc`.
+//! The figures they print are computed by the libraries; this module only formats them.
+
+use anyhow::{bail, Context, Result};
+use humansize::{format_size, BINARY};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thaw_core::ChunkerConfig;
+use thaw_image::{BuildOptions, BuildReport, BuildSource};
+use thaw_store::{ChunkReader, ReaderConfig, Repository, WriterConfig};
+
+/// Arguments of `thaw build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// A directory, a tar file (.tar, .tar.gz, .tar.zst), `-`, `oci:DIR[:NAME]` or
+    /// `docker://HOST/NAME:TAG`.
+    pub source: String,
+    /// Tag the image with this name.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// zstd level for chunks that compress.
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Chunk sizes in bytes: MIN,AVG,MAX.
+    #[arg(long, value_name = "MIN,AVG,MAX")]
+    pub chunk_sizes: Option<String>,
+    /// Pack the start-up working set together in first-access order: a trace file
+    /// (from `thaw mount --record-trace`) or an image whose pushed traces to merge.
+    #[arg(long, value_name = "TRACE")]
+    pub order_by: Option<String>,
+}
+
+/// Arguments of `thaw export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The image.
+    pub image: String,
+    /// Where to write it (missing, or an empty directory).
+    pub dir: PathBuf,
+    /// Disk cache directory for chunks.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Disk cache size in bytes.
+    #[arg(long, default_value_t = 10 << 30)]
+    pub cache_size: u64,
+}
+
+fn size(n: u64) -> String {
+    format_size(n, BINARY)
+}
+
+fn parse_chunk_sizes(s: &str) -> Result<ChunkerConfig> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|x| x.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("chunk sizes must be three integers")?;
+    let [min, avg, max] = v[..] else {
+        bail!("--chunk-sizes wants MIN,AVG,MAX")
+    };
+    let c = ChunkerConfig { min, avg, max };
+    c.validate()?;
+    Ok(c)
+}
+
+/// `thaw build`.
+pub async fn build(repo: &Repository, args: &BuildArgs) -> Result<()> {
+    let first_access = match &args.order_by {
+        Some(t) => crate::trace_cmd::first_access(repo, t).await?,
+        None => Vec::new(),
+    };
+    let chunker = args
+        .chunk_sizes
+        .as_deref()
+        .map(parse_chunk_sizes)
+        .transpose()?
+        .unwrap_or_default();
+    let progress = Arc::new(AtomicU64::new(0));
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| spawn_progress(progress.clone()));
+    let options = BuildOptions {
+        tag: args.tag.clone(),
+        chunker,
+        writer: WriterConfig {
+            zstd_level: args.zstd_level,
+            ..Default::default()
+        },
+        progress: Some(progress),
+        first_access,
+    };
+    let start = Instant::now();
+    // A registry image is pulled (every blob checked) into a temporary OCI layout, which
+    // is then built like any other layout.
+    let mut _pulled = None;
+    let source = match args.source.strip_prefix("docker://") {
+        Some(image) => {
+            let image = thaw_registry::ImageRef::parse(image)?;
+            let dir = tempfile::tempdir().context("a temporary directory for the pull")?;
+            thaw_registry::pull_to_layout(&image, dir.path()).await?;
+            let layout = BuildSource::OciLayout {
+                dir: dir.path().to_path_buf(),
+                reference: None,
+            };
+            _pulled = Some(dir);
+            layout
+        }
+        None => BuildSource::from_arg(&args.source),
+    };
+    let r = thaw_image::build(repo, source, options)
+        .await
+        .with_context(|| format!("building {}", args.source));
+    if let Some((bar, stop)) = bar {
+        stop.store(1, Relaxed);
+        let _ = bar.await;
+    }
+    print_build(&r?, args.tag.as_deref(), start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_build(r: &BuildReport, tag: Option<&str>, secs: f64) {
+    println!("image: {}", r.image);
+    if let Some(t) = tag {
+        println!("tag: {t}");
+    }
+    println!(
+        "files: {} directories: {} other: {}",
+        r.files, r.directories, r.others
+    );
+    println!("bytes_read: {} ({})", r.bytes_read, size(r.bytes_read));
+    let w = &r.writer;
+    println!(
+        "bytes_stored: {} ({})",
+        w.stored_bytes,
+        size(w.stored_bytes)
+    );
+    println!("chunks_new: {}", w.chunks_new);
+    println!(
+        "raw_bytes_new: {} ({})",
+        w.raw_bytes_new,
+        size(w.raw_bytes_new)
+    );
+    println!("chunks_dedup: {}", w.chunks_dedup);
+    println!("packs: {}", w.packs);
+    println!(
+        "seconds: {secs:.3} ({:.1} MB/s)",
+        r.bytes_read as f64 / secs / 1e6
+    );
+}
+
+fn spawn_progress(read: Arc<AtomicU64>) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
+    let stop = Arc::new(AtomicU64::new(0));
+    let s = stop.clone();
+    let handle = tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        while s.load(Relaxed) == 0 {
+            bar.set_message(format!("read {}", size(read.load(Relaxed))));
+            bar.tick();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bar.finish_and_clear();
+    });
+    (handle, stop)
+}
+
+/// `thaw images`.
+pub async fn images(repo: &Repository) -> Result<()> {
+    let mut by_image: HashMap<_, Vec<String>> = HashMap::new();
+    for (name, id) in repo.list_tags().await? {
+        by_image.entry(id).or_default().push(name);
+    }
+    println!("{:<64}  {:>10}  TAGS", "IMAGE", "MANIFEST");
+    for (id, bytes) in repo.list_images().await? {
+        let names = by_image.remove(&id).unwrap_or_default().join(", ");
+        println!("{id}  {:>10}  {names}", size(bytes));
+    }
+    for (id, names) in by_image {
+        println!("{id}  {:>10}  {} (missing manifest)", "-", names.join(", "));
+    }
+    Ok(())
+}
+
+/// `thaw inspect`.
+pub async fn inspect(repo: &Repository, image: &str) -> Result<()> {
+    let id = repo.resolve(image).await?;
+    let m = repo.get_manifest(&id).await?;
+    let tags: Vec<String> = repo
+        .list_tags()
+        .await?
+        .into_iter()
+        .filter(|(_, t)| *t == id)
+        .map(|(n, _)| n)
+        .collect();
+    let t = m.summary();
+    let st = repo.packs().storage(m.chunks.iter().map(|c| c.id));
+    println!("image: {id}");
+    println!(
+        "tags: {}",
+        if tags.is_empty() {
+            "(none)".into()
+        } else {
+            tags.join(", ")
+        }
+    );
+    println!(
+        "inodes: {} (files {}, directories {}, symlinks {}, devices {}, other {}; hard-linked files {})",
+        t.inodes, t.files, t.directories, t.symlinks, t.devices, t.other, t.hard_linked_files
+    );
+    println!(
+        "file_bytes: {} ({}), of which zero runs {}",
+        t.file_bytes,
+        size(t.file_bytes),
+        size(t.zero_bytes)
+    );
+    println!(
+        "chunks: {} unique, {} ({} compressed)",
+        t.chunks,
+        size(t.chunk_bytes),
+        st.compressed_chunks
+    );
+    println!(
+        "stored: {} in {} packs (ratio {:.3})",
+        size(st.stored_bytes),
+        st.packs,
+        st.stored_bytes as f64 / t.chunk_bytes.max(1) as f64
+    );
+    if st.missing_chunks > 0 {
+        println!(
+            "missing_chunks: {} (not in any pack of this store)",
+            st.missing_chunks
+        );
+    }
+    Ok(())
+}
+
+/// `thaw export`.
+pub async fn export(repo: &Repository, args: &ExportArgs) -> Result<()> {
+    let id = repo.resolve(&args.image).await?;
+    let manifest = repo.get_manifest(&id).await?;
+    let config = ReaderConfig {
+        disk: args.cache.clone().map(|c| (c, args.cache_size)),
+        ..Default::default()
+    };
+    let reader = ChunkReader::new(repo.packs().clone(), config)?;
+    let start = Instant::now();
+    let r = thaw_image::export(&reader, &manifest, &args.dir)
+        .await
+        .with_context(|| format!("exporting {id} to {}", args.dir.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    let s = reader.stats();
+    println!("image: {id}");
+    println!(
+        "inodes: {} files: {} bytes: {} ({})",
+        r.inodes,
+        r.files,
+        r.bytes,
+        size(r.bytes)
+    );
+    println!(
+        "fetched_chunks: {} fetched_bytes: {} disk_hits: {} memory_hits: {}",
+        s.fetched_chunks, s.fetched_bytes, s.disk_hits, s.memory_hits
+    );
+    println!("seconds: {secs:.3}");
+    Ok(())
+}
+
+/// `thaw tag`.
+pub async fn tag(repo: &Repository, image: &str, name: &str) -> Result<()> {
+    let id = repo.resolve(image).await?;
+    repo.set_tag(name, &id).await?;
+    println!("{name} -> {id}");
+    Ok(())
+}
+
+/// `thaw rmi`.
+pub async fn rmi(repo: &Repository, image: &str) -> Result<()> {
+    let id = repo.resolve(image).await?;
+    let tags = repo.remove_image(&id).await?;
+    let tags = if tags.is_empty() {
+        "none".to_string()
+    } else {
+        tags.join(", ")
+    };
+    println!("removed {id} (tags: {tags})");
+    Ok(())
+}
+
+/// `thaw gc`.
+pub async fn gc(repo: &Repository, apply: bool, min_age: u64) -> Result<()> {
+    let r = repo.gc(apply, Duration::from_secs(min_age)).await?;
+    println!(
+        "images: {} referenced_chunks: {} packs: {}",
+        r.images, r.referenced_chunks, r.packs
+    );
+    let verb = if r.deleted { "deleted" } else { "would delete" };
+    for (pack, bytes) in &r.unreferenced_packs {
+        println!("{verb} pack {pack} ({})", size(*bytes));
+    }
+    for (key, bytes) in &r.orphan_objects {
+        println!("{verb} orphan {key} ({})", size(*bytes));
+    }
+    println!(
+        "reclaimable: {} ({})",
+        r.reclaimable_bytes(),
+        size(r.reclaimable_bytes())
+    );
+    println!("kept_young_packs: {}", r.too_young);
+    println!(
+        "unreferenced_bytes_in_live_packs: {}",
+        r.unreferenced_bytes_in_live_packs
+    );
+    if !r.deleted {
+        println!("(dry run: pass --apply to delete)");
+    }
+    Ok(())
+}
