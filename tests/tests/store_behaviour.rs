@@ -16,7 +16,7 @@ use thaw_store::wrap::{
     ThrottledStore,
 };
 use thaw_store::{
-    BlobStore, ChunkError, ChunkReader, ObjectStoreBackend, ReadError, ReaderConfig, Repository,
+    BlobStore, ChunkReader, ObjectStoreBackend, ReadError, ReaderConfig, RepoError, Repository,
 };
 use thaw_tests::{built_small_store, eventually, local_repo, pseudo_random, small_tree, treediff};
 
@@ -299,14 +299,14 @@ async fn image_references_resolve_and_bad_manifests_are_refused() {
     assert_eq!(repo.resolve(&image.to_hex()[..8]).await.unwrap(), image);
     assert!(matches!(
         repo.resolve("nope").await,
-        Err(ChunkError::NoSuchImage(_))
+        Err(RepoError::NoSuchImage(_))
     ));
     // A manifest naming a chunk the store lacks is refused.
     let mut m = repo.get_manifest(&image).await.unwrap();
     m.chunks[0].id = ChunkId::of(b"not stored anywhere");
     assert!(matches!(
         repo.put_manifest(&m).await,
-        Err(ChunkError::UnknownChunk(_))
+        Err(RepoError::UnknownChunk(_))
     ));
     // A manifest object whose bytes do not hash to its name is refused.
     let key = format!("images/{image}");
@@ -316,7 +316,7 @@ async fn image_references_resolve_and_bad_manifests_are_refused() {
     store.put(&key, bytes.into()).await.unwrap();
     assert!(matches!(
         repo.get_manifest(&image).await,
-        Err(ChunkError::ImageIdMismatch { .. })
+        Err(RepoError::ImageIdMismatch { .. })
     ));
 }
 

@@ -9,7 +9,7 @@
 use thaw_core::trace::{Trace, TraceRecord};
 use thaw_core::{ChunkId, ImageId};
 use thaw_image::{build, BuildOptions, BuildSource};
-use thaw_store::{ChunkError, Repository};
+use thaw_store::{RepoError, Repository};
 use thaw_tests::{local_repo, pseudo_random};
 
 fn tree(dir: &std::path::Path) {
@@ -96,13 +96,13 @@ async fn traces_are_stored_checked_and_merged() {
     foreign.image = ImageId::of(b"another image");
     assert!(matches!(
         repo.put_trace(&foreign).await.unwrap_err(),
-        ChunkError::NoSuchImage(_)
+        RepoError::MissingManifest(_)
     ));
     let mut stray = t.clone();
     stray.records[0].chunk = ChunkId::of(b"not in the image");
     let err = repo.put_trace(&stray).await.unwrap_err();
     assert!(
-        matches!(err, ChunkError::TraceChunkNotInImage { .. }),
+        matches!(err, RepoError::TraceChunkNotInImage { .. }),
         "{err}"
     );
     // Removing the image removes its traces.

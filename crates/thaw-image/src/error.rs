@@ -2,7 +2,7 @@
 
 use thaw_core::FormatError;
 use thaw_store::error::SharedReadError;
-use thaw_store::ChunkError;
+use thaw_store::RepoError;
 use thiserror::Error;
 
 /// Why a build failed. Nothing outside the store is written by a build, and a failed
@@ -32,7 +32,7 @@ pub enum BuildError {
     #[error("OCI image layout {layout}: {reason}")]
     Oci { layout: String, reason: String },
     #[error(transparent)]
-    Chunk(#[from] ChunkError),
+    Chunk(#[from] RepoError),
     #[error(transparent)]
     Format(#[from] FormatError),
     #[error("build thread failed: {0}")]

@@ -4,7 +4,7 @@
 use crate::api::{ErrorBody, ErrorCode, ErrorDetail};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use thaw_store::{ChunkError, StoreError};
+use thaw_store::{RepoError, StoreError};
 
 /// An error answered as `{"error": {"code", "message"}}`.
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +31,12 @@ impl ApiError {
     }
 }
 
-impl From<ChunkError> for ApiError {
-    fn from(e: ChunkError) -> Self {
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> Self {
         let code = match &e {
-            ChunkError::NoSuchImage(_) => ErrorCode::NotFound,
-            ChunkError::AmbiguousImage { .. } | ChunkError::Format(_) => ErrorCode::InvalidArgument,
-            ChunkError::Store(s) => match s {
+            RepoError::NoSuchImage(_) | RepoError::MissingManifest(_) => ErrorCode::NotFound,
+            RepoError::AmbiguousImage { .. } | RepoError::Format(_) => ErrorCode::InvalidArgument,
+            RepoError::Store(s) => match s {
                 StoreError::NotFound { .. } => ErrorCode::NotFound,
                 StoreError::BadLocation { .. } | StoreError::Permanent { .. } => {
                     ErrorCode::Internal

@@ -175,6 +175,16 @@ impl BlobStore for ObjectStoreBackend {
     }
 }
 
+/// object_store's own retries, turned off: thaw retries every request in one layer,
+/// [`crate::wrap::RetryStore`] (backoff, per-attempt timeout, overall deadline). Two layers
+/// would compound: up to 10 internal retries for each of RetryStore's attempts.
+fn single_attempt() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 0,
+        ..Default::default()
+    }
+}
+
 /// Opens a store from a `--store` location.
 ///
 /// * a plain path or `file:///path`: a local directory (created if missing);
@@ -207,7 +217,9 @@ pub fn open_store(spec: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
             return Ok(Arc::new(ObjectStoreBackend::local(&p)?));
         }
         "s3" => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(spec);
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(spec)
+                .with_retry(single_attempt());
             if let Ok(endpoint) =
                 std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
             {
@@ -221,12 +233,14 @@ pub fn open_store(spec: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
         "gs" => Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(spec)
+                .with_retry(single_attempt())
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),
         "az" | "azure" | "abfs" | "abfss" => Arc::new(
             object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(spec)
+                .with_retry(single_attempt())
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),

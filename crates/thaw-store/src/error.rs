@@ -59,43 +59,96 @@ impl StoreError {
     }
 }
 
-/// An error reading or writing chunks, images and tags.
+/// An error of the repository: images, tags, traces, pack indexes and pack writing.
 #[derive(Debug, Error)]
-pub enum ChunkError {
+pub enum RepoError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A manifest names a chunk no pack of the store holds.
     #[error("chunk {0} is not in any pack of this store")]
     UnknownChunk(ChunkId),
+    /// A pack index object does not decode.
     #[error("pack index {key:?}: {source}")]
-    BadPackIndex { key: String, source: FormatError },
+    BadPackIndex {
+        /// Its key.
+        key: String,
+        /// Why.
+        source: FormatError,
+    },
+    /// An image's manifest does not decode or is invalid.
     #[error("manifest of image {image}: {source}")]
-    BadManifest { image: String, source: FormatError },
+    BadManifest {
+        /// The image.
+        image: ImageId,
+        /// Why.
+        source: FormatError,
+    },
+    /// An image's manifest object does not hash to the image's id: the store is damaged.
     #[error("image {image} does not hash to its id (got {actual})")]
-    ImageIdMismatch { image: String, actual: String },
+    ImageIdMismatch {
+        /// The image asked for.
+        image: ImageId,
+        /// What the stored bytes hash to.
+        actual: ImageId,
+    },
+    /// No image or tag matches what the user typed.
     #[error("no image or tag matches {0:?}")]
     NoSuchImage(String),
+    /// The store has no manifest for this image id (a tag may name a removed image).
+    #[error("image {0} has no manifest in this store")]
+    MissingManifest(ImageId),
+    /// An id prefix matches several images.
     #[error("{input:?} is ambiguous: it matches {count} images")]
-    AmbiguousImage { input: String, count: usize },
+    AmbiguousImage {
+        /// What the user typed.
+        input: String,
+        /// How many images it matches.
+        count: usize,
+    },
+    /// Something the repository read or was given is malformed.
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// Reading chunks failed.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The pack writer's pipeline failed.
     #[error("pack writer: {0}")]
     Writer(String),
+    /// A stored trace does not decode.
     #[error("trace {key:?}: {source}")]
-    BadTrace { key: String, source: FormatError },
+    BadTrace {
+        /// Its key.
+        key: String,
+        /// Why.
+        source: FormatError,
+    },
+    /// A trace pushed for one image was recorded on another.
     #[error("the trace was recorded on image {recorded}, not {image}")]
-    TraceImageMismatch { image: ImageId, recorded: ImageId },
+    TraceImageMismatch {
+        /// The image it was pushed for.
+        image: ImageId,
+        /// The image it was recorded on.
+        recorded: ImageId,
+    },
+    /// A trace names a chunk the image does not hold.
     #[error("the trace names chunk {chunk} at {path:?}, which image {image} does not hold")]
     TraceChunkNotInImage {
+        /// The image.
         image: ImageId,
+        /// The chunk.
         chunk: ChunkId,
+        /// The file the trace says it was read from.
         path: String,
     },
+    /// An image has as many traces as are kept.
     #[error("image {image} has {count} traces; at most {max} are kept")]
     TooManyTraces {
+        /// The image.
         image: ImageId,
+        /// Its traces, with the new one.
         count: usize,
+        /// The most kept.
         max: usize,
     },
 }

@@ -17,7 +17,7 @@ pub mod writer;
 
 pub use backend::{open_store, ObjectStoreBackend};
 pub use blob::{BlobStore, ObjectInfo};
-pub use error::{ChunkError, ReadError, StoreError};
+pub use error::{ReadError, RepoError, StoreError};
 pub use packs::PackStore;
 pub use read::reader::{ChunkReader, ReaderConfig};
 pub use read::schedule::{FetchClass, SchedulerConfig};

@@ -3,7 +3,7 @@
 //! verifying each one.
 
 use crate::blob::BlobStore;
-use crate::error::{ChunkError, ReadError, StoreError};
+use crate::error::{ReadError, RepoError, StoreError};
 use bytes::Bytes;
 use futures::{stream, StreamExt, TryStreamExt};
 use parking_lot::RwLock;
@@ -111,7 +111,7 @@ pub struct PackStore {
 
 impl PackStore {
     /// Opens the pack layer of `store`, loading every pack index.
-    pub async fn open(store: Arc<dyn BlobStore>) -> Result<Arc<Self>, ChunkError> {
+    pub async fn open(store: Arc<dyn BlobStore>) -> Result<Arc<Self>, RepoError> {
         let me = Arc::new(PackStore {
             store,
             chunks: RwLock::default(),
@@ -126,7 +126,7 @@ impl PackStore {
     }
 
     /// Loads pack indexes that appeared since the last load.
-    pub async fn reload(&self) -> Result<(), ChunkError> {
+    pub async fn reload(&self) -> Result<(), RepoError> {
         let listing = self.store.list(PACKS_PREFIX).await?;
         let known: Vec<PackId> = self.packs.read().keys().copied().collect();
         let new: Vec<PackId> = listing
@@ -145,8 +145,8 @@ impl PackStore {
                 let key = index_key(&pack);
                 let bytes = self.store.get(&key).await?;
                 let index = PackIndex::decode(&bytes)
-                    .map_err(|source| ChunkError::BadPackIndex { key, source })?;
-                Ok::<_, ChunkError>((pack, index))
+                    .map_err(|source| RepoError::BadPackIndex { key, source })?;
+                Ok::<_, RepoError>((pack, index))
             })
             .buffer_unordered(16)
             .try_collect()
@@ -218,7 +218,7 @@ impl PackStore {
 
     /// Uploads a finished pack: the pack object first, then its index, so an index in
     /// the store always points at a complete pack.
-    pub async fn publish(&self, data: Bytes, index: PackIndex) -> Result<PackId, ChunkError> {
+    pub async fn publish(&self, data: Bytes, index: PackIndex) -> Result<PackId, RepoError> {
         index.validate()?;
         let pack = PackId::of(&data);
         self.store.put(&pack_key(&pack), data).await?;

@@ -1,7 +1,7 @@
 //! A repository: the packs of a store plus its images (manifests) and tags, and the
 //! garbage collector that removes packs no image needs.
 
-use crate::error::ChunkError;
+use crate::error::RepoError;
 use crate::packs::{index_key, pack_key, PACKS_PREFIX};
 use crate::{BlobStore, PackStore, StoreError};
 use bytes::Bytes;
@@ -29,14 +29,14 @@ pub const MAX_TRACES_PER_IMAGE: usize = 64;
 pub const MAX_TRACE_BYTES: usize = 64 << 20;
 
 /// Decodes a stored trace and checks it belongs to `image`.
-fn decode_trace(key: &str, bytes: &[u8], image: &ImageId) -> Result<Trace, ChunkError> {
+fn decode_trace(key: &str, bytes: &[u8], image: &ImageId) -> Result<Trace, RepoError> {
     let trace =
-        Trace::decode(&String::from_utf8_lossy(bytes)).map_err(|source| ChunkError::BadTrace {
+        Trace::decode(&String::from_utf8_lossy(bytes)).map_err(|source| RepoError::BadTrace {
             key: key.to_string(),
             source,
         })?;
     if trace.image != *image {
-        return Err(ChunkError::TraceImageMismatch {
+        return Err(RepoError::TraceImageMismatch {
             image: *image,
             recorded: trace.image,
         });
@@ -86,7 +86,7 @@ pub struct Repository {
 }
 
 impl Repository {
-    pub async fn open(store: Arc<dyn BlobStore>) -> Result<Self, ChunkError> {
+    pub async fn open(store: Arc<dyn BlobStore>) -> Result<Self, RepoError> {
         let packs = PackStore::open(store.clone()).await?;
         Ok(Repository { store, packs })
     }
@@ -100,10 +100,10 @@ impl Repository {
     }
 
     /// Stores a manifest (after checking that every chunk it names is in the store).
-    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<(ImageId, usize), ChunkError> {
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<(ImageId, usize), RepoError> {
         manifest.validate()?;
         if let Some(c) = manifest.chunks.iter().find(|c| !self.packs.contains(&c.id)) {
-            return Err(ChunkError::UnknownChunk(c.id));
+            return Err(RepoError::UnknownChunk(c.id));
         }
         let bytes = manifest.encode();
         let id = Manifest::id_of(&bytes);
@@ -113,27 +113,19 @@ impl Repository {
     }
 
     /// Loads and verifies a manifest.
-    pub async fn get_manifest(&self, id: &ImageId) -> Result<Manifest, ChunkError> {
+    pub async fn get_manifest(&self, id: &ImageId) -> Result<Manifest, RepoError> {
         let bytes = match self.store.get(&image_key(id)).await {
-            Err(StoreError::NotFound { .. }) => {
-                return Err(ChunkError::NoSuchImage(id.to_string()))
-            }
+            Err(StoreError::NotFound { .. }) => return Err(RepoError::MissingManifest(*id)),
             r => r?,
         };
         let actual = Manifest::id_of(&bytes);
         if actual != *id {
-            return Err(ChunkError::ImageIdMismatch {
-                image: id.to_string(),
-                actual: actual.to_string(),
-            });
+            return Err(RepoError::ImageIdMismatch { image: *id, actual });
         }
-        Manifest::decode(&bytes).map_err(|source| ChunkError::BadManifest {
-            image: id.to_string(),
-            source,
-        })
+        Manifest::decode(&bytes).map_err(|source| RepoError::BadManifest { image: *id, source })
     }
 
-    pub async fn set_tag(&self, name: &str, id: &ImageId) -> Result<(), ChunkError> {
+    pub async fn set_tag(&self, name: &str, id: &ImageId) -> Result<(), RepoError> {
         validate_tag(name)?;
         self.store
             .put(&tag_key(name), Bytes::from(format!("{id}\n")))
@@ -141,12 +133,12 @@ impl Repository {
         Ok(())
     }
 
-    pub async fn remove_tag(&self, name: &str) -> Result<(), ChunkError> {
+    pub async fn remove_tag(&self, name: &str) -> Result<(), RepoError> {
         validate_tag(name)?;
         Ok(self.store.delete(&tag_key(name)).await?)
     }
 
-    pub async fn get_tag(&self, name: &str) -> Result<Option<ImageId>, ChunkError> {
+    pub async fn get_tag(&self, name: &str) -> Result<Option<ImageId>, RepoError> {
         if validate_tag(name).is_err() {
             return Ok(None);
         }
@@ -161,7 +153,7 @@ impl Repository {
     }
 
     /// Every tag and the image it names, sorted by name.
-    pub async fn list_tags(&self) -> Result<Vec<(String, ImageId)>, ChunkError> {
+    pub async fn list_tags(&self) -> Result<Vec<(String, ImageId)>, RepoError> {
         let mut out = Vec::new();
         for o in self.store.list(TAGS_PREFIX).await? {
             let Some(hexname) = o.key.strip_prefix("tags/") else {
@@ -182,7 +174,7 @@ impl Repository {
     }
 
     /// Every image in the store, with its manifest size.
-    pub async fn list_images(&self) -> Result<Vec<(ImageId, u64)>, ChunkError> {
+    pub async fn list_images(&self) -> Result<Vec<(ImageId, u64)>, RepoError> {
         Ok(self
             .store
             .list(IMAGES_PREFIX)
@@ -193,7 +185,7 @@ impl Repository {
     }
 
     /// Resolves a tag, a full image id or an unambiguous id prefix.
-    pub async fn resolve(&self, name: &str) -> Result<ImageId, ChunkError> {
+    pub async fn resolve(&self, name: &str) -> Result<ImageId, RepoError> {
         // A whole id costs no request (tags cannot look like one); loading its manifest
         // checks that it exists.
         if name.len() == 64 && is_hex_prefix(name) {
@@ -203,7 +195,7 @@ impl Repository {
             return Ok(id);
         }
         if !is_hex_prefix(name) {
-            return Err(ChunkError::NoSuchImage(name.to_string()));
+            return Err(RepoError::NoSuchImage(name.to_string()));
         }
         let matches: Vec<ImageId> = self
             .list_images()
@@ -213,9 +205,9 @@ impl Repository {
             .filter(|id| id.to_hex().starts_with(name))
             .collect();
         match matches.len() {
-            0 => Err(ChunkError::NoSuchImage(name.to_string())),
+            0 => Err(RepoError::NoSuchImage(name.to_string())),
             1 => Ok(matches[0]),
-            count => Err(ChunkError::AmbiguousImage {
+            count => Err(RepoError::AmbiguousImage {
                 input: name.to_string(),
                 count,
             }),
@@ -225,12 +217,12 @@ impl Repository {
     /// Stores a start-up trace with its image, after checking that it was recorded on
     /// that image and names only its chunks. Returns the trace's key; pushing the same
     /// trace twice stores it once.
-    pub async fn put_trace(&self, trace: &Trace) -> Result<String, ChunkError> {
+    pub async fn put_trace(&self, trace: &Trace) -> Result<String, RepoError> {
         let image = trace.image;
         let manifest = self.get_manifest(&image).await?;
         let chunks: HashSet<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
         if let Some(r) = trace.records.iter().find(|r| !chunks.contains(&r.chunk)) {
-            return Err(ChunkError::TraceChunkNotInImage {
+            return Err(RepoError::TraceChunkNotInImage {
                 image,
                 chunk: r.chunk,
                 path: String::from_utf8_lossy(&r.path).into_owned(),
@@ -243,7 +235,7 @@ impl Repository {
             &blake3::hash(text.as_bytes()).to_hex()[..32]
         );
         if !existing.contains(&key) && existing.len() >= MAX_TRACES_PER_IMAGE {
-            return Err(ChunkError::TooManyTraces {
+            return Err(RepoError::TooManyTraces {
                 image,
                 count: existing.len(),
                 max: MAX_TRACES_PER_IMAGE,
@@ -269,7 +261,7 @@ impl Repository {
     }
 
     /// The keys of the traces stored with an image, sorted.
-    pub async fn trace_keys(&self, image: &ImageId) -> Result<Vec<String>, ChunkError> {
+    pub async fn trace_keys(&self, image: &ImageId) -> Result<Vec<String>, RepoError> {
         let mut keys: Vec<String> = self
             .store
             .list(&format!("{TRACES_PREFIX}/{image}"))
@@ -282,21 +274,17 @@ impl Repository {
     }
 
     /// Every trace stored with an image.
-    pub async fn traces(&self, image: &ImageId) -> Result<Vec<Trace>, ChunkError> {
+    pub async fn traces(&self, image: &ImageId) -> Result<Vec<Trace>, RepoError> {
         let keys = self.trace_keys(image).await?;
         self.read_traces(&keys, image).await
     }
 
-    async fn read_traces(
-        &self,
-        keys: &[String],
-        image: &ImageId,
-    ) -> Result<Vec<Trace>, ChunkError> {
+    async fn read_traces(&self, keys: &[String], image: &ImageId) -> Result<Vec<Trace>, RepoError> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let bytes = self.store.get(key).await?;
             if bytes.len() > MAX_TRACE_BYTES {
-                return Err(ChunkError::BadTrace {
+                return Err(RepoError::BadTrace {
                     key: key.clone(),
                     source: thaw_core::FormatError::Malformed {
                         what: "trace",
@@ -310,7 +298,7 @@ impl Repository {
     }
 
     /// The image's traces merged into one prefetch list (see [`thaw_core::trace::merge`]).
-    pub async fn prefetch_list(&self, image: &ImageId) -> Result<Vec<TraceRecord>, ChunkError> {
+    pub async fn prefetch_list(&self, image: &ImageId) -> Result<Vec<TraceRecord>, RepoError> {
         let key = prefetch_key(image);
         match self.store.get(&key).await {
             Ok(bytes) if bytes.len() <= MAX_TRACE_BYTES => {
@@ -326,7 +314,7 @@ impl Repository {
 
     /// Removes an image, its traces and every tag that names it. Its chunks stay until
     /// `gc`.
-    pub async fn remove_image(&self, id: &ImageId) -> Result<Vec<String>, ChunkError> {
+    pub async fn remove_image(&self, id: &ImageId) -> Result<Vec<String>, RepoError> {
         for key in self.trace_keys(id).await? {
             self.store.delete(&key).await?;
         }
@@ -347,7 +335,7 @@ impl Repository {
 
     /// Finds packs no image references; deletes them when `apply`. Packs younger than
     /// `min_age` are kept: a build running now may be about to reference them.
-    pub async fn gc(&self, apply: bool, min_age: Duration) -> Result<GcReport, ChunkError> {
+    pub async fn gc(&self, apply: bool, min_age: Duration) -> Result<GcReport, RepoError> {
         self.packs.reload().await?;
         let mut report = GcReport::default();
         let mut live: HashSet<ChunkId> = HashSet::new();

@@ -1,7 +1,7 @@
 //! Writes new chunks into packs: dedup against the store, compress on worker threads,
 //! pack in order, and upload packs in the background while the caller keeps reading.
 
-use crate::error::ChunkError;
+use crate::error::RepoError;
 use crate::PackStore;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -89,8 +89,8 @@ pub struct PackWriter {
     state: Mutex<State>,
     jobs: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
-    packer: Option<JoinHandle<Result<(), ChunkError>>>,
-    uploader: Option<tokio::task::JoinHandle<Result<(), ChunkError>>>,
+    packer: Option<JoinHandle<Result<(), RepoError>>>,
+    uploader: Option<tokio::task::JoinHandle<Result<(), RepoError>>>,
     failure: Arc<Mutex<Option<String>>>,
     counters: Arc<Counters>,
     /// Rank of each chunk in a start-up trace's first-access order.
@@ -172,9 +172,9 @@ impl PackWriter {
 
     /// Adds a chunk; returns whether it was new to the store. Blocks while the
     /// compression queue is full.
-    pub fn add(&self, id: ChunkId, data: Bytes) -> Result<bool, ChunkError> {
+    pub fn add(&self, id: ChunkId, data: Bytes) -> Result<bool, RepoError> {
         if let Some(msg) = self.failure.lock().clone() {
-            return Err(ChunkError::Writer(format!(
+            return Err(RepoError::Writer(format!(
                 "an earlier upload failed: {msg}"
             )));
         }
@@ -199,8 +199,8 @@ impl PackWriter {
         Ok(true)
     }
 
-    fn send(&self, seq: u64, id: ChunkId, data: Bytes, new_pack: bool) -> Result<(), ChunkError> {
-        let stopped = || ChunkError::Writer("the packing pipeline stopped".into());
+    fn send(&self, seq: u64, id: ChunkId, data: Bytes, new_pack: bool) -> Result<(), RepoError> {
+        let stopped = || RepoError::Writer("the packing pipeline stopped".into());
         let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
         jobs.send(Job {
             seq,
@@ -223,8 +223,8 @@ impl PackWriter {
     }
 
     /// Flushes the last pack and waits for every upload.
-    pub async fn finish(mut self) -> Result<WriterStats, ChunkError> {
-        let gone = |what: &str| ChunkError::Writer(format!("the {what} is gone"));
+    pub async fn finish(mut self) -> Result<WriterStats, RepoError> {
+        let gone = |what: &str| RepoError::Writer(format!("the {what} is gone"));
         let jobs = self.jobs.take().ok_or_else(|| gone("packing queue"))?;
         let (mut held, first_seq) = {
             let mut st = self.state.lock();
@@ -245,32 +245,32 @@ impl PackWriter {
                     new_pack: k == 0,
                 };
                 if jobs.send(job).is_err() {
-                    return Err(ChunkError::Writer("the packing pipeline stopped".into()));
+                    return Err(RepoError::Writer("the packing pipeline stopped".into()));
                 }
             }
             Ok(())
         })
         .await
-        .map_err(|e| ChunkError::Writer(e.to_string()))?;
+        .map_err(|e| RepoError::Writer(e.to_string()))?;
         let workers = std::mem::take(&mut self.workers);
         let packer = self.packer.take().ok_or_else(|| gone("packer"))?;
         let packed = tokio::task::spawn_blocking(move || {
             for w in workers {
                 w.join()
-                    .map_err(|_| ChunkError::Writer("a compression thread panicked".into()))?;
+                    .map_err(|_| RepoError::Writer("a compression thread panicked".into()))?;
             }
             packer
                 .join()
-                .map_err(|_| ChunkError::Writer("the packer thread panicked".into()))?
+                .map_err(|_| RepoError::Writer("the packer thread panicked".into()))?
         })
         .await
-        .map_err(|e| ChunkError::Writer(e.to_string()))?;
+        .map_err(|e| RepoError::Writer(e.to_string()))?;
         let uploaded = self
             .uploader
             .take()
             .ok_or_else(|| gone("uploader"))?
             .await
-            .map_err(|e| ChunkError::Writer(e.to_string()))?;
+            .map_err(|e| RepoError::Writer(e.to_string()))?;
         uploaded?;
         packed?;
         held?;
@@ -312,12 +312,12 @@ fn packer_loop(
     up: tokio::sync::mpsc::Sender<(Bytes, PackIndex)>,
     target: usize,
     counters: Arc<Counters>,
-) -> Result<(), ChunkError> {
+) -> Result<(), RepoError> {
     let mut pending: BTreeMap<u64, Compressed> = BTreeMap::new();
     let mut next = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(target + 4 * 1024 * 1024);
     let mut entries: Vec<PackEntry> = Vec::new();
-    let send = |buf: &mut Vec<u8>, entries: &mut Vec<PackEntry>| -> Result<(), ChunkError> {
+    let send = |buf: &mut Vec<u8>, entries: &mut Vec<PackEntry>| -> Result<(), RepoError> {
         let data = Bytes::from(std::mem::replace(
             buf,
             Vec::with_capacity(target + 4 * 1024 * 1024),
@@ -327,7 +327,7 @@ fn packer_loop(
             entries: std::mem::take(entries),
         };
         up.blocking_send((data, index))
-            .map_err(|_| ChunkError::Writer("the uploader stopped".into()))
+            .map_err(|_| RepoError::Writer("the uploader stopped".into()))
     };
     for c in rx {
         pending.insert(c.seq, c);
