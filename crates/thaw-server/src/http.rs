@@ -201,7 +201,7 @@ async fn prewarm(
     JsonBody(req): JsonBody<api::PrewarmRequest>,
 ) -> Result<Response, ApiError> {
     let image = node.repo.resolve(validate::image_ref(&req.image)?).await?;
-    let (job, _new) = node.jobs.start(&node, image, req.scope).await?;
+    let (job, _new) = node.prewarm(image, req.scope).await?;
     let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     Ok((
@@ -247,7 +247,7 @@ async fn create_mount(
             return None;
         }
         let scope = api::Scope::Named(api::NamedScope::Trace);
-        match node.jobs.start(&node, image, scope).await {
+        match node.prewarm(image, scope).await {
             Ok(started) => Some(started),
             Err(e) if e.code == ErrorCode::NoTrace => None,
             Err(e) => {

@@ -1,7 +1,7 @@
 //! Prewarm jobs: turn a scope into a chunk list, run it through the reader's prefetch,
 //! report progress, cancel on request, and share one job between identical requests.
 
-use crate::api::{self, JobState, NamedScope, Scope};
+use crate::api::{self, JobState, Scope};
 use crate::error::ApiError;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thaw_core::{ChunkId, ImageId, InodeKind, Manifest};
-use thaw_store::PrefetchProgress;
+use thaw_store::{ChunkReader, PrefetchProgress};
 use tokio_util::sync::CancellationToken;
 
 /// Jobs running at once; more get 429.
@@ -118,27 +118,23 @@ impl Jobs {
             })
     }
 
-    /// Starts a prewarm of `image`, or returns the running job that already does the
-    /// same. The bool is whether a new job was made.
-    pub async fn start(
+    /// The running job that prewarms `scope` of `image`, if there is one.
+    pub fn running(&self, image: &ImageId, scope: &Scope) -> Option<Arc<Job>> {
+        running_like(&self.jobs.lock(), image, scope)
+    }
+
+    /// Starts prewarming `list` (the chunks `scope` names in `image`) through `reader`, or
+    /// returns the running job that already does the same. The bool is whether a new job
+    /// was made. At most [`MAX_RUNNING_JOBS`] run at once.
+    pub fn start(
         self: &Arc<Self>,
-        node: &crate::Node,
+        reader: &Arc<ChunkReader>,
         image: ImageId,
         scope: Scope,
+        list: Vec<ChunkId>,
     ) -> Result<(Arc<Job>, bool), ApiError> {
-        let running_like = |jobs: &BTreeMap<String, Arc<Job>>| {
-            jobs.values()
-                .find(|j| j.state() == JobState::Running && j.image == image && j.scope == scope)
-                .cloned()
-        };
-        if let Some(j) = running_like(&self.jobs.lock()) {
-            return Ok((j, false));
-        }
-        let reader = &node.reader;
-        let list = chunk_list(node, &image, &scope).await?;
         let mut jobs = self.jobs.lock();
-        // Checked again under the lock: two identical requests may have raced here.
-        if let Some(j) = running_like(&jobs) {
+        if let Some(j) = running_like(&jobs, &image, &scope) {
             return Ok((j, false));
         }
         let running = jobs
@@ -151,7 +147,6 @@ impl Jobs {
                 format!("{running} prewarm jobs are running; at most {MAX_RUNNING_JOBS}"),
             ));
         }
-        let seq = self.next_seq.fetch_add(1, Relaxed);
         let job = Arc::new(Job {
             id: format!("{:016x}", rand::random::<u64>()),
             image,
@@ -161,25 +156,13 @@ impl Jobs {
             state: Mutex::new((JobState::Running, None)),
             started: Instant::now(),
             created: now_unix(),
-            seq,
+            seq: self.next_seq.fetch_add(1, Relaxed),
         });
         reader.count_prefetch(&list, &job.progress);
         jobs.insert(job.id.clone(), job.clone());
         Self::forget_old(&mut jobs);
         drop(jobs);
-        let (j, reader) = (job.clone(), reader.clone());
-        tokio::spawn(async move {
-            let completed = reader.prefetch(&list, &j.progress, &j.cancel).await;
-            let state = if !completed {
-                JobState::Cancelled
-            } else if j.progress.errors.load(Relaxed) > 0 {
-                JobState::Failed
-            } else {
-                JobState::Done
-            };
-            j.finish(state);
-            tracing::info!(job = %j.id, image = %j.image, ?state, "prewarm finished");
-        });
+        tokio::spawn(run(job.clone(), reader.clone(), list));
         Ok((job, true))
     }
 
@@ -214,44 +197,33 @@ impl Jobs {
     }
 }
 
-/// The chunks a scope names, in the order to fetch them.
-async fn chunk_list(
-    node: &crate::Node,
+fn running_like(
+    jobs: &BTreeMap<String, Arc<Job>>,
     image: &ImageId,
     scope: &Scope,
-) -> Result<Vec<ChunkId>, ApiError> {
-    match scope {
-        Scope::Named(NamedScope::All) => Ok(node
-            .manifest(image)
-            .await?
-            .chunks
-            .iter()
-            .map(|c| c.id)
-            .collect()),
-        Scope::Named(NamedScope::Trace) => {
-            // No manifest needed: the list names chunks, and the store checks the image
-            // exists by holding its traces.
-            let list = node.repo.prefetch_list(image).await?;
-            if list.is_empty() {
-                node.manifest(image).await?; // an unknown image is a 404, not "no trace"
-            }
-            if list.iter().any(|r| !node.repo.packs().contains(&r.chunk)) {
-                node.repo.packs().reload().await?;
-            }
-            if list.is_empty() {
-                return Err(ApiError::new(
-                    api::ErrorCode::NoTrace,
-                    format!("image {image} has no start-up trace; push one with `thaw trace push`, or prewarm with scope \"all\""),
-                ));
-            }
-            Ok(list.into_iter().map(|r| r.chunk).collect())
-        }
-        Scope::Paths { paths } => paths_chunks(&*node.manifest(image).await?, paths),
-    }
+) -> Option<Arc<Job>> {
+    jobs.values()
+        .find(|j| j.state() == JobState::Running && j.image == *image && j.scope == *scope)
+        .cloned()
 }
 
-/// The chunks of the files at `paths`, and of every file under directories among them.
-fn paths_chunks(manifest: &Manifest, paths: &[String]) -> Result<Vec<ChunkId>, ApiError> {
+/// Runs one job to its end: done, failed (some chunk could not be warmed) or cancelled.
+async fn run(job: Arc<Job>, reader: Arc<ChunkReader>, list: Vec<ChunkId>) {
+    let completed = reader.prefetch(&list, &job.progress, &job.cancel).await;
+    let state = if !completed {
+        JobState::Cancelled
+    } else if job.progress.errors.load(Relaxed) > 0 {
+        JobState::Failed
+    } else {
+        JobState::Done
+    };
+    job.finish(state);
+    tracing::info!(job = %job.id, image = %job.image, ?state, "prewarm finished");
+}
+
+/// The chunks of the files at `paths`, and of every file under directories among them,
+/// each inode visited once: the work is bounded by the image's size.
+pub fn paths_chunks(manifest: &Manifest, paths: &[String]) -> Result<Vec<ChunkId>, ApiError> {
     if paths.is_empty() || paths.len() > api::MAX_SCOPE_PATHS {
         return Err(ApiError::invalid(format!(
             "a prewarm names 1 to {} paths, not {}",
@@ -290,4 +262,118 @@ fn paths_chunks(manifest: &Manifest, paths: &[String]) -> Result<Vec<ChunkId>, A
         }
     }
     Ok(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thaw_store::{ObjectStoreBackend, PackStore, ReaderConfig};
+
+    /// A reader over an empty store: every chunk asked for is unknown, so a job that runs
+    /// ends failed; one with nothing to do ends done. Jobs run only when the test yields.
+    async fn reader() -> Arc<ChunkReader> {
+        let packs = PackStore::open(Arc::new(ObjectStoreBackend::memory()))
+            .await
+            .unwrap();
+        ChunkReader::new(packs, ReaderConfig::default()).unwrap()
+    }
+
+    fn scope(path: &str) -> Scope {
+        Scope::Paths {
+            paths: vec![path.to_string()],
+        }
+    }
+
+    async fn finished(job: &Job) -> JobState {
+        while !job.state().is_finished() {
+            tokio::task::yield_now().await;
+        }
+        job.state()
+    }
+
+    #[tokio::test]
+    async fn identical_requests_share_a_running_job_and_others_do_not() {
+        let (jobs, r) = (Arc::new(Jobs::default()), reader().await);
+        let image = ImageId::of(b"i");
+        let list = vec![ChunkId::of(b"unknown")];
+        let (a, new) = jobs.start(&r, image, scope("/a"), list.clone()).unwrap();
+        assert!(new);
+        let (again, new) = jobs.start(&r, image, scope("/a"), list.clone()).unwrap();
+        assert!(!new && again.id == a.id, "shared");
+        assert_eq!(
+            jobs.running(&image, &scope("/a")).map(|j| j.id.clone()),
+            Some(a.id.clone())
+        );
+        let (b, new) = jobs.start(&r, image, scope("/b"), list.clone()).unwrap();
+        assert!(new && b.id != a.id, "another scope is another job");
+        let (c, _) = jobs
+            .start(&r, ImageId::of(b"j"), scope("/a"), list.clone())
+            .unwrap();
+        assert!(c.id != a.id, "another image is another job");
+        assert_eq!(finished(&a).await, JobState::Failed, "the chunk is unknown");
+        let (d, new) = jobs.start(&r, image, scope("/a"), Vec::new()).unwrap();
+        assert!(new && d.id != a.id, "a finished job is not shared");
+        assert_eq!(finished(&d).await, JobState::Done);
+        assert_eq!(jobs.list().len(), 4, "oldest first, all kept");
+    }
+
+    #[tokio::test]
+    async fn running_jobs_are_capped() {
+        let (jobs, r) = (Arc::new(Jobs::default()), reader().await);
+        let image = ImageId::of(b"i");
+        for k in 0..MAX_RUNNING_JOBS {
+            jobs.start(&r, image, scope(&format!("/{k}")), vec![ChunkId::of(b"x")])
+                .unwrap();
+        }
+        let err = jobs
+            .start(&r, image, scope("/one-more"), Vec::new())
+            .unwrap_err();
+        assert_eq!(err.code, api::ErrorCode::TooManyRequests);
+        for j in jobs.list() {
+            finished(&j).await;
+        }
+        assert!(
+            jobs.start(&r, image, scope("/one-more"), Vec::new())
+                .is_ok(),
+            "room again"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelled_jobs_stay_cancelled_and_old_finished_jobs_are_forgotten() {
+        let (jobs, r) = (Arc::new(Jobs::default()), reader().await);
+        let image = ImageId::of(b"i");
+        let (a, _) = jobs
+            .start(&r, image, scope("/a"), vec![ChunkId::of(b"x")])
+            .unwrap();
+        assert_eq!(
+            jobs.cancel(&a.id).map(|j| j.state()),
+            Some(JobState::Cancelled)
+        );
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            a.state(),
+            JobState::Cancelled,
+            "the task's end does not overwrite it"
+        );
+        assert!(jobs.cancel("no such job").is_none());
+        for k in 0..KEEP_FINISHED_JOBS + 10 {
+            let (j, _) = jobs
+                .start(&r, image, scope(&format!("/{k}")), Vec::new())
+                .unwrap();
+            finished(&j).await;
+        }
+        jobs.start(&r, image, scope("/last"), Vec::new()).unwrap();
+        assert!(
+            jobs.list().len() <= KEEP_FINISHED_JOBS + 1,
+            "{}",
+            jobs.list().len()
+        );
+        assert!(
+            jobs.get(&a.id).is_none(),
+            "the oldest finished job is forgotten"
+        );
+    }
 }

@@ -11,20 +11,19 @@ mod http;
 pub mod jobs;
 mod metrics;
 pub mod mounts;
+pub mod node;
 pub mod validate;
 
 pub use client::{Client, ClientError};
 pub use error::ApiError;
 pub use http::router;
 pub use mounts::MountSettings;
+pub use node::Node;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
-use thaw_core::{ImageId, Manifest};
-use thaw_store::{ChunkReader, ReadError, ReaderConfig, Repository};
+use thaw_store::{ReadError, ReaderConfig, Repository};
 
 /// Everything `thaw serve` is told.
 #[derive(Debug, Clone)]
@@ -58,68 +57,6 @@ pub enum ServeError {
         source: std::io::Error,
     },
 }
-
-/// The daemon's shared state.
-#[derive(Debug)]
-pub struct Node {
-    pub repo: Repository,
-    /// One reader, so one memory and one disk cache, for every mount and job.
-    pub reader: Arc<ChunkReader>,
-    pub jobs: Arc<jobs::Jobs>,
-    pub mounts: mounts::Mounts,
-    pub token: Option<String>,
-    pub started: Instant,
-    pub http: http::HttpStats,
-    /// Recently used manifests: images are immutable, so a prewarm's manifest serves the
-    /// mount that follows without another request.
-    manifests: parking_lot::Mutex<lru::LruCache<ImageId, Arc<Manifest>>>,
-}
-
-impl Node {
-    pub fn new(repo: Repository, config: &ServerConfig) -> Result<Arc<Self>, ServeError> {
-        if config.token.as_deref() == Some("") {
-            return Err(ServeError::EmptyToken);
-        }
-        if config.token.is_none() && !config.listen.ip().is_loopback() {
-            return Err(ServeError::TokenRequired(config.listen));
-        }
-        let reader = ChunkReader::new(repo.packs().clone(), config.reader.clone())?;
-        let state = &config.mounts.state_dir;
-        let mounts =
-            mounts::Mounts::open(config.mounts.clone()).map_err(|source| ServeError::Io {
-                what: "opening the state directory",
-                path: state.display().to_string(),
-                source,
-            })?;
-        Ok(Arc::new(Node {
-            repo,
-            reader,
-            jobs: Arc::default(),
-            mounts,
-            token: config.token.clone(),
-            started: Instant::now(),
-            http: http::HttpStats::default(),
-            manifests: parking_lot::Mutex::new(lru::LruCache::new(MANIFESTS_CACHED)),
-        }))
-    }
-
-    /// An image's manifest, from memory when recently used.
-    pub async fn manifest(&self, id: &ImageId) -> Result<Arc<Manifest>, ApiError> {
-        if let Some(m) = self.manifests.lock().get(id) {
-            return Ok(m.clone());
-        }
-        let m = Arc::new(self.repo.get_manifest(id).await?);
-        // An image built since the daemon started may sit in packs it has not loaded.
-        if m.chunks.iter().any(|c| !self.repo.packs().contains(&c.id)) {
-            self.repo.packs().reload().await?;
-        }
-        self.manifests.lock().put(*id, m.clone());
-        Ok(m)
-    }
-}
-
-/// Manifests the daemon keeps in memory.
-const MANIFESTS_CACHED: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).unwrap();
 
 /// Runs the daemon until `shutdown` resolves; then stops accepting requests, cancels
 /// prewarm jobs and unmounts every mount it made.

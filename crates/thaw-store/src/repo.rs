@@ -333,6 +333,18 @@ impl Repository {
         Ok(removed)
     }
 
+    /// Loads the pack indexes that appeared since the last load if any of `chunks` is in
+    /// none this repository knows: an image built since it opened may sit in new packs.
+    pub async fn ensure_packs_for(
+        &self,
+        mut chunks: impl Iterator<Item = ChunkId>,
+    ) -> Result<(), RepoError> {
+        if chunks.any(|c| !self.packs.contains(&c)) {
+            self.packs.reload().await?;
+        }
+        Ok(())
+    }
+
     /// Finds packs no image references; deletes them when `apply`. Packs younger than
     /// `min_age` are kept: a build running now may be about to reference them.
     pub async fn gc(&self, apply: bool, min_age: Duration) -> Result<GcReport, RepoError> {

@@ -1,0 +1,119 @@
+//! The daemon's shared state: the repository, the one reader (so one memory and one disk
+//! cache) every mount and job reads through, the jobs, the mounts, and recently used
+//! manifests; and the two things every route needs from them: an image's manifest and
+//! the chunks a prewarm scope names.
+
+use crate::api::{self, NamedScope, Scope};
+use crate::error::ApiError;
+use crate::{http, jobs, mounts, ServeError, ServerConfig};
+use std::sync::Arc;
+use std::time::Instant;
+use thaw_core::{ChunkId, ImageId, Manifest};
+use thaw_store::{ChunkReader, Repository};
+
+/// The daemon's shared state.
+#[derive(Debug)]
+pub struct Node {
+    pub repo: Repository,
+    /// One reader, so one memory and one disk cache, for every mount and job.
+    pub reader: Arc<ChunkReader>,
+    pub jobs: Arc<jobs::Jobs>,
+    pub mounts: mounts::Mounts,
+    pub token: Option<String>,
+    pub started: Instant,
+    pub http: http::HttpStats,
+    /// Recently used manifests: images are immutable, so a prewarm's manifest serves the
+    /// mount that follows without another request.
+    manifests: parking_lot::Mutex<lru::LruCache<ImageId, Arc<Manifest>>>,
+}
+
+impl Node {
+    pub fn new(repo: Repository, config: &ServerConfig) -> Result<Arc<Self>, ServeError> {
+        if config.token.as_deref() == Some("") {
+            return Err(ServeError::EmptyToken);
+        }
+        if config.token.is_none() && !config.listen.ip().is_loopback() {
+            return Err(ServeError::TokenRequired(config.listen));
+        }
+        let reader = ChunkReader::new(repo.packs().clone(), config.reader.clone())?;
+        let state = &config.mounts.state_dir;
+        let mounts =
+            mounts::Mounts::open(config.mounts.clone()).map_err(|source| ServeError::Io {
+                what: "opening the state directory",
+                path: state.display().to_string(),
+                source,
+            })?;
+        Ok(Arc::new(Node {
+            repo,
+            reader,
+            jobs: Arc::default(),
+            mounts,
+            token: config.token.clone(),
+            started: Instant::now(),
+            http: http::HttpStats::default(),
+            manifests: parking_lot::Mutex::new(lru::LruCache::new(MANIFESTS_CACHED)),
+        }))
+    }
+
+    /// An image's manifest, from memory when recently used.
+    pub async fn manifest(&self, id: &ImageId) -> Result<Arc<Manifest>, ApiError> {
+        if let Some(m) = self.manifests.lock().get(id) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(self.repo.get_manifest(id).await?);
+        self.repo
+            .ensure_packs_for(m.chunks.iter().map(|c| c.id))
+            .await?;
+        self.manifests.lock().put(*id, m.clone());
+        Ok(m)
+    }
+}
+
+/// Manifests the daemon keeps in memory.
+const MANIFESTS_CACHED: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).unwrap();
+
+impl Node {
+    /// Starts a prewarm of `scope` in `image`, or joins the running one that does the same;
+    /// the bool is whether a new job was made.
+    pub async fn prewarm(
+        &self,
+        image: ImageId,
+        scope: Scope,
+    ) -> Result<(Arc<jobs::Job>, bool), ApiError> {
+        if let Some(j) = self.jobs.running(&image, &scope) {
+            return Ok((j, false));
+        }
+        let list = self.chunk_list(&image, &scope).await?;
+        self.jobs.start(&self.reader, image, scope, list)
+    }
+
+    /// The chunks a scope names, in the order to fetch them.
+    async fn chunk_list(&self, image: &ImageId, scope: &Scope) -> Result<Vec<ChunkId>, ApiError> {
+        match scope {
+            Scope::Named(NamedScope::All) => Ok(self
+                .manifest(image)
+                .await?
+                .chunks
+                .iter()
+                .map(|c| c.id)
+                .collect()),
+            Scope::Named(NamedScope::Trace) => {
+                // No manifest needed: the list names chunks, and the store checks the
+                // image exists by holding its traces.
+                let list = self.repo.prefetch_list(image).await?;
+                if list.is_empty() {
+                    self.manifest(image).await?; // an unknown image is a 404, not "no trace"
+                    return Err(ApiError::new(
+                        api::ErrorCode::NoTrace,
+                        format!("image {image} has no start-up trace; push one with `thaw trace push`, or prewarm with scope \"all\""),
+                    ));
+                }
+                self.repo
+                    .ensure_packs_for(list.iter().map(|r| r.chunk))
+                    .await?;
+                Ok(list.into_iter().map(|r| r.chunk).collect())
+            }
+            Scope::Paths { paths } => jobs::paths_chunks(&*self.manifest(image).await?, paths),
+        }
+    }
+}
