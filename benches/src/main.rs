@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 use thaw_core::ChunkId;
-use thaw_store::wrap::{CountingStore, RetryConfig, RetryStore};
+use thaw_store::blob::wrap::{CountingStore, RetryConfig, RetryStore};
 use thaw_store::{open_store, ChunkReader, ReaderConfig, Repository};
 
 #[derive(Parser, Debug)]

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use thaw_fuse::{FsConfig, MountHandle, MountOptions, ThawFs};
 use thaw_image::{build, BuildOptions, BuildSource};
-use thaw_store::packs::pack_key;
-use thaw_store::wrap::{
+use thaw_store::blob::wrap::{
     CountingStore, FaultConfig, FaultyStore, RetryConfig, RetryStore, StoreCounters,
     ThrottleConfig, ThrottledStore,
 };
+use thaw_store::pack::keys::pack_key;
 use thaw_store::{BlobStore, ChunkReader, ObjectStoreBackend, ReaderConfig, Repository};
 use thaw_tests::{can_mount, pseudo_random, treediff};
 

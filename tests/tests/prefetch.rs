@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use thaw_core::ChunkId;
-use thaw_store::wrap::{ThrottleConfig, ThrottledStore};
+use thaw_store::blob::wrap::{ThrottleConfig, ThrottledStore};
 use thaw_store::{
     BlobStore, ChunkReader, ObjectStoreBackend, PackStore, PackWriter, PrefetchProgress,
     ReaderConfig, SchedulerConfig, WriterConfig,

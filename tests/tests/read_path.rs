@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 use thaw_core::ChunkId;
-use thaw_store::packs::pack_key;
-use thaw_store::wrap::{FaultConfig, FaultyStore};
+use thaw_store::blob::wrap::{FaultConfig, FaultyStore};
+use thaw_store::pack::keys::pack_key;
 use thaw_store::{BlobStore, ChunkReader, ObjectStoreBackend, ReadError, ReaderConfig, Repository};
 use thaw_tests::built_small_store;
 

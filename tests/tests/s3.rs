@@ -23,7 +23,7 @@ async fn s3_backend_conforms() {
         );
     };
     let store = open_store(&format!("{url}/conformance")).expect("open s3 store");
-    thaw_store::conformance::run(&*store).await;
+    thaw_store::blob::conformance::run(&*store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use thaw_core::ChunkId;
 use thaw_image::{build, export, BuildOptions, BuildSource};
-use thaw_store::packs::{pack_key, PlanOptions};
-use thaw_store::wrap::{
+use thaw_store::blob::wrap::{
     CountingStore, FaultConfig, FaultyStore, RetryConfig, RetryStore, ThrottleConfig,
     ThrottledStore,
 };
+use thaw_store::pack::{keys::pack_key, store::PlanOptions};
 use thaw_store::{
     BlobStore, ChunkReader, ObjectStoreBackend, ReadError, ReaderConfig, RepoError, Repository,
 };

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use thaw_store::wrap::{
+use thaw_store::blob::wrap::{
     CountingStore, RetryConfig, RetryStore, StoreCounters, ThrottleConfig, ThrottledStore,
 };
 use thaw_store::{open_store, BlobStore, Repository};

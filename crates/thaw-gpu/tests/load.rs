@@ -200,7 +200,7 @@ async fn weights_reach_gpu_memory_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbouring_chunks_share_requests() {
-    use thaw_store::wrap::CountingStore;
+    use thaw_store::blob::wrap::CountingStore;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();

@@ -5,7 +5,7 @@
 //! scheduler or the single-flight table.
 
 use crate::error::{ReadError, SharedReadError};
-use crate::packs::{decode_run, FetchRun, PackStore, PlanOptions, MAX_COALESCED};
+use crate::pack::store::{decode_run, FetchRun, PackStore, PlanOptions, MAX_COALESCED};
 use crate::read::cache::Caches;
 use crate::read::flight::{FlightGuard, Flights, Outcome};
 use crate::read::schedule::{

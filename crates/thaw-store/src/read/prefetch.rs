@@ -1,7 +1,7 @@
 //! Prefetch: warms the caches with a list of chunks, in order, at prefetch priority, in
 //! GETs of about [`PREFETCH_PIECE`] planned once by the packs.
 
-use crate::packs::PlanOptions;
+use crate::pack::store::PlanOptions;
 use crate::read::reader::ChunkReader;
 use crate::read::schedule::FetchClass;
 use crate::read::stats::PrefetchProgress;

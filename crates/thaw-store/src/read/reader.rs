@@ -3,7 +3,7 @@
 //! the store, once per chunk however many readers want it.
 
 use crate::error::{ReadError, SharedReadError};
-use crate::packs::PackStore;
+use crate::pack::store::PackStore;
 use crate::read::cache::{Caches, DiskCache, MemoryCache};
 use crate::read::fetcher::Fetcher;
 use crate::read::schedule::{FetchClass, SchedulerConfig, SchedulerStats};

@@ -7,7 +7,8 @@
     reason = "a test suite: a failed check panics with its message"
 )]
 
-use crate::{BlobStore, StoreError};
+use crate::blob::BlobStore;
+use crate::error::StoreError;
 use bytes::Bytes;
 
 /// Runs every check under a fresh key prefix, and cleans up after itself.
@@ -160,8 +161,8 @@ async fn large_object(s: &dyn BlobStore, base: &str) {
 
 #[cfg(test)]
 mod tests {
-    use crate::wrap::{CountingStore, RetryConfig, RetryStore};
-    use crate::ObjectStoreBackend;
+    use crate::blob::backend::ObjectStoreBackend;
+    use crate::blob::wrap::{CountingStore, RetryConfig, RetryStore};
     use std::sync::Arc;
 
     #[tokio::test]

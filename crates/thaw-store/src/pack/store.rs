@@ -4,6 +4,7 @@
 
 use crate::blob::BlobStore;
 use crate::error::{ReadError, RepoError, StoreError};
+use crate::pack::keys::{index_key, pack_key, pack_of_index_key, PACKS_PREFIX};
 use bytes::Bytes;
 use futures::{stream, StreamExt, TryStreamExt};
 use parking_lot::RwLock;
@@ -11,20 +12,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use thaw_core::{ChunkId, Compression, PackEntry, PackId, PackIndex};
 
-/// Objects of a store, by key prefix.
-pub const PACKS_PREFIX: &str = "packs";
-
 /// Chunks of one pack whose stored bytes are at most this far apart share one GET.
 pub const COALESCE_GAP: u64 = 64 * 1024;
 /// One coalesced GET never spans more than this.
 pub const MAX_COALESCED: u64 = 64 * 1024 * 1024;
-
-pub fn pack_key(pack: &PackId) -> String {
-    format!("{PACKS_PREFIX}/{pack}.pack")
-}
-pub fn index_key(pack: &PackId) -> String {
-    format!("{PACKS_PREFIX}/{pack}.idx")
-}
 
 /// Where one chunk lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,13 +122,7 @@ impl PackStore {
         let known: Vec<PackId> = self.packs.read().keys().copied().collect();
         let new: Vec<PackId> = listing
             .iter()
-            .filter_map(|o| {
-                o.key
-                    .strip_prefix("packs/")?
-                    .strip_suffix(".idx")?
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|o| pack_of_index_key(&o.key))
             .filter(|p| known.binary_search(p).is_err())
             .collect();
         let loaded: Vec<(PackId, PackIndex)> = stream::iter(new)

@@ -1,7 +1,8 @@
 //! Backends: the `object_store` crate's stores (local directory, memory, S3, GCS, Azure)
 //! behind [`BlobStore`], and parsing of `--store` locations.
 
-use crate::{BlobStore, ObjectInfo, StoreError};
+use crate::blob::{BlobStore, ObjectInfo};
+use crate::error::StoreError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;

@@ -2,7 +2,7 @@
 //! pack in order, and upload packs in the background while the caller keeps reading.
 
 use crate::error::RepoError;
-use crate::PackStore;
+use crate::pack::store::PackStore;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;

@@ -1,6 +1,7 @@
 //! Injects failures: a random fraction of requests fail, or the whole store is down.
 
-use crate::{BlobStore, ObjectInfo, StoreError};
+use crate::blob::{BlobStore, ObjectInfo};
+use crate::error::StoreError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;

@@ -1,6 +1,13 @@
-//! The one storage trait every layer and wrapper of thaw speaks.
+//! The one storage trait every layer and wrapper of thaw speaks, its backends
+//! ([`backend`], over the `object_store` crate), the wrappers that add one cross-cutting
+//! behaviour each ([`wrap`]), and the conformance suite every backend passes
+//! ([`conformance`]).
 
-use crate::StoreError;
+pub mod backend;
+pub mod conformance;
+pub mod wrap;
+
+use crate::error::StoreError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;

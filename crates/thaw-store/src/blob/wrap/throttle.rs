@@ -1,6 +1,7 @@
 //! Models a remote object store: a fixed latency per request and a shared bandwidth limit.
 
-use crate::{BlobStore, ObjectInfo, StoreError};
+use crate::blob::{BlobStore, ObjectInfo};
+use crate::error::StoreError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;

@@ -1,6 +1,7 @@
 //! Retries transient errors with exponential backoff, inside a per-request deadline.
 
-use crate::{BlobStore, ObjectInfo, StoreError};
+use crate::blob::{BlobStore, ObjectInfo};
+use crate::error::StoreError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::future::Future;

@@ -1,6 +1,7 @@
 //! Counts requests and bytes per operation (metrics, and tests that count fetches).
 
-use crate::{BlobStore, ObjectInfo, StoreError};
+use crate::blob::{BlobStore, ObjectInfo};
+use crate::error::StoreError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
