@@ -1,6 +1,7 @@
 //! `thaw`: build, inspect, export, mount and collect container images in a chunk store.
 //! This file only parses the command line and dispatches to the command modules.
 
+mod client_cmd;
 mod image_cmd;
 mod mount_cmd;
 mod serve_cmd;
@@ -65,9 +66,9 @@ enum Command {
     /// Run the node daemon: shared caches, mounts and prewarm jobs behind an HTTP API.
     Serve(serve_cmd::ServeArgs),
     /// Ask the node daemon to warm its cache with an image (waits unless --detach).
-    Prewarm(serve_cmd::PrewarmArgs),
+    Prewarm(client_cmd::PrewarmArgs),
     /// List the node daemon's prewarm jobs.
-    Jobs(serve_cmd::ServerArgs),
+    Jobs(client_cmd::ServerArgs),
     /// The node daemon's cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -84,7 +85,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum CacheCommand {
     /// Usage and hit ratio per tier.
-    Stats(serve_cmd::ServerArgs),
+    Stats(client_cmd::ServerArgs),
 }
 
 fn open(cli: &Cli, retry: RetryConfig) -> Result<(Arc<dyn BlobStore>, Arc<StoreCounters>)> {
@@ -113,9 +114,11 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Umount { mountpoint } => return mount_cmd::umount(mountpoint).await,
-        Command::Prewarm(args) => return serve_cmd::prewarm(args).await,
-        Command::Jobs(server) => return serve_cmd::jobs(server).await,
-        Command::Cache(CacheCommand::Stats(server)) => return serve_cmd::cache_stats(server).await,
+        Command::Prewarm(args) => return client_cmd::prewarm(args).await,
+        Command::Jobs(server) => return client_cmd::jobs(server).await,
+        Command::Cache(CacheCommand::Stats(server)) => {
+            return client_cmd::cache_stats(server).await
+        }
         _ => {}
     }
     let retry = match &cli.command {

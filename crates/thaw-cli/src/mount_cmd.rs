@@ -5,11 +5,11 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use thaw_api::Client;
 use thaw_fuse::mount::{absolute, is_mounted};
 use thaw_fuse::registry::{clean_up, MountRecord, MountRegistry};
 use thaw_fuse::session::{write_status, MountSession, Prefetch, SessionSpec};
 use thaw_fuse::{FsConfig, MountOptions};
-use thaw_server::Client;
 use thaw_store::{ChunkReader, ReaderConfig, Repository};
 
 /// Arguments of `thaw mount`.

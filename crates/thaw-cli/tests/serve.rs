@@ -15,7 +15,7 @@ use common::{thaw, THAW};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use thaw_server::api::{self, JobState, Scope};
+use thaw_api::api::{self, JobState, Scope};
 use thaw_tests::pseudo_random;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use common::{can_mount, succeed, thaw, THAW};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use thaw_server::api::{self, JobState};
+use thaw_api::api::{self, JobState};
 use thaw_tests::treediff;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,9 @@
 //! API errors: a stable code, an HTTP status and a message that names the input, and
 //! their conversion from the store's errors.
 
-use crate::api::{ErrorBody, ErrorCode, ErrorDetail};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use thaw_api::api::{ErrorBody, ErrorCode, ErrorDetail};
 use thaw_store::{RepoError, StoreError};
 
 /// An error answered as `{"error": {"code", "message"}}`.

@@ -1,7 +1,6 @@
 //! The HTTP layer: routes, bearer-token authentication, body limits, JSON errors with
 //! stable codes, and per-status request counters.
 
-use crate::api::{self, ErrorCode, MAX_BODY_BYTES};
 use crate::error::ApiError;
 use crate::{validate, Node};
 use axum::extract::rejection::JsonRejection;
@@ -14,6 +13,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use thaw_api::api::{self, ErrorCode, MAX_BODY_BYTES};
 
 /// Requests answered, by status class.
 #[derive(Debug, Default)]

@@ -1,13 +1,13 @@
 //! Prewarm jobs: turn a scope into a chunk list, run it through the reader's prefetch,
 //! report progress, cancel on request, and share one job between identical requests.
 
-use crate::api::{self, JobState, Scope};
 use crate::error::ApiError;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use thaw_api::api::{self, JobState, Scope};
 use thaw_core::{ChunkId, ImageId, InodeKind, Manifest};
 use thaw_store::{ChunkReader, PrefetchProgress};
 use tokio_util::sync::CancellationToken;

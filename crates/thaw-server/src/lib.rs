@@ -1,11 +1,9 @@
 //! thaw's node daemon (`thaw serve`): one process per node owning the shared memory and
 //! disk caches, the mounts of every container on the node, and prewarm jobs, behind a
-//! versioned JSON API over HTTP. Also the API's client, for the CLI.
+//! versioned JSON API over HTTP. The API's wire types and its client live in `thaw-api`.
 //!
-//! This is the only crate that knows HTTP and JSON.
+//! This is the only crate that serves HTTP.
 
-pub mod api;
-pub mod client;
 mod error;
 mod http;
 pub mod jobs;
@@ -14,11 +12,11 @@ pub mod mounts;
 pub mod node;
 pub mod validate;
 
-pub use client::{Client, ClientError};
 pub use error::ApiError;
 pub use http::router;
 pub use mounts::MountSettings;
 pub use node::Node;
+pub use thaw_api::{api, Client, ClientError};
 
 use std::future::Future;
 use std::net::SocketAddr;

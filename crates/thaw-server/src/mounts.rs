@@ -3,13 +3,13 @@
 //! registry, so `thaw umount` finds the daemon and a restarted daemon cleans up what its
 //! predecessor left behind.
 
-use crate::api::{self, ErrorCode};
 use crate::error::ApiError;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use thaw_api::api::{self, ErrorCode};
 use thaw_core::{ImageId, Manifest};
 use thaw_fuse::registry::MountRegistry;
 use thaw_fuse::session::{MountSession, SessionSpec};

@@ -3,11 +3,11 @@
 //! manifests; and the two things every route needs from them: an image's manifest and
 //! the chunks a prewarm scope names.
 
-use crate::api::{self, NamedScope, Scope};
 use crate::error::ApiError;
 use crate::{http, jobs, mounts, ServeError, ServerConfig};
 use std::sync::Arc;
 use std::time::Instant;
+use thaw_api::api::{self, NamedScope, Scope};
 use thaw_core::{ChunkId, ImageId, Manifest};
 use thaw_store::{ChunkReader, Repository};
 

@@ -1,9 +1,9 @@
 //! Checks on what clients send: image references, paths inside an image, and mount
 //! points on the host.
 
-use crate::api::MAX_NAME_BYTES;
 use crate::error::ApiError;
 use std::path::{Component, Path, PathBuf};
+use thaw_api::api::MAX_NAME_BYTES;
 
 /// An image reference: a tag or an id (prefix). Bounded, printable, no whitespace.
 pub fn image_ref(s: &str) -> Result<&str, ApiError> {

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use thaw_server::api::{ErrorCode, ROUTES};
+use thaw_api::api::{ErrorCode, ROUTES};
 use thaw_server::{MountSettings, Node, ServerConfig};
 use thaw_store::{BlobStore, ObjectStoreBackend, ReaderConfig, Repository};
 use tower::ServiceExt;

@@ -4,8 +4,8 @@ use super::{thaw, THAW};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use thaw_server::api::{self, NamedScope, Scope};
-use thaw_server::{Client, ClientError};
+use thaw_api::api::{self, NamedScope, Scope};
+use thaw_api::{Client, ClientError};
 use thaw_tests::pseudo_random;
 
 pub const TOKEN: &str = "test-token-0123456789";
