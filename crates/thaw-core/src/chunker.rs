@@ -7,8 +7,11 @@ use std::io::Read;
 /// Chunk size bounds for content-defined chunking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkerConfig {
+    /// No chunk is shorter than this, except the last of a stream.
     pub min: u32,
+    /// The size cuts aim for on average.
     pub avg: u32,
+    /// No chunk is longer than this.
     pub max: u32,
 }
 
@@ -52,6 +55,7 @@ impl ChunkerConfig {
 pub struct Chunk {
     /// Offset of the chunk in the stream.
     pub offset: u64,
+    /// The chunk's bytes.
     pub data: Vec<u8>,
 }
 
@@ -68,6 +72,7 @@ impl<R: Read> std::fmt::Debug for Chunker<R> {
 }
 
 impl<R: Read> Chunker<R> {
+    /// Chunks `source` with `config` (checked first).
     pub fn new(source: R, config: ChunkerConfig) -> Result<Self, FormatError> {
         config.validate()?;
         Ok(Chunker {

@@ -14,12 +14,16 @@ const CHECKSUM_LEN: usize = 32;
 /// Describes one kind of enveloped object.
 #[derive(Debug, Clone, Copy)]
 pub struct Envelope {
+    /// What the object is, for error messages.
     pub what: &'static str,
+    /// The first eight bytes of every such object.
     pub magic: [u8; 8],
+    /// The format version this build writes and reads.
     pub version: u16,
 }
 
 impl Envelope {
+    /// Serialises `value` into an envelope: header, postcard body, BLAKE3 checksum.
     pub fn encode<T: Serialize>(&self, value: &T) -> Vec<u8> {
         #[allow(
             clippy::expect_used,
@@ -37,6 +41,7 @@ impl Envelope {
         out
     }
 
+    /// Checks the envelope (length, magic, version, checksum) and decodes the body.
     pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, FormatError> {
         let what = self.what;
         let need = HEADER_LEN + CHECKSUM_LEN;

@@ -16,9 +16,11 @@ macro_rules! digest_id {
             pub fn of(data: &[u8]) -> Self {
                 Self(*blake3::hash(data).as_bytes())
             }
+            /// The raw 32 bytes.
             pub fn as_bytes(&self) -> &[u8; 32] {
                 &self.0
             }
+            /// All 64 hex digits.
             pub fn to_hex(&self) -> String {
                 hex::encode(self.0)
             }

@@ -26,7 +26,9 @@ pub const MAX_SYMLINK_LEN: usize = 4095;
 /// A point in time: seconds since the epoch and nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Timestamp {
+    /// Seconds since the Unix epoch (negative before it).
     pub sec: i64,
+    /// Nanoseconds, below one billion.
     pub nsec: u32,
 }
 
@@ -34,8 +36,10 @@ pub struct Timestamp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Xattr {
     #[serde(with = "serde_bytes")]
+    /// The attribute's name, with its namespace (`user.`, `trusted.`, `security.`).
     pub name: Vec<u8>,
     #[serde(with = "serde_bytes")]
+    /// Its value, any bytes.
     pub value: Vec<u8>,
 }
 
@@ -44,9 +48,13 @@ pub struct Xattr {
 pub struct Metadata {
     /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
     pub mode: u32,
+    /// Owner user id.
     pub uid: u32,
+    /// Owner group id.
     pub gid: u32,
+    /// Modification time.
     pub mtime: Timestamp,
+    /// Extended attributes, sorted by name, names unique.
     pub xattrs: Vec<Xattr>,
 }
 
@@ -54,7 +62,9 @@ pub struct Metadata {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
     #[serde(with = "serde_bytes")]
+    /// The entry's name: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
     pub name: Vec<u8>,
+    /// The inode it names (an index into `Manifest::inodes`).
     pub inode: u32,
 }
 
@@ -72,37 +82,53 @@ pub enum Extent {
 pub enum InodeKind {
     /// Entries sorted by name, bytewise, without duplicates.
     Directory {
+        /// Its entries, strictly sorted by name.
         entries: Vec<DirEntry>,
     },
+    /// A regular file.
     File {
+        /// Its size in bytes.
         size: u64,
+        /// Its content: chunks and zero runs, in order, adding up to `size`.
         extents: Vec<Extent>,
     },
+    /// A symbolic link.
     Symlink {
         #[serde(with = "serde_bytes")]
+        /// What it points to (not interpreted).
         target: Vec<u8>,
     },
+    /// A character device.
     CharDevice {
+        /// Its device number (`makedev(major, minor)`).
         rdev: u64,
     },
+    /// A block device.
     BlockDevice {
+        /// Its device number (`makedev(major, minor)`).
         rdev: u64,
     },
+    /// A named pipe.
     Fifo,
+    /// A Unix socket (recreated as an inert node).
     Socket,
 }
 
 /// One inode of the tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
+    /// Ownership, mode, times, xattrs.
     pub meta: Metadata,
+    /// What kind of file it is, with its content.
     pub kind: InodeKind,
 }
 
 /// A chunk the image uses, with its uncompressed length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkInfo {
+    /// The chunk's id (BLAKE3 of its uncompressed bytes).
     pub id: ChunkId,
+    /// Its uncompressed length.
     pub len: u32,
 }
 
@@ -118,7 +144,9 @@ pub struct Manifest {
 /// A resolved extent of a file: where it sits and what backs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileExtent {
+    /// Where the extent starts in its file.
     pub offset: u64,
+    /// Its length in bytes.
     pub len: u64,
     /// `None` for a run of zeros.
     pub chunk: Option<ChunkId>,
@@ -142,10 +170,12 @@ impl Manifest {
         ImageId::of(encoded)
     }
 
+    /// The root directory (inode 0; `validate` checks it is a directory).
     pub fn root(&self) -> &Inode {
         &self.inodes[ROOT_INODE as usize]
     }
 
+    /// An inode by number, if it exists.
     pub fn inode(&self, ino: u32) -> Option<&Inode> {
         self.inodes.get(ino as usize)
     }

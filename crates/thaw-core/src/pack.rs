@@ -14,13 +14,16 @@ const ENVELOPE: Envelope = Envelope {
 /// How a chunk's bytes are stored in a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compression {
+    /// Stored as is (compression did not pay).
     None,
+    /// Compressed with zstd.
     Zstd,
 }
 
 /// One chunk inside a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackEntry {
+    /// The chunk's id.
     pub id: ChunkId,
     /// Byte offset of the stored bytes in the pack object.
     pub offset: u64,
@@ -28,10 +31,12 @@ pub struct PackEntry {
     pub stored_len: u32,
     /// Length of the chunk once decompressed.
     pub raw_len: u32,
+    /// How the stored bytes are compressed.
     pub compression: Compression,
 }
 
 impl PackEntry {
+    /// Where the stored bytes end in the pack.
     pub fn end(&self) -> u64 {
         self.offset + u64::from(self.stored_len)
     }
@@ -40,11 +45,14 @@ impl PackEntry {
 /// The index of one pack object: its length and its chunks, in offset order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackIndex {
+    /// The pack object's length in bytes.
     pub pack_len: u64,
+    /// Its chunks, by offset.
     pub entries: Vec<PackEntry>,
 }
 
 impl PackIndex {
+    /// The index in its envelope (see docs/format.md).
     pub fn encode(&self) -> Vec<u8> {
         ENVELOPE.encode(self)
     }
@@ -57,6 +65,7 @@ impl PackIndex {
         Ok(index)
     }
 
+    /// Checks that entries are sorted, in bounds, non-overlapping and sized within limits.
     pub fn validate(&self) -> Result<(), FormatError> {
         let what = "pack index";
         let mut seen = HashSet::with_capacity(self.entries.len());

@@ -21,16 +21,22 @@ const MAX_LINE: usize = 3 * 4096 + 200;
 /// One first access.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceRecord {
+    /// Microseconds since the mount started.
     pub elapsed_us: u64,
+    /// The chunk read.
     pub chunk: ChunkId,
+    /// Where the chunk starts in its file.
     pub offset: u64,
+    /// The file's path in the image (its first name).
     pub path: Vec<u8>,
 }
 
 /// A whole trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
+    /// The image the trace was recorded on.
     pub image: ImageId,
+    /// Its records, by first access.
     pub records: Vec<TraceRecord>,
 }
 
@@ -62,6 +68,7 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
 }
 
 impl Trace {
+    /// The trace as text (one record a line after a header; see docs/format.md).
     pub fn encode(&self) -> String {
         let mut out = format!("{MAGIC}\nimage {}\n", self.image);
         for r in &self.records {
@@ -72,6 +79,7 @@ impl Trace {
         out
     }
 
+    /// Parses a trace written by `encode`; every line is checked.
     pub fn decode(text: &str) -> Result<Trace, FormatError> {
         let bad = |line: usize, reason: &str| FormatError::Malformed {
             what: "trace",
