@@ -10,41 +10,75 @@ type Source = Box<dyn std::error::Error + Send + Sync>;
 /// An error from a [`crate::BlobStore`].
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// No object has this key.
     #[error("object {key:?} not found")]
-    NotFound { key: String },
+    NotFound {
+        /// The key.
+        key: String,
+    },
     /// Worth retrying: network trouble, throttling, a server error.
     #[error("{op} {key:?} failed (transient): {source}")]
     Transient {
+        /// The request.
         op: &'static str,
+        /// Its key.
         key: String,
+        /// The backend's error.
         source: Source,
     },
     /// Not worth retrying: permissions, bad paths, unsupported operations.
     #[error("{op} {key:?} failed: {source}")]
     Permanent {
+        /// The request.
         op: &'static str,
+        /// Its key.
         key: String,
+        /// The backend's error.
         source: Source,
     },
+    /// A ranged GET returned fewer bytes than asked (transient: the object may be being
+    /// replaced, or the connection cut).
     #[error("{op} {key:?}: the store returned {got} bytes for a range of {want}")]
     ShortRead {
+        /// The request.
         op: &'static str,
+        /// Its key.
         key: String,
+        /// Bytes asked for.
         want: u64,
+        /// Bytes returned.
         got: u64,
     },
+    /// The retry layer gave up: the overall deadline passed or the attempts ran out.
     #[error("{op} {key:?} gave up after {after:?} ({attempts} attempts); last error: {last}")]
     Deadline {
+        /// The request.
         op: &'static str,
+        /// Its key.
         key: String,
+        /// Time spent.
         after: Duration,
+        /// Attempts made.
         attempts: u32,
+        /// The last attempt's error.
         last: String,
     },
+    /// A failure injected by `FaultyStore` (tests).
     #[error("{op} {key:?}: injected fault")]
-    Injected { op: &'static str, key: String },
+    Injected {
+        /// The request.
+        op: &'static str,
+        /// Its key.
+        key: String,
+    },
+    /// A `--store` location thaw cannot open.
     #[error("bad store location {spec:?}: {reason}")]
-    BadLocation { spec: String, reason: String },
+    BadLocation {
+        /// The location as given.
+        spec: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl StoreError {

@@ -20,6 +20,7 @@ pub struct ObjectStoreBackend {
 }
 
 impl ObjectStoreBackend {
+    /// Adapts an `object_store` store; `description` names it in messages.
     pub fn new(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
         ObjectStoreBackend {
             inner,

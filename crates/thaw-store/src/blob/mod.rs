@@ -16,8 +16,11 @@ use std::time::SystemTime;
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// The object's key.
     pub key: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// When it was last written.
     pub last_modified: SystemTime,
 }
 
@@ -27,12 +30,17 @@ pub struct ObjectInfo {
 /// returns exactly the bytes asked for or an error. Deleting a missing key succeeds.
 #[async_trait]
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    /// Writes an object whole (atomically replacing any old one).
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    /// Reads a whole object.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Reads exactly `range` of an object.
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
+    /// An object's size and time, without its bytes.
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError>;
     /// Every object whose key starts with `prefix/` (or everything, for `""`).
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// Removes an object; a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// A human-readable description, e.g. `file:///var/lib/thaw`.
     fn describe(&self) -> String;

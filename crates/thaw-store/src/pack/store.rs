@@ -20,7 +20,9 @@ pub const MAX_COALESCED: u64 = 64 * 1024 * 1024;
 /// Where one chunk lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLocation {
+    /// The pack holding it.
     pub pack: PackId,
+    /// Its entry in that pack's index.
     pub entry: PackEntry,
 }
 
@@ -112,6 +114,7 @@ impl PackStore {
         Ok(me)
     }
 
+    /// The blob store the packs live in.
     pub fn store(&self) -> &Arc<dyn BlobStore> {
         &self.store
     }
@@ -152,10 +155,12 @@ impl PackStore {
         self.packs.write().insert(pack, index);
     }
 
+    /// Whether any known pack holds `id`.
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.chunks.read().contains_key(id)
     }
 
+    /// Where `id` is stored, if any known pack holds it.
     pub fn location(&self, id: &ChunkId) -> Option<ChunkLocation> {
         self.chunks.read().get(id).copied()
     }

@@ -19,6 +19,7 @@ use thaw_core::{ChunkId, Compression, PackEntry, PackIndex};
 /// How chunks are compressed and packed.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
+    /// zstd level for chunks that compress (others are stored as they are).
     pub zstd_level: i32,
     /// A pack is uploaded once it reaches this many bytes.
     pub target_pack_size: usize,
@@ -50,6 +51,7 @@ pub struct WriterStats {
     pub raw_bytes_new: u64,
     /// Bytes the new chunks take in packs.
     pub stored_bytes: u64,
+    /// Packs uploaded.
     pub packs: u64,
 }
 
@@ -226,6 +228,7 @@ impl PackWriter {
         .map_err(|_| stopped())
     }
 
+    /// What the writer has done so far.
     pub fn stats(&self) -> WriterStats {
         let c = &self.counters;
         WriterStats {

@@ -29,6 +29,7 @@ pub struct Priority {
 }
 
 impl Priority {
+    /// For a reader waiting now.
     pub fn on_demand() -> Arc<Self> {
         Arc::new(Priority {
             prefetch: false,
@@ -36,6 +37,7 @@ impl Priority {
         })
     }
 
+    /// For background warming (may be promoted).
     pub fn prefetch() -> Arc<Self> {
         Arc::new(Priority {
             prefetch: true,
@@ -48,6 +50,7 @@ impl Priority {
         self.prefetch && !self.promoted.swap(true, Relaxed)
     }
 
+    /// The class the scheduler treats it as now.
     pub fn class(&self) -> FetchClass {
         if self.prefetch && !self.promoted.load(Relaxed) {
             FetchClass::Prefetch
@@ -98,17 +101,21 @@ pub struct LatencyHistogram {
 /// A copy of a histogram: counts per bucket (not cumulative), the last is +Inf.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HistogramSnapshot {
+    /// Counts per bucket (not cumulative); the last is +Inf.
     pub counts: Vec<u64>,
+    /// Sum of the observations.
     pub sum_seconds: f64,
 }
 
 impl HistogramSnapshot {
+    /// Observations in all.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }
 }
 
 impl LatencyHistogram {
+    /// Records one duration.
     pub fn observe(&self, d: Duration) {
         let s = d.as_secs_f64();
         let i = LATENCY_BUCKETS
@@ -119,6 +126,7 @@ impl LatencyHistogram {
         self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
     }
 
+    /// A copy of the counts now.
     pub fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
             counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
@@ -130,16 +138,23 @@ impl LatencyHistogram {
 /// Counters of the scheduler.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SchedulerStats {
+    /// GETs granted as on-demand.
     pub on_demand_fetches: u64,
+    /// GETs granted as prefetch.
     pub prefetch_fetches: u64,
     /// Prefetches promoted because a reader came to wait for them.
     pub promoted: u64,
+    /// Bytes of on-demand GETs.
     pub on_demand_bytes: u64,
+    /// Bytes of prefetch GETs.
     pub prefetch_bytes: u64,
     /// GETs waiting for a slot now, by class.
     pub waiting_on_demand: usize,
+    /// Prefetch GETs waiting for a slot now.
     pub waiting_prefetch: usize,
+    /// On-demand GETs in flight now.
     pub active_on_demand: usize,
+    /// Prefetch GETs in flight now.
     pub active_prefetch: usize,
     /// Time from a slot being granted to the bytes arriving.
     pub fetch_latency: HistogramSnapshot,
@@ -236,6 +251,7 @@ impl Drop for FetchPermit<'_> {
 }
 
 impl FetchScheduler {
+    /// A scheduler with these limits.
     pub fn new(config: SchedulerConfig) -> Self {
         FetchScheduler {
             state: Mutex::new(State {
@@ -256,6 +272,7 @@ impl FetchScheduler {
         }
     }
 
+    /// Its limits now.
     pub fn config(&self) -> SchedulerConfig {
         self.state.lock().config
     }
@@ -350,6 +367,7 @@ impl FetchScheduler {
         }
     }
 
+    /// Its counters now.
     pub fn stats(&self) -> SchedulerStats {
         let st = self.state.lock();
         SchedulerStats {

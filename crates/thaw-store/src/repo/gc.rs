@@ -10,8 +10,11 @@ use thaw_core::{ChunkId, PackId};
 /// What `gc` found (and did, when applied).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
+    /// Images found.
     pub images: usize,
+    /// Distinct chunks they reference.
     pub referenced_chunks: usize,
+    /// Packs with an index.
     pub packs: usize,
     /// Packs none of whose chunks any image references.
     pub unreferenced_packs: Vec<(PackId, u64)>,
@@ -21,10 +24,12 @@ pub struct GcReport {
     pub too_young: usize,
     /// Bytes in packs that are still needed but hold unreferenced chunks.
     pub unreferenced_bytes_in_live_packs: u64,
+    /// Whether the packs were deleted (`--apply`).
     pub deleted: bool,
 }
 
 impl GcReport {
+    /// Bytes the deletion frees (or would free).
     pub fn reclaimable_bytes(&self) -> u64 {
         self.unreferenced_packs.iter().map(|p| p.1).sum::<u64>()
             + self.orphan_objects.iter().map(|o| o.1).sum::<u64>()

@@ -25,15 +25,18 @@ pub struct Repository {
 }
 
 impl Repository {
+    /// Opens the repository of `store`, loading every pack index.
     pub async fn open(store: Arc<dyn BlobStore>) -> Result<Self, RepoError> {
         let packs = PackStore::open(store.clone()).await?;
         Ok(Repository { store, packs })
     }
 
+    /// The blob store under it.
     pub fn store(&self) -> &Arc<dyn BlobStore> {
         &self.store
     }
 
+    /// Its packs.
     pub fn packs(&self) -> &Arc<PackStore> {
         &self.packs
     }

@@ -8,6 +8,7 @@ use thaw_core::tag::validate_tag;
 use thaw_core::ImageId;
 
 impl Repository {
+    /// Points tag `name` at an image (creating or moving it).
     pub async fn set_tag(&self, name: &str, id: &ImageId) -> Result<(), RepoError> {
         validate_tag(name)?;
         self.store
@@ -16,11 +17,13 @@ impl Repository {
         Ok(())
     }
 
+    /// Removes a tag (the image stays).
     pub async fn remove_tag(&self, name: &str) -> Result<(), RepoError> {
         validate_tag(name)?;
         Ok(self.store.delete(&tag_key(name)).await?)
     }
 
+    /// The image a tag names, if the tag exists.
     pub async fn get_tag(&self, name: &str) -> Result<Option<ImageId>, RepoError> {
         if validate_tag(name).is_err() {
             return Ok(None);

@@ -11,13 +11,21 @@ use std::sync::Arc;
 /// Live counters, shared between the wrapper and whoever reads them.
 #[derive(Debug, Default)]
 pub struct StoreCounters {
+    /// `get` and `get_range` requests.
     pub gets: AtomicU64,
+    /// Bytes they returned.
     pub get_bytes: AtomicU64,
+    /// `put` requests.
     pub puts: AtomicU64,
+    /// Bytes they wrote.
     pub put_bytes: AtomicU64,
+    /// `head` requests.
     pub heads: AtomicU64,
+    /// `list` requests.
     pub lists: AtomicU64,
+    /// `delete` requests.
     pub deletes: AtomicU64,
+    /// Requests that failed.
     pub errors: AtomicU64,
 }
 
@@ -26,16 +34,24 @@ pub struct StoreCounters {
 pub struct StoreCountersSnapshot {
     /// `get` and `get_range` requests.
     pub gets: u64,
+    /// Bytes they returned.
     pub get_bytes: u64,
+    /// `put` requests.
     pub puts: u64,
+    /// Bytes they wrote.
     pub put_bytes: u64,
+    /// `head` requests.
     pub heads: u64,
+    /// `list` requests.
     pub lists: u64,
+    /// `delete` requests.
     pub deletes: u64,
+    /// Requests that failed.
     pub errors: u64,
 }
 
 impl StoreCounters {
+    /// The counters now.
     pub fn snapshot(&self) -> StoreCountersSnapshot {
         StoreCountersSnapshot {
             gets: self.gets.load(Relaxed),
@@ -58,12 +74,14 @@ pub struct CountingStore {
 }
 
 impl CountingStore {
+    /// Counts the requests made to `inner`.
     pub fn new(inner: Arc<dyn BlobStore>) -> Self {
         CountingStore {
             inner,
             counters: Arc::default(),
         }
     }
+    /// The live counters (shared; read them any time).
     pub fn counters(&self) -> Arc<StoreCounters> {
         self.counters.clone()
     }

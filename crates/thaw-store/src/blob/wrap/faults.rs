@@ -31,6 +31,7 @@ pub struct FaultyStore {
 }
 
 impl FaultyStore {
+    /// Wraps `inner`, failing requests as `config` says.
     pub fn new(inner: Arc<dyn BlobStore>, config: FaultConfig) -> Self {
         FaultyStore {
             inner,

@@ -14,7 +14,9 @@ use std::time::Duration;
 pub struct RetryConfig {
     /// Attempts in all, the first included.
     pub max_attempts: u32,
+    /// The first wait after a failure (doubled each time, with jitter).
     pub initial_backoff: Duration,
+    /// The longest wait between attempts.
     pub max_backoff: Duration,
     /// One attempt that takes longer than this is abandoned and counts as transient.
     pub attempt_timeout: Duration,
@@ -42,6 +44,7 @@ pub struct RetryStore {
 }
 
 impl RetryStore {
+    /// Retries `inner`'s transient failures as `config` says.
     pub fn new(inner: Arc<dyn BlobStore>, config: RetryConfig) -> Self {
         RetryStore { inner, config }
     }

@@ -62,6 +62,7 @@ pub struct ThrottledStore {
 }
 
 impl ThrottledStore {
+    /// Slows `inner` down as `config` says.
     pub fn new(inner: Arc<dyn BlobStore>, config: ThrottleConfig) -> Self {
         ThrottledStore {
             inner,

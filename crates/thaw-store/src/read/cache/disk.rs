@@ -172,14 +172,17 @@ impl DiskCache {
         self.capacity
     }
 
+    /// Bytes held on disk (entries with their trailers).
     pub fn bytes(&self) -> u64 {
         self.inner.lock().bytes
     }
 
+    /// Entries held.
     pub fn len(&self) -> usize {
         self.inner.lock().lru.len()
     }
 
+    /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -19,6 +19,7 @@ pub struct MemoryCache {
 }
 
 impl MemoryCache {
+    /// An empty cache of at most `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
         MemoryCache {
             inner: Mutex::new(Inner {
@@ -29,6 +30,7 @@ impl MemoryCache {
         }
     }
 
+    /// A chunk, marked as recently used.
     pub fn get(&self, id: &ChunkId) -> Option<Bytes> {
         self.inner.lock().lru.get(id).cloned()
     }
@@ -38,6 +40,7 @@ impl MemoryCache {
         self.inner.lock().lru.contains(id)
     }
 
+    /// Keeps a chunk, evicting the least recently used past the capacity (a chunk larger than the whole cache is not kept).
     pub fn insert(&self, id: ChunkId, data: Bytes) {
         let len = data.len() as u64;
         if len > self.capacity {
@@ -77,14 +80,17 @@ impl MemoryCache {
         self.inner.lock().lru.len()
     }
 
+    /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Its bound in bytes.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
 
+    /// Bytes held now.
     pub fn bytes(&self) -> u64 {
         self.inner.lock().bytes
     }
