@@ -6,24 +6,37 @@ use thaw_store::error::ReadError;
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     #[error("no such entry")]
+    /// No such inode or directory entry (ENOENT).
     NotFound,
     #[error("not a directory")]
+    /// A directory operation on something else (ENOTDIR).
     NotADirectory,
     #[error("is a directory")]
+    /// A read of a directory (EISDIR).
     IsADirectory,
     #[error("not a symbolic link")]
+    /// readlink of something else (EINVAL).
     NotASymlink,
     #[error("no such extended attribute")]
+    /// No such extended attribute (ENODATA).
     NoXattr,
     /// The image has no extended attributes at all: telling the kernel so (ENOSYS) makes
     /// it stop asking, where every "no such attribute" would cost a round trip.
     #[error("the image has no extended attributes")]
     NoXattrsInImage,
     #[error("buffer of {given} bytes is smaller than the {needed} needed")]
-    BufferTooSmall { given: u32, needed: usize },
+    /// The caller's buffer cannot hold the answer (ERANGE).
+    BufferTooSmall {
+        /// The caller's buffer size.
+        given: u32,
+        /// The size needed.
+        needed: usize,
+    },
     #[error("the image is read-only")]
+    /// A write, or an open for writing (EROFS).
     ReadOnly,
     #[error("unknown file handle")]
+    /// A read through a handle or inode that cannot be read (EBADF).
     BadHandle,
     /// A chunk is shorter than the extent that names it, or missing from a read's
     /// chunks: the image and the store disagree.
@@ -33,8 +46,10 @@ pub enum FsError {
         extent: u64,
     },
     #[error("read timed out after {0:?}")]
+    /// The bytes did not arrive within the read timeout (EIO).
     Timeout(std::time::Duration),
     #[error(transparent)]
+    /// The chunk could not be read and verified (EIO).
     Read(#[from] std::sync::Arc<ReadError>),
 }
 

@@ -68,6 +68,7 @@ pub struct ThawFs {
 }
 
 impl ThawFs {
+    /// The filesystem of `image`, reading through `reader` on the runtime `rt`; records a start-up trace to `trace` if given.
     pub fn new(
         manifest: Arc<Manifest>,
         image: ImageId,
@@ -96,6 +97,7 @@ impl ThawFs {
         }
     }
 
+    /// The state the FUSE threads share (manifest, reader, counters).
     pub fn shared(&self) -> &Arc<FsShared> {
         &self.shared
     }

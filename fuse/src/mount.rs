@@ -44,15 +44,22 @@ impl Default for MountOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a mount or unmount failed.
 pub enum MountError {
     #[error("{op} {path}: {source}")]
+    /// A system call failed.
     Io {
+        /// What was being done.
         op: &'static str,
+        /// On which path.
         path: String,
+        /// The error.
         source: std::io::Error,
     },
+    /// The mount point is not a directory.
     #[error("{0} is not a directory")]
     NotADirectory(String),
+    /// Nothing is mounted there.
     #[error("{0} is not mounted")]
     NotMounted(String),
 }
@@ -183,6 +190,7 @@ fn set_kernel_readahead(fuse_dir: &Path, bytes: u64) -> std::io::Result<()> {
 }
 
 impl MountHandle {
+    /// Where the image (or its overlay) is mounted.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
     }
@@ -192,10 +200,12 @@ impl MountHandle {
         &self.fuse_dir
     }
 
+    /// The filesystem being served.
     pub fn fs(&self) -> &ThawFs {
         &self.fs
     }
 
+    /// The mount's counters now, with the reader's.
     pub fn stats(&self) -> StatsSnapshot {
         let s = self.fs.shared();
         s.stats.snapshot(s.reader.stats())

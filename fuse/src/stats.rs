@@ -7,16 +7,27 @@ use thaw_store::ReaderStats;
 /// The operations counted.
 #[derive(Debug, Clone, Copy)]
 pub enum Op {
+    /// `lookup`
     Lookup,
+    /// `getattr`
     Getattr,
+    /// `readlink`
     Readlink,
+    /// `open`
     Open,
+    /// `read`
     Read,
+    /// `readdir`
     Readdir,
+    /// `readdirplus`
     Readdirplus,
+    /// `getxattr`
     Getxattr,
+    /// `listxattr`
     Listxattr,
+    /// `statfs`
     Statfs,
+    /// `access`
     Access,
 }
 
@@ -39,9 +50,11 @@ const OPS: [(&str, Op); 11] = [
 pub struct FsStats {
     ops: [AtomicU64; 11],
     latency: [LatencyHistogram; 11],
+    /// Bytes returned by reads.
     pub bytes_served: AtomicU64,
     /// Bytes served from zero extents (no fetch).
     pub zero_bytes_served: AtomicU64,
+    /// Reads that failed.
     pub read_errors: AtomicU64,
     /// Chunks asked for by readahead.
     pub readahead_chunks: AtomicU64,
@@ -64,13 +77,19 @@ impl Drop for OpTimer<'_> {
 /// A copy of the counters, with the reader's tier statistics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsSnapshot {
+    /// Operations served, by name.
     pub ops: Vec<(&'static str, u64)>,
     /// Time from an operation's arrival to its reply, per operation.
     pub op_latency: Vec<(&'static str, HistogramSnapshot)>,
+    /// Bytes returned by reads.
     pub bytes_served: u64,
+    /// Of those, bytes of zero runs (no chunk).
     pub zero_bytes_served: u64,
+    /// Reads that failed.
     pub read_errors: u64,
+    /// Chunks readahead asked for.
     pub readahead_chunks: u64,
+    /// The reader's counters (shared by every mount of the reader).
     pub reader: ReaderStats,
 }
 
@@ -86,6 +105,7 @@ impl FsStats {
         }
     }
 
+    /// The counters now, with the reader's.
     pub fn snapshot(&self, reader: ReaderStats) -> StatsSnapshot {
         StatsSnapshot {
             ops: OPS
