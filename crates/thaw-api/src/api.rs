@@ -33,13 +33,19 @@ pub enum Scope {
     /// `"trace"`: the image's merged start-up traces; `"all"`: every chunk.
     Named(NamedScope),
     /// `{"paths": [...]}`: these files, and everything under these directories.
-    Paths { paths: Vec<String> },
+    Paths {
+        /// Absolute paths in the image, without `..`.
+        paths: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// The named scopes.
 pub enum NamedScope {
+    /// The image's merged start-up traces.
     Trace,
+    /// Every chunk of the image.
     All,
 }
 
@@ -51,22 +57,31 @@ impl Default for Scope {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// `POST /v1/prewarm`.
 pub struct PrewarmRequest {
+    /// A tag, an image id, or an unambiguous id prefix.
     pub image: String,
     #[serde(default)]
+    /// What to warm (default: the traces).
     pub scope: Scope,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// Where a job is.
 pub enum JobState {
+    /// Warming.
     Running,
+    /// Every chunk warmed.
     Done,
+    /// Finished, but some chunks could not be warmed (`errors`, `last_error`).
     Failed,
+    /// Cancelled by a client or at shutdown.
     Cancelled,
 }
 
 impl JobState {
+    /// The state as the API writes it.
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Running => "running",
@@ -76,6 +91,7 @@ impl JobState {
         }
     }
 
+    /// Whether the job has ended (any state but running).
     pub fn is_finished(self) -> bool {
         self != JobState::Running
     }
@@ -84,21 +100,31 @@ impl JobState {
 /// A prewarm job as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
+    /// The job's id.
     pub id: String,
+    /// The image's id.
     pub image: String,
+    /// What it warms.
     pub scope: Scope,
+    /// Where it is.
     pub state: JobState,
+    /// Chunks warmed so far.
     pub chunks_done: u64,
+    /// Distinct chunks to warm.
     pub chunks_total: u64,
     /// Uncompressed bytes.
     pub bytes_done: u64,
+    /// Their uncompressed bytes.
     pub bytes_total: u64,
     /// Of the done chunks, those already cached when the job reached them.
     pub chunks_cached: u64,
+    /// Chunks that could not be warmed.
     pub errors: u64,
+    /// The last of those errors.
     pub last_error: Option<String>,
     /// Bytes done per second since the job started.
     pub rate_bytes_per_second: f64,
+    /// Seconds since it started (until it ended, once ended).
     pub elapsed_seconds: f64,
     /// Unix time of creation, in seconds.
     pub created: u64,
@@ -106,10 +132,14 @@ pub struct Job {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// `POST /v1/mounts`.
 pub struct MountRequest {
+    /// A tag, an image id, or an unambiguous id prefix.
     pub image: String,
+    /// An existing directory (under the daemon's mount root, if it has one).
     pub mountpoint: String,
     #[serde(default)]
+    /// Put an overlay with a fresh upper directory on top.
     pub writable: bool,
     /// `trace` (default): also start a prewarm of the image's start-up traces, if it has
     /// any, at the same moment as the mount; `none`: only what the container reads.
@@ -119,22 +149,33 @@ pub struct MountRequest {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// What a new mount warms at once.
 pub enum MountPrefetch {
     #[default]
+    /// The image's start-up traces (default).
     Trace,
+    /// Nothing.
     None,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// A mount as the API shows it.
 pub struct Mount {
+    /// The mount's id.
     pub id: String,
+    /// The image's id.
     pub image: String,
+    /// Where it is mounted.
     pub mountpoint: String,
+    /// Whether an overlay is on top.
     pub writable: bool,
     /// Where writes land (overlayfs upper directory), for writable mounts.
     pub upper: Option<String>,
+    /// Unix time of creation, in seconds.
     pub created: u64,
+    /// Bytes its reads returned.
     pub bytes_served: u64,
+    /// Reads that failed.
     pub read_errors: u64,
     /// The prewarm job the mount started, if any.
     #[serde(default)]
@@ -142,45 +183,69 @@ pub struct Mount {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// An image of the store.
 pub struct Image {
+    /// Its id.
     pub id: String,
+    /// Tags naming it.
     pub tags: Vec<String>,
+    /// Its manifest's size.
     pub manifest_bytes: u64,
+    /// Start-up traces pushed for it.
     pub traces: usize,
 }
 
 /// One cache tier.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Tier {
+    /// Bytes held.
     pub bytes: u64,
+    /// Its bound.
     pub capacity: u64,
+    /// Chunks held.
     pub entries: usize,
+    /// Lookups it served.
     pub hits: u64,
+    /// Lookups it could not serve.
     pub misses: u64,
     /// hits / (hits + misses); null before any lookup.
     pub hit_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// What was fetched from the store.
 pub struct StoreUsage {
+    /// Chunks fetched and verified.
     pub fetched_chunks: u64,
+    /// Their uncompressed bytes.
     pub fetched_bytes: u64,
+    /// Of those, chunks a prefetch asked for.
     pub prefetched_chunks: u64,
+    /// Their uncompressed bytes.
     pub prefetched_bytes: u64,
+    /// Chunks the store returned that failed verification (never served).
     pub integrity_failures: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /v1/cache`.
 pub struct Cache {
+    /// The memory tier.
     pub memory: Tier,
+    /// The disk tier.
     pub disk: Tier,
+    /// Fetches from the store.
     pub store: StoreUsage,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /healthz`.
 pub struct Health {
+    /// `ok`.
     pub status: String,
+    /// The daemon's version.
     pub version: String,
+    /// Seconds since it started.
     pub uptime_seconds: f64,
 }
 
@@ -188,21 +253,34 @@ pub struct Health {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// The request could not be parsed (400).
     BadRequest,
+    /// No token, or a wrong one (401).
     Unauthorized,
+    /// No such image, job, mount or path (404).
     NotFound,
+    /// The route exists, the method does not (405).
     MethodNotAllowed,
+    /// The body is over the limit (413).
     PayloadTooLarge,
+    /// The body is not JSON (415).
     UnsupportedMediaType,
+    /// A field is invalid (422).
     InvalidArgument,
+    /// A trace prewarm of an image without traces (422).
     NoTrace,
+    /// The mount point is in use (409).
     Conflict,
+    /// Too many jobs or mounts (429).
     TooManyRequests,
+    /// The object store failed (503).
     StoreUnavailable,
+    /// A bug or an unexpected failure (500).
     Internal,
 }
 
 impl ErrorCode {
+    /// Every code, for tests and documentation.
     pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
@@ -218,6 +296,7 @@ impl ErrorCode {
         ErrorCode::Internal,
     ];
 
+    /// The HTTP status the code comes with.
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
@@ -236,13 +315,17 @@ impl ErrorCode {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// The inside of an error body.
 pub struct ErrorDetail {
+    /// The stable code.
     pub code: ErrorCode,
+    /// A message for people (may change).
     pub message: String,
 }
 
 /// Every error response: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// The error.
     pub error: ErrorDetail,
 }

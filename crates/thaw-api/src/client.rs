@@ -4,15 +4,27 @@ use crate::api;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// Why a request to the daemon failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No answer: the daemon is not there, or the connection failed.
     #[error("{url}: {source}")]
-    Http { url: String, source: reqwest::Error },
+    Http {
+        /// The request's URL.
+        url: String,
+        /// The HTTP client's error.
+        source: reqwest::Error,
+    },
+    /// The daemon answered with an error.
     #[error("{url}: {status} {code:?}: {message}")]
     Api {
+        /// The request's URL.
         url: String,
+        /// The HTTP status.
         status: u16,
+        /// The stable error code, if the body had one.
         code: Option<api::ErrorCode>,
+        /// The message.
         message: String,
     },
 }
@@ -71,21 +83,25 @@ impl Client {
         })
     }
 
+    /// `POST /v1/prewarm`: starts (or joins) a prewarm job.
     pub async fn prewarm(&self, req: &api::PrewarmRequest) -> Result<api::Job, ClientError> {
         self.call(reqwest::Method::POST, "/v1/prewarm", Some(req))
             .await
     }
 
+    /// `GET /v1/jobs/{id}`.
     pub async fn job(&self, id: &str) -> Result<api::Job, ClientError> {
         self.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None::<&()>)
             .await
     }
 
+    /// `GET /v1/jobs`.
     pub async fn jobs(&self) -> Result<Vec<api::Job>, ClientError> {
         self.call(reqwest::Method::GET, "/v1/jobs", None::<&()>)
             .await
     }
 
+    /// `DELETE /v1/jobs/{id}`: cancels a job.
     pub async fn cancel(&self, id: &str) -> Result<api::Job, ClientError> {
         self.call(
             reqwest::Method::DELETE,
@@ -95,26 +111,31 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/cache`.
     pub async fn cache(&self) -> Result<api::Cache, ClientError> {
         self.call(reqwest::Method::GET, "/v1/cache", None::<&()>)
             .await
     }
 
+    /// `GET /v1/images`.
     pub async fn images(&self) -> Result<Vec<api::Image>, ClientError> {
         self.call(reqwest::Method::GET, "/v1/images", None::<&()>)
             .await
     }
 
+    /// `POST /v1/mounts`.
     pub async fn mount(&self, req: &api::MountRequest) -> Result<api::Mount, ClientError> {
         self.call(reqwest::Method::POST, "/v1/mounts", Some(req))
             .await
     }
 
+    /// `GET /v1/mounts`.
     pub async fn mounts(&self) -> Result<Vec<api::Mount>, ClientError> {
         self.call(reqwest::Method::GET, "/v1/mounts", None::<&()>)
             .await
     }
 
+    /// `DELETE /v1/mounts/{id}`.
     pub async fn unmount(&self, id: &str) -> Result<api::Mount, ClientError> {
         self.call(
             reqwest::Method::DELETE,

@@ -3,6 +3,8 @@
 //! and the [`Client`]. The CLI's client commands use this crate alone, without linking
 //! the server.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod client;
 
