@@ -41,6 +41,7 @@ impl std::fmt::Debug for CudaSink {
 unsafe impl Send for CudaSink {}
 
 impl CudaSink {
+    /// A sink on GPU `device` with `buffers` page-locked staging buffers of `buffer_bytes` each. Fails with `NoCuda` where there is no driver.
     pub fn new(device: usize, buffers: usize, buffer_bytes: usize) -> Result<Self, LoadError> {
         if !cuda_available() {
             return Err(LoadError::NoCuda);
@@ -68,6 +69,7 @@ impl CudaSink {
         })
     }
 
+    /// The CUDA context the destination lives in.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }

@@ -9,10 +9,15 @@ pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// One tensor: where its bytes lie in the data region (after the header).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tensor {
+    /// The tensor's name.
     pub name: String,
+    /// Its dtype as safetensors writes it (`F32`, `BF16`, ...).
     pub dtype: String,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Where its bytes start in the data region.
     pub start: u64,
+    /// Where they end.
     pub end: u64,
 }
 
@@ -21,6 +26,7 @@ pub struct Tensor {
 pub struct WeightsHeader {
     /// Bytes before the data region: the 8-byte length plus the JSON header.
     pub data_offset: u64,
+    /// The data region's length.
     pub data_len: u64,
     /// Tensors in data order.
     pub tensors: Vec<Tensor>,

@@ -14,8 +14,9 @@ use thaw_store::ChunkReader;
 
 /// Where loaded bytes go: a destination of `len` bytes written through staging buffers.
 pub trait Sink: Send {
-    /// How many staging buffers there are, and the size of each.
+    /// How many staging buffers there are.
     fn staging_count(&self) -> usize;
+    /// The size of each staging buffer.
     fn staging_bytes(&self) -> usize;
     /// Allocates the destination.
     fn allocate(&mut self, len: u64) -> Result<(), LoadError>;
@@ -32,10 +33,12 @@ pub trait Sink: Send {
 #[derive(Debug)]
 pub struct HostSink {
     staging: Vec<Vec<u8>>,
+    /// The destination: the data region, once loaded.
     pub data: Vec<u8>,
 }
 
 impl HostSink {
+    /// A ring of `buffers` staging buffers of `buffer_bytes` each.
     pub fn new(buffers: usize, buffer_bytes: usize) -> Self {
         HostSink {
             staging: (0..buffers.max(1))
@@ -70,6 +73,7 @@ impl Sink for HostSink {
     }
 }
 
+/// How to load.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
     /// Chunks read at once, ahead of the copy.
@@ -87,11 +91,14 @@ impl Default for LoadOptions {
     }
 }
 
+/// What a load did.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
+    /// The file's header (its tensors).
     pub header: WeightsHeader,
     /// Bytes written to the destination (the data region).
     pub bytes: u64,
+    /// Seconds from the start of the load to the last byte in the destination.
     pub seconds: f64,
     /// BLAKE3 of the data region, when asked for.
     pub blake3: Option<String>,

@@ -6,6 +6,8 @@
 //! used only for loopback registries; everything else is HTTPS. This is the only crate
 //! besides `thaw-server` that speaks HTTP, and it knows nothing of stores or FUSE.
 
+#![warn(missing_docs)]
+
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -15,12 +17,22 @@ use thaw_image::oci::{self, Descriptor, ImageManifest, Index};
 /// Why a pull failed: what failed, for which image.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The registry refused, or sent something that is not the image.
     #[error("registry image {image}: {reason}")]
-    Image { image: String, reason: String },
+    Image {
+        /// The image reference.
+        image: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Writing the layout failed.
     #[error("{op} {path}: {source}")]
     Io {
+        /// What was being done.
         op: &'static str,
+        /// The file.
         path: String,
+        /// The error.
         source: std::io::Error,
     },
 }
@@ -44,13 +56,16 @@ application/vnd.docker.distribution.manifest.v2+json";
 /// `HOST[:PORT]/NAME[:TAG|@DIGEST]`, as after `docker://`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
+    /// The registry's host (and port).
     pub host: String,
+    /// The repository's name (`library/debian` for a Docker Hub short name).
     pub name: String,
     /// A tag or a `sha256:` digest.
     pub reference: String,
 }
 
 impl ImageRef {
+    /// Parses and validates a reference; `docker.io` names are read as `docker pull` reads them.
     pub fn parse(s: &str) -> Result<Self, RegistryError> {
         let bad = |why: &str| RegistryError::Image {
             image: s.to_string(),

@@ -10,11 +10,14 @@ use thaw_store::{RepoError, StoreError};
 #[derive(Debug, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct ApiError {
+    /// The stable code (and so the HTTP status).
     pub code: ErrorCode,
+    /// A message for people.
     pub message: String,
 }
 
 impl ApiError {
+    /// An error with this code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             code,
@@ -22,10 +25,12 @@ impl ApiError {
         }
     }
 
+    /// An invalid argument (422).
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
     }
 
+    /// Something named does not exist (404).
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)
     }

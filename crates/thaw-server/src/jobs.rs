@@ -18,11 +18,17 @@ pub const MAX_RUNNING_JOBS: usize = 64;
 pub const KEEP_FINISHED_JOBS: usize = 256;
 
 #[derive(Debug)]
+/// One prewarm job.
 pub struct Job {
+    /// Its id.
     pub id: String,
+    /// The image it warms.
     pub image: ImageId,
+    /// What it warms.
     pub scope: Scope,
+    /// How far it has got.
     pub progress: Arc<PrefetchProgress>,
+    /// Cancels it.
     pub cancel: CancellationToken,
     state: Mutex<(JobState, Option<Instant>)>,
     started: Instant,
@@ -31,6 +37,7 @@ pub struct Job {
 }
 
 impl Job {
+    /// Where it is now.
     pub fn state(&self) -> JobState {
         self.state.lock().0
     }
@@ -42,6 +49,7 @@ impl Job {
         }
     }
 
+    /// The job as the API shows it.
     pub fn view(&self) -> api::Job {
         let p = &self.progress;
         let (state, finished) = *self.state.lock();
@@ -87,6 +95,7 @@ fn now_unix() -> u64 {
 }
 
 impl Jobs {
+    /// A job by id (running, or among the finished ones kept).
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
         self.jobs.lock().get(id).cloned()
     }

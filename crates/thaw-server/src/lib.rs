@@ -4,6 +4,8 @@
 //!
 //! This is the only crate that serves HTTP.
 
+#![warn(missing_docs)]
+
 mod error;
 mod http;
 pub mod jobs;
@@ -26,32 +28,46 @@ use thaw_store::{ReadError, ReaderConfig, Repository};
 /// Everything `thaw serve` is told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The TCP address to listen on.
     pub listen: SocketAddr,
     /// Clients must send `Authorization: Bearer <token>`. Required off loopback.
     pub token: Option<String>,
+    /// The shared reader's caches and scheduler.
     pub reader: ReaderConfig,
+    /// How mounts are made.
     pub mounts: MountSettings,
     /// Once listening, write the bound address here (useful with port 0).
     pub ready_file: Option<PathBuf>,
 }
 
+/// Why the daemon could not start (or stopped serving).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// Listening off loopback needs a token.
     #[error("refusing to listen on {0} without a token: set THAW_TOKEN or --token-file, or listen on a loopback address")]
     TokenRequired(SocketAddr),
+    /// The token file or variable holds nothing.
     #[error("the token is empty")]
     EmptyToken,
+    /// The listening socket failed.
     #[error("listening on {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// The error.
         source: std::io::Error,
     },
+    /// The disk cache could not be opened.
     #[error("opening the cache: {0}")]
     Cache(#[from] ReadError),
+    /// A file of the daemon's state could not be written.
     #[error("{what} {path}: {source}")]
     Io {
+        /// What was being done.
         what: &'static str,
+        /// The file.
         path: String,
+        /// The error.
         source: std::io::Error,
     },
 }

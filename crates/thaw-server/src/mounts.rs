@@ -22,10 +22,15 @@ pub const MAX_MOUNTS: usize = 256;
 /// One live mount.
 #[derive(Debug)]
 pub struct MountEntry {
+    /// The mount's id.
     pub id: String,
+    /// The image mounted.
     pub image: ImageId,
+    /// Where.
     pub mountpoint: PathBuf,
+    /// The overlay's upper directory (the container's writes), if writable.
     pub upper: Option<PathBuf>,
+    /// Unix time of creation, in seconds.
     pub created: u64,
     /// The prewarm job started with the mount, if any.
     pub prefetch_job: Mutex<Option<String>>,
@@ -42,6 +47,7 @@ impl MountEntry {
             .map(MountSession::stats)
     }
 
+    /// The mount as the API shows it.
     pub fn view(&self) -> api::Mount {
         let s = self.stats().unwrap_or_default();
         api::Mount {
@@ -70,7 +76,9 @@ pub struct MountSettings {
     pub api_address: Option<String>,
     /// When set, mount points must lie under it.
     pub mount_root: Option<PathBuf>,
+    /// A read that cannot be served within this fails with EIO.
     pub read_timeout: Duration,
+    /// FUSE worker threads per mount.
     pub threads: usize,
     /// See `thaw_fuse::MountOptions::kernel_readahead`.
     pub kernel_readahead: u64,
@@ -81,6 +89,7 @@ pub struct MountSettings {
 }
 
 #[derive(Debug)]
+/// The mounts one daemon serves.
 pub struct Mounts {
     settings: MountSettings,
     live: Mutex<BTreeMap<String, Arc<MountEntry>>>,
@@ -103,10 +112,12 @@ impl Mounts {
         })
     }
 
+    /// Every live mount.
     pub fn list(&self) -> Vec<Arc<MountEntry>> {
         self.live.lock().values().cloned().collect()
     }
 
+    /// A live mount by id.
     pub fn get(&self, id: &str) -> Option<Arc<MountEntry>> {
         self.live.lock().get(id).cloned()
     }

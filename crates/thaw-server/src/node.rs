@@ -14,13 +14,19 @@ use thaw_store::{ChunkReader, Repository};
 /// The daemon's shared state.
 #[derive(Debug)]
 pub struct Node {
+    /// The store's repository.
     pub repo: Repository,
     /// One reader, so one memory and one disk cache, for every mount and job.
     pub reader: Arc<ChunkReader>,
+    /// Prewarm jobs.
     pub jobs: Arc<jobs::Jobs>,
+    /// Mounts.
     pub mounts: mounts::Mounts,
+    /// The bearer token clients must send, if any.
     pub token: Option<String>,
+    /// When the daemon started.
     pub started: Instant,
+    /// HTTP responses by status class.
     pub http: http::HttpStats,
     /// Recently used manifests: images are immutable, so a prewarm's manifest serves the
     /// mount that follows without another request.
@@ -28,6 +34,7 @@ pub struct Node {
 }
 
 impl Node {
+    /// The daemon's state for `config` (cleans up after dead mount processes).
     pub fn new(repo: Repository, config: &ServerConfig) -> Result<Arc<Self>, ServeError> {
         if config.token.as_deref() == Some("") {
             return Err(ServeError::EmptyToken);
