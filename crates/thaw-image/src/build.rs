@@ -11,6 +11,7 @@ use thaw_store::{PackWriter, Repository, WriterConfig, WriterStats};
 /// Where an image comes from.
 #[derive(Debug, Clone)]
 pub enum BuildSource {
+    /// A directory tree.
     Directory(PathBuf),
     /// A tar file, plain or compressed.
     TarFile(PathBuf),
@@ -19,7 +20,9 @@ pub enum BuildSource {
     /// An image in an OCI image layout directory: the one named `reference` in its
     /// `index.json`, or its only image.
     OciLayout {
+        /// The layout's directory.
         dir: PathBuf,
+        /// The image's `org.opencontainers.image.ref.name`, if the layout holds several.
         reference: Option<String>,
     },
 }
@@ -51,10 +54,14 @@ impl BuildSource {
     }
 }
 
+/// How to build.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
+    /// Tag the image with this name.
     pub tag: Option<String>,
+    /// Chunk sizes.
     pub chunker: ChunkerConfig,
+    /// Compression and packing.
     pub writer: WriterConfig,
     /// Updated with file bytes read, for a progress display.
     pub progress: Option<Arc<AtomicU64>>,
@@ -66,13 +73,19 @@ pub struct BuildOptions {
 /// What a build did.
 #[derive(Debug, Clone)]
 pub struct BuildReport {
+    /// The image built.
     pub image: ImageId,
+    /// Its manifest's size.
     pub manifest_bytes: usize,
     /// File content bytes read from the source.
     pub bytes_read: u64,
+    /// Regular files.
     pub files: u64,
+    /// Directories.
     pub directories: u64,
+    /// Symlinks, devices, fifos and sockets.
     pub others: u64,
+    /// What the pack writer stored.
     pub writer: WriterStats,
 }
 

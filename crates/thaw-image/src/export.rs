@@ -19,9 +19,13 @@ const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 const BATCHES_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Default, Clone, Copy)]
+/// What an export wrote.
 pub struct ExportReport {
+    /// Regular files.
     pub files: u64,
+    /// Their bytes.
     pub bytes: u64,
+    /// Inodes (hard links count once).
     pub inodes: u64,
 }
 

@@ -18,9 +18,13 @@ pub const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
 /// The annotation that names a manifest in an image layout's index.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// An OCI image index.
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// An OCI image manifest.
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// A Docker v2 schema 2 manifest.
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// A Docker manifest list.
 pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// Layer media types thaw applies: tar, plain or compressed.
 const LAYER_TYPES: &[&str] = &[
@@ -32,29 +36,42 @@ const LAYER_TYPES: &[&str] = &[
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
+/// A content descriptor: what a blob is, its digest and size.
 pub struct Descriptor {
+    /// Its media type.
     pub media_type: String,
+    /// `sha256:` and 64 hex digits.
     pub digest: String,
+    /// Its size in bytes.
     pub size: u64,
     #[serde(default)]
+    /// Annotations (`org.opencontainers.image.ref.name` names images in an index).
     pub annotations: std::collections::BTreeMap<String, String>,
     #[serde(default)]
+    /// The platform, in an index of several.
     pub platform: Option<Platform>,
 }
 
 #[derive(Debug, Deserialize)]
+/// An image's platform.
 pub struct Platform {
+    /// `amd64`, `arm64`, ...
     pub architecture: String,
+    /// `linux`, ...
     pub os: String,
 }
 
 #[derive(Debug, Deserialize)]
+/// `index.json`, or a multi-platform index.
 pub struct Index {
+    /// Its manifests.
     pub manifests: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
+/// An image manifest (the parts thaw reads).
 pub struct ImageManifest {
+    /// Its layers, bottom first.
     pub layers: Vec<Descriptor>,
 }
 
