@@ -5,8 +5,6 @@
 //! Knows FUSE and mounting; knows nothing of HTTP or JSON. Every error becomes an errno
 //! in exactly one place, [`errno::errno_of`].
 
-#![warn(missing_docs)]
-
 pub mod errno;
 mod fs;
 mod inodes;

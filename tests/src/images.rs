@@ -53,10 +53,12 @@ pub fn umoci_layout(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 #[derive(Debug)]
 pub struct Registry {
     child: std::process::Child,
+    /// `127.0.0.1:PORT`.
     pub addr: String,
 }
 
 impl Registry {
+    /// Starts Debian's `docker-registry` on a free loopback port, storing under `dir`.
     pub fn start(dir: &Path) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

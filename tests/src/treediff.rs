@@ -11,15 +11,25 @@ use std::path::{Path, PathBuf};
 /// Everything compared about one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// Permission bits.
     pub mode: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Modification time: seconds and nanoseconds.
     pub mtime: (i64, i64),
+    /// Size of a regular file.
     pub size: Option<u64>,
+    /// Device number of a device.
     pub rdev: Option<u64>,
+    /// Target of a symlink.
     pub symlink: Option<Vec<u8>>,
+    /// Extended attributes, sorted.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// BLAKE3 of a regular file's content.
     pub content: Option<[u8; 32]>,
+    /// Link count of a non-directory.
     pub nlink: Option<u64>,
     /// The first path (in walk order) of this path's hard-link group.
     pub link_group: Option<Vec<u8>>,

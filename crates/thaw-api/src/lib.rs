@@ -3,8 +3,6 @@
 //! and the [`Client`]. The CLI's client commands use this crate alone, without linking
 //! the server.
 
-#![warn(missing_docs)]
-
 pub mod api;
 pub mod client;
 

@@ -4,8 +4,6 @@
 //! everything it decodes: bad input is a [`FormatError`], never a panic, and no length
 //! field makes it allocate more than the input it was given.
 
-#![warn(missing_docs)]
-
 pub mod chunker;
 pub mod codec;
 pub mod error;

@@ -5,8 +5,6 @@
 //! hands new chunks to the store's [`thaw_store::PackWriter`] (which compresses and
 //! uploads in the background) and finally stores the manifest and tag.
 
-#![warn(missing_docs)]
-
 mod build;
 mod error;
 mod export;

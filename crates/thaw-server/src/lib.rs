@@ -4,8 +4,6 @@
 //!
 //! This is the only crate that serves HTTP.
 
-#![warn(missing_docs)]
-
 mod error;
 mod http;
 pub mod jobs;

@@ -12,8 +12,6 @@
 //!
 //! This crate knows nothing of file trees, FUSE or HTTP.
 
-#![warn(missing_docs)]
-
 pub mod blob;
 pub mod error;
 pub mod pack;
