@@ -98,31 +98,24 @@ impl Ingest<'_> {
         what: &str,
     ) -> Result<(u64, Vec<ExtentRef>), BuildError> {
         use std::io::{Seek, SeekFrom};
-        use std::os::fd::AsRawFd;
         let io = |source| BuildError::Io {
             op: "read sparse file",
             path: what.to_string(),
             source,
         };
-        let fd = file.as_raw_fd();
-        let seek = |pos: u64, whence: i32| -> std::io::Result<Option<u64>> {
-            // SAFETY: lseek on an fd that `file` keeps open; no memory is passed.
-            let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
-            if r >= 0 {
-                Ok(Some(r as u64))
-            } else {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENXIO) {
-                    Ok(None)
-                } else {
-                    Err(e)
+        // SEEK_DATA / SEEK_HOLE; ENXIO means "none after this offset".
+        let seek =
+            |file: &std::fs::File, to: rustix::fs::SeekFrom| -> std::io::Result<Option<u64>> {
+                match rustix::fs::seek(file, to) {
+                    Ok(p) => Ok(Some(p)),
+                    Err(rustix::io::Errno::NXIO) => Ok(None),
+                    Err(e) => Err(e.into()),
                 }
-            }
-        };
+            };
         let mut extents = Vec::new();
         let mut pos = 0u64;
         while pos < size {
-            let data = seek(pos, libc::SEEK_DATA)
+            let data = seek(file, rustix::fs::SeekFrom::Data(pos))
                 .map_err(io)?
                 .unwrap_or(size)
                 .min(size);
@@ -132,7 +125,7 @@ impl Ingest<'_> {
             if data >= size {
                 break;
             }
-            let hole = seek(data, libc::SEEK_HOLE)
+            let hole = seek(file, rustix::fs::SeekFrom::Hole(data))
                 .map_err(io)?
                 .unwrap_or(size)
                 .min(size);
