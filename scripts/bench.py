@@ -253,12 +253,14 @@ def main():
     for label, size, t, b, inner in weights:
         w(f"| {cell(label)} | {size} | {t:.3f} ({inner:.3f}) | {b:.3f} | {t / b:.2f} |")
     w("")
-    gpu = os.path.join(os.path.dirname(OUT), "gpu-results.md")
-    if os.path.exists(gpu):
-        # Measured on a lent GPU machine by scripts/gpu-bench.sh, not by this run.
-        with open(gpu) as f:
-            w(f.read().rstrip())
-        w("")
+    # Sections measured by other scripts, not by this run: the GPU check on a lent GPU
+    # machine (scripts/gpu-bench.sh) and side-by-side binary comparisons (bench_ab.sh).
+    for extra in ("gpu-results.md", "ab-results.md"):
+        path = os.path.join(os.path.dirname(OUT), extra)
+        if os.path.exists(path):
+            with open(path) as f:
+                w(f.read().rstrip())
+            w("")
     plot = plot_cold_start(cold)
     if plot:
         w(f"![Cold start: lazy mount vs full pull]({os.path.relpath(plot, os.path.dirname(OUT))})")

@@ -1,7 +1,8 @@
 """A/B benchmark of two thaw binaries, side by side in one run: for ROUNDS rounds, each
 figure is measured with binary A and then binary B (the order alternating by round), and
 medians are compared. What a restructuring must not slow down: the build, the lazy mount's
-cold start (unthrottled and over a throttled store) and the warm sequential read.
+cold start (unthrottled and over a throttled store), the warm sequential read, and the
+daemon's prewarm through its API.
 
 Usage (as root; scripts/bench_ab.sh builds B and sets the environment):
     THAW_A=/path/old THAW_B=/path/new ROUNDS=5 python3 scripts/bench_ab.py
@@ -13,6 +14,7 @@ import os
 import statistics
 import time
 
+import bench_daemon
 import bench_mount
 from bench_common import ROOTFS, WORK, sh, drop_caches, fresh
 
@@ -22,8 +24,9 @@ WORKLOAD = bench_mount.WORKLOAD
 
 
 def use(binary):
-    """Makes the mount helpers run `binary`."""
+    """Makes the mount and daemon helpers run `binary`."""
     bench_mount.THAW = binary
+    bench_daemon.THAW = binary
 
 
 def build(binary):
@@ -44,6 +47,24 @@ def cold_start(binary, store, global_args):
     bench_mount.chroot_workload(m.mountpoint)
     took = time.perf_counter() - t0
     m.stop()
+    return took
+
+
+def daemon_prewarm(binary, store):
+    """Seconds for `thaw serve` (throttled store, fresh disk cache) to prewarm the whole
+    rootfs image through its API: the daemon's read path end to end."""
+    use(binary)
+    cache = f"{WORK}/ab-daemon-cache"
+    fresh(cache)
+    d = bench_daemon.Daemon(store, cache, ["--throttle", bench_mount.THROTTLE])
+    try:
+        t0 = time.perf_counter()
+        job = d.call("POST", "/v1/prewarm", {"image": "base", "scope": "all"})
+        done = d.wait_job(job["id"])
+        took = time.perf_counter() - t0
+    finally:
+        d.stop()
+    assert done["state"] == "done", done
     return took
 
 
@@ -89,6 +110,7 @@ def main():
         "cold start, unthrottled, s": lambda b: cold_start(b, store, []),
         f"cold start, throttled {bench_mount.THROTTLE}, s": lambda b: cold_start(b, store, throttle),
         "warm sequential read of 2 GiB, GB/s": lambda b: warm_read(b, big, cache, size),
+        f"daemon: prewarm of the whole rootfs, throttled {bench_mount.THROTTLE}, s": lambda b: daemon_prewarm(b, store),
     }
     runs = {name: {"A": [], "B": []} for name in figures}
     for r in range(ROUNDS):
