@@ -3,10 +3,9 @@
 
 use crate::errno::{errno_of, FsError};
 use crate::inodes::{file_type, from_fuse, to_fuse, InodeTable};
-use crate::reads::{assemble, overlapping, ReadData, ReadState};
+use crate::reads::{ReadData, ReadState};
 use crate::stats::{FsStats, Op};
 use crate::trace::TraceRecorder;
-use bytes::Bytes;
 use fuser::{
     AccessFlags, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
@@ -19,8 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use thaw_core::manifest::FileExtent;
-use thaw_core::{ChunkId, ImageId, InodeKind, Manifest};
+use thaw_core::{ImageId, InodeKind, Manifest};
 use thaw_store::ChunkReader;
 
 /// Tunables of a mounted image.
@@ -52,10 +50,10 @@ pub struct FsShared {
     pub reader: Arc<ChunkReader>,
     pub stats: FsStats,
     pub trace: Option<TraceRecorder>,
-    table: InodeTable,
-    config: FsConfig,
-    rt: tokio::runtime::Handle,
-    handles: Mutex<HashMap<u64, ReadState>>,
+    pub(crate) table: InodeTable,
+    pub(crate) config: FsConfig,
+    pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) handles: Mutex<HashMap<u64, ReadState>>,
     next_handle: AtomicU64,
     /// Whether any inode has an extended attribute.
     has_xattrs: bool,
@@ -110,100 +108,6 @@ impl FsShared {
 
     fn attr(&self, ino: u32) -> &FileAttr {
         &self.table.attrs[ino as usize]
-    }
-
-    /// Reads `[offset, offset + size)` of a file: see [`assemble`] for where the bytes go.
-    fn read(
-        &self,
-        ino: u32,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        scratch: &mut Vec<u8>,
-    ) -> Result<ReadData, FsError> {
-        let file_size = match &self.manifest.inodes[ino as usize].kind {
-            InodeKind::File { size, .. } => *size,
-            InodeKind::Directory { .. } => return Err(FsError::IsADirectory),
-            _ => return Err(FsError::BadHandle),
-        };
-        if offset >= file_size || size == 0 {
-            return Ok(ReadData::Chunk(Bytes::new()));
-        }
-        let end = (offset + u64::from(size)).min(file_size);
-        let extents = &self.table.extents[ino as usize];
-        let needed = overlapping(extents, offset, end);
-        self.read_ahead(fh, extents, needed, (offset, end, file_size));
-        let ids: Vec<ChunkId> = needed.iter().filter_map(|e| e.chunk).collect();
-        let chunks = self.chunks(&ids)?;
-        if let Some(t) = &self.trace {
-            for e in needed {
-                if let Some(id) = e.chunk {
-                    t.record(ino, e.offset, id);
-                }
-            }
-        }
-        let reply = assemble(needed, &chunks, offset, end, scratch)?;
-        self.stats.bytes_served.fetch_add(end - offset, Relaxed);
-        self.stats
-            .zero_bytes_served
-            .fetch_add(reply.zero_bytes, Relaxed);
-        Ok(reply.data)
-    }
-
-    /// The chunks of a read: from memory without entering the runtime when all are there
-    /// (readahead usually got there first), else through the reader within the timeout.
-    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Bytes>, FsError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let partial = match self.reader.lookup(ids).into_found() {
-            Ok(all) => return Ok(all),
-            Err(partial) => partial,
-        };
-        // The timer must be created inside the runtime, so inside the future.
-        let fetch = async {
-            tokio::time::timeout(self.config.read_timeout, self.reader.complete(partial)).await
-        };
-        match self.rt.block_on(fetch) {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(FsError::Timeout(self.config.read_timeout)),
-        }
-    }
-
-    /// Starts readahead for a sequential reader: the next chunks are fetched in the
-    /// background and never waited for here. `span` is (offset, end, file size).
-    fn read_ahead(
-        &self,
-        fh: u64,
-        extents: &[FileExtent],
-        needed: &[FileExtent],
-        span: (u64, u64, u64),
-    ) {
-        let (offset, end, file_size) = span;
-        let ahead =
-            self.handles
-                .lock()
-                .entry(fh)
-                .or_default()
-                .plan(offset, end, self.config.readahead_max);
-        let Some((from, to)) = ahead else {
-            return;
-        };
-        let ids: Vec<ChunkId> = overlapping(extents, from, to.min(file_size))
-            .iter()
-            .filter_map(|e| e.chunk)
-            .filter(|c| !needed.iter().any(|n| n.chunk == Some(*c)))
-            .collect();
-        if ids.is_empty() {
-            return;
-        }
-        self.stats
-            .readahead_chunks
-            .fetch_add(ids.len() as u64, Relaxed);
-        let reader = self.reader.clone();
-        self.rt.spawn(async move {
-            let _ = reader.read_many(&ids).await;
-        });
     }
 
     /// A directory's listing from `offset` on: `.`, `..`, then its entries, each with the

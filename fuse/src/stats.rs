@@ -1,7 +1,7 @@
 //! Counters of FUSE operations and bytes served, rendered as `key: value` text.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use thaw_store::read::schedule::{HistogramSnapshot, LatencyHistogram};
+use thaw_store::read::histogram::{HistogramSnapshot, LatencyHistogram};
 use thaw_store::ReaderStats;
 
 /// The operations counted.

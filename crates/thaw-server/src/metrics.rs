@@ -5,7 +5,7 @@
 
 use crate::Node;
 use std::fmt::Write;
-use thaw_store::read::schedule::{HistogramSnapshot, LATENCY_BUCKETS};
+use thaw_store::read::histogram::{HistogramSnapshot, LATENCY_BUCKETS};
 
 /// Writes `# HELP` and `# TYPE` once per metric family.
 struct Out(String);

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod fetcher;
 pub mod flight;
+pub mod histogram;
 mod prefetch;
 pub mod reader;
 pub mod schedule;
