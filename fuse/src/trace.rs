@@ -65,9 +65,10 @@ impl TraceRecorder {
             records,
         }
         .encode();
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)?;
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
+        let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(std::path::Path::new(".")))?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
         Ok(n)
     }
 }
