@@ -125,6 +125,12 @@ for b in "2 16" "4 64" "8 64"; do
   set -- $b
   row "buffers_${1}x${2}MiB" warm 1 "$BIN/thaw" --store "$W/store" weights w w.safetensors --buffers "$1" --buffer-mib "$2"
 done
+# How far more chunks in flight (more decode parallelism) moves the loader, from packs and
+# from the disk cache.
+for n in 8 128 512; do
+  row "in_flight_${n}_store" warm 1 "$BIN/thaw" --store "$W/store" weights w w.safetensors --in-flight "$n"
+  row "in_flight_${n}_disk_cache" warm 1 "$BIN/thaw" --store "$W/store" weights w w.safetensors --cache "$W/cache" --in-flight "$n"
+done
 
 phase summary
 python3 - "$R" <<'PY' | tee "$OUT/summary.md"
