@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thaw_core::{ImageId, Manifest};
-use thaw_store::{ChunkReader, PrefetchProgress, Repository};
+use thaw_store::{ChunkReader, PrefetchProgress, ReadError, ReaderConfig, RepoError, Repository};
 use tokio_util::sync::CancellationToken;
 
 /// Why a session could not start or end cleanly.
@@ -32,17 +32,28 @@ pub enum SessionError {
     /// A blocking mount or unmount task died.
     #[error("the {0} task failed")]
     Task(&'static str),
+    /// The image could not be resolved or its manifest read.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The session's own reader (its disk cache) could not be made.
+    #[error(transparent)]
+    Reader(#[from] ReadError),
 }
 
-/// What to mount, and how.
+/// Where a session's reader comes from.
+#[derive(Debug)]
+pub enum ReaderSource {
+    /// A reader of its own, with these caches (`thaw mount`).
+    Own(ReaderConfig),
+    /// A reader shared with other mounts (the daemon's one reader, so one cache).
+    Shared(Arc<ChunkReader>),
+}
+
+/// Where and how to mount (the image is given separately).
 #[derive(Debug)]
 pub struct SessionSpec {
     /// The mount's id (the daemon's API id, or a random one).
     pub id: String,
-    /// The image and its manifest.
-    pub image: ImageId,
-    /// Its manifest.
-    pub manifest: Arc<Manifest>,
     /// Where to mount it.
     pub mountpoint: PathBuf,
     /// The filesystem's tunables.
@@ -115,19 +126,54 @@ pub struct MountSession {
     prefetch: Option<Prefetch>,
 }
 
+/// An image to mount: its id and manifest.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The image's id.
+    pub id: ImageId,
+    /// Its manifest.
+    pub manifest: Arc<Manifest>,
+}
+
 impl MountSession {
-    /// Mounts `spec.image` through `reader` and records the mount in `registry`. If the
-    /// record cannot be written, nothing stays mounted.
+    /// Opens a session from an image name (a tag, an id or an unambiguous prefix):
+    /// resolves it in `repo`, makes or takes the reader, starts the image's trace prefetch
+    /// when `trace_prefetch` is set (before loading the manifest: both are a round trip
+    /// away), loads the manifest, mounts and records the mount.
+    pub async fn open(
+        repo: &Repository,
+        name: &str,
+        reader: ReaderSource,
+        trace_prefetch: bool,
+        spec: SessionSpec,
+        registry: MountRegistry,
+    ) -> Result<Self, SessionError> {
+        let id = repo.resolve(name).await?;
+        let reader = match reader {
+            ReaderSource::Own(config) => ChunkReader::new(repo.packs().clone(), config)?,
+            ReaderSource::Shared(reader) => reader,
+        };
+        let prefetch = trace_prefetch.then(|| Prefetch::trace(repo, &reader, id));
+        let manifest = match repo.get_manifest(&id).await {
+            Ok(m) => Arc::new(m),
+            Err(e) => return Err(stop_then(prefetch, e.into()).await),
+        };
+        Self::start(reader, Image { id, manifest }, spec, registry, prefetch).await
+    }
+
+    /// Mounts `image` through `reader` and records the mount in `registry`. If the record
+    /// cannot be written, nothing stays mounted.
     pub async fn start(
         reader: Arc<ChunkReader>,
+        image: Image,
         spec: SessionSpec,
         registry: MountRegistry,
         prefetch: Option<Prefetch>,
     ) -> Result<Self, SessionError> {
         let rt = tokio::runtime::Handle::current();
         let fs = ThawFs::new(
-            spec.manifest,
-            spec.image,
+            image.manifest,
+            image.id,
             reader,
             spec.fs,
             spec.record_trace,
@@ -143,7 +189,7 @@ impl MountSession {
         };
         let record = MountRecord {
             id: spec.id,
-            image: spec.image.to_string(),
+            image: image.id.to_string(),
             mountpoint: handle.mountpoint().to_path_buf(),
             fuse_dir: handle.fuse_dir().to_path_buf(),
             upper: spec.options.writable,

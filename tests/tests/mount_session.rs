@@ -10,21 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 use thaw_fuse::mount::is_mounted;
 use thaw_fuse::registry::{MountRegistry, ProcessId};
-use thaw_fuse::session::{MountSession, SessionSpec};
+use thaw_fuse::session::{Image, MountSession, ReaderSource, SessionSpec};
 use thaw_fuse::{FsConfig, MountOptions};
 use thaw_store::{ChunkReader, ReaderConfig};
 use thaw_tests::{built_small_store, can_mount, local_repo};
 
-fn spec(
-    image: thaw_core::ImageId,
-    manifest: Arc<thaw_core::Manifest>,
-    mnt: &Path,
-    upper: Option<&Path>,
-) -> SessionSpec {
+fn spec(mnt: &Path, upper: Option<&Path>) -> SessionSpec {
     SessionSpec {
         id: "0123456789abcdef".into(),
-        image,
-        manifest,
         mountpoint: mnt.to_path_buf(),
         fs: FsConfig::default(),
         options: MountOptions {
@@ -63,11 +56,17 @@ async fn a_session_records_its_mount_and_cleans_up_after_a_dead_owner() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
 
-    let session = MountSession::start(
-        reader.clone(),
-        spec(image, manifest.clone(), &mnt, None),
+    // Opened by name (an id prefix), resolved, with the trace prefetch asked for (the
+    // image has no trace: nothing to warm) and the shared reader.
+    let prefix = &image.to_string()[..12];
+    let shared = ReaderSource::Shared(reader.clone());
+    let session = MountSession::open(
+        &repo,
+        prefix,
+        shared,
+        true,
+        spec(&mnt, None),
         registry.clone(),
-        None,
     )
     .await
     .expect("mount");
@@ -93,9 +92,14 @@ async fn a_session_records_its_mount_and_cleans_up_after_a_dead_owner() {
 
     // A writable mount whose serving process "died": its record names a dead process.
     let upper = tmp.path().join("upper");
+    let image_ref = Image {
+        id: image,
+        manifest,
+    };
     let session = MountSession::start(
         reader,
-        spec(image, manifest, &mnt, Some(&upper)),
+        image_ref,
+        spec(&mnt, Some(&upper)),
         registry.clone(),
         None,
     )

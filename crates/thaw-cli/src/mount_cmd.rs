@@ -3,14 +3,13 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use thaw_api::Client;
 use thaw_fuse::mount::{absolute, is_mounted};
 use thaw_fuse::registry::{clean_up, MountRecord, MountRegistry};
-use thaw_fuse::session::{write_status, MountSession, Prefetch, SessionSpec};
+use thaw_fuse::session::{write_status, MountSession, ReaderSource, SessionSpec};
 use thaw_fuse::{FsConfig, MountOptions};
-use thaw_store::{ChunkReader, ReaderConfig, Repository};
+use thaw_store::{ReaderConfig, Repository};
 
 /// Arguments of `thaw mount`.
 #[derive(Debug, clap::Args)]
@@ -82,23 +81,14 @@ async fn signalled() -> &'static str {
 
 /// Runs a mount in the foreground until SIGINT, SIGTERM or an external unmount.
 pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Result<()> {
-    let id = repo.resolve(&args.image).await?;
-    let reader = ChunkReader::new(
-        repo.packs().clone(),
-        ReaderConfig {
-            memory_bytes: args.memory_cache,
-            disk: args.cache.clone().map(|c| (c, args.cache_size)),
-            fetch_around: args.fetch_around,
-            ..Default::default()
-        },
-    )?;
-    // The prefetch starts before the manifest is loaded: both are a round trip away.
-    let prefetch = (args.prefetch == "trace").then(|| Prefetch::trace(repo, &reader, id));
-    let manifest = Arc::new(repo.get_manifest(&id).await?);
+    let reader = ReaderSource::Own(ReaderConfig {
+        memory_bytes: args.memory_cache,
+        disk: args.cache.clone().map(|c| (c, args.cache_size)),
+        fetch_around: args.fetch_around,
+        ..Default::default()
+    });
     let spec = SessionSpec {
         id: format!("{:016x}", rand::random::<u64>()),
-        image: id,
-        manifest,
         mountpoint: args.mountpoint.clone(),
         fs: FsConfig {
             read_timeout: Duration::from_secs(args.timeout),
@@ -116,9 +106,18 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
         requested_by: requested_by(),
         daemon: None,
     };
-    let session = MountSession::start(reader, spec, MountRegistry::node(), prefetch)
-        .await
-        .with_context(|| format!("mounting {id} at {}", args.mountpoint.display()))?;
+    let trace = args.prefetch == "trace";
+    let session = MountSession::open(
+        repo,
+        &args.image,
+        reader,
+        trace,
+        spec,
+        MountRegistry::node(),
+    )
+    .await
+    .with_context(|| format!("mounting {} at {}", args.image, args.mountpoint.display()))?;
+    let id = &session.record().image;
     eprintln!("mounted {id} at {}", session.mountpoint().display());
     let status = args.status_file.as_deref();
     let reason = session

@@ -12,7 +12,7 @@ use std::time::Duration;
 use thaw_api::api::{self, ErrorCode};
 use thaw_core::{ImageId, Manifest};
 use thaw_fuse::registry::MountRegistry;
-use thaw_fuse::session::{MountSession, SessionSpec};
+use thaw_fuse::session::{Image, MountSession, SessionSpec};
 use thaw_fuse::{FsConfig, MountOptions, StatsSnapshot};
 use thaw_store::ChunkReader;
 
@@ -150,8 +150,6 @@ impl Mounts {
         let upper = writable.then(|| self.settings.state_dir.join("uppers").join(&id));
         let spec = SessionSpec {
             id: id.clone(),
-            image,
-            manifest,
             mountpoint: mountpoint.clone(),
             fs: FsConfig {
                 read_timeout: self.settings.read_timeout,
@@ -169,7 +167,11 @@ impl Mounts {
             daemon: self.settings.api_address.clone(),
         };
         let registry = self.settings.registry.clone();
-        let session = MountSession::start(reader.clone(), spec, registry, None)
+        let image_ref = Image {
+            id: image,
+            manifest,
+        };
+        let session = MountSession::start(reader.clone(), image_ref, spec, registry, None)
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("mounting {image}: {e}")))?;
         let entry = Arc::new(MountEntry {
