@@ -6,6 +6,7 @@
 //! in exactly one place, [`errno::errno_of`].
 
 pub mod errno;
+pub mod files;
 mod fs;
 mod inodes;
 pub mod mount;

@@ -113,6 +113,35 @@ pub fn mount(
         }
         None => mountpoint.clone(),
     };
+    let config = fuse_config(&fs, options);
+    let session = fuser::spawn_mount(fs.clone(), &fuse_dir, &config)
+        .map_err(io("mount FUSE at", &fuse_dir))?;
+    let mut handle = MountHandle {
+        fs,
+        session: Some(session),
+        mountpoint: mountpoint.clone(),
+        fuse_dir: fuse_dir.clone(),
+        overlay: false,
+    };
+    if options.kernel_readahead > 0 {
+        if let Err(e) = set_kernel_readahead(&fuse_dir, options.kernel_readahead) {
+            tracing::info!(mountpoint = %fuse_dir.display(), error = %e, "kernel readahead left at its default");
+        }
+    }
+    if let Some(upper) = &options.writable {
+        let upper = upper.canonicalize().map_err(io("resolve", upper))?;
+        if let Err(e) = mount_overlay(&fuse_dir, &upper, &mountpoint) {
+            drop(handle); // unmounts the FUSE layer
+            return Err(io("mount overlayfs at", &mountpoint)(e));
+        }
+        handle.overlay = true;
+    }
+    Ok(handle)
+}
+
+/// fuser's settings for a mount: read-only, `nosuid`, `nodev`, kernel permission checks,
+/// auto-unmount when asked (or when `fusermount3` exists), `clone_fd` worker threads.
+fn fuse_config(fs: &ThawFs, options: &MountOptions) -> Config {
     let image = fs.shared().image;
     let mut mount_options = vec![
         MountOption::RO,
@@ -134,42 +163,23 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::spawn_mount(fs.clone(), &fuse_dir, &config)
-        .map_err(io("mount FUSE at", &fuse_dir))?;
-    let mut handle = MountHandle {
-        fs,
-        session: Some(session),
-        mountpoint: mountpoint.clone(),
-        fuse_dir: fuse_dir.clone(),
-        overlay: false,
-    };
-    if options.kernel_readahead > 0 {
-        if let Err(e) = set_kernel_readahead(&fuse_dir, options.kernel_readahead) {
-            tracing::info!(mountpoint = %fuse_dir.display(), error = %e, "kernel readahead left at its default");
-        }
-    }
-    if let Some(upper) = &options.writable {
-        let upper = upper.canonicalize().map_err(io("resolve", upper))?;
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            fuse_dir.display(),
-            upper.join("upper").display(),
-            upper.join("work").display()
-        );
-        let mounted = CString::new(data)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-            .and_then(|data| {
-                let flags = rustix::mount::MountFlags::empty();
-                rustix::mount::mount("overlay", &mountpoint, "overlay", flags, data.as_c_str())
-                    .map_err(std::io::Error::from)
-            });
-        if let Err(e) = mounted {
-            drop(handle); // unmounts the FUSE layer
-            return Err(io("mount overlayfs at", &mountpoint)(e));
-        }
-        handle.overlay = true;
-    }
-    Ok(handle)
+    config
+}
+
+/// Mounts an overlayfs at `mountpoint`: `lower` read-only under `upper/upper` (writes) and
+/// `upper/work`.
+fn mount_overlay(lower: &Path, upper: &Path, mountpoint: &Path) -> std::io::Result<()> {
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.join("upper").display(),
+        upper.join("work").display()
+    );
+    let data =
+        CString::new(data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let flags = rustix::mount::MountFlags::empty();
+    rustix::mount::mount("overlay", mountpoint, "overlay", flags, data.as_c_str())
+        .map_err(std::io::Error::from)
 }
 
 /// The sysfs file holding the readahead of the filesystem mounted at `path`.

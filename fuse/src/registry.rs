@@ -191,14 +191,9 @@ impl MountRegistry {
             move |source| RegistryError::Io { op, path, source }
         };
         std::fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
-            .map_err(io("create a temporary file in", &self.dir))?;
-        std::io::Write::write_all(&mut tmp, record.encode().as_bytes())
-            .map_err(io("write", tmp.path()))?;
         let target = self.path_for(&record.mountpoint);
-        tmp.persist(&target)
-            .map_err(|e| io("rename into", &target)(e.error))?;
-        Ok(())
+        crate::files::write_atomically(&target, record.encode().as_bytes())
+            .map_err(io("write", &target))
     }
 
     /// The record of a mount point, if there is one.

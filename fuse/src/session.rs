@@ -308,16 +308,7 @@ async fn stop_then(prefetch: Option<Prefetch>, e: SessionError) -> SessionError 
 
 /// Rewrites a status file atomically; a failure is logged, not fatal.
 pub fn write_status(path: &Path, text: &str) {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut tmp| {
-        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    });
-    if let Err(e) = written {
+    if let Err(e) = crate::files::write_atomically(path, text.as_bytes()) {
         tracing::warn!(path = %path.display(), error = %e, "could not write the status file");
     }
 }

@@ -65,10 +65,7 @@ impl TraceRecorder {
             records,
         }
         .encode();
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
-        let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(std::path::Path::new(".")))?;
-        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
+        crate::files::write_atomically(&self.path, text.as_bytes())?;
         Ok(n)
     }
 }

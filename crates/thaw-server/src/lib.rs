@@ -93,17 +93,13 @@ pub async fn serve(
     tracing::info!(%addr, "listening");
     eprintln!("thaw serve: listening on http://{addr}");
     if let Some(f) = &config.ready_file {
-        let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
-        tempfile::NamedTempFile::new_in(dir.unwrap_or(std::path::Path::new(".")))
-            .and_then(|mut tmp| {
-                std::io::Write::write_all(&mut tmp, format!("{addr}\n").as_bytes())?;
-                tmp.persist(f).map(|_| ()).map_err(|e| e.error)
-            })
-            .map_err(|source| ServeError::Io {
+        thaw_fuse::files::write_atomically(f, format!("{addr}\n").as_bytes()).map_err(
+            |source| ServeError::Io {
                 what: "writing the ready file",
                 path: f.display().to_string(),
                 source,
-            })?;
+            },
+        )?;
     }
     let served = axum::serve(listener, router(node.clone()))
         .with_graceful_shutdown(shutdown)

@@ -53,16 +53,16 @@ impl Out {
 
 impl Out {
     /// One family, its name written once, with a sample per label set.
-    fn labelled<V: std::fmt::Display>(
+    fn labelled<L: AsRef<str>, V: std::fmt::Display>(
         &mut self,
         name: &str,
         kind: &str,
         help: &str,
-        samples: &[(&str, V)],
+        samples: &[(L, V)],
     ) {
         self.family(name, kind, help);
         for (labels, value) in samples {
-            self.sample(name, labels, value);
+            self.sample(name, labels.as_ref(), value);
         }
     }
 }
@@ -80,7 +80,6 @@ pub fn render(node: &Node) -> String {
         .into_iter()
         .map(|(class, n)| (format!("code=\"{class}\""), n))
         .collect();
-    let http: Vec<(&str, u64)> = http.iter().map(|(l, n)| (l.as_str(), *n)).collect();
     o.labelled(
         "thaw_http_requests_total",
         "counter",
@@ -211,7 +210,6 @@ fn prefetch(o: &mut Out, node: &Node) {
         let n = jobs.iter().filter(|j| j.state().as_str() == state).count();
         (format!("state=\"{state}\""), n)
     });
-    let by_state: Vec<(&str, usize)> = by_state.iter().map(|(l, n)| (l.as_str(), *n)).collect();
     o.labelled("thaw_jobs", "gauge", "Prewarm jobs by state.", &by_state);
 }
 

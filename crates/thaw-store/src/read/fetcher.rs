@@ -68,11 +68,6 @@ impl Fetcher {
         self.scheduler.stats()
     }
 
-    /// Whether a fetch of `id` is in flight.
-    pub fn in_flight(&self, id: &ChunkId) -> bool {
-        self.flights.contains(id)
-    }
-
     /// Chunks being fetched now.
     pub fn flights_len(&self) -> usize {
         self.flights.len()
@@ -81,11 +76,11 @@ impl Fetcher {
     /// Fetches chunks missing from memory: joins fetches in flight, starts one flight for
     /// the rest (disk cache, then the store). One outcome per chunk, in order.
     pub async fn fetch(self: &Arc<Self>, ids: &[ChunkId], class: FetchClass) -> Vec<Outcome> {
-        let guard = self.claim(ids, class);
-        if let Some(guard) = guard.guard {
+        let claim = self.claim(ids, class);
+        if let Some(guard) = claim.guard {
             tokio::spawn(self.clone().fly(guard, None));
         }
-        futures::future::join_all(guard.waiters.into_iter().map(|w| w.wait())).await
+        futures::future::join_all(claim.waiters.into_iter().map(|w| w.wait())).await
     }
 
     /// Fetches one planned run of a prefetch (its chunks known to be neither in memory nor
