@@ -98,3 +98,34 @@ async fn a_missing_pack_is_a_permanent_error_and_the_next_read_tries_again() {
     std::fs::write(&path, saved).expect("restore pack");
     assert_eq!(ChunkId::of(&reader.read(id).await.expect("read")), id);
 }
+
+/// The race behind a flaky fetch-around test: a reader misses memory just before a flight
+/// puts the chunk there, and claims it just after that flight has ended. The fetcher must
+/// look in memory once more rather than GET the chunk again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_reached_memory_after_a_miss_is_not_fetched_again() {
+    let (tmp, image) = built_small_store().await;
+    let local = Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
+    let counting = Arc::new(thaw_store::blob::wrap::CountingStore::new(local));
+    let counters = counting.counters();
+    let repo = Repository::open(counting).await.unwrap();
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
+    let m = repo.get_manifest(&image).await.unwrap();
+    let d = m.lookup(0, b"d").unwrap();
+    let f0 = m.lookup(d, b"f0").unwrap();
+    let id = m.file_extents(f0)[0].chunk.unwrap();
+    reader.read(id).await.unwrap();
+    let before = counters.snapshot().gets;
+    // What the late reader does after its memory lookup missed: ask the fetcher.
+    let got = reader
+        .fetcher()
+        .fetch(&[id], thaw_store::FetchClass::OnDemand)
+        .await;
+    assert_eq!(ChunkId::of(got[0].as_ref().unwrap()), id);
+    assert_eq!(
+        counters.snapshot().gets - before,
+        0,
+        "served from memory, no GET"
+    );
+    assert_eq!(reader.fetcher().flights_len(), 0);
+}

@@ -110,14 +110,15 @@ impl Fetcher {
     /// One flight: the disk cache (unless the run was planned already), then the store.
     /// Every path out of here drops `guard`, which releases whoever still waits.
     async fn fly(self: Arc<Self>, mut guard: FlightGuard, run: Option<FetchRun>) {
+        let missing = self.serve_from_memory(&guard);
         let runs = match run {
             Some(mut run) => {
-                let ours: HashSet<ChunkId> = guard.ids().iter().copied().collect();
+                let ours: HashSet<ChunkId> = missing.into_iter().collect();
                 run.retain(|id| ours.contains(id));
                 vec![run]
             }
             None => {
-                let misses = self.serve_from_disk(&guard).await;
+                let misses = self.serve_from_disk(&guard, missing).await;
                 self.plan(&mut guard, &misses)
             }
         };
@@ -138,12 +139,25 @@ impl Fetcher {
         drop(guard);
     }
 
-    /// Serves the flight's chunks the disk cache holds; returns the rest.
-    async fn serve_from_disk(&self, guard: &FlightGuard) -> Vec<ChunkId> {
-        if self.caches.disk.is_none() {
-            return guard.ids().to_vec();
+    /// Serves the flight's chunks that memory holds after all; returns the rest. A reader
+    /// can miss memory just before another flight puts a chunk there and claim it just
+    /// after that flight ends: without this look the chunk would be fetched again.
+    fn serve_from_memory(&self, guard: &FlightGuard) -> Vec<ChunkId> {
+        let mut missing = Vec::with_capacity(guard.ids().len());
+        for id in guard.ids() {
+            match self.caches.memory.get(id) {
+                Some(data) => guard.deliver(id, Ok(data)),
+                None => missing.push(*id),
+            }
         }
-        let ids = guard.ids().to_vec();
+        missing
+    }
+
+    /// Serves the chunks of `ids` the disk cache holds; returns the rest.
+    async fn serve_from_disk(&self, guard: &FlightGuard, ids: Vec<ChunkId>) -> Vec<ChunkId> {
+        if self.caches.disk.is_none() {
+            return ids;
+        }
         let per = ids.len().div_ceil(DISK_READS_IN_FLIGHT).max(1);
         let reads: Vec<_> = ids
             .chunks(per)
