@@ -108,6 +108,15 @@ impl BlobStore for ObjectStoreBackend {
         Ok(())
     }
 
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self.inner.put_opts(&path(key)?, data.into(), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(map_err("put_if_absent", key, e)),
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let r = self
             .inner
@@ -222,6 +231,11 @@ pub fn open_store(spec: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(spec)
                 .with_retry(single_attempt());
+            if std::env::var_os("AWS_CONDITIONAL_PUT").is_none() {
+                // S3's native create-if-absent (If-None-Match: *), which gc's deletion
+                // marks rely on; AWS_CONDITIONAL_PUT chooses another for S3-like stores.
+                b = b.with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+            }
             if let Ok(endpoint) =
                 std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
             {

@@ -18,6 +18,7 @@ pub async fn run(store: &dyn BlobStore) {
     missing_objects(store, &base).await;
     ranges(store, &base).await;
     overwrite_is_atomic_replace(store, &base).await;
+    create_if_absent(store, &base).await;
     listing(store, &base).await;
     delete(store, &base).await;
     large_object(store, &base).await;
@@ -90,6 +91,31 @@ async fn overwrite_is_atomic_replace(s: &dyn BlobStore, base: &str) {
         .expect("put 2");
     assert_eq!(s.get(&key).await.expect("get"), &b"second"[..]);
     assert_eq!(s.head(&key).await.expect("head").size, 6);
+}
+
+/// Of 8 writers racing to create one key exactly one wins, and the winner's bytes stay.
+async fn create_if_absent(s: &dyn BlobStore, base: &str) {
+    let key = format!("{base}/create");
+    let created = s
+        .put_if_absent(&key, Bytes::from_static(b"first"))
+        .await
+        .expect("create");
+    assert!(created, "a missing key is created");
+    let again = s
+        .put_if_absent(&key, Bytes::from_static(b"second"))
+        .await
+        .expect("create again");
+    assert!(!again, "an existing key is not replaced");
+    assert_eq!(s.get(&key).await.expect("get"), &b"first"[..]);
+    let race = format!("{base}/race");
+    let attempts = (0..8u8).map(|i| s.put_if_absent(&race, Bytes::from(vec![i; 4])));
+    let results = futures::future::join_all(attempts).await;
+    let winners: Vec<usize> = (0..8)
+        .filter(|&i| *results[i].as_ref().expect("racing create"))
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one racing create wins");
+    let winner = u8::try_from(winners[0]).expect("small");
+    assert_eq!(s.get(&race).await.expect("get"), vec![winner; 4]);
 }
 
 async fn listing(s: &dyn BlobStore, base: &str) {

@@ -32,6 +32,11 @@ pub struct ObjectInfo {
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Writes an object whole (atomically replacing any old one).
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    /// Writes an object only if no object has `key`; returns whether it was written. The
+    /// check and the write are one atomic step in the backend (`PutMode::Create`), so of
+    /// two writers racing for a key exactly one wins. A retried create whose first attempt
+    /// landed reports `false`: the object exists either way.
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError>;
     /// Reads a whole object.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     /// Reads exactly `range` of an object.

@@ -103,6 +103,14 @@ impl BlobStore for CountingStore {
         let r = self.inner.put(key, data).await;
         self.count(r)
     }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        self.counters.puts.fetch_add(1, Relaxed);
+        self.counters
+            .put_bytes
+            .fetch_add(data.len() as u64, Relaxed);
+        let r = self.inner.put_if_absent(key, data).await;
+        self.count(r)
+    }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.counters.gets.fetch_add(1, Relaxed);
         let r = self.inner.get(key).await;

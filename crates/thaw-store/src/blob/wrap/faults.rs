@@ -83,6 +83,10 @@ impl BlobStore for FaultyStore {
         self.check("put", key)?;
         self.inner.put(key, data).await
     }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        self.check("put_if_absent", key)?;
+        self.inner.put_if_absent(key, data).await
+    }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.check("get", key)?;
         self.inner.get(key).await

@@ -95,6 +95,12 @@ impl BlobStore for RetryStore {
         self.run("put", key, || self.inner.put(key, data.clone()))
             .await
     }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        self.run("put_if_absent", key, || {
+            self.inner.put_if_absent(key, data.clone())
+        })
+        .await
+    }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.run("get", key, || self.inner.get(key)).await
     }

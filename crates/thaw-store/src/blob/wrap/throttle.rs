@@ -92,6 +92,10 @@ impl BlobStore for ThrottledStore {
         self.transfer(data.len() as u64).await;
         self.inner.put(key, data).await
     }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        self.transfer(data.len() as u64).await;
+        self.inner.put_if_absent(key, data).await
+    }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let b = self.inner.get(key).await?;
         self.transfer(b.len() as u64).await;
