@@ -94,6 +94,7 @@ async fn assert_rejected(bytes: &[u8], needle: &str) {
         "no tag after a failed build"
     );
     // Chunks uploaded before the failure are garbage for gc.
+    repo.gc(true, Duration::ZERO).await.unwrap();
     let gc = repo.gc(true, Duration::ZERO).await.unwrap();
     assert!(
         repo.packs().packs().is_empty(),

@@ -294,31 +294,43 @@ pub async fn rmi(repo: &Repository, image: &str) -> Result<()> {
 }
 
 /// `thaw gc`.
-pub async fn gc(repo: &Repository, apply: bool, min_age: u64) -> Result<()> {
-    let r = repo.gc(apply, Duration::from_secs(min_age)).await?;
+pub async fn gc(repo: &Repository, apply: bool, safety_period: u64) -> Result<()> {
+    let r = repo.gc(apply, Duration::from_secs(safety_period)).await?;
     println!(
-        "images: {} referenced_chunks: {} packs: {}",
-        r.images, r.referenced_chunks, r.packs
+        "images: {} referenced_chunks: {} packs: {} orphans: {}",
+        r.images, r.referenced_chunks, r.packs, r.orphans
     );
-    let verb = if r.deleted { "deleted" } else { "would delete" };
-    for (pack, bytes) in &r.unreferenced_packs {
-        println!("{verb} pack {pack} ({})", size(*bytes));
+    let (delete, mark, unmark) = if r.applied {
+        ("deleted", "marked", "revived")
+    } else {
+        ("would delete", "would mark", "would revive")
+    };
+    for (pack, bytes) in &r.deletable {
+        println!("{delete} pack {pack} ({})", size(*bytes));
     }
-    for (key, bytes) in &r.orphan_objects {
-        println!("{verb} orphan {key} ({})", size(*bytes));
+    for (pack, bytes) in &r.newly_marked {
+        println!("{mark} pack {pack} ({})", size(*bytes));
     }
+    for pack in &r.revived {
+        println!("{unmark} pack {pack} (an image uses it again)");
+    }
+    println!("freed: {} ({})", r.freed_bytes(), size(r.freed_bytes()));
     println!(
         "reclaimable: {} ({})",
         r.reclaimable_bytes(),
         size(r.reclaimable_bytes())
     );
-    println!("kept_young_packs: {}", r.too_young);
+    println!(
+        "waiting_packs: {} (marked, within the safety period)",
+        r.waiting.len()
+    );
+    println!("stale_marks: {}", r.stale_marks);
     println!(
         "unreferenced_bytes_in_live_packs: {}",
         r.unreferenced_bytes_in_live_packs
     );
-    if !r.deleted {
-        println!("(dry run: pass --apply to delete)");
+    if !r.applied {
+        println!("(dry run: pass --apply to mark and delete)");
     }
     Ok(())
 }

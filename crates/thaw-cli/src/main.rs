@@ -72,13 +72,15 @@ enum Command {
     /// The node daemon's cache.
     #[command(subcommand)]
     Cache(CacheCommand),
-    /// Remove packs that no image references. Dry run unless --apply.
+    /// Remove packs that no image references, in two passes: one marks them, a pass
+    /// after the safety period deletes those still unreferenced. Dry run unless --apply.
     Gc {
         #[arg(long)]
         apply: bool,
-        /// Keep packs younger than this many seconds (a build may be using them).
-        #[arg(long, default_value_t = 3600)]
-        min_age: u64,
+        /// Seconds a pack stays marked before a pass may delete it: builds and mounts
+        /// of removed images that still use it get this long to revive it.
+        #[arg(long, visible_alias = "min-age", default_value_t = 3600)]
+        safety_period: u64,
     },
 }
 
@@ -145,7 +147,10 @@ async fn main() -> Result<()> {
         Command::Trace(t) => trace_cmd::run(&repo, t).await?,
         Command::Weights(w) => weights_cmd::run(&repo, w).await?,
         Command::Serve(args) => serve_cmd::serve(repo.clone(), args).await?,
-        Command::Gc { apply, min_age } => image_cmd::gc(&repo, *apply, *min_age).await?,
+        Command::Gc {
+            apply,
+            safety_period,
+        } => image_cmd::gc(&repo, *apply, *safety_period).await?,
         Command::Umount { .. } | Command::Prewarm(_) | Command::Jobs(_) | Command::Cache(_) => {
             bail!("internal: this command needs no store")
         }

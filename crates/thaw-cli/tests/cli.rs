@@ -97,12 +97,18 @@ fn build_inspect_export_gc_on_the_edge_case_tree() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not an empty directory"));
 
-    let gc = ok(&store, &["gc", "--min-age", "0"]);
+    let gc = ok(&store, &["gc", "--safety-period", "0"]);
     assert!(
         gc.contains("reclaimable: 0 ") && gc.contains("dry run"),
         "{gc}"
     );
     ok(&store, &["rmi", "edge:v1"]);
+    // Two phases: the first pass marks, the next deletes.
+    let gc = ok(&store, &["gc", "--safety-period", "0", "--apply"]);
+    assert!(
+        gc.contains("marked pack") && !gc.contains("deleted pack"),
+        "{gc}"
+    );
     let gc = ok(&store, &["gc", "--min-age", "0", "--apply"]);
     assert!(gc.contains("deleted pack"), "{gc}");
     assert!(

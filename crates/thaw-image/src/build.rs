@@ -89,7 +89,8 @@ pub struct BuildReport {
     pub writer: WriterStats,
 }
 
-/// Builds an image into `repo` and tags it. A failed build stores no manifest and no tag.
+/// Builds an image into `repo` and tags it. A failed build stores no manifest and no tag;
+/// one that gc raced ends with [`thaw_store::RepoError::GcConflict`] and can be run again.
 pub async fn build(
     repo: &Repository,
     source: BuildSource,
@@ -99,6 +100,8 @@ pub async fn build(
         thaw_core::tag::validate_tag(tag)?;
     }
     options.chunker.validate()?;
+    // Before any chunk is deduplicated: packs gc is deleting are not reused.
+    let ticket = repo.begin_build().await?;
     let writer = PackWriter::new(repo.packs().clone(), options.writer)
         .with_first_access(&options.first_access);
     let bytes_read = options.progress.clone().unwrap_or_default();
@@ -131,7 +134,7 @@ pub async fn build(
     let tree = tree?;
     let writer_stats = finished?;
     let manifest = tree.to_manifest();
-    let (image, manifest_bytes) = repo.put_manifest(&manifest).await?;
+    let (image, manifest_bytes) = repo.commit_manifest(&ticket, &manifest).await?;
     if let Some(tag) = &options.tag {
         repo.set_tag(tag, &image).await?;
     }

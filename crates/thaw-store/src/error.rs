@@ -149,6 +149,16 @@ pub enum RepoError {
     /// The pack writer's pipeline failed.
     #[error("pack writer: {0}")]
     Writer(String),
+    /// gc marked or deleted packs this build's image needs while the build ran. The
+    /// manifest was withdrawn; building again works (marked packs are not reused).
+    #[error(
+        "gc is deleting {} pack(s) this build needs (first: {}); nothing was stored, build again",
+        packs.len(), packs.first().map(ToString::to_string).unwrap_or_default()
+    )]
+    GcConflict {
+        /// The packs marked or gone.
+        packs: Vec<PackId>,
+    },
     /// A stored trace does not decode.
     #[error("trace {key:?}: {source}")]
     BadTrace {

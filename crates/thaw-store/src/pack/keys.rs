@@ -16,6 +16,23 @@ pub const TRACES_PREFIX: &str = "traces";
 /// costs one GET.
 pub const PREFETCH_PREFIX: &str = "prefetch";
 
+/// gc's deletion marks (`gc/marks/<pack>`) and its clock object.
+pub const GC_PREFIX: &str = "gc";
+/// Deletion marks, one per pack gc found unreferenced.
+pub const MARKS_PREFIX: &str = "gc/marks";
+/// The object gc writes and reads back to learn the store's time.
+pub const CLOCK_KEY: &str = "gc/clock";
+
+/// The deletion mark of a pack.
+pub fn mark_key(pack: &PackId) -> String {
+    format!("{MARKS_PREFIX}/{pack}")
+}
+
+/// The pack a mark key names, if it is one.
+pub fn pack_of_mark_key(key: &str) -> Option<PackId> {
+    key.strip_prefix("gc/marks/")?.parse().ok()
+}
+
 /// The pack object.
 pub fn pack_key(pack: &PackId) -> String {
     format!("{PACKS_PREFIX}/{pack}.pack")

@@ -14,6 +14,8 @@ use thaw_core::{ChunkId, Compression, PackEntry, PackId, PackIndex};
 
 /// Chunks of one pack whose stored bytes are at most this far apart share one GET.
 pub const COALESCE_GAP: u64 = 64 * 1024;
+/// Bytes of the salt that gives a rebuilt pack an id of its own.
+const PACK_SALT_LEN: usize = 16;
 /// One coalesced GET never spans more than this.
 pub const MAX_COALESCED: u64 = 64 * 1024 * 1024;
 
@@ -100,6 +102,9 @@ pub struct PackStore {
     store: Arc<dyn BlobStore>,
     chunks: RwLock<HashMap<ChunkId, ChunkLocation>>,
     packs: RwLock<BTreeMap<PackId, Arc<PackIndex>>>,
+    /// Packs gc is deleting, forgotten so nothing new reuses them; a pack written now
+    /// must not get one of their ids.
+    retired: RwLock<HashSet<PackId>>,
 }
 
 impl PackStore {
@@ -109,6 +114,7 @@ impl PackStore {
             store,
             chunks: RwLock::default(),
             packs: RwLock::default(),
+            retired: RwLock::default(),
         });
         me.reload().await?;
         Ok(me)
@@ -206,11 +212,32 @@ impl PackStore {
         }
     }
 
+    /// Forgets packs gc has marked for deletion and keeps new packs from taking their ids.
+    pub fn retire<'a>(&self, packs: impl IntoIterator<Item = &'a PackId>) {
+        let mut retired = self.retired.write();
+        for pack in packs {
+            self.forget(pack);
+            retired.insert(*pack);
+        }
+    }
+
     /// Uploads a finished pack: the pack object first, then its index, so an index in
-    /// the store always points at a complete pack.
-    pub async fn publish(&self, data: Bytes, index: PackIndex) -> Result<PackId, RepoError> {
+    /// the store always points at a complete pack. A pack whose bytes match a retired
+    /// pack's (the same chunks built again while gc deletes the old copy) gets a random
+    /// salt after its last chunk, and so an id of its own: it must not be deleted with
+    /// the old one.
+    pub async fn publish(&self, data: Bytes, mut index: PackIndex) -> Result<PackId, RepoError> {
         index.validate()?;
-        let pack = PackId::of(&data);
+        let mut data = data;
+        let mut pack = PackId::of(&data);
+        if self.retired.read().contains(&pack) {
+            let mut salted = Vec::with_capacity(data.len() + PACK_SALT_LEN);
+            salted.extend_from_slice(&data);
+            salted.extend_from_slice(&rand::random::<[u8; PACK_SALT_LEN]>());
+            index.pack_len = salted.len() as u64;
+            data = Bytes::from(salted);
+            pack = PackId::of(&data);
+        }
         self.store.put(&pack_key(&pack), data).await?;
         self.store
             .put(&index_key(&pack), Bytes::from(index.encode()))

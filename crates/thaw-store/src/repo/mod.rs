@@ -4,10 +4,12 @@
 
 mod gc;
 mod images;
+mod marks;
 mod tags;
 mod traces;
 
 pub use gc::GcReport;
+pub use marks::BuildTicket;
 pub use traces::{MAX_TRACES_PER_IMAGE, MAX_TRACE_BYTES};
 
 use crate::blob::BlobStore;
