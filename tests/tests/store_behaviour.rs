@@ -217,14 +217,19 @@ async fn two_phase_gc_deletes_one_pack(repo: &Repository) {
         repo.deletion_marks().await.unwrap().is_empty(),
         "a dry run writes nothing"
     );
-    let marked = repo.gc(true, Duration::from_secs(3600)).await.unwrap();
-    assert_eq!(
-        marked.newly_marked.len(),
-        1,
-        "the first pass marks: {marked:?}"
+    let hour = Duration::from_secs(3600);
+    let fresh = repo.gc(true, hour).await.unwrap();
+    assert!(
+        fresh.young == 1 && fresh.newly_marked.is_empty(),
+        "a pack younger than the safety period is not marked: {fresh:?}"
     );
-    assert!(marked.deletable.is_empty());
-    let young = repo.gc(true, Duration::from_secs(3600)).await.unwrap();
+    let marked = repo.gc(true, Duration::ZERO).await.unwrap();
+    assert_eq!(marked.newly_marked.len(), 1, "{marked:?}");
+    assert!(
+        marked.deletable.is_empty(),
+        "a pass never deletes what it marks"
+    );
+    let young = repo.gc(true, hour).await.unwrap();
     assert!(
         young.deletable.is_empty() && young.waiting.len() == 1,
         "a mark younger than the safety period waits: {young:?}"

@@ -324,6 +324,10 @@ pub async fn gc(repo: &Repository, apply: bool, safety_period: u64) -> Result<()
         "waiting_packs: {} (marked, within the safety period)",
         r.waiting.len()
     );
+    println!(
+        "young_packs: {} (unreferenced, younger than the safety period)",
+        r.young
+    );
     println!("stale_marks: {}", r.stale_marks);
     println!(
         "unreferenced_bytes_in_live_packs: {}",

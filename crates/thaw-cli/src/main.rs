@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use thaw_store::blob::wrap::{
-    CountingStore, RetryConfig, RetryStore, StoreCounters, ThrottleConfig, ThrottledStore,
+    CountingStore, CrashStore, RetryConfig, RetryStore, StoreCounters, ThrottleConfig,
+    ThrottledStore,
 };
 use thaw_store::{open_store, BlobStore, Repository};
 
@@ -90,9 +91,17 @@ enum CacheCommand {
     Stats(client_cmd::ServerArgs),
 }
 
+/// Set to n, the process aborts before its store request n + 1 (for the crash tests).
+const CRASH_VAR: &str = "THAW_TEST_CRASH_AFTER_REQUESTS";
+
 fn open(cli: &Cli, retry: RetryConfig) -> Result<(Arc<dyn BlobStore>, Arc<StoreCounters>)> {
     let mut store =
         open_store(&cli.store).with_context(|| format!("opening store {}", cli.store))?;
+    if let Some(n) = std::env::var_os(CRASH_VAR) {
+        // The crash tests' hook (tests/crash.rs): die before store request n + 1.
+        let n: u64 = n.to_string_lossy().parse().context(CRASH_VAR)?;
+        store = Arc::new(CrashStore::new(store, n));
+    }
     if let Some(t) = &cli.throttle {
         let config = ThrottleConfig::parse(t).map_err(anyhow::Error::msg)?;
         store = Arc::new(ThrottledStore::new(store, config));

@@ -1,5 +1,5 @@
 //! Garbage collection in two phases (kopia's scheme): a pass marks each pack no image
-//! references; a later pass deletes a pack whose mark has outlived the safety period and
+//! references and older than the safety period; a later pass deletes a pack whose mark has outlived the safety period and
 //! which still nothing references, and revives (unmarks) one that an image references
 //! again. The protocol, and why builds never end with a broken image, is in
 //! docs/format.md ("Concurrent writers and gc").
@@ -28,6 +28,9 @@ pub struct GcReport {
     pub newly_marked: Vec<(PackId, u64)>,
     /// Unreferenced packs marked within the safety period.
     pub waiting: Vec<(PackId, u64)>,
+    /// Unreferenced packs younger than the safety period, not marked yet: a build that is
+    /// still running may be about to reference them.
+    pub young: usize,
     /// Marked packs an image references again: their marks are removed.
     pub revived: Vec<PackId>,
     /// How many of the unreferenced packs are pack objects without an index (a build that
@@ -64,6 +67,8 @@ impl GcReport {
 struct Unreferenced {
     pack: PackId,
     bytes: u64,
+    /// When its pack object was written, if it exists.
+    written: Option<SystemTime>,
 }
 
 impl Repository {
@@ -84,13 +89,13 @@ impl Repository {
         let live = self.live_chunks(&mut report).await?;
         let listing = self.store.list(PACKS_PREFIX).await?;
         let unreferenced = self.unreferenced(&live, &listing, &marks, &mut report);
+        let older = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= safety;
         for u in unreferenced {
             let entry = (u.pack, u.bytes);
             match marks.get(&u.pack) {
+                None if u.written.is_some_and(|t| !older(t)) => report.young += 1,
                 None => report.newly_marked.push(entry),
-                Some(t) if now.duration_since(*t).unwrap_or_default() >= safety => {
-                    report.deletable.push(entry);
-                }
+                Some(t) if older(*t) => report.deletable.push(entry),
                 Some(_) => report.waiting.push(entry),
             }
         }
@@ -133,9 +138,9 @@ impl Repository {
         marks: &HashMap<PackId, SystemTime>,
         report: &mut GcReport,
     ) -> Vec<Unreferenced> {
-        let objects: BTreeMap<PackId, u64> = listing
+        let objects: BTreeMap<PackId, (u64, SystemTime)> = listing
             .iter()
-            .filter_map(|o| Some((pack_of_pack_key(&o.key)?, o.size)))
+            .filter_map(|o| Some((pack_of_pack_key(&o.key)?, (o.size, o.last_modified))))
             .collect();
         let indexes = existing_indexes(listing);
         let mut out = Vec::new();
@@ -160,13 +165,21 @@ impl Repository {
                 }
                 continue;
             }
-            let bytes = objects.get(&pack).copied().unwrap_or(index.pack_len);
-            out.push(Unreferenced { pack, bytes });
+            let object = objects.get(&pack);
+            out.push(Unreferenced {
+                pack,
+                bytes: object.map_or(index.pack_len, |o| o.0),
+                written: object.map(|o| o.1),
+            });
         }
         report.packs = indexed.len();
-        for (pack, bytes) in objects.into_iter().filter(|(p, _)| !indexed.contains(p)) {
+        for (pack, (bytes, written)) in objects.into_iter().filter(|(p, _)| !indexed.contains(p)) {
             report.orphans += 1;
-            out.push(Unreferenced { pack, bytes });
+            out.push(Unreferenced {
+                pack,
+                bytes,
+                written: Some(written),
+            });
         }
         out
     }

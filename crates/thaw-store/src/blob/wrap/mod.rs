@@ -2,11 +2,13 @@
 //! forwards everything else, so they compose in any order.
 
 mod counting;
+mod crash;
 mod faults;
 mod retry;
 mod throttle;
 
 pub use counting::{CountingStore, StoreCounters, StoreCountersSnapshot};
+pub use crash::CrashStore;
 pub use faults::{FaultConfig, FaultyStore};
 pub use retry::{RetryConfig, RetryStore};
 pub use throttle::{ThrottleConfig, ThrottledStore};
