@@ -13,6 +13,10 @@ import urllib.request
 from bench_common import (RUNS, THAW, WORK, sh, drop_caches, fresh, med)
 from bench_mount import THROTTLE, chroot_workload, full_pull, trace_stores
 
+BENCH_TOKEN = "bench-token-0123456789"
+MOUNT_ROOT = f"{WORK}/serve-mnt"
+
+
 class Daemon:
     """A `thaw serve` on loopback with a fresh (or given) disk cache."""
 
@@ -21,20 +25,26 @@ class Daemon:
         ready = f"{WORK}/serve-ready"
         if os.path.exists(ready):
             os.remove(ready)
+        # The API on loopback TCP needs a token; the socket and the mount root live in WORK.
+        env = dict(os.environ, THAW_TOKEN=BENCH_TOKEN)
         self.proc = subprocess.Popen([THAW, "--store", store, *global_args, "serve", "--listen", "127.0.0.1:0",
+                                      "--socket", f"{WORK}/serve.sock", "--mount-root", MOUNT_ROOT,
                                       "--cache", cache, "--state-dir", self.state, "--ready-file", ready, *serve_args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         deadline = time.time() + 30
         while not os.path.exists(ready):
             if self.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("thaw serve failed: " + self.proc.stderr.read().decode())
             time.sleep(0.005)
-        self.url = "http://" + open(ready).read().strip()
+        while not any(l.startswith("http://") for l in open(ready).read().split()):
+            time.sleep(0.005)
+        self.url = next(l for l in open(ready).read().split() if l.startswith("http://"))
 
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              "authorization": f"Bearer {BENCH_TOKEN}"})
         with urllib.request.urlopen(req, timeout=120) as r:
             return json.loads(r.read())
 
@@ -59,7 +69,7 @@ def prefetch_cold_start():
     sh(f"{THAW} --store {store} export base {export}")
     throttle = ["--throttle", THROTTLE]
     cache = f"{WORK}/serve-cache"
-    mp = f"{WORK}/prefetch-mnt"
+    mp = f"{MOUNT_ROOT}/prefetch"
     os.makedirs(mp, exist_ok=True)
     mp = os.path.realpath(mp)
 

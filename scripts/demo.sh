@@ -72,12 +72,12 @@ else
   SCOPE=all
 fi
 
-step "thaw serve (the node daemon, loopback only), then thaw prewarm --scope $SCOPE and thaw cache stats"
-$THAW serve --listen 127.0.0.1:0 --cache "$WORK/node-cache" --state-dir "$WORK/node-state" \
-  --ready-file "$WORK/node.addr" 2>"$WORK/serve.log" &
+step "thaw serve (the node daemon, on a unix socket only its user can use), then thaw prewarm --scope $SCOPE and thaw cache stats"
+$THAW serve --socket "$WORK/thaw.sock" --mount-root "$WORK/node-mnt" --cache "$WORK/node-cache" \
+  --state-dir "$WORK/node-state" --ready-file "$WORK/node.addr" 2>"$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 1 200); do [ -s "$WORK/node.addr" ] && break; sleep 0.05; done
-SERVER="http://$(cat "$WORK/node.addr")"
+SERVER="unix:$WORK/thaw.sock"
 "$PWD/target/release/thaw" prewarm demo:rootfs --scope "$SCOPE" --server "$SERVER"
 "$PWD/target/release/thaw" cache stats --server "$SERVER"
 kill "$SERVE_PID"; wait "$SERVE_PID" || true

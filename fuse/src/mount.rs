@@ -5,7 +5,24 @@ use crate::fs::ThawFs;
 use crate::stats::StatsSnapshot;
 use fuser::{Config, MountOption, SessionACL};
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A mount point resolved by the caller to a descriptor (an `O_PATH` directory opened
+/// without following symlinks), so nothing swapped into the path afterwards can redirect
+/// the mount. The FUSE layer is mounted in `staging`, a directory only root can change,
+/// and the visible mount (a read-only bind or the overlay) goes on `/proc/self/fd/N`,
+/// which `mount(2)` resolves to exactly the directory the descriptor holds. (`fuser`
+/// resolves its mount point to a path, and `fusermount3` would too, so neither can
+/// mount on the descriptor itself.)
+#[derive(Debug, Clone)]
+pub struct MountTarget {
+    /// The mount point.
+    pub dir: Arc<OwnedFd>,
+    /// Where the FUSE layer goes when the mount is read-only.
+    pub staging: PathBuf,
+}
 
 /// How to mount an image.
 #[derive(Debug, Clone)]
@@ -19,6 +36,8 @@ pub struct MountOptions {
     pub auto_unmount: Option<bool>,
     /// Put an overlayfs over the image with its upper and work directories here.
     pub writable: Option<PathBuf>,
+    /// Mount on this descriptor rather than on the path (the path is then only recorded).
+    pub target: Option<MountTarget>,
     /// The kernel's readahead for this mount, in bytes (0 leaves the kernel's default).
     /// The kernel starts FUSE mounts at 128 KiB whatever the filesystem asks for at init;
     /// larger windows mean fewer, larger read requests (up to 1 MiB each) for sequential
@@ -38,6 +57,7 @@ impl Default for MountOptions {
             allow_other: true,
             auto_unmount: None,
             writable: None,
+            target: None,
             kernel_readahead: DEFAULT_KERNEL_READAHEAD,
         }
     }
@@ -85,7 +105,8 @@ pub struct MountHandle {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
     fuse_dir: PathBuf,
-    overlay: bool,
+    /// An overlay or a bind mount sits on the mount point above the FUSE layer.
+    top_layer: bool,
 }
 
 /// Mounts `fs` at `mountpoint`: read-only, `nosuid`, `nodev`, and writable through
@@ -95,24 +116,22 @@ pub fn mount(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<MountHandle, MountError> {
-    if !mountpoint.is_dir() {
-        return Err(MountError::NotADirectory(mountpoint.display().to_string()));
-    }
-    let mountpoint = mountpoint
-        .canonicalize()
-        .map_err(io("resolve", mountpoint))?;
-    let fuse_dir = match &options.writable {
-        Some(upper) => {
-            for sub in ["upper", "work", "lower"] {
-                std::fs::create_dir_all(upper.join(sub)).map_err(io("create", &upper.join(sub)))?;
+    let (mountpoint, visible) = match &options.target {
+        Some(t) => (
+            mountpoint.to_path_buf(),
+            PathBuf::from(format!("/proc/self/fd/{}", t.dir.as_raw_fd())),
+        ),
+        None => {
+            if !mountpoint.is_dir() {
+                return Err(MountError::NotADirectory(mountpoint.display().to_string()));
             }
-            upper
+            let c = mountpoint
                 .canonicalize()
-                .map_err(io("resolve", upper))?
-                .join("lower")
+                .map_err(io("resolve", mountpoint))?;
+            (c.clone(), c)
         }
-        None => mountpoint.clone(),
     };
+    let fuse_dir = fuse_dir(&mountpoint, options)?;
     let config = fuse_config(&fs, options);
     let session = fuser::spawn_mount(fs.clone(), &fuse_dir, &config)
         .map_err(io("mount FUSE at", &fuse_dir))?;
@@ -121,22 +140,61 @@ pub fn mount(
         session: Some(session),
         mountpoint: mountpoint.clone(),
         fuse_dir: fuse_dir.clone(),
-        overlay: false,
+        top_layer: false,
     };
     if options.kernel_readahead > 0 {
         if let Err(e) = set_kernel_readahead(&fuse_dir, options.kernel_readahead) {
             tracing::info!(mountpoint = %fuse_dir.display(), error = %e, "kernel readahead left at its default");
         }
     }
-    if let Some(upper) = &options.writable {
-        let upper = upper.canonicalize().map_err(io("resolve", upper))?;
-        if let Err(e) = mount_overlay(&fuse_dir, &upper, &mountpoint) {
-            drop(handle); // unmounts the FUSE layer
-            return Err(io("mount overlayfs at", &mountpoint)(e));
+    let top = match &options.writable {
+        Some(upper) => {
+            let upper = upper.canonicalize().map_err(io("resolve", upper))?;
+            Some((
+                "mount overlayfs at",
+                mount_overlay(&fuse_dir, &upper, &visible),
+            ))
         }
-        handle.overlay = true;
+        None if options.target.is_some() => Some((
+            "bind-mount the image at",
+            bind_read_only(&fuse_dir, &visible),
+        )),
+        None => None,
+    };
+    if let Some((op, result)) = top {
+        if let Err(e) = result {
+            drop(handle); // unmounts the FUSE layer
+            return Err(io(op, &mountpoint)(e));
+        }
+        handle.top_layer = true;
     }
     Ok(handle)
+}
+
+/// Where the FUSE layer goes: under the upper directory when writable, in the staging
+/// directory when mounting on a descriptor, else on the mount point itself.
+fn fuse_dir(mountpoint: &Path, options: &MountOptions) -> Result<PathBuf, MountError> {
+    let private = match (&options.writable, &options.target) {
+        (Some(upper), _) => {
+            for sub in ["upper", "work", "lower"] {
+                std::fs::create_dir_all(upper.join(sub)).map_err(io("create", &upper.join(sub)))?;
+            }
+            upper.join("lower")
+        }
+        (None, Some(t)) => {
+            std::fs::create_dir_all(&t.staging).map_err(io("create", &t.staging))?;
+            t.staging.clone()
+        }
+        (None, None) => return Ok(mountpoint.to_path_buf()),
+    };
+    private.canonicalize().map_err(io("resolve", &private))
+}
+
+/// Bind-mounts `source` (the FUSE layer) at `target`. A bind mount keeps its source's
+/// per-mount flags, so the image stays read-only, `nosuid` and `nodev` (a remount through
+/// `target` would reach the directory under the new mount, not the mount).
+fn bind_read_only(source: &Path, target: &Path) -> std::io::Result<()> {
+    rustix::mount::mount_bind(source, target).map_err(std::io::Error::from)
 }
 
 /// fuser's settings for a mount: read-only, `nosuid`, `nodev`, kernel permission checks,
@@ -238,8 +296,8 @@ impl MountHandle {
     }
 
     fn unmount_inner(&mut self) -> Result<(), MountError> {
-        if self.overlay {
-            self.overlay = false;
+        if self.top_layer {
+            self.top_layer = false;
             if is_mounted(&self.mountpoint) {
                 unmount(&self.mountpoint)?;
             }

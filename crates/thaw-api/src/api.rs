@@ -136,11 +136,16 @@ pub struct Job {
 pub struct MountRequest {
     /// A tag, an image id, or an unambiguous id prefix.
     pub image: String,
-    /// An existing directory (under the daemon's mount root, if it has one).
+    /// A directory under the daemon's mount root: absolute, or relative to the root. It
+    /// is created if missing; no component may be a symlink.
     pub mountpoint: String,
     #[serde(default)]
     /// Put an overlay with a fresh upper directory on top.
     pub writable: bool,
+    /// Mount over a directory that has entries (refused by default: they would be
+    /// hidden, and whatever relied on them would see the image instead).
+    #[serde(default)]
+    pub allow_non_empty: bool,
     /// `trace` (default): also start a prewarm of the image's start-up traces, if it has
     /// any, at the same moment as the mount; `none`: only what the container reads.
     #[serde(default)]
@@ -257,6 +262,9 @@ pub enum ErrorCode {
     BadRequest,
     /// No token, or a wrong one (401).
     Unauthorized,
+    /// The caller is known but may not do this: a token without the scope, a local user
+    /// outside the daemon's group (403).
+    Forbidden,
     /// No such image, job, mount or path (404).
     NotFound,
     /// The route exists, the method does not (405).
@@ -281,9 +289,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::PayloadTooLarge,
@@ -301,6 +310,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,

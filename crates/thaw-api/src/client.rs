@@ -38,13 +38,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// `base` is like `http://127.0.0.1:7411`.
+    /// `base` is the daemon's socket, `unix:/run/thaw/thaw.sock` (the daemon checks who
+    /// is calling; no token), or a TCP address like `http://10.0.0.5:7411` (a token).
     pub fn new(base: &str, token: Option<String>) -> Self {
-        Client {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            http: reqwest::Client::new(),
-        }
+        let (base, http) = match base.strip_prefix("unix:") {
+            Some(socket) => {
+                let http = reqwest::Client::builder()
+                    .unix_socket(std::path::PathBuf::from(socket))
+                    .build()
+                    .unwrap_or_default();
+                ("http://thaw".to_string(), http)
+            }
+            None => (
+                base.trim_end_matches('/').to_string(),
+                reqwest::Client::new(),
+            ),
+        };
+        Client { base, token, http }
     }
 
     async fn call<T: DeserializeOwned>(

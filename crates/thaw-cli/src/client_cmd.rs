@@ -7,12 +7,17 @@ use std::time::Duration;
 use thaw_api::api::{self, JobState, NamedScope, Scope};
 use thaw_api::Client;
 
+/// The daemon's socket, where `thaw serve` listens and the client commands look.
+pub const DEFAULT_SOCKET: &str = "/run/thaw/thaw.sock";
+const DEFAULT_SOCKET_URL: &str = "unix:/run/thaw/thaw.sock";
+
 /// Where the daemon is, for the client commands.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    #[arg(long, env = "THAW_SERVER", default_value = "http://127.0.0.1:7411")]
+    /// The daemon: its socket (`unix:PATH`) or, with a token, `http://HOST:PORT`.
+    #[arg(long, env = "THAW_SERVER", default_value = DEFAULT_SOCKET_URL)]
     pub server: String,
-    /// A file holding the bearer token (else THAW_TOKEN).
+    /// A file holding the bearer token for TCP (else THAW_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
 }

@@ -2,17 +2,41 @@
 
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
+use thaw_server::auth::Tokens;
 use thaw_server::{MountSettings, ServerConfig};
 use thaw_store::{ReaderConfig, Repository, SchedulerConfig};
 
 /// Arguments of `thaw serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Anything but loopback needs a token.
-    #[arg(long, default_value = "127.0.0.1:7411")]
-    pub listen: SocketAddr,
+    /// The API's unix socket. Root and the daemon's user may use it, and members of
+    /// --socket-group; the kernel says who calls (SO_PEERCRED).
+    #[arg(long, default_value = crate::client_cmd::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// A group (name or gid) whose members may use the socket too.
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Also serve the API on TCP at this address; needs a token (loopback included:
+    /// every local user can reach it).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Serve only /metrics and /healthz, without a token, at this address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Named, scoped tokens for TCP: lines `NAME SCOPE[,SCOPE] SECRET`, scopes read,
+    /// prewarm, signals, admin.
+    #[arg(long)]
+    pub tokens_file: Option<PathBuf>,
+    /// Requests per second one caller (a local uid, a remote address) may make; bursts of
+    /// twice that. 0: no limit.
+    #[arg(long, default_value_t = 200)]
+    pub rate_limit: u32,
+    /// Mounts and prewarms must name images by full id, never by tag.
+    #[arg(long)]
+    pub require_image_ids: bool,
     /// The disk cache shared by every mount and prewarm of this node.
     #[arg(long, default_value = "/var/cache/thaw/chunks")]
     pub cache: PathBuf,
@@ -20,16 +44,16 @@ pub struct ServeArgs {
     pub cache_size: u64,
     #[arg(long, default_value_t = 1 << 30)]
     pub memory_cache: u64,
-    /// A file holding the bearer token clients must send (else THAW_TOKEN).
+    /// A file holding an admin token for TCP (else THAW_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// Overlay upper directories of writable mounts. Mounts are recorded in the node's
     /// registry, `$THAW_RUN_DIR/mounts` (default `/run/thaw/mounts`).
     #[arg(long, default_value = "/run/thaw/serve")]
     pub state_dir: PathBuf,
-    /// Only allow mount points under this directory.
-    #[arg(long)]
-    pub mount_root: Option<PathBuf>,
+    /// Every mount point lies under this directory (made mode 0700).
+    #[arg(long, default_value = "/run/thaw/mnt")]
+    pub mount_root: PathBuf,
     /// Prefetch GETs in flight at once (on-demand reads are not limited by this).
     #[arg(long, default_value_t = 8)]
     pub prefetch_concurrency: usize,
@@ -57,10 +81,34 @@ pub struct ServeArgs {
     pub ready_file: Option<PathBuf>,
 }
 
+/// The tokens TCP callers may present: an admin token (`--token-file` or `THAW_TOKEN`)
+/// and the named ones of `--tokens-file`.
+fn tokens(args: &ServeArgs) -> Result<Tokens> {
+    let mut tokens = Tokens::default();
+    if let Some(t) = crate::client_cmd::token(args.token_file.as_ref())? {
+        tokens = Tokens::admin(&t).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(f) = &args.tokens_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        tokens.extend(Tokens::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?);
+    }
+    Ok(tokens)
+}
+
 pub async fn serve(repo: Repository, args: &ServeArgs) -> Result<()> {
+    let socket_group = match &args.socket_group {
+        Some(g) => Some(thaw_server::auth::group_id(g).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let config = ServerConfig {
+        socket: args.socket.clone(),
+        socket_group,
         listen: args.listen,
-        token: crate::client_cmd::token(args.token_file.as_ref())?,
+        tokens: tokens(args)?,
+        metrics_listen: args.metrics_listen,
+        rate_limit: NonZeroU32::new(args.rate_limit),
+        require_image_ids: args.require_image_ids,
         reader: ReaderConfig {
             memory_bytes: args.memory_cache,
             disk: Some((args.cache.clone(), args.cache_size)),

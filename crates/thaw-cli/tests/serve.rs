@@ -297,7 +297,9 @@ async fn kill_9_during_a_prewarm_keeps_verified_entries_and_never_serves_torn_on
 async fn ten_thousand_requests_over_a_hundred_connections_without_errors() {
     let tmp = tempfile::tempdir().unwrap();
     two_images(tmp.path(), 1);
-    let d = Daemon::start(tmp.path(), &[]);
+    // A load test from one address: the per-caller rate limit is off here (it has a test
+    // of its own in daemon_security.rs).
+    let d = Daemon::start(tmp.path(), &["--rate-limit", "0"]);
     let rss = |pid: i32| -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         s.lines()

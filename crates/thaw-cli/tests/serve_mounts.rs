@@ -38,8 +38,8 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
         ],
     );
     let c = d.client();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let mnt = tmp.path().join("mnt/a");
+    std::fs::create_dir_all(&mnt).unwrap();
     // A long prewarm of the big file is running...
     let big = c.prewarm(&all("big")).await.unwrap();
     let m = c.mount(&mount_at("big", &mnt, false)).await.unwrap();
@@ -66,23 +66,25 @@ async fn mounts_through_the_api_share_the_cache_and_reads_beat_a_running_prewarm
         ra.trim().parse::<u64>().unwrap() * 1024,
         thaw_fuse::DEFAULT_KERNEL_READAHEAD
     );
-    // Mounting the same place twice is a conflict; a relative path is refused.
+    // Mounting the same place twice is a conflict; a path out of the mount root is
+    // refused.
     let again = c.mount(&mount_at("big", &mnt, false)).await.unwrap_err();
     assert_eq!(api_code(again), (409, Some(api::ErrorCode::Conflict)));
-    let rel = c
+    let out = c
         .mount(&api::MountRequest {
             image: "big".into(),
-            mountpoint: "relative/dir".into(),
+            mountpoint: "a/../../escape".into(),
             writable: false,
+            allow_non_empty: false,
             prefetch: api::MountPrefetch::None,
         })
         .await
         .unwrap_err();
-    assert_eq!(api_code(rel).0, 422);
+    assert_eq!(api_code(out).0, 422);
 
     // A writable mount: writes land in the upper directory.
-    let wmnt = tmp.path().join("wmnt");
-    std::fs::create_dir(&wmnt).unwrap();
+    let wmnt = tmp.path().join("mnt/w");
+    std::fs::create_dir_all(&wmnt).unwrap();
     let w = c.mount(&mount_at("small", &wmnt, true)).await.unwrap();
     std::fs::write(wmnt.join("etc/new"), b"written").unwrap();
     assert_eq!(std::fs::read(wmnt.join("etc/new")).unwrap(), b"written");
@@ -149,8 +151,8 @@ fn a_recorded_trace_pushed_with_the_image_drives_thaw_prewarm() {
     let tmp = tempfile::tempdir().unwrap();
     two_images(tmp.path(), 4);
     let store = tmp.path().join("store");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let mnt = tmp.path().join("mnt/a");
+    std::fs::create_dir_all(&mnt).unwrap();
     let trace = tmp.path().join("start.trace");
     // Record a start-up that reads three files.
     let mut child = Command::new(THAW)
@@ -263,8 +265,8 @@ fn a_recorded_trace_pushed_with_the_image_drives_thaw_prewarm() {
         .expect("a prewarm started with the mount");
     let j = rt.block_on(wait_done(&c, &job));
     assert_eq!((j.state, j.chunks_total), (JobState::Done, 3), "{j:?}");
-    let other = tmp.path().join("mnt2");
-    std::fs::create_dir(&other).unwrap();
+    let other = tmp.path().join("mnt/b");
+    std::fs::create_dir_all(&other).unwrap();
     let n = rt
         .block_on(c.mount(&mount_at("small", &other, false)))
         .unwrap();

@@ -30,6 +30,16 @@ impl ApiError {
         Self::new(ErrorCode::InvalidArgument, message)
     }
 
+    /// A failure of the daemon itself (500).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+
+    /// The caller may not do this (403).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+
     /// Something named does not exist (404).
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)

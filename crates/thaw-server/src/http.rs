@@ -1,11 +1,12 @@
 //! The HTTP layer: routes, bearer-token authentication, body limits, JSON errors with
 //! stable codes, and per-status request counters.
 
+use crate::auth::{Peer, Scope};
 use crate::error::ApiError;
 use crate::{validate, Node};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -66,7 +67,8 @@ fn json_error(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// Builds the router over a node.
+/// Builds the API router over a node. Serve it with connect info ([`Peer`]): every route
+/// but `/healthz` checks who is calling and what they may do.
 pub fn router(node: Arc<Node>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
@@ -77,7 +79,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/jobs/{id}", get(job).delete(cancel_job))
         .route("/v1/mounts", post(create_mount).get(mounts))
         .route("/v1/mounts/{id}", delete(remove_mount))
-        .route_layer(middleware::from_fn_with_state(node.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(node.clone(), authorize));
     Router::new()
         .route("/healthz", get(health))
         .merge(guarded)
@@ -93,36 +95,67 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// The router of `--metrics-listen`: `/metrics` and `/healthz`, read-only, no token (for
+/// Prometheus and health probes); nothing else exists there.
+pub fn metrics_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(health))
+        .fallback(|| async { ApiError::not_found("only /metrics and /healthz are served here") })
+        .with_state(node)
+}
+
 async fn count(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     node.http.count(response.status());
     response
 }
 
-/// Compares without an early exit, so timing does not reveal a prefix of the token.
-fn same_token(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The scope a route needs: reading is `read`, starting a prewarm `prewarm`, anything
+/// that mounts, cancels or deletes `admin`.
+fn required_scope(method: &Method, path: &str) -> Scope {
+    match (method, path) {
+        (&Method::GET | &Method::HEAD, _) => Scope::Read,
+        (&Method::POST, "/v1/prewarm") => Scope::Prewarm,
+        _ => Scope::Admin,
+    }
 }
 
-async fn authenticate(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &node.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same_token(g.as_bytes(), token.as_bytes())) {
-            let mut r = ApiError::new(
-                ErrorCode::Unauthorized,
-                "missing or wrong bearer token (Authorization: Bearer <token>)",
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+/// Lets a caller in (or not), applies the per-caller rate limit and the route's scope,
+/// and writes mutating calls to the audit log (target `thaw::audit`) with the caller.
+async fn authorize(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Err(e) = node.access.limit(&peer) {
+        return e.into_response();
+    }
+    let caller = match node.access.caller(&peer, req.headers()) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut r = e.into_response();
+            if r.status() == StatusCode::UNAUTHORIZED {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             return r;
         }
+    };
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let scope = required_scope(&method, &path);
+    if !caller.may(scope) {
+        tracing::warn!(target: "thaw::audit", caller = %caller, %method, path, "refused: needs scope {scope:?}");
+        return ApiError::forbidden(format!("this caller lacks the {scope:?} scope"))
+            .into_response();
     }
-    next.run(req).await
+    let response = next.run(req).await;
+    if method != Method::GET && method != Method::HEAD {
+        let status = response.status().as_u16();
+        tracing::info!(target: "thaw::audit", caller = %caller, %method, path, status, "api call");
+    }
+    response
 }
 
 async fn health(State(node): State<Arc<Node>>) -> Json<api::Health> {
@@ -200,7 +233,10 @@ async fn prewarm(
     State(node): State<Arc<Node>>,
     JsonBody(req): JsonBody<api::PrewarmRequest>,
 ) -> Result<Response, ApiError> {
-    let image = node.repo.resolve(validate::image_ref(&req.image)?).await?;
+    let image = node
+        .repo
+        .resolve(validate::image_ref(&req.image, node.require_image_ids)?)
+        .await?;
     let (job, _new) = node.prewarm(image, req.scope).await?;
     let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
@@ -240,7 +276,10 @@ async fn create_mount(
     State(node): State<Arc<Node>>,
     JsonBody(req): JsonBody<api::MountRequest>,
 ) -> Result<(StatusCode, Json<api::Mount>), ApiError> {
-    let image = node.repo.resolve(validate::image_ref(&req.image)?).await?;
+    let image = node
+        .repo
+        .resolve(validate::image_ref(&req.image, node.require_image_ids)?)
+        .await?;
     // The prewarm starts at the same moment as the mount: both begin with a round trip.
     let prewarm = async {
         if req.prefetch != api::MountPrefetch::Trace {
@@ -259,7 +298,7 @@ async fn create_mount(
     let mount = async {
         let manifest = node.manifest(&image).await?;
         node.mounts
-            .create(manifest, &node.reader, image, &req.mountpoint, req.writable)
+            .create(manifest, &node.reader, image, &req)
             .await
     };
     let (mounted, prewarm) = tokio::join!(mount, prewarm);
@@ -286,17 +325,4 @@ async fn remove_mount(
     Path(id): Path<String>,
 ) -> Result<Json<api::Mount>, ApiError> {
     Ok(Json(node.mounts.remove(&id).await?.view()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(same_token(b"secret", b"secret"));
-        assert!(!same_token(b"secret", b"secreT"));
-        assert!(!same_token(b"secret", b"secret2"));
-        assert!(!same_token(b"", b"x"));
-    }
 }

@@ -1,57 +1,80 @@
 //! thaw's node daemon (`thaw serve`): one process per node owning the shared memory and
 //! disk caches, the mounts of every container on the node, and prewarm jobs, behind a
-//! versioned JSON API over HTTP. The API's wire types and its client live in `thaw-api`.
+//! versioned JSON API over HTTP: on a unix socket only root (or one group) can use, on TCP
+//! only with a token, and metrics alone on a listener of their own. The API's wire types
+//! and its client live in `thaw-api`; docs/security.md has the threat model.
 //!
 //! This is the only crate that serves HTTP.
 
+mod access;
+pub mod auth;
+mod confine;
 mod error;
 mod http;
 pub mod jobs;
+mod listen;
 mod metrics;
 pub mod mounts;
 pub mod node;
 pub mod validate;
 
+pub use access::Access;
+pub use confine::PAUSE_VAR;
 pub use error::ApiError;
-pub use http::router;
+pub use http::{metrics_router, router};
+pub use listen::serve;
 pub use mounts::MountSettings;
 pub use node::Node;
 pub use thaw_api::{api, Client, ClientError};
 
-use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
-use thaw_store::{ReadError, ReaderConfig, Repository};
+use thaw_store::ReadError;
 
 /// Everything `thaw serve` is told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The TCP address to listen on.
-    pub listen: SocketAddr,
-    /// Clients must send `Authorization: Bearer <token>`. Required off loopback.
-    pub token: Option<String>,
+    /// The unix socket of the API (mode 0600, or 0660 with `socket_group`).
+    pub socket: PathBuf,
+    /// Members of this group may use the socket too.
+    pub socket_group: Option<u32>,
+    /// Also serve the API on TCP here: only with tokens, loopback included.
+    pub listen: Option<SocketAddr>,
+    /// The tokens TCP callers may present.
+    pub tokens: auth::Tokens,
+    /// Serve `/metrics` and `/healthz` alone, without a token, here.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Requests per second one caller (a local uid, a remote address) may make.
+    pub rate_limit: Option<NonZeroU32>,
+    /// Mounts and prewarms must name images by full id, not by tag (a node need not
+    /// trust who may move tags in a shared store).
+    pub require_image_ids: bool,
     /// The shared reader's caches and scheduler.
-    pub reader: ReaderConfig,
+    pub reader: thaw_store::ReaderConfig,
     /// How mounts are made.
     pub mounts: MountSettings,
-    /// Once listening, write the bound address here (useful with port 0).
+    /// Once listening, write the API's address here (`unix:PATH`, then `http://ADDR`
+    /// when listening on TCP).
     pub ready_file: Option<PathBuf>,
 }
 
 /// Why the daemon could not start (or stopped serving).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// Listening off loopback needs a token.
-    #[error("refusing to listen on {0} without a token: set THAW_TOKEN or --token-file, or listen on a loopback address")]
+    /// TCP needs a token: any local user can reach loopback.
+    #[error(
+        "refusing to listen on {0} without a token: set THAW_TOKEN, --token-file or --tokens-file"
+    )]
     TokenRequired(SocketAddr),
-    /// The token file or variable holds nothing.
-    #[error("the token is empty")]
-    EmptyToken,
-    /// The listening socket failed.
+    /// Another daemon answers on the socket.
+    #[error("another daemon is serving on {0}")]
+    SocketInUse(String),
+    /// A listening socket failed.
     #[error("listening on {addr}: {source}")]
     Bind {
-        /// The address.
-        addr: SocketAddr,
+        /// The address or socket path.
+        addr: String,
         /// The error.
         source: std::io::Error,
     },
@@ -68,43 +91,4 @@ pub enum ServeError {
         /// The error.
         source: std::io::Error,
     },
-}
-
-/// Runs the daemon until `shutdown` resolves; then stops accepting requests, cancels
-/// prewarm jobs and unmounts every mount it made.
-pub async fn serve(
-    repo: Repository,
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let mut config = config;
-    config.mounts.api_address = Some(format!("http://{addr}"));
-    let node = Node::new(repo, &config)?;
-    tracing::info!(%addr, "listening");
-    eprintln!("thaw serve: listening on http://{addr}");
-    if let Some(f) = &config.ready_file {
-        thaw_fuse::files::write_atomically(f, format!("{addr}\n").as_bytes()).map_err(
-            |source| ServeError::Io {
-                what: "writing the ready file",
-                path: f.display().to_string(),
-                source,
-            },
-        )?;
-    }
-    let served = axum::serve(listener, router(node.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
-    node.jobs.cancel_all();
-    node.mounts.remove_all().await;
-    served.map_err(|source| ServeError::Bind { addr, source })
 }

@@ -74,8 +74,8 @@ pub struct MountSettings {
     /// This daemon's API address, written into its mount records so `thaw umount` asks
     /// the daemon rather than unmounting behind its back.
     pub api_address: Option<String>,
-    /// When set, mount points must lie under it.
-    pub mount_root: Option<PathBuf>,
+    /// Every mount point lies under it (mode 0700, owned by the daemon's user).
+    pub mount_root: PathBuf,
     /// A read that cannot be served within this fails with EIO.
     pub read_timeout: Duration,
     /// FUSE worker threads per mount.
@@ -101,7 +101,8 @@ impl Mounts {
     /// Opens the mount table, cleaning up the mounts of serving processes that died (a
     /// killed predecessor, a killed `thaw mount`).
     pub fn open(settings: MountSettings) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&settings.state_dir)?;
+        crate::confine::prepare_root(&settings.state_dir)?;
+        crate::confine::prepare_root(&settings.mount_root)?;
         for r in settings.registry.clean_dead() {
             tracing::info!(mount = %r.id, path = %r.mountpoint.display(), "cleaned up after a dead mount process");
         }
@@ -122,18 +123,24 @@ impl Mounts {
         self.live.lock().get(id).cloned()
     }
 
-    /// Mounts `image` at `mountpoint` through the shared reader.
+    /// Mounts `image` at the request's mount point (confined to the mount root) through
+    /// the shared reader.
     pub async fn create(
         &self,
         manifest: Arc<Manifest>,
         reader: &Arc<ChunkReader>,
         image: ImageId,
-        mountpoint: &str,
-        writable: bool,
+        request: &api::MountRequest,
     ) -> Result<Arc<MountEntry>, ApiError> {
-        let mountpoint =
-            crate::validate::mountpoint(mountpoint, self.settings.mount_root.as_deref())?;
         let _busy = self.busy.lock().await;
+        let (root, requested) = (self.settings.mount_root.clone(), request.mountpoint.clone());
+        let allow_non_empty = request.allow_non_empty;
+        let confined = tokio::task::spawn_blocking(move || {
+            crate::confine::mount_point(&root, &requested, allow_non_empty)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+        let mountpoint = confined.path.clone();
         if self.list().len() >= MAX_MOUNTS {
             return Err(ApiError::new(
                 ErrorCode::TooManyRequests,
@@ -147,7 +154,13 @@ impl Mounts {
             ));
         }
         let id = format!("{:016x}", rand::random::<u64>());
-        let upper = writable.then(|| self.settings.state_dir.join("uppers").join(&id));
+        let upper = request
+            .writable
+            .then(|| self.settings.state_dir.join("uppers").join(&id));
+        let target = thaw_fuse::mount::MountTarget {
+            dir: Arc::new(confined.dir),
+            staging: self.settings.state_dir.join("staging").join(&id),
+        };
         let spec = SessionSpec {
             id: id.clone(),
             mountpoint: mountpoint.clone(),
@@ -159,6 +172,7 @@ impl Mounts {
                 threads: self.settings.threads,
                 kernel_readahead: self.settings.kernel_readahead,
                 writable: upper.clone(),
+                target: Some(target),
                 auto_unmount: Some(self.settings.auto_unmount),
                 ..Default::default()
             },

@@ -22,8 +22,10 @@ pub struct Node {
     pub jobs: Arc<jobs::Jobs>,
     /// Mounts.
     pub mounts: mounts::Mounts,
-    /// The bearer token clients must send, if any.
-    pub token: Option<String>,
+    /// Who may call, and how often.
+    pub access: crate::Access,
+    /// Mounts and prewarms must name images by full id.
+    pub require_image_ids: bool,
     /// When the daemon started.
     pub started: Instant,
     /// HTTP responses by status class.
@@ -36,12 +38,6 @@ pub struct Node {
 impl Node {
     /// The daemon's state for `config` (cleans up after dead mount processes).
     pub fn new(repo: Repository, config: &ServerConfig) -> Result<Arc<Self>, ServeError> {
-        if config.token.as_deref() == Some("") {
-            return Err(ServeError::EmptyToken);
-        }
-        if config.token.is_none() && !config.listen.ip().is_loopback() {
-            return Err(ServeError::TokenRequired(config.listen));
-        }
         let reader = ChunkReader::new(repo.packs().clone(), config.reader.clone())?;
         let state = &config.mounts.state_dir;
         let mounts =
@@ -55,7 +51,12 @@ impl Node {
             reader,
             jobs: Arc::default(),
             mounts,
-            token: config.token.clone(),
+            access: crate::Access::new(
+                config.tokens.clone(),
+                config.socket_group,
+                config.rate_limit,
+            ),
+            require_image_ids: config.require_image_ids,
             started: Instant::now(),
             http: http::HttpStats::default(),
             manifests: parking_lot::Mutex::new(lru::LruCache::new(MANIFESTS_CACHED)),

@@ -1,12 +1,17 @@
-//! Checks on what clients send: image references, paths inside an image, and mount
-//! points on the host.
+//! Checks on what clients send: image references and paths inside an image. (Mount
+//! points are confined in `confine`.)
 
 use crate::error::ApiError;
-use std::path::{Component, Path, PathBuf};
 use thaw_api::api::MAX_NAME_BYTES;
 
-/// An image reference: a tag or an id (prefix). Bounded, printable, no whitespace.
-pub fn image_ref(s: &str) -> Result<&str, ApiError> {
+/// An image reference: a full image id, or (unless `ids_only`) a tag or id prefix.
+/// Bounded, printable, no whitespace.
+pub fn image_ref(s: &str, ids_only: bool) -> Result<&str, ApiError> {
+    if ids_only && !(s.len() == 64 && thaw_core::id::is_hex_prefix(s)) {
+        return Err(ApiError::invalid(format!(
+            "this daemon takes full image ids only, not {s:?} (--require-image-ids)"
+        )));
+    }
     if s.is_empty() || s.len() > 256 {
         return Err(ApiError::invalid(format!(
             "image reference must be 1 to 256 bytes, not {}",
@@ -41,52 +46,19 @@ pub fn image_path(p: &str) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
-/// A host mount point: absolute, without `..`, an existing directory, and under
-/// `root` when the daemon was given one. Returns the canonical path.
-pub fn mountpoint(p: &str, root: Option<&Path>) -> Result<PathBuf, ApiError> {
-    if p.len() > MAX_NAME_BYTES || p.contains('\0') {
-        return Err(ApiError::invalid("mountpoint too long or with NUL"));
-    }
-    let path = Path::new(p);
-    if !path.is_absolute() {
-        return Err(ApiError::invalid(format!(
-            "mountpoint {p:?} must be absolute"
-        )));
-    }
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err(ApiError::invalid(format!("mountpoint {p:?} contains '..'")));
-    }
-    let canonical = path
-        .canonicalize()
-        .map_err(|e| ApiError::invalid(format!("mountpoint {p:?}: {e}")))?;
-    if !canonical.is_dir() {
-        return Err(ApiError::invalid(format!(
-            "mountpoint {p:?} is not a directory"
-        )));
-    }
-    if let Some(root) = root {
-        let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-        if !canonical.starts_with(&root) || canonical == root {
-            return Err(ApiError::invalid(format!(
-                "mountpoint {p:?} is not under the daemon's mount root {}",
-                root.display()
-            )));
-        }
-    }
-    Ok(canonical)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn image_refs() {
-        assert!(image_ref("debian:bookworm").is_ok());
-        assert!(image_ref("").is_err());
-        assert!(image_ref("a b").is_err());
-        assert!(image_ref("x\n").is_err());
-        assert!(image_ref(&"a".repeat(300)).is_err());
+        assert!(image_ref("debian:bookworm", false).is_ok());
+        assert!(image_ref("debian:bookworm", true).is_err());
+        assert!(image_ref(&"ab".repeat(32), true).is_ok());
+        assert!(image_ref("", false).is_err());
+        assert!(image_ref("a b", false).is_err());
+        assert!(image_ref("x\n", false).is_err());
+        assert!(image_ref(&"a".repeat(300), false).is_err());
     }
 
     #[test]
@@ -95,20 +67,5 @@ mod tests {
         assert!(image_path("/").unwrap().is_empty());
         assert!(image_path("/usr/../etc").is_err());
         assert!(image_path("a\0b").is_err());
-    }
-
-    #[test]
-    fn mountpoints() {
-        let tmp = tempfile::tempdir().unwrap();
-        let inside = tmp.path().join("m");
-        std::fs::create_dir(&inside).unwrap();
-        let s = inside.to_str().unwrap();
-        assert!(mountpoint(s, None).is_ok());
-        assert!(mountpoint(s, Some(tmp.path())).is_ok());
-        assert!(mountpoint(tmp.path().to_str().unwrap(), Some(tmp.path())).is_err());
-        assert!(mountpoint("/etc", Some(tmp.path())).is_err());
-        assert!(mountpoint("relative", None).is_err());
-        assert!(mountpoint(&format!("{s}/../m"), None).is_err());
-        assert!(mountpoint(&format!("{s}/missing"), None).is_err());
     }
 }

@@ -67,14 +67,19 @@ async fn the_router_serves_every_route_in_the_table() {
     let store: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::memory());
     let repo = Repository::open(store).await.unwrap();
     let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token: None,
+        socket: tmp.path().join("thaw.sock"),
+        socket_group: None,
+        listen: None,
+        tokens: thaw_server::auth::Tokens::default(),
+        metrics_listen: None,
+        rate_limit: None,
+        require_image_ids: false,
         reader: ReaderConfig::default(),
         mounts: MountSettings {
             state_dir: tmp.path().join("state"),
             registry: thaw_fuse::registry::MountRegistry::new(tmp.path().join("mounts")),
             api_address: None,
-            mount_root: None,
+            mount_root: tmp.path().join("mnt"),
             read_timeout: std::time::Duration::from_secs(5),
             threads: 1,
             kernel_readahead: 0,
@@ -90,6 +95,11 @@ async fn the_router_serves_every_route_in_the_table() {
             .method(*method)
             .uri(&uri)
             .header("content-type", "application/json")
+            .extension(axum::extract::ConnectInfo(thaw_server::auth::Peer::Unix {
+                uid: 0,
+                gid: 0,
+                pid: None,
+            }))
             .body(Body::from(body))
             .unwrap();
         let resp = router.clone().oneshot(req).await.unwrap();

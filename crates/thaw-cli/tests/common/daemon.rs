@@ -13,7 +13,12 @@ pub const TOKEN: &str = "test-token-0123456789";
 /// A running `thaw serve`; killed on drop.
 pub struct Daemon {
     child: Option<Child>,
+    /// The API over TCP (with [`TOKEN`]).
     pub url: String,
+    /// The API's unix socket.
+    pub socket: PathBuf,
+    /// The mount root: mount points go under it.
+    pub mount_root: PathBuf,
     log: PathBuf,
 }
 
@@ -41,6 +46,10 @@ impl Daemon {
             .arg(dir.join("cache"))
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(dir.join("thaw.sock"))
+            .arg("--mount-root")
+            .arg(dir.join("mnt"))
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)
@@ -50,9 +59,10 @@ impl Daemon {
             .spawn()
             .unwrap();
         let start = Instant::now();
-        let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(&ready) {
-                break a.trim().to_string();
+        let url = loop {
+            let text = std::fs::read_to_string(&ready).unwrap_or_default();
+            if let Some(url) = text.lines().find(|l| l.starts_with("http://")) {
+                break url.to_string();
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -63,7 +73,9 @@ impl Daemon {
         };
         Daemon {
             child: Some(child),
-            url: format!("http://{addr}"),
+            url,
+            socket: dir.join("thaw.sock"),
+            mount_root: dir.join("mnt"),
             log,
         }
     }
@@ -167,6 +179,7 @@ pub fn mount_at(image: &str, mountpoint: &Path, writable: bool) -> api::MountReq
         image: image.into(),
         mountpoint: mountpoint.to_str().unwrap().into(),
         writable,
+        allow_non_empty: false,
         prefetch: api::MountPrefetch::Trace,
     }
 }
