@@ -24,7 +24,7 @@ pub struct Confined {
     pub path: PathBuf,
 }
 
-/// Opens (creating if missing, mode 0755) the mount point `requested` under `root`:
+/// Opens (creating what is missing, mode 0755) the mount point `requested` under `root`:
 /// absolute and under the root, or relative to it. Refuses `..`, symlinks anywhere on
 /// the way, other mounts and, unless `allow_non_empty`, a directory with entries.
 pub fn mount_point(
@@ -33,25 +33,16 @@ pub fn mount_point(
     allow_non_empty: bool,
 ) -> Result<Confined, ApiError> {
     let relative = relative_to_root(root, requested)?;
-    let root_fd = open_root(root)?;
-    let (parent, name) = match (relative.parent(), relative.file_name()) {
-        (Some(p), Some(n)) => (p, n),
-        _ => {
-            return Err(ApiError::invalid(format!(
-                "mountpoint {requested:?} names the mount root itself"
-            )))
+    // One component at a time, each created if missing and opened without following
+    // symlinks: a directory that a component names is the one the next step starts from.
+    let mut dir = open_root(root)?;
+    for name in relative.iter() {
+        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(ApiError::invalid(format!("mountpoint {requested:?}: {e}"))),
         }
-    };
-    let parent_fd = if parent.as_os_str().is_empty() {
-        root_fd
-    } else {
-        beneath(&root_fd, parent, requested)?
-    };
-    match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o755)) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(ApiError::invalid(format!("mountpoint {requested:?}: {e}"))),
+        dir = beneath(&dir, Path::new(name), requested)?;
     }
-    let dir = beneath(&parent_fd, Path::new(name), requested)?;
     if !allow_non_empty && !is_empty(&dir)? {
         return Err(ApiError::new(
             thaw_api::api::ErrorCode::Conflict,
@@ -93,6 +84,11 @@ fn relative_to_root(root: &Path, requested: &str) -> Result<PathBuf, ApiError> {
     } else {
         path
     };
+    if relative.as_os_str().is_empty() {
+        return Err(ApiError::invalid(format!(
+            "mountpoint {requested:?} names the mount root itself"
+        )));
+    }
     if relative
         .components()
         .any(|c| !matches!(c, Component::Normal(_)))
@@ -198,6 +194,7 @@ mod tests {
             "a/../../etc",
             "./a",
             "",
+            "/run/thaw/mnt",
             "/run/thaw/mntx/a",
             "a\0b",
         ] {

@@ -30,6 +30,11 @@ impl Daemon {
 
     /// Starts a daemon over the store `store` (a path or URL), its cache in `dir/cache`.
     pub fn start_on(dir: &Path, store: &str, extra: &[&str]) -> Daemon {
+        Self::start_with(dir, store, extra, &[])
+    }
+
+    /// Starts a daemon with extra environment variables too.
+    pub fn start_with(dir: &Path, store: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
         let log = dir.join(format!(
@@ -53,6 +58,7 @@ impl Daemon {
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)
+            .envs(env.iter().copied())
             .env("THAW_TOKEN", TOKEN)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -78,6 +84,16 @@ impl Daemon {
             mount_root: dir.join("mnt"),
             log,
         }
+    }
+
+    /// The ready file's lines: `unix:PATH`, `http://ADDR`, `metrics http://ADDR`.
+    pub fn ready_lines(&self) -> Vec<String> {
+        let ready = self.socket.with_file_name("ready");
+        std::fs::read_to_string(ready)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn client(&self) -> Client {
