@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use thaw_core::ImageId;
 use thaw_image::{build, export, BuildError, BuildOptions, BuildReport, BuildSource};
+use thaw_store::blob::wrap::{FaultConfig, FaultyStore, RetryConfig, RetryStore};
 use thaw_store::error::StoreError;
 use thaw_store::{
     open_store, BlobStore, ChunkReader, ObjectInfo, ReaderConfig, RepoError, Repository,
@@ -163,10 +164,29 @@ async fn gc_between_dedup_and_commit_fails_the_build_cleanly() {
     }
 }
 
+/// `store` as the build and the gc loop see it: with `faults`, 20% of requests fail
+/// (transient) under the retry layer the CLI uses, so failures fall between any requests.
+fn as_seen(store: &Arc<dyn BlobStore>, faults: bool, seed: u64) -> Arc<dyn BlobStore> {
+    if !faults {
+        return store.clone();
+    }
+    let config = FaultConfig {
+        fail_rate: 0.2,
+        seed,
+    };
+    let faulty = Arc::new(FaultyStore::new(store.clone(), config));
+    let retry = RetryConfig {
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(20),
+        ..Default::default()
+    };
+    Arc::new(RetryStore::new(faulty, retry))
+}
+
 /// 20 rounds of a build that deduplicates against garbage while `gc --apply` (safety
-/// period 0) loops. Each ends exporting exactly, also after two more gc passes, or with a
-/// clean GcConflict.
-async fn builds_while_gc_loops(base: &str) {
+/// period 0) loops. Each ends exporting exactly, also after two more gc passes, or fails
+/// leaving no manifest: a clean GcConflict, or (with `faults`) a store error.
+async fn builds_while_gc_loops(base: &str, faults: bool) {
     let (mut whole, mut conflicts) = (0, 0);
     for round in 0..20u64 {
         let tmp = tempfile::tempdir().unwrap();
@@ -177,16 +197,20 @@ async fn builds_while_gc_loops(base: &str) {
         store_with_garbage(&store, &old).await;
         let stop = Arc::new(AtomicBool::new(false));
         let gc_loop = tokio::spawn({
-            let (store, stop) = (store.clone(), stop.clone());
+            let (store, stop) = (as_seen(&store, faults, round + 1000), stop.clone());
             async move {
                 let gc = Repository::open(store).await.unwrap();
                 while !stop.load(SeqCst) {
-                    gc.gc(true, Duration::ZERO).await.unwrap();
+                    // A failed pass is harmless: it stops before or between whole steps.
+                    let pass = gc.gc(true, Duration::ZERO).await;
+                    assert!(faults || pass.is_ok(), "{pass:?}");
                 }
             }
         });
-        let repo = Repository::open(store.clone()).await.unwrap();
-        let result = build_dir(&repo, &new).await;
+        let result = match Repository::open(as_seen(&store, faults, round)).await {
+            Ok(repo) => build_dir(&repo, &new).await,
+            Err(e) => Err(BuildError::Chunk(e)),
+        };
         stop.store(true, SeqCst);
         gc_loop.await.unwrap();
         match result {
@@ -200,25 +224,25 @@ async fn builds_while_gc_loops(base: &str) {
                 );
                 whole += 1;
             }
-            Err(e) if is_gc_conflict(&e) => {
+            Err(e) if is_gc_conflict(&e) || faults => {
                 let repo = Repository::open(store.clone()).await.unwrap();
                 assert!(
                     repo.list_images().await.unwrap().is_empty(),
-                    "round {round}"
+                    "round {round}: {e}"
                 );
                 conflicts += 1;
             }
             Err(e) => panic!("round {round}: {e}"),
         }
     }
-    eprintln!("builds racing gc: {whole} whole, {conflicts} clean conflicts");
+    eprintln!("builds racing gc (faults: {faults}): {whole} whole, {conflicts} clean failures");
     assert_eq!(whole + conflicts, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_racing_gc_on_a_local_store_end_whole_or_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
-    builds_while_gc_loops(tmp.path().to_str().unwrap()).await;
+    builds_while_gc_loops(tmp.path().to_str().unwrap(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +253,23 @@ async fn builds_racing_gc_on_s3_end_whole_or_cleanly() {
             "THAW_TEST_S3_URL is not set (scripts/test.sh starts moto and sets it)",
         );
     };
-    builds_while_gc_loops(&format!("{url}/gc-race-{:016x}", rand::random::<u64>())).await;
+    builds_while_gc_loops(
+        &format!("{url}/gc-race-{:016x}", rand::random::<u64>()),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_racing_gc_on_a_failing_s3_end_whole_or_cleanly() {
+    let Ok(url) = std::env::var("THAW_TEST_S3_URL") else {
+        return skip(
+            "builds_racing_gc_on_a_failing_s3_end_whole_or_cleanly",
+            "THAW_TEST_S3_URL is not set (scripts/test.sh starts moto and sets it)",
+        );
+    };
+    let base = format!("{url}/gc-faults-{:016x}", rand::random::<u64>());
+    builds_while_gc_loops(&base, true).await;
 }
 
 /// Two builds of different trees into one store at once, as from two machines.

@@ -125,7 +125,8 @@ impl PackStore {
         &self.store
     }
 
-    /// Loads pack indexes that appeared since the last load.
+    /// Loads pack indexes that appeared since the last load. An index that gc deletes
+    /// between the listing and its GET is skipped: its pack is going too.
     pub async fn reload(&self) -> Result<(), RepoError> {
         let listing = self.store.list(PACKS_PREFIX).await?;
         let known: Vec<PackId> = self.packs.read().keys().copied().collect();
@@ -134,18 +135,22 @@ impl PackStore {
             .filter_map(|o| pack_of_index_key(&o.key))
             .filter(|p| known.binary_search(p).is_err())
             .collect();
-        let loaded: Vec<(PackId, PackIndex)> = stream::iter(new)
+        let loaded: Vec<Option<(PackId, PackIndex)>> = stream::iter(new)
             .map(|pack| async move {
                 let key = index_key(&pack);
-                let bytes = self.store.get(&key).await?;
+                let bytes = match self.store.get(&key).await {
+                    Ok(b) => b,
+                    Err(StoreError::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
                 let index = PackIndex::decode(&bytes)
                     .map_err(|source| RepoError::BadPackIndex { key, source })?;
-                Ok::<_, RepoError>((pack, index))
+                Ok::<_, RepoError>(Some((pack, index)))
             })
             .buffer_unordered(16)
             .try_collect()
             .await?;
-        for (pack, index) in loaded {
+        for (pack, index) in loaded.into_iter().flatten() {
             self.insert(pack, Arc::new(index));
         }
         Ok(())

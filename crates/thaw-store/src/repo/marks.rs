@@ -93,7 +93,19 @@ impl Repository {
         };
         let len = bytes.len();
         self.store.put(&key, Bytes::from(bytes)).await?;
-        let taken = self.packs_taken_by_gc(manifest).await?;
+        let taken = match self.packs_taken_by_gc(manifest).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Unchecked is as bad as taken: withdraw it if we can (the retry layer has
+                // already tried the check; this delete is the last word).
+                if !existed {
+                    if let Err(d) = self.store.delete(&key).await {
+                        tracing::error!(image = %id, error = %d, "could not withdraw an unchecked manifest");
+                    }
+                }
+                return Err(e);
+            }
+        };
         if taken.is_empty() {
             return Ok((id, len));
         }
