@@ -23,7 +23,8 @@ pub fn sh(cmd: &str) {
 }
 
 /// An image `img` made by `umoci` in `tmp/layout` from two repacks of `tmp/bundle/rootfs`
-/// (the second removes, changes and adds a file); returns (layout, rootfs).
+/// (the second removes, changes and adds a file, and removes one with a 253-byte name);
+/// returns (layout, rootfs).
 pub fn umoci_layout(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let layout = tmp.join("layout");
     let bundle = tmp.join("bundle");
@@ -35,6 +36,8 @@ pub fn umoci_layout(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::create_dir_all(rootfs.join("etc/conf.d")).unwrap();
     std::fs::write(rootfs.join("etc/keep"), b"kept").unwrap();
     std::fs::write(rootfs.join("etc/conf.d/old"), b"old").unwrap();
+    // Its whiteout in the next layer, `.wh.` + 253 bytes, is longer than a name may be.
+    std::fs::write(rootfs.join("etc").join("n".repeat(253)), b"long").unwrap();
     std::fs::write(rootfs.join("big"), crate::pseudo_random(3 << 20, 7)).unwrap();
     std::os::unix::fs::symlink("keep", rootfs.join("etc/link")).unwrap();
     // Layers keep whole seconds of mtime, so the tree gets whole seconds.
@@ -42,6 +45,7 @@ pub fn umoci_layout(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     sh(&whole_seconds);
     sh(&format!("umoci repack --image {l}:img {b}"));
     std::fs::remove_file(rootfs.join("etc/conf.d/old")).unwrap();
+    std::fs::remove_file(rootfs.join("etc").join("n".repeat(253))).unwrap();
     std::fs::write(rootfs.join("etc/keep"), b"kept, changed").unwrap();
     std::fs::write(rootfs.join("new"), b"new").unwrap();
     sh(&whole_seconds);

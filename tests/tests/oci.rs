@@ -108,6 +108,11 @@ fn named(name: &str) -> serde_json::Value {
     serde_json::json!({"annotations": {"org.opencontainers.image.ref.name": name}})
 }
 
+/// `etc/` + `prefix` + a 253-byte name.
+fn long_name(prefix: &str) -> &'static str {
+    Box::leak(format!("etc/{prefix}{}", "n".repeat(253)).into_boxed_str())
+}
+
 /// Three layers: plain, gzip, zstd, with whiteouts and an opaque directory.
 fn three_layers(layout: &Path) -> serde_json::Value {
     let base = layer_tar(&[
@@ -119,6 +124,8 @@ fn three_layers(layout: &Path) -> serde_json::Value {
         E::File("opt/x/2", b"two"),
         E::File("usr/bin/tool", b"tool v1"),
         E::File("gone/file", b"removed with its directory"),
+        // A 253-byte name: its whiteout, `.wh.` + 253 bytes, is longer than a name may be.
+        E::File(long_name(""), b"a long name"),
     ]);
     let second = layer_tar(&[
         E::File("etc/.wh.a", b""),
@@ -129,6 +136,7 @@ fn three_layers(layout: &Path) -> serde_json::Value {
         E::File("usr/bin/tool", b"tool v2"),
         E::File(".wh.gone", b""),
         E::File("nothing/.wh.here", b""),
+        E::File(long_name(".wh."), b""),
     ]);
     let third = layer_tar(&[E::File("etc/a", b"a again")]);
     image(

@@ -41,17 +41,26 @@ pub fn open_stream<'a>(input: impl Read + 'a) -> Result<Box<dyn Read + 'a>, Buil
 }
 
 /// Splits an archive path into safe components. The empty path (or `.`, `./`) is the root.
-fn components(raw: &[u8], shown: &str) -> Result<Vec<Vec<u8>>, BuildError> {
+/// With whiteouts applied, a last component `.wh.NAME` may exceed 255 bytes by its prefix:
+/// it creates nothing, and the name it hides is what must fit.
+fn components(raw: &[u8], shown: &str, whiteouts: Whiteouts) -> Result<Vec<Vec<u8>>, BuildError> {
     if raw.first() == Some(&b'/') {
         return Err(BuildError::UnsafePath {
             path: shown.to_string(),
             reason: "absolute path",
         });
     }
+    let parts: Vec<&[u8]> = raw
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
     let mut out = Vec::new();
-    for c in raw.split(|&b| b == b'/') {
+    for (i, &c) in parts.iter().enumerate() {
+        let hides_a_name_that_fits = whiteouts == Whiteouts::Apply
+            && i + 1 == parts.len()
+            && c.starts_with(WHITEOUT_PREFIX)
+            && c.len() - WHITEOUT_PREFIX.len() <= 255;
         match c {
-            b"" | b"." => {}
             b".." => {
                 return Err(BuildError::UnsafePath {
                     path: shown.to_string(),
@@ -64,7 +73,7 @@ fn components(raw: &[u8], shown: &str) -> Result<Vec<Vec<u8>>, BuildError> {
                     reason: "NUL in name",
                 })
             }
-            c if c.len() > 255 => {
+            c if c.len() > 255 && !hides_a_name_that_fits => {
                 return Err(BuildError::UnsafePath {
                     path: shown.to_string(),
                     reason: "name longer than 255 bytes",
@@ -143,7 +152,7 @@ pub fn apply_layer(
             continue;
         }
         let meta = entry_meta(&mut entry, &shown)?;
-        let comps = components(&raw_path, &shown)?;
+        let comps = components(&raw_path, &shown, whiteouts)?;
         let Some(name) = comps.last().cloned() else {
             if kind.is_dir() {
                 tree.set_meta(0, meta);
@@ -333,7 +342,7 @@ fn hard_link<R: Read>(
         target: target_shown.clone(),
         reason,
     };
-    let target_comps = components(&raw_target, &target_shown)
+    let target_comps = components(&raw_target, &target_shown, Whiteouts::Ignore)
         .map_err(|_| hl("target is absolute or escapes the archive"))?;
     let target = tree
         .lookup(&target_comps)
@@ -352,12 +361,28 @@ mod tests {
     #[test]
     fn path_components() {
         assert_eq!(
-            components(b"./a//b/", "").unwrap(),
+            components(b"./a//b/", "", Whiteouts::Ignore).unwrap(),
             vec![b"a".to_vec(), b"b".to_vec()]
         );
-        assert!(components(b"", "").unwrap().is_empty());
-        assert!(components(b"/etc/passwd", "").is_err());
-        assert!(components(b"a/../../b", "").is_err());
+        assert!(components(b"", "", Whiteouts::Ignore).unwrap().is_empty());
+        assert!(components(b"/etc/passwd", "", Whiteouts::Ignore).is_err());
+        assert!(components(b"a/../../b", "", Whiteouts::Ignore).is_err());
+        // A whiteout of a 252- to 255-byte name is longer than a name may be, and valid.
+        for len in [252usize, 255] {
+            let whiteout = [b"d/.wh.".as_slice(), &vec![b'n'; len]].concat();
+            assert_eq!(
+                components(&whiteout, "", Whiteouts::Apply).unwrap().len(),
+                2
+            );
+            assert!(
+                components(&whiteout, "", Whiteouts::Ignore).is_err(),
+                "a plain file"
+            );
+        }
+        let too_long = [b".wh.".as_slice(), &[b'n'; 256]].concat();
+        assert!(components(&too_long, "", Whiteouts::Apply).is_err());
+        let not_last = [b".wh.".as_slice(), &[b'n'; 252], b"/x"].concat();
+        assert!(components(&not_last, "", Whiteouts::Apply).is_err());
     }
 
     #[test]
