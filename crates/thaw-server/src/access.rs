@@ -34,11 +34,6 @@ impl Access {
         }
     }
 
-    /// Whether TCP callers could get in at all.
-    pub fn has_tokens(&self) -> bool {
-        !self.tokens.is_empty()
-    }
-
     /// Who is calling: a local user the socket admits, or the holder of a token.
     pub fn caller(&self, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
         match peer {

@@ -63,7 +63,7 @@ pub fn mount_point(
 }
 
 /// `/proc/self/fd/N` of a descriptor.
-pub fn fd_path(fd: &impl AsFd) -> PathBuf {
+fn fd_path(fd: &impl AsFd) -> PathBuf {
     use std::os::fd::AsRawFd;
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
 }

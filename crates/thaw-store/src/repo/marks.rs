@@ -16,17 +16,11 @@ use thaw_core::{ImageId, Manifest, PackId};
 /// HEADs a commit check runs at once.
 const CHECKS_IN_FLIGHT: usize = 16;
 
-/// A build in progress: the packs gc had marked when it began, which it must not reuse.
-#[derive(Debug, Default)]
+/// Proof that a build began with [`Repository::begin_build`] (so it reuses no pack gc
+/// has marked), asked for by [`Repository::commit_manifest`].
+#[derive(Debug)]
 pub struct BuildTicket {
-    marked_at_start: usize,
-}
-
-impl BuildTicket {
-    /// How many packs were marked for deletion when the build began (and so not reused).
-    pub fn marked_at_start(&self) -> usize {
-        self.marked_at_start
-    }
+    _private: (),
 }
 
 impl Repository {
@@ -67,9 +61,7 @@ impl Repository {
     pub async fn begin_build(&self) -> Result<BuildTicket, RepoError> {
         let marks = self.deletion_marks().await?;
         self.packs.retire(marks.keys());
-        Ok(BuildTicket {
-            marked_at_start: marks.len(),
-        })
+        Ok(BuildTicket { _private: () })
     }
 
     /// Stores a build's manifest, then checks that gc has neither marked nor deleted any
