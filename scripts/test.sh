@@ -29,7 +29,7 @@ export THAW_TESTS_STRICT=1
 
 # --- Debian packages -------------------------------------------------------------
 missing=()
-for pkg in debootstrap zstd fuse3 attr tar umoci skopeo docker-registry; do
+for pkg in debootstrap zstd fuse3 attr tar umoci skopeo docker-registry runc crun catatonit; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

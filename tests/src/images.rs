@@ -22,9 +22,15 @@ pub fn sh(cmd: &str) {
     assert!(st.success(), "{cmd}");
 }
 
+/// The run configuration [`umoci_layout`] gives its image.
+pub const UMOCI_CONFIG: &str = "--config.entrypoint /bin/app --config.cmd serve \
+     --config.env A=1 --config.env PATH=/bin --config.workingdir /srv \
+     --config.user 1000:1000 --config.exposedports 8080/tcp --config.label tier=test \
+     --config.stopsignal SIGQUIT";
+
 /// An image `img` made by `umoci` in `tmp/layout` from two repacks of `tmp/bundle/rootfs`
-/// (the second removes, changes and adds a file, and removes one with a 253-byte name);
-/// returns (layout, rootfs).
+/// (the second removes, changes and adds a file, and removes one with a 253-byte name),
+/// configured with [`UMOCI_CONFIG`]; returns (layout, rootfs).
 pub fn umoci_layout(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let layout = tmp.join("layout");
     let bundle = tmp.join("bundle");
@@ -50,6 +56,7 @@ pub fn umoci_layout(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::write(rootfs.join("new"), b"new").unwrap();
     sh(&whole_seconds);
     sh(&format!("umoci repack --image {l}:img {b}"));
+    sh(&format!("umoci config --image {l}:img {UMOCI_CONFIG}"));
     (layout, rootfs)
 }
 

@@ -10,6 +10,7 @@
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
+use thaw_core::{ImageConfig, ImageId, Manifest};
 use thaw_image::{build, export, BuildError, BuildOptions, BuildSource};
 use thaw_store::{ChunkReader, ReaderConfig, Repository};
 use thaw_tests::images::{have, sh, umoci_layout, Registry};
@@ -150,12 +151,31 @@ fn three_layers(layout: &Path) -> serde_json::Value {
     )
 }
 
-async fn build_and_export(repo: &Repository, arg: &str, out: &Path) -> Result<(), BuildError> {
+/// Builds `arg`, exports it to `out`, and returns the image and its manifest.
+async fn build_and_export(
+    repo: &Repository,
+    arg: &str,
+    out: &Path,
+) -> Result<(ImageId, Manifest), BuildError> {
     let report = build(repo, BuildSource::from_arg(arg), BuildOptions::default()).await?;
     let manifest = repo.get_manifest(&report.image).await.unwrap();
     let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
     export(&reader, &manifest, out).await.unwrap();
-    Ok(())
+    Ok((report.image, manifest))
+}
+
+/// The configuration `umoci config` was given in [`umoci_layout`].
+fn assert_umoci_config(config: Option<&ImageConfig>) {
+    let c = config.expect("the image keeps its configuration");
+    assert_eq!(c.command(), ["/bin/app", "serve"]);
+    assert_eq!(c.env, ["A=1", "PATH=/bin"]);
+    assert_eq!(
+        (c.working_dir.as_str(), c.user.as_str()),
+        ("/srv", "1000:1000")
+    );
+    assert_eq!(c.exposed_ports, ["8080/tcp"]);
+    assert_eq!(c.labels, [("tier".to_string(), "test".to_string())]);
+    assert_eq!(c.stop_signal.as_deref(), Some("SIGQUIT"));
 }
 
 fn list(root: &Path) -> Vec<String> {
@@ -369,12 +389,13 @@ async fn a_layout_written_by_umoci_builds_to_its_tree() {
     let (layout, rootfs) = umoci_layout(tmp.path());
     let (_, repo) = local_repo(&tmp.path().join("store")).await;
     let out = tmp.path().join("out");
-    build_and_export(&repo, &format!("oci:{}:img", layout.display()), &out)
+    let (_, manifest) = build_and_export(&repo, &format!("oci:{}:img", layout.display()), &out)
         .await
         .unwrap();
     let compared = thaw_tests::treediff::assert_same(&rootfs, &out, &[]);
     assert!(compared >= 6, "{compared} paths compared");
     assert!(!out.join("etc/conf.d/old").exists());
+    assert_umoci_config(manifest.config.as_ref());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,11 +422,45 @@ async fn an_image_pushed_to_a_local_registry_builds_to_its_tree() {
     thaw_registry::pull_to_layout(&r, &pulled).await.unwrap();
     let (_, repo) = local_repo(&tmp.path().join("store")).await;
     let out = tmp.path().join("out");
-    build_and_export(&repo, &format!("oci:{}", pulled.display()), &out)
-        .await
-        .unwrap();
+    let (from_registry, manifest) =
+        build_and_export(&repo, &format!("oci:{}", pulled.display()), &out)
+            .await
+            .unwrap();
     let compared = thaw_tests::treediff::assert_same(&rootfs, &out, &[]);
     assert!(compared >= 6, "{compared} paths compared");
+    assert_umoci_config(manifest.config.as_ref());
+    // `docker save`'s two forms of the same image build to the same image, configuration
+    // included: the legacy one (written by skopeo) and an OCI layout inside a tar.
+    let legacy = tmp.path().join("legacy.tar");
+    sh(&format!(
+        "skopeo copy --quiet --src-tls-verify=false docker://{image} docker-archive:{}:thaw/test:v1",
+        legacy.display()
+    ));
+    let oci_tar = tmp.path().join("oci.tar");
+    sh(&format!(
+        "tar -C {} -cf {} .",
+        layout.display(),
+        oci_tar.display()
+    ));
+    for (arg, name) in [
+        (format!("docker-archive:{}", legacy.display()), "legacy"),
+        (
+            format!("docker-archive:{}:thaw/test:v1", legacy.display()),
+            "legacy-named",
+        ),
+        (format!("docker-archive:{}", oci_tar.display()), "oci"),
+    ] {
+        let out = tmp.path().join(name);
+        let (id, _) = build_and_export(&repo, &arg, &out).await.unwrap();
+        assert_eq!(id, from_registry, "{arg} builds to the registry's image");
+        thaw_tests::treediff::assert_same(&rootfs, &out, &[]);
+    }
+    assert_fails(
+        &repo,
+        &format!("docker-archive:{}:thaw/other:v9", legacy.display()),
+        "thaw/other:v9",
+    )
+    .await;
     // An unknown tag and an unknown repository: clear errors naming the image.
     for missing in ["thaw/test:nope", "thaw/other:v1"] {
         let r = thaw_registry::ImageRef::parse(&format!("{}/{missing}", registry.addr)).unwrap();
@@ -418,4 +473,112 @@ async fn an_image_pushed_to_a_local_registry_builds_to_its_tree() {
             "{err}"
         );
     }
+}
+
+/// A legacy `docker save` archive of one image over `layers`, with `diff_ids` as given
+/// (`None`: the true ones) and the config named by its digest.
+fn legacy_archive(path: &Path, layers: &[Vec<u8>], diff_ids: Option<Vec<String>>) {
+    let true_ids = layers
+        .iter()
+        .map(|l| format!("sha256:{}", hex::encode(Sha256::digest(l))))
+        .collect();
+    let config = serde_json::json!({
+        "config": {"Cmd": ["/bin/true"], "Env": ["K=v"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids.unwrap_or(true_ids)},
+    })
+    .to_string();
+    let config_name = format!("{}.json", hex::encode(Sha256::digest(&config)));
+    let names: Vec<String> = (0..layers.len())
+        .map(|i| format!("l{i}/layer.tar"))
+        .collect();
+    let manifest =
+        serde_json::json!([{"Config": config_name, "RepoTags": ["x/y:1"], "Layers": names}]);
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("manifest.json", manifest.to_string().as_bytes());
+    add(&config_name, config.as_bytes());
+    for (name, layer) in names.iter().zip(layers) {
+        add(name, layer);
+    }
+    b.finish().unwrap();
+}
+
+#[tokio::test]
+async fn a_docker_archive_gets_the_checks_of_a_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let base = layer_tar(&[
+        E::Dir("etc"),
+        E::File("etc/a", b"a"),
+        E::File("etc/b", b"b"),
+    ]);
+    let upper = gzip(&layer_tar(&[E::File("etc/.wh.a", b"")]));
+    // A gzip layer: its diff_id is the digest of the uncompressed tar.
+    let uncompressed_upper = layer_tar(&[E::File("etc/.wh.a", b"")]);
+    let good = tmp.path().join("good.tar");
+    let ids = [&base, &uncompressed_upper]
+        .iter()
+        .map(|l| format!("sha256:{}", hex::encode(Sha256::digest(l))))
+        .collect();
+    legacy_archive(&good, &[base.clone(), upper.clone()], Some(ids));
+    let out = tmp.path().join("out");
+    let (_, manifest) = build_and_export(
+        &repo,
+        &format!("docker-archive:{}:x/y:1", good.display()),
+        &out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(list(&out), ["etc", "etc/b"]);
+    let config = manifest.config.unwrap();
+    assert_eq!(
+        (config.command(), config.env),
+        (vec!["/bin/true".to_string()], vec!["K=v".to_string()])
+    );
+
+    let wrong = tmp.path().join("wrong.tar");
+    legacy_archive(
+        &wrong,
+        std::slice::from_ref(&base),
+        Some(vec![format!("sha256:{}", "0".repeat(64))]),
+    );
+    assert_fails(
+        &repo,
+        &format!("docker-archive:{}", wrong.display()),
+        "does not match its diff_id",
+    )
+    .await;
+    let short = tmp.path().join("short.tar");
+    legacy_archive(&short, std::slice::from_ref(&base), Some(vec![]));
+    assert_fails(
+        &repo,
+        &format!("docker-archive:{}", short.display()),
+        "diff_ids",
+    )
+    .await;
+    assert_fails(
+        &repo,
+        &format!("docker-archive:{}:x/z:1", good.display()),
+        "no image tagged",
+    )
+    .await;
+    let compressed = tmp.path().join("good.tar.gz");
+    std::fs::write(&compressed, gzip(&std::fs::read(&good).unwrap())).unwrap();
+    assert_fails(
+        &repo,
+        &format!("docker-archive:{}", compressed.display()),
+        "compressed",
+    )
+    .await;
+    assert_fails(
+        &repo,
+        &format!("docker-archive:{}", tmp.path().join("none.tar").display()),
+        "none.tar",
+    )
+    .await;
 }

@@ -10,14 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thaw_core::ChunkerConfig;
-use thaw_image::{BuildOptions, BuildReport, BuildSource};
+use thaw_image::{BuildOptions, BuildReport, BuildSource, ConfigEdits};
 use thaw_store::{ChunkReader, ReaderConfig, Repository, WriterConfig};
 
-/// Arguments of `thaw build`.
+/// Arguments of `thaw build`. The configuration flags edit the source's own configuration
+/// (a registry, OCI or docker-archive image) as a Dockerfile's instructions would, or make
+/// one for a directory or tar image, which has none.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// A directory, a tar file (.tar, .tar.gz, .tar.zst), `-`, `oci:DIR[:NAME]` or
-    /// `docker://HOST/NAME:TAG`.
+    /// A directory, a tar file (.tar, .tar.gz, .tar.zst), `-`, `oci:DIR[:NAME]`,
+    /// `docker-archive:FILE[:NAME:TAG]` or `docker://HOST/NAME:TAG`.
     pub source: String,
     /// Tag the image with this name.
     #[arg(long)]
@@ -32,6 +34,26 @@ pub struct BuildArgs {
     /// (from `thaw mount --record-trace`) or an image whose pushed traces to merge.
     #[arg(long, value_name = "TRACE")]
     pub order_by: Option<String>,
+    /// Run configuration from a file: an OCI image config (`{"config": {...}}`) or its
+    /// `config` object alone (`Entrypoint`, `Cmd`, `Env`, ...). Replaces the source's own.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The entrypoint, as a Dockerfile's ENTRYPOINT: a JSON array (`["/bin/app","-v"]`)
+    /// runs as is, other text through `/bin/sh -c`; `[]` clears it.
+    #[arg(long, value_name = "JSON|TEXT")]
+    pub entrypoint: Option<String>,
+    /// The default command (or arguments, after an entrypoint), as a Dockerfile's CMD.
+    #[arg(long, value_name = "JSON|TEXT")]
+    pub cmd: Option<String>,
+    /// Set an environment variable (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The working directory (absolute).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// The user: `NAME`, `UID`, `NAME:GROUP` or `UID:GID`.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
 }
 
 /// Arguments of `thaw export`.
@@ -92,6 +114,7 @@ pub async fn build(repo: &Repository, args: &BuildArgs) -> Result<()> {
         },
         progress: Some(progress),
         first_access,
+        config: config_edits(args)?,
     };
     let start = Instant::now();
     // A registry image is pulled (every blob checked) into a temporary OCI layout, which
@@ -120,6 +143,46 @@ pub async fn build(repo: &Repository, args: &BuildArgs) -> Result<()> {
     }
     print_build(&r?, args.tag.as_deref(), start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The configuration flags of `thaw build`, as edits to the source's configuration.
+fn config_edits(args: &BuildArgs) -> Result<ConfigEdits> {
+    let replace = match &args.config {
+        Some(file) => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let config = thaw_image::image_config::from_file_json(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            Some(config)
+        }
+        None => None,
+    };
+    for kv in &args.env {
+        if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+            bail!("--env {kv:?} is not KEY=VALUE");
+        }
+    }
+    Ok(ConfigEdits {
+        replace,
+        entrypoint: args
+            .entrypoint
+            .as_deref()
+            .map(exec_or_shell_form)
+            .transpose()?,
+        cmd: args.cmd.as_deref().map(exec_or_shell_form).transpose()?,
+        env: args.env.clone(),
+        working_dir: args.workdir.clone(),
+        user: args.user.clone(),
+    })
+}
+
+/// A Dockerfile's two forms: a JSON array is the argv itself; other text is a shell command.
+fn exec_or_shell_form(s: &str) -> Result<Vec<String>> {
+    if s.trim_start().starts_with('[') {
+        return serde_json::from_str(s)
+            .with_context(|| format!("{s:?} is not a JSON array of strings"));
+    }
+    Ok(vec!["/bin/sh".into(), "-c".into(), s.into()])
 }
 
 fn print_build(r: &BuildReport, tag: Option<&str>, secs: f64) {
@@ -238,7 +301,25 @@ pub async fn inspect(repo: &Repository, image: &str) -> Result<()> {
             st.missing_chunks
         );
     }
+    print_config(m.config.as_ref());
     Ok(())
+}
+
+/// The run configuration, one field a line, values as JSON so that spaces and quotes show.
+fn print_config(config: Option<&thaw_core::ImageConfig>) {
+    let Some(c) = config else {
+        println!("config: (none: runs only with a command given)");
+        return;
+    };
+    println!("config:");
+    println!("  entrypoint: {}", serde_json::json!(c.entrypoint));
+    println!("  cmd: {}", serde_json::json!(c.cmd));
+    println!("  env: {}", serde_json::json!(c.env));
+    println!("  working_dir: {}", serde_json::json!(c.working_dir));
+    println!("  user: {}", serde_json::json!(c.user));
+    println!("  exposed_ports: {}", serde_json::json!(c.exposed_ports));
+    println!("  labels: {}", serde_json::json!(c.labels));
+    println!("  stop_signal: {}", serde_json::json!(c.stop_signal));
 }
 
 /// `thaw export`.

@@ -283,3 +283,69 @@ fn build_takes_oci_layouts_and_registry_images() {
         "{err}"
     );
 }
+
+#[test]
+fn build_flags_set_the_run_configuration_and_inspect_shows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    std::fs::create_dir_all(src.join("srv")).unwrap();
+    let src_arg = src.to_str().unwrap();
+    let plain = ok(&store, &["build", src_arg, "--tag", "plain"]);
+    assert!(
+        ok(&store, &["inspect", "plain"]).contains("config: (none"),
+        "{plain}"
+    );
+    let file = tmp.path().join("config.json");
+    std::fs::write(
+        &file,
+        r#"{"Cmd":["/bin/app"],"Env":["A=1","B=2"],"User":"daemon"}"#,
+    )
+    .unwrap();
+    ok(
+        &store,
+        &[
+            "build",
+            src_arg,
+            "--tag",
+            "configured",
+            "--config",
+            file.to_str().unwrap(),
+            "--env",
+            "B=3",
+            "--workdir",
+            "/srv",
+            "--entrypoint",
+            r#"["/bin/tini","--"]"#,
+            "--cmd",
+            "exec app --port 80",
+        ],
+    );
+    let inspected = ok(&store, &["inspect", "configured"]);
+    assert_eq!(field(&inspected, "  entrypoint"), r#"["/bin/tini","--"]"#);
+    assert_eq!(
+        field(&inspected, "  cmd"),
+        r#"["/bin/sh","-c","exec app --port 80"]"#
+    );
+    assert_eq!(field(&inspected, "  env"), r#"["A=1","B=3"]"#);
+    assert_eq!(field(&inspected, "  working_dir"), r#""/srv""#);
+    assert_eq!(field(&inspected, "  user"), r#""daemon""#);
+    // The configuration is part of the image: the same tree configured is another image.
+    assert_ne!(field(&inspected, "image"), field(&plain, "image"));
+    for (flag, value, why) in [
+        ("--env", "NOEQUALS", "KEY=VALUE"),
+        ("--workdir", "relative", "not absolute"),
+        ("--entrypoint", "[1,2]", "JSON array of strings"),
+        ("--config", "/no/such/config.json", "/no/such/config.json"),
+    ] {
+        let out = thaw(&store, &["build", src_arg, "--tag", "bad", flag, value]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{flag} {value}: {err}"
+        );
+    }
+    assert!(
+        !thaw(&store, &["inspect", "bad"]).status.success(),
+        "nothing tagged"
+    );
+}

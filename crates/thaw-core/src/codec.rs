@@ -22,6 +22,12 @@ pub struct Envelope {
     pub version: u16,
 }
 
+/// The version field of what looks like an envelope, before any check: lets a type that
+/// reads several versions pick the one to decode with.
+pub fn peek_version(bytes: &[u8]) -> Option<u16> {
+    Some(u16::from_le_bytes([*bytes.get(8)?, *bytes.get(9)?]))
+}
+
 impl Envelope {
     /// Serialises `value` into an envelope: header, postcard body, BLAKE3 checksum.
     pub fn encode<T: Serialize>(&self, value: &T) -> Vec<u8> {

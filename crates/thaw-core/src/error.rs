@@ -91,7 +91,8 @@ pub enum FormatError {
 }
 
 impl FormatError {
-    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+    /// A value that decoded but breaks a rule: `what` names it, `reason` says how.
+    pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
         FormatError::Invalid {
             what,
             reason: reason.into(),

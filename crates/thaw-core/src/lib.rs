@@ -6,6 +6,7 @@
 
 pub mod chunker;
 pub mod codec;
+pub mod config;
 pub mod error;
 pub mod id;
 pub mod manifest;
@@ -14,6 +15,7 @@ pub mod tag;
 pub mod trace;
 
 pub use chunker::{Chunker, ChunkerConfig};
+pub use config::ImageConfig;
 pub use error::FormatError;
 pub use id::{ChunkId, ImageId, PackId};
 pub use manifest::{

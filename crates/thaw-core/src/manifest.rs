@@ -6,14 +6,22 @@
 //! storage and no fetch (sparse files).
 
 use crate::codec::Envelope;
+use crate::config::ImageConfig;
 use crate::{ChunkId, FormatError, ImageId, MAX_CHUNK_LEN};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
-const ENVELOPE: Envelope = Envelope {
+/// Version 1: chunks and inodes. Still written for images without a run configuration,
+/// so their ids do not change.
+const ENVELOPE_V1: Envelope = Envelope {
     what: "manifest",
     magic: *b"THAWMAN\0",
     version: 1,
+};
+/// Version 2: version 1 followed by the image's run configuration.
+const ENVELOPE_V2: Envelope = Envelope {
+    version: 2,
+    ..ENVELOPE_V1
 };
 
 /// The root directory's inode number.
@@ -139,6 +147,40 @@ pub struct Manifest {
     pub chunks: Vec<ChunkInfo>,
     /// Inode 0 is the root directory.
     pub inodes: Vec<Inode>,
+    /// How containers started from the image run, when its source said (OCI and registry
+    /// images, or `thaw build --config`); `None` for plain trees.
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
+}
+
+/// The body of a version 1 manifest, borrowed for encoding.
+#[derive(Serialize)]
+struct BodyV1<'a> {
+    chunks: &'a [ChunkInfo],
+    inodes: &'a [Inode],
+}
+
+/// The body of a version 2 manifest, borrowed for encoding.
+#[derive(Serialize)]
+struct BodyV2<'a> {
+    chunks: &'a [ChunkInfo],
+    inodes: &'a [Inode],
+    config: &'a ImageConfig,
+}
+
+/// The body of a version 1 manifest, decoded.
+#[derive(Deserialize)]
+struct OwnedV1 {
+    chunks: Vec<ChunkInfo>,
+    inodes: Vec<Inode>,
+}
+
+/// The body of a version 2 manifest, decoded.
+#[derive(Deserialize)]
+struct OwnedV2 {
+    chunks: Vec<ChunkInfo>,
+    inodes: Vec<Inode>,
+    config: ImageConfig,
 }
 
 /// A resolved extent of a file: where it sits and what backs it.
@@ -154,13 +196,36 @@ pub struct FileExtent {
 
 impl Manifest {
     /// Encodes into the versioned envelope. The image id is the hash of these bytes.
+    /// Version 1 without a configuration, version 2 with one.
     pub fn encode(&self) -> Vec<u8> {
-        ENVELOPE.encode(self)
+        let (chunks, inodes) = (self.chunks.as_slice(), self.inodes.as_slice());
+        match &self.config {
+            None => ENVELOPE_V1.encode(&BodyV1 { chunks, inodes }),
+            Some(config) => ENVELOPE_V2.encode(&BodyV2 {
+                chunks,
+                inodes,
+                config,
+            }),
+        }
     }
 
-    /// Decodes and fully validates a manifest.
+    /// Decodes and fully validates a manifest of either version.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, FormatError> {
-        let m: Manifest = ENVELOPE.decode(bytes)?;
+        let m = if crate::codec::peek_version(bytes) == Some(ENVELOPE_V1.version) {
+            let b: OwnedV1 = ENVELOPE_V1.decode(bytes)?;
+            Manifest {
+                chunks: b.chunks,
+                inodes: b.inodes,
+                config: None,
+            }
+        } else {
+            let b: OwnedV2 = ENVELOPE_V2.decode(bytes)?;
+            Manifest {
+                chunks: b.chunks,
+                inodes: b.inodes,
+                config: Some(b.config),
+            }
+        };
         m.validate()?;
         Ok(m)
     }
@@ -261,7 +326,11 @@ impl Manifest {
     /// Checks every invariant the rest of thaw relies on.
     pub fn validate(&self) -> Result<(), FormatError> {
         self.check()
-            .map_err(|reason| FormatError::invalid("manifest", reason))
+            .map_err(|reason| FormatError::invalid("manifest", reason))?;
+        match &self.config {
+            Some(config) => config.validate(),
+            None => Ok(()),
+        }
     }
 
     fn check(&self) -> Result<(), String> {

@@ -1,7 +1,9 @@
 //! The build driver: runs a source on a blocking thread, then stores manifest and tag.
 
+use crate::image_config::ConfigEdits;
 use crate::ingest::Ingest;
-use crate::{oci, source_dir, source_tar, BuildError};
+use crate::layout::DirFiles;
+use crate::{docker_archive, oci, source_dir, source_tar, BuildError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -25,14 +27,32 @@ pub enum BuildSource {
         /// The image's `org.opencontainers.image.ref.name`, if the layout holds several.
         reference: Option<String>,
     },
+    /// A `docker save` archive: the image tagged `reference` in it, or its only image.
+    DockerArchive {
+        /// The archive (an uncompressed tar).
+        file: PathBuf,
+        /// A `RepoTags` entry (`NAME:TAG`) naming the image, if the archive holds several.
+        reference: Option<String>,
+    },
 }
 
 impl BuildSource {
-    /// `-` is stdin, `oci:DIR[:NAME]` an OCI image layout (as `skopeo` names them), a
-    /// directory is a tree, anything else a tar file.
+    /// `-` is stdin, `oci:DIR[:NAME]` an OCI image layout and `docker-archive:FILE[:NAME]`
+    /// a `docker save` archive (as `skopeo` names them), a directory is a tree, anything
+    /// else a tar file.
     pub fn from_arg(arg: &str) -> Self {
         let p = PathBuf::from(arg);
-        if let Some(rest) = arg.strip_prefix("oci:") {
+        if let Some(rest) = arg.strip_prefix("docker-archive:") {
+            // As in skopeo: the path ends at the first ':'; the name (NAME:TAG) follows it.
+            let (file, reference) = match rest.split_once(':') {
+                Some((file, name)) if !name.is_empty() => (file, Some(name.to_string())),
+                _ => (rest.trim_end_matches(':'), None),
+            };
+            BuildSource::DockerArchive {
+                file: PathBuf::from(file),
+                reference,
+            }
+        } else if let Some(rest) = arg.strip_prefix("oci:") {
             // The name follows the last ':' unless that ':' is part of the path.
             let (dir, reference) = match rest.rsplit_once(':') {
                 Some((dir, name)) if !name.contains('/') && !name.is_empty() => {
@@ -68,6 +88,9 @@ pub struct BuildOptions {
     /// Chunks in first-access order (from a start-up trace): those new to the store are
     /// packed together in this order, after the rest.
     pub first_access: Vec<thaw_core::ChunkId>,
+    /// Changes to the image's run configuration (or a configuration for a tree that has
+    /// none).
+    pub config: ConfigEdits,
 }
 
 /// What a build did.
@@ -114,16 +137,7 @@ pub async fn build(
                 chunker,
                 bytes_read,
             };
-            let tree = match source {
-                BuildSource::Directory(dir) => source_dir::build_tree(&dir, &ingest),
-                BuildSource::TarFile(path) => std::fs::File::open(&path)
-                    .map_err(crate::error::io_err("open", &path))
-                    .and_then(|f| source_tar::build_tree(f, &ingest)),
-                BuildSource::Stdin => source_tar::build_tree(std::io::stdin().lock(), &ingest),
-                BuildSource::OciLayout { dir, reference } => {
-                    oci::build_tree(&dir, reference.as_deref(), &ingest)
-                }
-            };
+            let tree = build_from(source, &ingest);
             (tree, writer)
         })
         .await
@@ -131,9 +145,12 @@ pub async fn build(
     };
     // Always drain the writer so no thread is left behind, then report the first error.
     let finished = writer.finish().await;
-    let tree = tree?;
+    let (tree, config) = tree?;
     let writer_stats = finished?;
-    let manifest = tree.to_manifest();
+    let mut manifest = tree.to_manifest();
+    manifest.config = options.config.apply(config).map_err(|reason| {
+        BuildError::Format(thaw_core::FormatError::invalid("image config", reason))
+    })?;
     let (image, manifest_bytes) = repo.commit_manifest(&ticket, &manifest).await?;
     if let Some(tag) = &options.tag {
         repo.set_tag(tag, &image).await?;
@@ -148,6 +165,30 @@ pub async fn build(
         others,
         writer: writer_stats,
     })
+}
+
+/// Reads `source` into a tree, with the run configuration its format carries.
+fn build_from(
+    source: BuildSource,
+    ingest: &Ingest<'_>,
+) -> Result<(crate::tree::Tree, Option<thaw_core::ImageConfig>), BuildError> {
+    let plain = |tree| (tree, None);
+    match source {
+        BuildSource::Directory(dir) => source_dir::build_tree(&dir, ingest).map(plain),
+        BuildSource::TarFile(path) => std::fs::File::open(&path)
+            .map_err(crate::error::io_err("open", &path))
+            .and_then(|f| source_tar::build_tree(f, ingest))
+            .map(plain),
+        BuildSource::Stdin => source_tar::build_tree(std::io::stdin().lock(), ingest).map(plain),
+        BuildSource::OciLayout { dir, reference } => {
+            oci::build_tree(&DirFiles(dir), reference.as_deref(), ingest)
+                .map(|(tree, config)| (tree, Some(config)))
+        }
+        BuildSource::DockerArchive { file, reference } => {
+            docker_archive::build_tree(&file, reference.as_deref(), ingest)
+                .map(|(tree, config)| (tree, Some(config)))
+        }
+    }
 }
 
 fn count(m: &thaw_core::Manifest) -> (u64, u64, u64) {
@@ -178,5 +219,17 @@ mod tests {
         assert_eq!(oci("oci:/a:b/l"), (PathBuf::from("/a:b/l"), None));
         assert_eq!(oci("oci:/l:"), (PathBuf::from("/l:"), None));
         assert!(matches!(BuildSource::from_arg("-"), BuildSource::Stdin));
+        let archive = |arg: &str| match BuildSource::from_arg(arg) {
+            BuildSource::DockerArchive { file, reference } => (file, reference),
+            other => panic!("{arg}: {other:?}"),
+        };
+        assert_eq!(
+            archive("docker-archive:/a.tar"),
+            (PathBuf::from("/a.tar"), None)
+        );
+        assert_eq!(
+            archive("docker-archive:/a.tar:debian:12"),
+            (PathBuf::from("/a.tar"), Some("debian:12".into()))
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Builds images from directory trees, tar streams and OCI image layouts, and exports
+//! Builds images from directory trees, tar streams, OCI image layouts and `docker save`
+//! archives (keeping the image's run configuration), and exports
 //! them back to directories.
 //!
 //! Building reads files on a blocking thread, cuts them with content-defined chunking,
@@ -6,9 +7,12 @@
 //! uploads in the background) and finally stores the manifest and tag.
 
 mod build;
+mod docker_archive;
 mod error;
 mod export;
+pub mod image_config;
 mod ingest;
+pub mod layout;
 pub mod oci;
 mod source_dir;
 mod source_tar;
@@ -18,3 +22,4 @@ mod tree;
 pub use build::{build, BuildOptions, BuildReport, BuildSource};
 pub use error::{BuildError, ExportError};
 pub use export::{export, ExportReport};
+pub use image_config::ConfigEdits;

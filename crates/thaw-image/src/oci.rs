@@ -1,10 +1,12 @@
 //! Reading an OCI image layout (a directory as `skopeo copy ... oci:DIR:TAG` or `umoci`
-//! write it): `index.json`, the image manifest, and its layers applied in order, each
-//! blob checked against its SHA-256 digest and size.
+//! write it, or the same inside a `docker save` archive): `index.json`, the image
+//! manifest, its config, and its layers applied in order, each blob checked against its
+//! SHA-256 digest and size.
 //!
 //! Only the layout's JSON documents are parsed here; layers go through `source_tar`.
 
 use crate::ingest::Ingest;
+use crate::layout::LayoutFiles;
 use crate::source_tar::{apply_layer, Whiteouts};
 use crate::tree::Tree;
 use crate::BuildError;
@@ -12,6 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use thaw_core::ImageConfig;
 
 /// The largest index or manifest read: real ones are a few kilobytes.
 pub const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
@@ -71,13 +74,15 @@ pub struct Index {
 #[derive(Debug, Deserialize)]
 /// An image manifest (the parts thaw reads).
 pub struct ImageManifest {
+    /// The image's configuration blob.
+    pub config: Descriptor,
     /// Its layers, bottom first.
     pub layers: Vec<Descriptor>,
 }
 
-fn oci_err(layout: &Path, reason: impl Into<String>) -> BuildError {
+pub(crate) fn oci_err(layout: &dyn LayoutFiles, reason: impl Into<String>) -> BuildError {
     BuildError::Oci {
-        layout: layout.display().to_string(),
+        layout: layout.describe(),
         reason: reason.into(),
     }
 }
@@ -92,26 +97,29 @@ pub fn host_architecture() -> &'static str {
 }
 
 /// Applies the layers of image `reference` (or the layout's only image) in `layout` to a
-/// new tree.
+/// new tree, and reads the image's run configuration.
 pub fn build_tree(
-    layout: &Path,
+    layout: &dyn LayoutFiles,
     reference: Option<&str>,
     ingest: &Ingest<'_>,
-) -> Result<Tree, BuildError> {
-    let marker = read_document(layout, &layout.join("oci-layout"))?;
+) -> Result<(Tree, ImageConfig), BuildError> {
+    let marker = read_document(layout, "oci-layout")?;
     if !String::from_utf8_lossy(&marker).contains("imageLayoutVersion") {
         return Err(oci_err(
             layout,
             "oci-layout does not name an imageLayoutVersion",
         ));
     }
-    let index: Index = parse(
-        layout,
-        "index.json",
-        &read_document(layout, &layout.join("index.json"))?,
-    )?;
+    let index: Index = parse(layout, "index.json", &read_document(layout, "index.json")?)?;
     let chosen = choose(layout, &index.manifests, reference)?;
     let manifest = resolve_manifest(layout, chosen, 0)?;
+    let config_json = read_blob_document(layout, &manifest.config)?;
+    let config = crate::image_config::from_json(&config_json).map_err(|reason| {
+        oci_err(
+            layout,
+            format!("config {}: {reason}", manifest.config.digest),
+        )
+    })?;
     let mut tree = Tree::new(crate::tree::dir_meta_default());
     for layer in &manifest.layers {
         if !LAYER_TYPES.contains(&layer.media_type.as_str()) {
@@ -123,21 +131,33 @@ pub fn build_tree(
                 ),
             ));
         }
-        let path = blob_path(layout, &layer.digest)?;
-        let file = std::fs::File::open(&path).map_err(crate::error::io_err("open", &path))?;
-        let mut checked = Checked::new(file);
+        let rel = blob_rel(layout, &layer.digest)?;
+        let mut checked = Checked::new(layout.open(&rel)?);
         apply_layer(&mut tree, &mut checked, ingest, Whiteouts::Apply)?;
         // A tar stream may end before its blob does (padding): hash all of it.
-        std::io::copy(&mut checked, &mut std::io::sink())
-            .map_err(crate::error::io_err("read", &path))?;
+        drain(layout, &rel, &mut checked)?;
         checked.verify(layout, layer)?;
     }
-    Ok(tree)
+    Ok((tree, config))
+}
+
+/// Reads what is left of a blob, so that its digest covers all of it.
+pub(crate) fn drain(
+    layout: &dyn LayoutFiles,
+    rel: &str,
+    r: &mut impl Read,
+) -> Result<(), BuildError> {
+    std::io::copy(r, &mut std::io::sink()).map_err(|source| BuildError::Io {
+        op: "read",
+        path: format!("{} in {}", rel, layout.describe()),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Picks the manifest named `reference` (the `ref.name` annotation), or the only one.
 fn choose<'a>(
-    layout: &Path,
+    layout: &dyn LayoutFiles,
     manifests: &'a [Descriptor],
     reference: Option<&str>,
 ) -> Result<&'a Descriptor, BuildError> {
@@ -159,7 +179,7 @@ fn choose<'a>(
 
 /// Follows nested indexes (multi-platform images) to the image manifest for this host.
 fn resolve_manifest(
-    layout: &Path,
+    layout: &dyn LayoutFiles,
     d: &Descriptor,
     depth: u32,
 ) -> Result<ImageManifest, BuildError> {
@@ -196,8 +216,8 @@ pub fn for_this_host(index: &Index) -> Option<&Descriptor> {
     })
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(
-    layout: &Path,
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
+    layout: &dyn LayoutFiles,
     what: &str,
     bytes: &[u8],
 ) -> Result<T, BuildError> {
@@ -206,59 +226,72 @@ fn parse<T: for<'de> Deserialize<'de>>(
 
 /// `blobs/sha256/<hex>` for a digest, refusing anything but a well-formed SHA-256 digest
 /// (the digest comes from the layout and becomes a path).
-fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, BuildError> {
-    blob_file(layout, digest).ok_or_else(|| {
-        oci_err(
-            layout,
-            format!("unsupported or malformed digest {digest:?}"),
-        )
-    })
+fn blob_rel(layout: &dyn LayoutFiles, digest: &str) -> Result<String, BuildError> {
+    sha256_hex(digest)
+        .map(|hex| format!("blobs/sha256/{hex}"))
+        .ok_or_else(|| {
+            oci_err(
+                layout,
+                format!("unsupported or malformed digest {digest:?}"),
+            )
+        })
+}
+
+/// The 64 lowercase hex digits of a `sha256:` digest, or `None`.
+pub(crate) fn sha256_hex(digest: &str) -> Option<&str> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// `DIR/blobs/sha256/<hex>`, or `None` unless `digest` is `sha256:` and 64 lowercase hex
 /// digits (so it can never name a path outside `DIR`).
 pub fn blob_file(dir: &Path, digest: &str) -> Option<PathBuf> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))?;
-    Some(dir.join("blobs").join("sha256").join(hex))
+    Some(dir.join("blobs").join("sha256").join(sha256_hex(digest)?))
 }
 
-fn read_document(layout: &Path, path: &Path) -> Result<Vec<u8>, BuildError> {
-    let file = std::fs::File::open(path).map_err(crate::error::io_err("open", path))?;
+/// A JSON document of the layout, read up to [`MAX_DOCUMENT_BYTES`].
+pub(crate) fn read_document(layout: &dyn LayoutFiles, rel: &str) -> Result<Vec<u8>, BuildError> {
     let mut bytes = Vec::new();
-    file.take(MAX_DOCUMENT_BYTES + 1)
+    layout
+        .open(rel)?
+        .take(MAX_DOCUMENT_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(crate::error::io_err("read", path))?;
+        .map_err(|source| BuildError::Io {
+            op: "read",
+            path: format!("{rel} in {}", layout.describe()),
+            source,
+        })?;
     if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
         return Err(oci_err(
             layout,
-            format!(
-                "{} is larger than {MAX_DOCUMENT_BYTES} bytes",
-                path.display()
-            ),
+            format!("{rel} is larger than {MAX_DOCUMENT_BYTES} bytes"),
         ));
     }
     Ok(bytes)
 }
 
 /// A manifest or index blob, checked against its descriptor.
-fn read_blob_document(layout: &Path, d: &Descriptor) -> Result<Vec<u8>, BuildError> {
+fn read_blob_document(layout: &dyn LayoutFiles, d: &Descriptor) -> Result<Vec<u8>, BuildError> {
     if d.size > MAX_DOCUMENT_BYTES {
         return Err(oci_err(
             layout,
             format!("{}: {} bytes is too large", d.digest, d.size),
         ));
     }
-    let path = blob_path(layout, &d.digest)?;
-    let bytes = read_document(layout, &path)?;
+    let bytes = read_document(layout, &blob_rel(layout, &d.digest)?)?;
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
     check_blob(layout, d, bytes.len() as u64, &digest)?;
     Ok(bytes)
 }
 
 /// A blob of `size` bytes with digest `got` must match its descriptor.
-fn check_blob(layout: &Path, d: &Descriptor, size: u64, got: &str) -> Result<(), BuildError> {
+fn check_blob(
+    layout: &dyn LayoutFiles,
+    d: &Descriptor,
+    size: u64,
+    got: &str,
+) -> Result<(), BuildError> {
     if size != d.size || got != d.digest {
         return Err(oci_err(
             layout,
@@ -272,14 +305,14 @@ fn check_blob(layout: &Path, d: &Descriptor, size: u64, got: &str) -> Result<(),
 }
 
 /// A reader that hashes and counts what passes through it.
-struct Checked<R> {
+pub(crate) struct Checked<R> {
     inner: R,
     hasher: Sha256,
     bytes: u64,
 }
 
 impl<R: Read> Checked<R> {
-    fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Checked {
             inner,
             hasher: Sha256::new(),
@@ -287,9 +320,15 @@ impl<R: Read> Checked<R> {
         }
     }
 
-    fn verify(self, layout: &Path, d: &Descriptor) -> Result<(), BuildError> {
-        let got = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        check_blob(layout, d, self.bytes, &got)
+    fn verify(self, layout: &dyn LayoutFiles, d: &Descriptor) -> Result<(), BuildError> {
+        let bytes = self.bytes;
+        let got = self.digest();
+        check_blob(layout, d, bytes, &got)
+    }
+
+    /// `sha256:` and the hex digest of everything read so far.
+    pub(crate) fn digest(self) -> String {
+        format!("sha256:{}", hex::encode(self.hasher.finalize()))
     }
 }
 

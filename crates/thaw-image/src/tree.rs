@@ -221,6 +221,10 @@ impl Tree {
                 }
             })
             .collect();
-        Manifest { chunks, inodes }
+        Manifest {
+            chunks,
+            inodes,
+            config: None,
+        }
     }
 }

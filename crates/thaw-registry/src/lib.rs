@@ -311,8 +311,9 @@ pub async fn pull_to_layout(image: &ImageRef, dir: &Path) -> Result<(), Registry
     }
     let manifest: ImageManifest =
         serde_json::from_slice(&body).map_err(|e| s.err(format!("manifest: {e}")))?;
-    for layer in &manifest.layers {
-        s.blob(dir, layer).await?;
+    // The config blob carries the run configuration (entrypoint, env, user, ...).
+    for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+        s.blob(dir, blob).await?;
     }
     let digest = sha256(&body);
     let path = oci::blob_file(dir, &digest).unwrap_or_else(|| dir.join("blobs/sha256/manifest"));

@@ -102,6 +102,7 @@ mod tests {
                 node(InodeKind::CharDevice { rdev: 0 }),
                 node(InodeKind::Fifo),
             ],
+            config: None,
         };
         let s = m.summary();
         assert_eq!(

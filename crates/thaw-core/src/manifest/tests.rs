@@ -59,7 +59,31 @@ fn sample() -> Manifest {
                 kind: InodeKind::CharDevice { rdev: 0x0501 },
             },
         ],
+        config: None,
     }
+}
+
+#[test]
+fn a_configuration_is_kept_and_only_it_moves_the_version() {
+    let plain = sample();
+    assert_eq!(crate::codec::peek_version(&plain.encode()), Some(1));
+    let mut configured = sample();
+    configured.config = Some(crate::ImageConfig {
+        cmd: Some(vec!["/bin/sh".into()]),
+        env: vec!["A=1".into()],
+        ..Default::default()
+    });
+    let bytes = configured.encode();
+    assert_eq!(crate::codec::peek_version(&bytes), Some(2));
+    assert_eq!(Manifest::decode(&bytes).unwrap(), configured);
+    assert_ne!(Manifest::id_of(&bytes), Manifest::id_of(&plain.encode()));
+    // A version 2 manifest whose configuration breaks a rule is refused on decode.
+    configured.config = Some(crate::ImageConfig {
+        working_dir: "relative".into(),
+        ..Default::default()
+    });
+    let err = Manifest::decode(&configured.encode()).unwrap_err();
+    assert!(err.to_string().contains("working directory"), "{err}");
 }
 
 #[test]
@@ -298,12 +322,58 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
                 entries.push(DirEntry { name, inode: ino });
                 entries.sort_by(|x, y| x.name.cmp(&y.name));
             }
-            Manifest { chunks, inodes }
+            Manifest {
+                chunks,
+                inodes,
+                config: None,
+            }
         })
+}
+
+/// Random valid run configurations.
+fn arb_config() -> impl Strategy<Value = crate::ImageConfig> {
+    let words = || proptest::collection::vec("[a-z/ .-]{0,8}", 0..4);
+    (
+        proptest::option::of(words()),
+        proptest::option::of(words()),
+        proptest::collection::vec("[A-Z_]{1,6}=[^\\x00]{0,8}", 0..4),
+        "(/[a-z]{1,5}){0,2}",
+        "[a-z0-9:]{0,8}",
+        proptest::collection::btree_set((1u16.., prop_oneof!["tcp", "udp"]), 0..3),
+        proptest::collection::btree_map("[a-z.]{1,6}", "[^\\x00]{0,6}", 0..3),
+        proptest::option::of(prop_oneof!["SIGTERM", "SIGQUIT", "9"]),
+    )
+        .prop_map(
+            |(entrypoint, cmd, env, working_dir, user, ports, labels, stop)| {
+                let mut exposed_ports: Vec<String> = ports
+                    .into_iter()
+                    .map(|(p, proto)| format!("{p}/{proto}"))
+                    .collect();
+                exposed_ports.sort();
+                exposed_ports.dedup();
+                crate::ImageConfig {
+                    entrypoint,
+                    cmd,
+                    env,
+                    working_dir,
+                    user,
+                    exposed_ports,
+                    labels: labels.into_iter().collect(),
+                    stop_signal: stop,
+                }
+            },
+        )
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn manifests_with_a_configuration_round_trip(m in arb_manifest(), config in proptest::option::of(arb_config())) {
+        let m = Manifest { config, ..m };
+        prop_assert!(m.validate().is_ok());
+        prop_assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
 
     #[test]
     fn encode_decode_round_trips(m in arb_manifest()) {
