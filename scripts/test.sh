@@ -29,13 +29,27 @@ export THAW_TESTS_STRICT=1
 
 # --- Debian packages -------------------------------------------------------------
 missing=()
-for pkg in debootstrap zstd fuse3 attr tar umoci skopeo docker-registry runc crun catatonit; do
+for pkg in debootstrap zstd fuse3 attr tar umoci skopeo docker-registry runc crun catatonit \
+           busybox-static golang-github-containers-common; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- cgroups for crun ---------------------------------------------------------------
+# On a hybrid hierarchy (cgroup v1 with a v2 part at /sys/fs/cgroup/unified) crun refuses
+# to run while the v2 part holds a controller ("cgroups in hybrid mode not supported,
+# drop all controllers from cgroupv2"); runc does not mind. Mounting the v1 hierarchy of
+# each such controller takes it off the v2 part, as a systemd in hybrid mode would.
+if [ -s /sys/fs/cgroup/unified/cgroup.controllers ]; then
+  for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
+    log "mounting the v1 $c cgroup hierarchy so that crun can run (hybrid host)"
+    mkdir -p "/sys/fs/cgroup/$c"
+    mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" || log "could not: the crun tests will fail"
+  done
 fi
 
 # --- moto[server] in a venv ------------------------------------------------------

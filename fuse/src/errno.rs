@@ -35,6 +35,11 @@ pub enum FsError {
     #[error("the image is read-only")]
     /// A write, or an open for writing (EROFS).
     ReadOnly,
+    /// An ioctl: the image's files are plain files with no device behind them (ENOTTY, as
+    /// a regular file on a disk filesystem answers `FS_IOC_GETFLAGS` and the like it
+    /// does not support).
+    #[error("no ioctl on an image file")]
+    NoIoctl,
     #[error("unknown file handle")]
     /// A read through a handle or inode that cannot be read (EBADF).
     BadHandle,
@@ -69,6 +74,7 @@ pub fn errno_of(err: &FsError) -> fuser::Errno {
         FsError::BufferTooSmall { .. } => libc::ERANGE,
         FsError::ReadOnly => libc::EROFS,
         FsError::BadHandle => libc::EBADF,
+        FsError::NoIoctl => libc::ENOTTY,
         FsError::Timeout(_) | FsError::ShortChunk { .. } => libc::EIO,
         FsError::Read(_) => libc::EIO,
     };

@@ -4,6 +4,8 @@
 mod client_cmd;
 mod image_cmd;
 mod mount_cmd;
+mod run_cmd;
+mod run_io;
 mod serve_cmd;
 mod trace_cmd;
 mod weights_cmd;
@@ -60,6 +62,11 @@ enum Command {
     /// Mount an image read-only (or writable through overlayfs); runs until SIGINT,
     /// SIGTERM or `thaw umount`.
     Mount(mount_cmd::MountArgs),
+    /// Run a container from an image, lazily mounted, under runc or crun (in the
+    /// foreground: streams, signals and the exit code pass through).
+    Run(run_cmd::RunArgs),
+    /// Write an OCI runtime bundle (the image unpacked, and config.json) without running it.
+    Bundle(run_cmd::BundleArgs),
     /// Unmount a thaw mount, stopping its daemon, or clean up after a dead one.
     Umount { mountpoint: PathBuf },
     /// Load a safetensors file of an image into GPU memory (or host memory with --host).
@@ -119,13 +126,22 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,thaw::audit=info".into()),
+                // A reply to a request whose process was killed (a container's, at its
+                // end) has no one to go to: fuser logs it as an error, and it is none.
+                .unwrap_or_else(|_| "warn,thaw::audit=info,fuser::reply=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match &cli.command {
-        Command::Umount { mountpoint } => return mount_cmd::umount(mountpoint).await,
+        Command::Umount { mountpoint } => {
+            let cleaned = run_cmd::clean_dead_containers();
+            let mp = thaw_fuse::mount::absolute(mountpoint);
+            if cleaned.iter().any(|dir| mp.starts_with(dir)) {
+                return Ok(());
+            }
+            return mount_cmd::umount(mountpoint).await;
+        }
         Command::Prewarm(args) => return client_cmd::prewarm(args).await,
         Command::Jobs(server) => return client_cmd::jobs(server).await,
         Command::Cache(CacheCommand::Stats(server)) => {
@@ -154,6 +170,11 @@ async fn main() -> Result<()> {
         Command::Tag { image, name } => image_cmd::tag(&repo, image, name).await?,
         Command::Rmi { image } => image_cmd::rmi(&repo, image).await?,
         Command::Mount(args) => mount_cmd::mount(&repo, args, cli.stats).await?,
+        Command::Run(args) => {
+            let code = run_cmd::run(&repo, args).await?;
+            std::process::exit(code);
+        }
+        Command::Bundle(args) => run_cmd::bundle(&repo, args).await?,
         Command::Trace(t) => trace_cmd::run(&repo, t).await?,
         Command::Weights(w) => weights_cmd::run(&repo, w).await?,
         Command::Serve(args) => serve_cmd::serve(repo.clone(), args).await?,

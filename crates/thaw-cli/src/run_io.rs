@@ -1,0 +1,225 @@
+//! The foreground side of `thaw run`: the container's output relayed to ours (noting when
+//! its first byte came), its exit awaited as its parent (this process is a subreaper, so
+//! the init the runtime leaves behind becomes our child), signals forwarded through the
+//! runtime, and the start's timings.
+
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use thaw_run::Runtime;
+
+/// Copies the container's output and error to ours as they come.
+#[derive(Debug)]
+pub struct Relay {
+    first_byte: Arc<OnceLock<Instant>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// The write ends the container gets.
+#[derive(Debug)]
+pub struct RelayEnds {
+    /// Its standard output.
+    pub stdout: std::io::PipeWriter,
+    /// Its standard error.
+    pub stderr: std::io::PipeWriter,
+}
+
+impl Relay {
+    /// Makes the pipes and starts copying from them.
+    pub fn start() -> Result<(Relay, RelayEnds)> {
+        let first_byte = Arc::new(OnceLock::new());
+        let (out_r, out_w) = std::io::pipe().context("a pipe for the container's output")?;
+        let (err_r, err_w) = std::io::pipe().context("a pipe for the container's errors")?;
+        let threads = vec![
+            copy_thread(out_r, std::io::stdout(), first_byte.clone()),
+            copy_thread(err_r, std::io::stderr(), first_byte.clone()),
+        ];
+        let ends = RelayEnds {
+            stdout: out_w,
+            stderr: err_w,
+        };
+        Ok((
+            Relay {
+                first_byte,
+                threads,
+            },
+            ends,
+        ))
+    }
+
+    /// When the first byte of output or error arrived, if one did.
+    pub fn first_byte(&self) -> Option<Instant> {
+        self.first_byte.get().copied()
+    }
+
+    /// Waits until every writer has closed its end (the container's processes have
+    /// exited), so that nothing it wrote is lost.
+    pub fn finish(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn copy_thread(
+    mut from: std::io::PipeReader,
+    mut to: impl Write + Send + 'static,
+    first: Arc<OnceLock<Instant>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let _ = first.set(Instant::now());
+                    // A closed terminal is no reason to stop draining: the container
+                    // would block on a full pipe.
+                    let _ = to.write_all(&buf[..n]).and_then(|()| to.flush());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// Makes this process the reaper of orphans below it: the container's init, whose parent
+/// (the runtime's `create`) exits, becomes our child, whose exit status we can wait for.
+pub fn become_subreaper() -> Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .context("PR_SET_CHILD_SUBREAPER")
+}
+
+/// Reads the init's pid from the runtime's pid file.
+pub fn read_pid(path: &std::path::Path) -> Result<rustix::process::Pid> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the container's pid from {}", path.display()))?;
+    let n: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("pid file {text:?}"))?;
+    rustix::process::Pid::from_raw(n).context("pid 0 in the pid file")
+}
+
+/// Waits for the init to exit: its exit code, or 128 + N when signal N killed it.
+pub async fn wait_exit(pid: rustix::process::Pid) -> Result<i32> {
+    let waited = tokio::task::spawn_blocking(move || loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other,
+        }
+    })
+    .await
+    .context("the wait task")?;
+    let status = match waited {
+        Ok(Some((_, status))) => status,
+        Ok(None) => bail!("waitpid returned no status for {}", pid.as_raw_nonzero()),
+        Err(e) => bail!(
+            "waiting for the container's init {}: {e}",
+            pid.as_raw_nonzero()
+        ),
+    };
+    if let Some(code) = status.exit_status() {
+        return Ok(code);
+    }
+    match status.terminating_signal() {
+        Some(sig) => Ok(128 + sig),
+        None => bail!("the container's init stopped without an exit status"),
+    }
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container until
+/// `done` resolves.
+pub async fn forward_signals(
+    runtime: &Runtime,
+    id: &str,
+    done: impl std::future::Future<Output = ()>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let kinds = [
+        (SignalKind::interrupt(), libc::SIGINT),
+        (SignalKind::terminate(), libc::SIGTERM),
+        (SignalKind::hangup(), libc::SIGHUP),
+        (SignalKind::quit(), libc::SIGQUIT),
+        (SignalKind::user_defined1(), libc::SIGUSR1),
+        (SignalKind::user_defined2(), libc::SIGUSR2),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut listeners = Vec::new();
+    for (kind, number) in kinds {
+        let Ok(mut s) = signal(kind) else { continue };
+        let tx = tx.clone();
+        listeners.push(tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(number).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            () = &mut done => break,
+            Some(number) = rx.recv() => {
+                if let Err(e) = runtime.kill(id, number) {
+                    tracing::warn!(error = %e, signal = number, "could not forward a signal");
+                }
+            }
+        }
+    }
+    for l in listeners {
+        l.abort();
+    }
+}
+
+/// When each step of a start ended.
+#[derive(Debug)]
+pub struct Timings {
+    /// When `thaw run` began.
+    pub begin: Instant,
+    /// Steps in order: (name, when it ended).
+    pub steps: Vec<(&'static str, Instant)>,
+}
+
+impl Timings {
+    /// Timings from now.
+    pub fn new() -> Self {
+        Timings {
+            begin: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// Notes that `step` ended now.
+    pub fn mark(&mut self, step: &'static str) {
+        self.steps.push((step, Instant::now()));
+    }
+
+    /// One line per step: its own duration, and the time since `thaw run` began.
+    pub fn render(&self, first_byte: Option<Instant>) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mut out = String::new();
+        let mut last = self.begin;
+        for (step, at) in &self.steps {
+            out += &format!(
+                "timing {step}: {:.1} ms (at {:.1} ms)\n",
+                ms(at.saturating_duration_since(last)),
+                ms(at.saturating_duration_since(self.begin))
+            );
+            last = *at;
+        }
+        match first_byte {
+            Some(t) => {
+                out += &format!(
+                    "timing first_byte: at {:.1} ms\n",
+                    ms(t.saturating_duration_since(self.begin))
+                )
+            }
+            None => out += "timing first_byte: none (no output)\n",
+        }
+        out
+    }
+}
