@@ -4,6 +4,7 @@
 mod client_cmd;
 mod image_cmd;
 mod mount_cmd;
+mod run_args;
 mod run_cmd;
 mod run_io;
 mod serve_cmd;
@@ -64,9 +65,9 @@ enum Command {
     Mount(mount_cmd::MountArgs),
     /// Run a container from an image, lazily mounted, under runc or crun (in the
     /// foreground: streams, signals and the exit code pass through).
-    Run(run_cmd::RunArgs),
+    Run(run_args::RunArgs),
     /// Write an OCI runtime bundle (the image unpacked, and config.json) without running it.
-    Bundle(run_cmd::BundleArgs),
+    Bundle(run_args::BundleArgs),
     /// Unmount a thaw mount, stopping its daemon, or clean up after a dead one.
     Umount { mountpoint: PathBuf },
     /// Load a safetensors file of an image into GPU memory (or host memory with --host).

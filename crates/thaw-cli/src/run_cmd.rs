@@ -5,214 +5,17 @@
 //! through; and everything made for it is removed at the end, or, after a `kill -9`, by
 //! the next `thaw run` or `thaw umount`. `thaw bundle` writes the bundle without running.
 
-use crate::run_io::{become_subreaper, forward_signals, read_pid, wait_exit, Relay, Timings};
+use crate::run_args::{check_name, parse_request, runtime_root, BundleArgs, RunArgs};
+use crate::run_io::{
+    become_subreaper, exited_already, read_pid, wait_exit, Relay, Signals, Timings,
+};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use thaw_fuse::registry::MountRegistry;
 use thaw_fuse::session::{MountSession, ReaderSource, SessionSpec};
 use thaw_fuse::{FsConfig, MountOptions};
-use thaw_run::{
-    ContainerRecord, ContainerRegistry, Limits, Network, RunRequest, Runtime, Seccomp, Streams,
-};
+use thaw_run::{ContainerRecord, ContainerRegistry, RunRequest, Runtime, Streams};
 use thaw_store::{ReaderConfig, Repository};
-
-/// The container's configuration flags, shared by `thaw run` and `thaw bundle`.
-#[derive(Debug, clap::Args)]
-pub struct ContainerArgs {
-    /// Set an environment variable (repeatable); overrides the image's.
-    #[arg(long, short = 'e', value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// The working directory; overrides the image's.
-    #[arg(long, short = 'w', value_name = "DIR")]
-    pub workdir: Option<String>,
-    /// `USER[:GROUP]` (names from the image's /etc/passwd and /etc/group, or numbers).
-    #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
-    pub user: Option<String>,
-    /// The container's name (and host name).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Run catatonit as PID 1: it reaps zombies and forwards signals to the program.
-    #[arg(long)]
-    pub init: bool,
-    /// Bind a host path: `SRC:DST[:ro]` (repeatable).
-    #[arg(long, value_name = "SRC:DST[:ro]")]
-    pub mount: Vec<String>,
-    /// `none` (a network namespace with only loopback) or `host`.
-    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
-    pub network: String,
-    /// /dev/shm's size (bytes, or with k, m, g); 64m unless given.
-    #[arg(long, value_name = "SIZE")]
-    pub shm_size: Option<String>,
-    /// Memory limit (bytes, or with k, m, g); no swap beyond it.
-    #[arg(long, short = 'm', value_name = "SIZE")]
-    pub memory: Option<String>,
-    /// CPUs' worth of time (for example 1.5).
-    #[arg(long)]
-    pub cpus: Option<f64>,
-    /// Most processes and threads.
-    #[arg(long)]
-    pub pids_limit: Option<i64>,
-    /// GPUs from CDI specifications: `all` or a count.
-    #[arg(long, value_name = "all|N")]
-    pub gpus: Option<String>,
-    /// `default` (the node's profile), `unconfined`, or a profile file.
-    #[arg(
-        long,
-        default_value = "default",
-        value_name = "default|unconfined|FILE"
-    )]
-    pub seccomp: String,
-}
-
-/// Arguments of `thaw run`.
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// The image (a tag, an id or an unambiguous prefix).
-    pub image: String,
-    /// The command and its arguments (after `--`): they replace the image's Cmd.
-    #[arg(last = true)]
-    pub command: Vec<String>,
-    /// The OCI runtime: `runc`, `crun`, or a path.
-    #[arg(long, default_value = "runc")]
-    pub runtime: String,
-    /// Remove the container when it exits (the default in the foreground: accepted for
-    /// `docker run` habits).
-    #[arg(long)]
-    pub rm: bool,
-    /// Keep the container's directory (its writes in `overlay/upper`, its bundle) after it
-    /// exits; the mount and the runtime's container go all the same.
-    #[arg(long, conflicts_with = "rm")]
-    pub keep: bool,
-    /// Hand the container to `thaw serve` and return.
-    #[arg(long, short = 'd')]
-    pub detach: bool,
-    /// Print how long each step of the start took (to standard error).
-    #[arg(long)]
-    pub timings: bool,
-    /// Disk cache directory for chunks.
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
-    /// Disk cache size in bytes.
-    #[arg(long, default_value_t = 10 << 30)]
-    pub cache_size: u64,
-    /// Where containers' directories go (bundle, overlay); `$THAW_CONTAINERS_DIR`, or
-    /// `/var/lib/thaw/containers`.
-    #[arg(
-        long,
-        env = "THAW_CONTAINERS_DIR",
-        default_value = "/var/lib/thaw/containers"
-    )]
-    pub state_dir: PathBuf,
-    #[command(flatten)]
-    pub container: ContainerArgs,
-}
-
-/// Arguments of `thaw bundle`.
-#[derive(Debug, clap::Args)]
-pub struct BundleArgs {
-    /// The image.
-    pub image: String,
-    /// The bundle's directory (missing or empty): `config.json`, `rootfs/`, `etc/`.
-    pub dir: PathBuf,
-    /// The command and its arguments (after `--`): they replace the image's Cmd.
-    #[arg(last = true)]
-    pub command: Vec<String>,
-    #[command(flatten)]
-    pub container: ContainerArgs,
-}
-
-/// `$THAW_RUN_DIR/runtime`: the runtimes' state roots, thaw's own.
-fn runtime_root() -> PathBuf {
-    let run =
-        std::env::var_os("THAW_RUN_DIR").map_or_else(|| PathBuf::from("/run/thaw"), PathBuf::from);
-    run.join("runtime")
-}
-
-fn parse_request(args: &ContainerArgs, command: &[String], hostname: &str) -> Result<RunRequest> {
-    let size = |option, s: &Option<String>| {
-        s.as_deref()
-            .map(|v| thaw_run::parse_size(option, v))
-            .transpose()
-    };
-    for kv in &args.env {
-        if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
-            bail!("--env {kv:?} is not KEY=VALUE");
-        }
-    }
-    if args.cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
-        bail!("--cpus must be above 0");
-    }
-    if args.pids_limit.is_some_and(|p| p < 1) {
-        bail!("--pids-limit must be at least 1");
-    }
-    let memory = size("--memory", &args.memory)?.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
-    let init = args.init.then(find_init).transpose()?;
-    if args.gpus.is_some() {
-        bail!("--gpus: CDI devices are not supported yet");
-    }
-    Ok(RunRequest {
-        command: command.to_vec(),
-        env: args.env.clone(),
-        workdir: args.workdir.clone(),
-        user: args.user.clone(),
-        hostname: hostname.to_string(),
-        network: if args.network == "host" {
-            Network::Host
-        } else {
-            Network::None
-        },
-        mounts: args
-            .mount
-            .iter()
-            .map(|m| thaw_run::parse_mount(m))
-            .collect::<Result<_, _>>()?,
-        shm_size: size("--shm-size", &args.shm_size)?,
-        limits: Limits {
-            memory,
-            cpus: args.cpus,
-            pids: args.pids_limit,
-        },
-        init,
-        devices: Vec::new(),
-        terminal: false,
-        seccomp: match args.seccomp.as_str() {
-            "default" => Seccomp::Default,
-            "unconfined" => Seccomp::Unconfined,
-            file => Seccomp::Profile(file.into()),
-        },
-    })
-}
-
-/// catatonit on the host (statically linked in Debian, so it runs in any image).
-fn find_init() -> Result<PathBuf> {
-    ["/usr/bin/catatonit", "/usr/libexec/catatonit/catatonit"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .context("--init needs catatonit (Debian: apt-get install catatonit)")
-}
-
-fn check_name(name: &str, registry: &ContainerRegistry) -> Result<()> {
-    let valid = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if !valid {
-        bail!("--name {name:?}: letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63");
-    }
-    if registry
-        .list()
-        .iter()
-        .any(|r| r.name == name && r.owner_alive())
-    {
-        bail!("a container named {name:?} is running");
-    }
-    Ok(())
-}
 
 /// Removes what containers of dead `thaw run` processes left: the runtime's container,
 /// the overlay and FUSE mounts, the container's directory and its record. Returns the
@@ -346,6 +149,7 @@ pub async fn run(repo: &Repository, args: &RunArgs) -> Result<i32> {
         bail!("--detach needs the node daemon to own the container, which `thaw serve` cannot do yet; run in the foreground");
     }
     let mut timings = Timings::new();
+    let signals = Signals::install()?;
     let _ = clean_dead_containers();
     let registry = ContainerRegistry::node();
     let id = format!("{:016x}", rand::random::<u64>());
@@ -383,6 +187,7 @@ pub async fn run(repo: &Repository, args: &RunArgs) -> Result<i32> {
         manifest.config.as_ref(),
         &mut made,
         &mut timings,
+        signals,
     )
     .await;
     made.teardown().await;
@@ -396,6 +201,7 @@ async fn run_made(
     config: Option<&thaw_core::ImageConfig>,
     made: &mut Made,
     timings: &mut Timings,
+    signals: Signals,
 ) -> Result<i32> {
     let session = mount_root(repo, &args.image, &made.id, &made.dir, args).await?;
     let rootfs = session.mountpoint().to_path_buf();
@@ -421,11 +227,13 @@ async fn run_made(
         .context("the create task")??;
     timings.mark("create");
     let pid = read_pid(&made.dir.join("init.pid"))?;
-    made.runtime
-        .start(&made.id, &made.dir.join("runtime.log"))?;
+    if let Err(e) = made.runtime.start(&made.id, &made.dir.join("runtime.log")) {
+        // Killed between create and start: report how it ended, as a started one would.
+        return exited_already(pid).ok_or_else(|| e.into());
+    }
     timings.mark("start");
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let forwarding = forward_signals(&made.runtime, &made.id, async {
+    let forwarding = signals.forward(&made.runtime, &made.id, async {
         let _ = done_rx.await;
     });
     let waiting = async {

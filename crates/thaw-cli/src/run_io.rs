@@ -130,48 +130,80 @@ pub async fn wait_exit(pid: rustix::process::Pid) -> Result<i32> {
     }
 }
 
-/// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container until
-/// `done` resolves.
-pub async fn forward_signals(
-    runtime: &Runtime,
-    id: &str,
-    done: impl std::future::Future<Output = ()>,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let kinds = [
-        (SignalKind::interrupt(), libc::SIGINT),
-        (SignalKind::terminate(), libc::SIGTERM),
-        (SignalKind::hangup(), libc::SIGHUP),
-        (SignalKind::quit(), libc::SIGQUIT),
-        (SignalKind::user_defined1(), libc::SIGUSR1),
-        (SignalKind::user_defined2(), libc::SIGUSR2),
-    ];
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut listeners = Vec::new();
-    for (kind, number) in kinds {
-        let Ok(mut s) = signal(kind) else { continue };
-        let tx = tx.clone();
-        listeners.push(tokio::spawn(async move {
-            while s.recv().await.is_some() {
-                if tx.send(number).is_err() {
-                    return;
+/// The init's exit code if it has exited already (without waiting otherwise): a `start`
+/// that failed because the program was killed first reports how it ended.
+pub fn exited_already(pid: rustix::process::Pid) -> Option<i32> {
+    let (_, status) =
+        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG).ok()??;
+    status
+        .exit_status()
+        .or_else(|| status.terminating_signal().map(|s| 128 + s))
+}
+
+/// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2, caught from the moment
+/// `thaw run` begins (so that one arriving while the container is made does not kill
+/// `thaw run` and leave the container behind) and forwarded to the container once it runs.
+#[derive(Debug)]
+pub struct Signals {
+    rx: tokio::sync::mpsc::UnboundedReceiver<i32>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Signals {
+    /// Starts catching the signals.
+    pub fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            (SignalKind::interrupt(), libc::SIGINT),
+            (SignalKind::terminate(), libc::SIGTERM),
+            (SignalKind::hangup(), libc::SIGHUP),
+            (SignalKind::quit(), libc::SIGQUIT),
+            (SignalKind::user_defined1(), libc::SIGUSR1),
+            (SignalKind::user_defined2(), libc::SIGUSR2),
+        ];
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut listeners = Vec::new();
+        for (kind, number) in kinds {
+            let mut s = signal(kind).with_context(|| format!("catching signal {number}"))?;
+            let tx = tx.clone();
+            listeners.push(tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    if tx.send(number).is_err() {
+                        return;
+                    }
                 }
-            }
-        }));
+            }));
+        }
+        Ok(Signals { rx, listeners })
     }
-    tokio::pin!(done);
-    loop {
-        tokio::select! {
-            () = &mut done => break,
-            Some(number) = rx.recv() => {
-                if let Err(e) = runtime.kill(id, number) {
-                    tracing::warn!(error = %e, signal = number, "could not forward a signal");
+
+    /// Forwards what was caught, and what comes, to container `id` until `done` resolves.
+    pub async fn forward(
+        mut self,
+        runtime: &Runtime,
+        id: &str,
+        done: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(done);
+        loop {
+            tokio::select! {
+                biased;
+                Some(number) = self.rx.recv() => {
+                    if let Err(e) = runtime.kill(id, number) {
+                        tracing::warn!(error = %e, signal = number, "could not forward a signal");
+                    }
                 }
+                () = &mut done => break,
             }
         }
     }
-    for l in listeners {
-        l.abort();
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        for l in &self.listeners {
+            l.abort();
+        }
     }
 }
 

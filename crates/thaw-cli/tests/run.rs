@@ -1,0 +1,562 @@
+//! `thaw run` end to end under runc and crun, on the debootstrap root: exit codes and
+//! signals, the image's configuration and the flags that override it, cgroup limits, a
+//! writable root that leaves the image unchanged, clear errors that leave nothing behind,
+//! and the clean-up of what a `kill -9`ed `thaw run` left.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "end-to-end scenarios: a failed step panics with its message, and a scenario reads top to bottom"
+)]
+
+mod common;
+use common::{thaw, THAW};
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use thaw_tests::images::have;
+use thaw_tests::skip;
+
+/// The debootstrap root built once into a shared store, tagged `debian`, with a run
+/// configuration: a default command, environment, working directory and user.
+fn debian_store(test: &str) -> Option<&'static Path> {
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    let Some(rootfs) = std::env::var_os("THAW_ROOTFS") else {
+        skip(test, "THAW_ROOTFS is not set (scripts/test.sh sets it)");
+        return None;
+    };
+    if !thaw_tests::can_mount(test) {
+        return None;
+    }
+    let store = STORE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let store = dir.join("store");
+        thaw(
+            &store,
+            &[
+                "build",
+                rootfs.to_str().unwrap(),
+                "--tag",
+                "debian",
+                "--cmd",
+                r#"["/bin/sh","-c","echo \"$GREETING from $(pwd) as $(id -un)\""]"#,
+                "--env",
+                "GREETING=hello",
+                "--workdir",
+                "/srv",
+                "--user",
+                "nobody",
+            ],
+        );
+        store
+    });
+    Some(store)
+}
+
+/// A node of its own for one test: its run directory (records, runtime state) and its
+/// containers' directory, under a temporary directory.
+struct Node {
+    tmp: tempfile::TempDir,
+    store: PathBuf,
+}
+
+impl Node {
+    fn new(store: &Path) -> Node {
+        Node {
+            tmp: tempfile::tempdir().unwrap(),
+            store: store.to_path_buf(),
+        }
+    }
+
+    fn containers(&self) -> PathBuf {
+        self.tmp.path().join("containers")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(THAW);
+        c.arg("--store").arg(&self.store).args(args);
+        c.env("THAW_RUN_DIR", self.tmp.path().join("run"));
+        c.env("THAW_CONTAINERS_DIR", self.containers());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        self.command(&full).output().unwrap()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        self.command(&full)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Nothing left: no container directory, record, runtime container or mount.
+    fn assert_clean(&self, context: &str) {
+        let leftover: Vec<_> = std::fs::read_dir(self.containers())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(leftover.is_empty(), "{context}: left {leftover:?}");
+        let records: Vec<_> = std::fs::read_dir(self.tmp.path().join("run/containers"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(records.is_empty(), "{context}: records {records:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let here = self.tmp.path().to_str().unwrap();
+        assert!(
+            !mounts.contains(here),
+            "{context}: still mounted under {here}"
+        );
+    }
+
+    /// Waits (with a deadline) for the one running container's init pid.
+    fn init_pid(&self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = std::fs::read_dir(self.containers()).ok().and_then(|d| {
+                d.flatten()
+                    .find_map(|e| std::fs::read_to_string(e.path().join("init.pid")).ok())
+            });
+            if let Some(pid) = found.and_then(|t| t.trim().parse().ok()) {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "no container started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn runtimes(test: &str) -> Vec<&'static str> {
+    let found: Vec<&str> = ["runc", "crun"].into_iter().filter(|r| have(r)).collect();
+    if found.len() < 2 {
+        skip(test, "needs runc and crun (Debian packages)");
+    }
+    found
+}
+
+/// Reads the container's first line of output, `ready`: its program runs.
+fn wait_ready(child: &mut Child) {
+    use std::io::BufRead;
+    let mut line = String::new();
+    let out = child.stdout.as_mut().unwrap();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+}
+
+fn sig(pid: i32, signal: i32) {
+    // SAFETY: kill has no memory preconditions.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid} {signal}");
+}
+
+#[test]
+fn a_container_runs_with_the_image_configuration_and_returns_its_exit_code() {
+    let test = "a_container_runs_with_the_image_configuration_and_returns_its_exit_code";
+    let Some(store) = debian_store(test) else {
+        return;
+    };
+    for runtime in runtimes(test) {
+        let node = Node::new(store);
+        let rt = ["--runtime", runtime];
+        // The image's own command, environment, working directory and user.
+        let out = node.run(&[&rt[..], &["debian"]].concat());
+        assert_eq!(
+            (code(&out), text(&out).0.as_str()),
+            (0, "hello from /srv as nobody\n"),
+            "{runtime}: {out:?}"
+        );
+        // Flags override each of them; arguments after `--` replace the command.
+        let script = r#"echo "$GREETING from $(pwd) as $(id -un):$(id -gn)"; exit 3"#;
+        let out = node.run(
+            &[
+                &rt[..],
+                &[
+                    "--env",
+                    "GREETING=bye",
+                    "--workdir",
+                    "/tmp",
+                    "--user",
+                    "daemon:mail",
+                    "debian",
+                    "--",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            (code(&out), text(&out).0.as_str()),
+            (3, "bye from /tmp as daemon:mail\n"),
+            "{runtime}: {out:?}"
+        );
+        // Writes go to the container's own upper: the next container does not see them.
+        let write = "echo scribble > /etc/os-release && rm /bin/ls && cat /etc/os-release";
+        let out =
+            node.run(&[&rt[..], &["--user", "0", "debian", "--", "sh", "-c", write]].concat());
+        assert_eq!(
+            (code(&out), text(&out).0.as_str()),
+            (0, "scribble\n"),
+            "{runtime}: {out:?}"
+        );
+        let out = node.run(
+            &[
+                &rt[..],
+                &[
+                    "debian",
+                    "--",
+                    "sh",
+                    "-c",
+                    "test -x /bin/ls && ! grep -q scribble /etc/os-release && echo pristine",
+                ],
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            (code(&out), text(&out).0.as_str()),
+            (0, "pristine\n"),
+            "{runtime}: {out:?}"
+        );
+        // The host's namespace is not the container's: its own host name and pid 1.
+        let out = node.run(
+            &[
+                &rt[..],
+                &[
+                    "--name",
+                    "box",
+                    "debian",
+                    "--",
+                    "sh",
+                    "-c",
+                    "hostname; echo $$; cat /etc/hostname",
+                ],
+            ]
+            .concat(),
+        );
+        assert_eq!(text(&out).0, "box\n1\nbox\n", "{runtime}: {out:?}");
+        node.assert_clean(runtime);
+    }
+}
+
+#[test]
+fn signals_and_limits_reach_the_container() {
+    let test = "signals_and_limits_reach_the_container";
+    let Some(store) = debian_store(test) else {
+        return;
+    };
+    for runtime in runtimes(test) {
+        let node = Node::new(store);
+        let rt = ["--runtime", runtime];
+        // SIGKILL sent from outside the container to its init: 128 + 9.
+        let ready = "echo ready; exec sleep 1000";
+        let mut child = node.spawn(&[&rt[..], &["debian", "--", "sh", "-c", ready]].concat());
+        wait_ready(&mut child);
+        sig(node.init_pid(), libc::SIGKILL);
+        assert_eq!(code(&child.wait_with_output().unwrap()), 137, "{runtime}");
+        // SIGTERM to `thaw run` is forwarded; with --init, catatonit passes it on to the
+        // program (a PID 1 without a handler would ignore it): 128 + 15.
+        let mut child =
+            node.spawn(&[&rt[..], &["--init", "debian", "--", "sh", "-c", ready]].concat());
+        wait_ready(&mut child);
+        sig(child.id() as i32, libc::SIGTERM);
+        assert_eq!(code(&child.wait_with_output().unwrap()), 143, "{runtime}");
+        // A program's own handler sees the forwarded signal.
+        let trap = r#"trap "exit 7" TERM; echo ready; sleep 1000 & wait"#;
+        let mut child = node.spawn(&[&rt[..], &["debian", "--", "sh", "-c", trap]].concat());
+        wait_ready(&mut child);
+        sig(child.id() as i32, libc::SIGTERM);
+        assert_eq!(code(&child.wait_with_output().unwrap()), 7, "{runtime}");
+        // --memory: a program that grows past the limit is killed by the OOM killer.
+        let out = node.run(
+            &[
+                &rt[..],
+                &["--memory", "32m", "debian", "--", "tail", "/dev/zero"],
+            ]
+            .concat(),
+        );
+        assert_eq!(code(&out), 137, "{runtime} --memory: {out:?}");
+        // --pids-limit: forks past the limit fail; without it they succeed.
+        let forks = "i=0; while [ $i -lt 20 ]; do sleep 30 & i=$((i+1)); done; echo started $i";
+        let out = node.run(
+            &[
+                &rt[..],
+                &["--pids-limit", "8", "debian", "--", "sh", "-c", forks],
+            ]
+            .concat(),
+        );
+        assert!(
+            code(&out) != 0 && text(&out).1.contains("fork"),
+            "{runtime} --pids-limit: {out:?}"
+        );
+        let out = node.run(&[&rt[..], &["debian", "--", "sh", "-c", forks]].concat());
+        assert_eq!(text(&out).0, "started 20\n", "{runtime}: {out:?}");
+        node.assert_clean(runtime);
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
+    let test = "bad_input_is_a_clear_error_and_leaves_nothing_behind";
+    let Some(store) = debian_store(test) else {
+        return;
+    };
+    let node = Node::new(store);
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["--user", "ghost", "debian"],
+            "user \"ghost\" not found in the image's /etc/passwd",
+        ),
+        (
+            &["--runtime", "no-such-runtime", "debian"],
+            "OCI runtime \"no-such-runtime\" not found",
+        ),
+        (
+            &["debian", "--", "no-such-command"],
+            "command \"no-such-command\" not found in the image",
+        ),
+        (
+            &["debian", "--", "/opt/none/x"],
+            "command \"/opt/none/x\" not found in the image",
+        ),
+        (
+            &["--mount", "/no/such/source:/data", "debian"],
+            "--mount: the source \"/no/such/source\"",
+        ),
+        (&["--memory", "lots", "debian"], "--memory"),
+        (&["no-such-image"], "no-such-image"),
+    ];
+    for (args, want) in cases {
+        let out = node.run(args);
+        let (_, err) = text(&out);
+        assert!(code(&out) == 1 && err.contains(want), "{args:?}: {err}");
+        node.assert_clean(&format!("{args:?}"));
+    }
+    // A user named by the image's own configuration is looked up the same way.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", src.join("bin/sh")).unwrap();
+    let own = tmp.path().join("store");
+    thaw(
+        &own,
+        &[
+            "build",
+            src.to_str().unwrap(),
+            "--tag",
+            "ghostly",
+            "--user",
+            "ghost",
+            "--cmd",
+            "[\"/bin/sh\"]",
+        ],
+    );
+    let node = Node::new(&own);
+    let out = node.run(&["ghostly"]);
+    assert!(text(&out).1.contains("user \"ghost\" not found"), "{out:?}");
+    node.assert_clean("the image's user");
+}
+
+#[test]
+fn what_a_killed_run_left_is_cleaned_up_by_the_next_run_and_by_umount() {
+    let test = "what_a_killed_run_left_is_cleaned_up_by_the_next_run_and_by_umount";
+    let Some(store) = debian_store(test) else {
+        return;
+    };
+    let node = Node::new(store);
+    for cleaner in ["run", "umount"] {
+        let mut child = node.spawn(&["--name", "victim", "debian", "--", "sleep", "1000"]);
+        let init = node.init_pid();
+        child.kill().unwrap(); // SIGKILL: nothing of thaw run's clean-up runs
+        child.wait().unwrap();
+        let dir = std::fs::read_dir(node.containers())
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        assert!(dir.join("config.json").exists() && Path::new(&format!("/proc/{init}")).exists());
+        let out = match cleaner {
+            "run" => node.run(&["debian", "--", "true"]),
+            _ => node
+                .command(&["umount", dir.join("rootfs").to_str().unwrap()])
+                .output()
+                .unwrap(),
+        };
+        assert!(out.status.success(), "{cleaner}: {out:?}");
+        assert!(
+            text(&out).1.contains("cleaned up container victim"),
+            "{cleaner}: {out:?}"
+        );
+        node.assert_clean(cleaner);
+        // The runtime's container is gone with its processes (polled: the kernel reaps).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{init}")).exists() {
+            let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
+            if stat.contains(") Z ") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{cleaner}: the container's init {init} still runs"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A two-layer image made by umoci from busybox: the second layer changes a file and
+/// deletes another (a whiteout); its configuration runs a script that shows both.
+fn busybox_layout(tmp: &Path) -> PathBuf {
+    let layout = tmp.join("layout");
+    let bundle = tmp.join("bundle");
+    let (l, b) = (layout.display(), bundle.display());
+    thaw_tests::images::sh(&format!(
+        "umoci init --layout {l} && umoci new --image {l}:img && umoci unpack --image {l}:img {b}"
+    ));
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for tool in ["sh", "cat", "test", "echo"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/msg"), "from layer one\n").unwrap();
+    std::fs::write(rootfs.join("etc/gone"), "deleted by layer two\n").unwrap();
+    thaw_tests::images::sh(&format!("umoci repack --image {l}:img {b}"));
+    std::fs::write(rootfs.join("etc/msg"), "from layer two\n").unwrap();
+    std::fs::remove_file(rootfs.join("etc/gone")).unwrap();
+    thaw_tests::images::sh(&format!("umoci repack --image {l}:img {b}"));
+    thaw_tests::images::sh(&format!(
+        "umoci config --image {l}:img --config.entrypoint /bin/sh --config.entrypoint -c \
+         --config.cmd 'cat /etc/msg; test -e /etc/gone || echo \"whiteout applied in $PWD\"' \
+         --config.workingdir /etc"
+    ));
+    layout
+}
+
+#[test]
+fn an_image_pushed_to_a_registry_runs_its_entrypoint_and_its_docker_archive_is_the_same_image() {
+    let test = "an_image_pushed_to_a_registry_runs_its_entrypoint_and_its_docker_archive_is_the_same_image";
+    if !["umoci", "skopeo", "docker-registry"]
+        .iter()
+        .all(|t| have(t))
+        || !std::path::Path::new("/bin/busybox").exists()
+    {
+        return skip(
+            test,
+            "needs umoci, skopeo, docker-registry and busybox-static",
+        );
+    }
+    if !thaw_tests::can_mount(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(tmp.path());
+    let registry = thaw_tests::images::Registry::start(tmp.path());
+    let image = format!("{}/thaw/busy:v1", registry.addr);
+    thaw_tests::images::sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:img docker://{image}",
+        layout.display()
+    ));
+    let store = tmp.path().join("store");
+    let built = thaw(
+        &store,
+        &["build", &format!("docker://{image}"), "--tag", "busy"],
+    );
+    let archive = tmp.path().join("busy.tar");
+    thaw_tests::images::sh(&format!(
+        "skopeo copy --quiet --src-tls-verify=false docker://{image} docker-archive:{}:thaw/busy:v1",
+        archive.display()
+    ));
+    let from_archive = thaw(
+        &store,
+        &["build", &format!("docker-archive:{}", archive.display())],
+    );
+    let id = |out: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("image: "))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        id(&from_archive),
+        id(&built),
+        "the archive is the registry's image"
+    );
+    for runtime in runtimes(test) {
+        let node = Node::new(&store);
+        let out = node.run(&["--runtime", runtime, "busy"]);
+        assert_eq!(
+            (code(&out), text(&out).0.as_str()),
+            (0, "from layer two\nwhiteout applied in /etc\n"),
+            "{runtime}: {out:?}"
+        );
+        node.assert_clean(runtime);
+    }
+}
+
+#[test]
+fn a_bundle_written_by_thaw_bundle_runs_under_the_runtime_by_hand() {
+    let test = "a_bundle_written_by_thaw_bundle_runs_under_the_runtime_by_hand";
+    let Some(store) = debian_store(test) else {
+        return;
+    };
+    for runtime in runtimes(test) {
+        let node = Node::new(store);
+        let dir = node.tmp.path().join("bundle");
+        let out = node
+            .command(&[
+                "bundle",
+                "debian",
+                dir.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                "echo $GREETING from the bundle; exit 5",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(
+            config["process"]["user"]["uid"], 65534,
+            "the image's user, nobody"
+        );
+        assert!(config["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()));
+        let root = node.tmp.path().join("rt");
+        let out = Command::new(runtime)
+            .arg("--root")
+            .arg(&root)
+            .args(["run", "--bundle", dir.to_str().unwrap(), "by-hand"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            (code(&out), text(&out).0.as_str()),
+            (5, "hello from the bundle\n"),
+            "{runtime}: {out:?}"
+        );
+    }
+}
