@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use thaw_run::{ContainerRegistry, Limits, Network, RunRequest, Seccomp};
+use thaw_run::{ContainerRegistry, GpuRequest, Limits, Network, RunRequest, Seccomp};
 
 /// The container's configuration flags, shared by `thaw run` and `thaw bundle`.
 #[derive(Debug, clap::Args)]
@@ -41,7 +41,8 @@ pub struct ContainerArgs {
     /// Most processes and threads.
     #[arg(long)]
     pub pids_limit: Option<i64>,
-    /// GPUs from CDI specifications: `all` or a count.
+    /// GPUs from CDI specifications (`/etc/cdi`, `/var/run/cdi`, or `$THAW_CDI_DIRS`):
+    /// `all` or a count.
     #[arg(long, value_name = "all|N")]
     pub gpus: Option<String>,
     /// `default` (the node's profile), `unconfined`, or a profile file.
@@ -140,9 +141,10 @@ pub fn parse_request(
     }
     let memory = size("--memory", &args.memory)?.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
     let init = args.init.then(find_init).transpose()?;
-    if args.gpus.is_some() {
-        bail!("--gpus: CDI devices are not supported yet");
-    }
+    let gpus = match &args.gpus {
+        Some(g) => thaw_run::cdi::resolve(GpuRequest::parse(g)?, &thaw_run::cdi::spec_dirs())?,
+        None => thaw_run::GpuEdits::default(),
+    };
     Ok(RunRequest {
         command: command.to_vec(),
         env: args.env.clone(),
@@ -166,7 +168,7 @@ pub fn parse_request(
             pids: args.pids_limit,
         },
         init,
-        devices: Vec::new(),
+        gpus,
         terminal: false,
         seccomp: match args.seccomp.as_str() {
             "default" => Seccomp::Default,

@@ -560,3 +560,86 @@ fn a_bundle_written_by_thaw_bundle_runs_under_the_runtime_by_hand() {
         );
     }
 }
+
+#[test]
+fn gpus_come_from_cdi_specifications() {
+    let test = "gpus_come_from_cdi_specifications";
+    let Some(store) = debian_store(test) else {
+        return;
+    };
+    for runtime in runtimes(test) {
+        let node = Node::new(store);
+        let cdi = node.tmp.path().join("cdi");
+        std::fs::create_dir_all(&cdi).unwrap();
+        // A fixture in nvidia-ctk's format: this host has no GPU, so /dev/null's node
+        // stands in for /dev/nvidia0 and a file for the driver's library.
+        let lib = node.tmp.path().join("libcuda.so.1");
+        std::fs::write(&lib, "driver library\n").unwrap();
+        let marker = node.tmp.path().join("hooked");
+        let spec = format!(
+            "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    \
+             deviceNodes:\n    - path: /dev/nvidia0\n      hostPath: /dev/null\ncontainerEdits:\n  env:\n  \
+             - NVIDIA_VISIBLE_DEVICES=void\n  mounts:\n  - hostPath: {}\n    containerPath: /usr/lib/x86_64-linux-gnu/libcuda.so.1\n    \
+             options: [ro, nosuid, nodev, bind]\n  hooks:\n  - hookName: createRuntime\n    path: /bin/sh\n    \
+             args: [sh, -c, \"echo hooked > {}\"]\n",
+            lib.display(),
+            marker.display()
+        );
+        std::fs::write(cdi.join("nvidia.yaml"), spec).unwrap();
+        let script = "test -c /dev/nvidia0 && echo ok > /dev/nvidia0 && cat /usr/lib/x86_64-linux-gnu/libcuda.so.1 && echo $NVIDIA_VISIBLE_DEVICES";
+        let out = node
+            .command(&[
+                "run",
+                "--runtime",
+                runtime,
+                "--gpus",
+                "all",
+                "debian",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .env("THAW_CDI_DIRS", &cdi)
+            .output()
+            .unwrap();
+        assert_eq!(
+            (code(&out), text(&out).0.as_str()),
+            (0, "driver library\nvoid\n"),
+            "{runtime}: {out:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            "hooked\n",
+            "{runtime}: the hook ran"
+        );
+        // Without a spec, and with a device the host lacks: clear errors, nothing left.
+        let out = node
+            .command(&["run", "--gpus", "1", "debian"])
+            .env("THAW_CDI_DIRS", node.tmp.path().join("none"))
+            .output()
+            .unwrap();
+        assert!(
+            text(&out)
+                .1
+                .contains("no CDI specification of kind nvidia.com/gpu"),
+            "{out:?}"
+        );
+        let spec = std::fs::read_to_string(cdi.join("nvidia.yaml")).unwrap();
+        std::fs::write(
+            cdi.join("nvidia.yaml"),
+            spec.replace("/dev/null", "/dev/nvidia-missing"),
+        )
+        .unwrap();
+        let out = node
+            .command(&["run", "--gpus", "all", "debian"])
+            .env("THAW_CDI_DIRS", &cdi)
+            .output()
+            .unwrap();
+        assert!(
+            text(&out).1.contains("/dev/nvidia-missing") && text(&out).1.contains("driver"),
+            "{out:?}"
+        );
+        node.assert_clean(runtime);
+    }
+}

@@ -3,6 +3,7 @@
 //! driving runc or crun over it. It knows nothing of chunks, stores or FUSE: the root it
 //! is given is a directory.
 
+pub mod cdi;
 pub mod defaults;
 mod error;
 pub mod prepare;
@@ -13,11 +14,12 @@ pub mod seccomp;
 pub mod spec;
 pub mod user;
 
+pub use cdi::{GpuEdits, GpuRequest};
 pub use error::RunError;
 pub use prepare::{parse_mount, parse_size, prepare, RunRequest, Seccomp};
 pub use record::{ContainerRecord, ContainerRegistry};
 pub use runtime::{Runtime, Streams};
-pub use spec::{runtime_spec, BindMount, ContainerConfig, Device, Limits, Network};
+pub use spec::{runtime_spec, BindMount, ContainerConfig, Device, Hook, Limits, Mount, Network};
 
 /// Writes `config.json` for `config` into `bundle`.
 pub fn write_bundle(bundle: &std::path::Path, config: &ContainerConfig) -> Result<(), RunError> {

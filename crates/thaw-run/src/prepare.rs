@@ -3,10 +3,11 @@
 //! its `Entrypoint`; flags override the image's environment, working directory and user;
 //! the user and the program are looked up in the image itself, before the runtime runs.
 
+use crate::cdi::GpuEdits;
 use crate::defaults::{DEFAULT_PATH, SHM_SIZE};
 use crate::error::{io_err, RunError};
 use crate::rootfs::{find_command, RootFs};
-use crate::spec::{BindMount, ContainerConfig, Device, Limits, Network};
+use crate::spec::{BindMount, ContainerConfig, Limits, Network};
 use crate::user::resolve_user;
 use std::path::{Path, PathBuf};
 use thaw_core::ImageConfig;
@@ -34,8 +35,8 @@ pub struct RunRequest {
     pub limits: Limits,
     /// `--init`: the init program on the host (catatonit), run as PID 1.
     pub init: Option<PathBuf>,
-    /// Devices from `--gpus`, with their bind mounts and environment.
-    pub devices: Vec<Device>,
+    /// What `--gpus` adds: devices, mounts, environment, hooks.
+    pub gpus: GpuEdits,
     /// Whether a terminal is attached.
     pub terminal: bool,
     /// `--seccomp`.
@@ -166,7 +167,7 @@ pub fn prepare(
         });
     }
     let mut env = vec![format!("HOSTNAME={}", req.hostname)];
-    for kv in image.env.iter().chain(&req.env) {
+    for kv in image.env.iter().chain(&req.gpus.env).chain(&req.env) {
         set_env(&mut env, kv);
     }
     if !has_env(&env, "PATH") {
@@ -218,7 +219,9 @@ pub fn prepare(
         binds,
         shm_size: req.shm_size.unwrap_or(SHM_SIZE),
         limits: req.limits,
-        devices: req.devices.clone(),
+        devices: req.gpus.devices.clone(),
+        mounts: req.gpus.mounts.clone(),
+        hooks: req.gpus.hooks.clone(),
         seccomp,
         terminal: req.terminal,
     })

@@ -32,6 +32,41 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
+/// Any other mount (from a CDI specification), with its own options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The host path.
+    pub source: PathBuf,
+    /// Where it appears in the container.
+    pub destination: String,
+    /// Mount options (`ro`, `nosuid`, `bind`, ...).
+    pub options: Vec<String>,
+}
+
+/// An OCI hook the runtime runs on the host at `stage`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// `prestart`, `createRuntime`, `createContainer`, `startContainer`, `poststart` or
+    /// `poststop`.
+    pub stage: String,
+    /// The program.
+    pub path: PathBuf,
+    /// Its arguments, `argv[0]` included.
+    pub args: Vec<String>,
+    /// Its environment.
+    pub env: Vec<String>,
+}
+
+/// The hook stages of the OCI runtime specification.
+const HOOK_STAGES: &[&str] = &[
+    "prestart",
+    "createRuntime",
+    "createContainer",
+    "startContainer",
+    "poststart",
+    "poststop",
+];
+
 /// cgroup limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
@@ -83,6 +118,10 @@ pub struct ContainerConfig {
     pub limits: Limits,
     /// Extra devices (`--gpus`).
     pub devices: Vec<Device>,
+    /// Extra mounts (`--gpus`), after the binds.
+    pub mounts: Vec<Mount>,
+    /// Hooks (`--gpus`).
+    pub hooks: Vec<Hook>,
     /// Its seccomp profile (`None`: unconfined).
     pub seccomp: Option<LinuxSeccomp>,
     /// Whether its standard streams are a terminal.
@@ -187,6 +226,9 @@ fn namespaces(network: Network) -> Value {
 pub fn runtime_spec(c: &ContainerConfig) -> Result<Spec, RunError> {
     let mut mounts = base_mounts(c.shm_size);
     mounts.extend(c.binds.iter().map(bind_mount));
+    mounts.extend(c.mounts.iter().map(|m| {
+        json!({"destination": m.destination, "type": "bind", "source": m.source, "options": m.options})
+    }));
     let devices: Vec<Value> = c
         .devices
         .iter()
@@ -204,7 +246,7 @@ pub fn runtime_spec(c: &ContainerConfig) -> Result<Spec, RunError> {
         linux["seccomp"] =
             serde_json::to_value(seccomp).map_err(|e| RunError::Spec(e.to_string()))?;
     }
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "root": {"path": c.rootfs, "readonly": false},
         "hostname": c.hostname,
@@ -220,7 +262,30 @@ pub fn runtime_spec(c: &ContainerConfig) -> Result<Spec, RunError> {
         "mounts": mounts,
         "linux": linux,
     });
+    if !c.hooks.is_empty() {
+        spec["hooks"] = hooks(&c.hooks)?;
+    }
     serde_json::from_value(spec).map_err(|e| RunError::Spec(e.to_string()))
+}
+
+fn hooks(hooks: &[Hook]) -> Result<Value, RunError> {
+    let mut by_stage = serde_json::Map::new();
+    for h in hooks {
+        if !HOOK_STAGES.contains(&h.stage.as_str()) {
+            return Err(RunError::Spec(format!(
+                "hook stage {:?} is not one of {HOOK_STAGES:?}",
+                h.stage
+            )));
+        }
+        let entry = json!({"path": h.path, "args": h.args, "env": h.env});
+        match by_stage.get_mut(&h.stage) {
+            Some(Value::Array(list)) => list.push(entry),
+            _ => {
+                by_stage.insert(h.stage.clone(), json!([entry]));
+            }
+        }
+    }
+    Ok(Value::Object(by_stage))
 }
 
 #[cfg(test)]
@@ -259,6 +324,17 @@ mod tests {
                 minor: 0,
                 file_mode: Some(0o666),
             }],
+            mounts: vec![Mount {
+                source: "/lib/libcuda.so.1".into(),
+                destination: "/usr/lib/libcuda.so.1".into(),
+                options: vec!["ro".into(), "bind".into()],
+            }],
+            hooks: vec![Hook {
+                stage: "createContainer".into(),
+                path: "/bin/hook".into(),
+                args: vec!["hook".into()],
+                env: vec![],
+            }],
             seccomp: None,
             terminal: false,
         }
@@ -294,7 +370,12 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&json!("size=1048576")));
-        let data = v["mounts"].as_array().unwrap().last().unwrap();
+        let data = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .unwrap();
         assert_eq!(
             (data["source"].as_str(), data["options"][4].as_str()),
             (Some("/data"), Some("ro"))
