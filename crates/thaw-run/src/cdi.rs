@@ -170,7 +170,7 @@ fn specs_of(kind: &str, dirs: &[PathBuf]) -> Result<Vec<(PathBuf, Spec)>, RunErr
 /// The devices `request` picks from a spec: `all` takes the device named `all` when the
 /// spec has one (nvidia-ctk's), else every indexed device; a count takes the first N
 /// devices named by index.
-fn choose<'a>(spec: &'a Spec, request: GpuRequest) -> Vec<&'a SpecDevice> {
+fn choose(spec: &Spec, request: GpuRequest) -> Vec<&SpecDevice> {
     let mut indexed: Vec<&SpecDevice> = spec
         .devices
         .iter()
