@@ -12,6 +12,7 @@ from bench_store import build_throughput, dedup, read_throughput
 from bench_mount import WORKLOAD, THROTTLE, cold_start, warm_sequential, metadata_walk
 from bench_daemon import prefetch_cold_start, wrk_load
 from bench_weights import weights_host
+from bench_run import run_start, markdown as run_markdown
 
 
 def plot_cold_start(cold):
@@ -57,6 +58,10 @@ def main():
     if only == "prefetch":
         print(json.dumps(prefetch_cold_start(), indent=1))
         print(json.dumps(wrk_load(), indent=1))
+        return
+    if only == "run":
+        names = os.environ.get("THAW_BENCH_RUN_IMAGES", "debian,gpu-style").split(",")
+        print(run_markdown(run_start(names)))
         return
     if only == "warm_sequential":
         size, disk, ram = warm_sequential()

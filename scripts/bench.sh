@@ -4,13 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${THAW_CACHE:-/var/cache/thaw}
-for pkg in debootstrap zstd hyperfine wrk fuse3; do
+for pkg in debootstrap zstd hyperfine wrk fuse3 umoci skopeo docker-registry runc containerd; do
   dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null; }
 done
 cargo build --release -p thaw-cli -p thaw-benches
 mapfile -t roots < <(THAW_ROOTFS_CACHE=$CACHE scripts/rootfs.sh)
 export THAW_BIN=$PWD/target/release/thaw THAW_BENCH_BIN=$PWD/target/release/thaw-bench
 export THAW_ROOTFS=${roots[0]} THAW_ROOTFS_PLUS=${roots[1]}
+# The GPU-style image (several GB, built once) for the thaw run benchmark.
+export THAW_GPU_ROOTFS=${THAW_GPU_ROOTFS:-$(THAW_ROOTFS_CACHE=$CACHE scripts/gpu_image.sh)}
 # matplotlib draws the plots; a venv keeps it off the system Python.
 VENV=$CACHE/bench-venv
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
