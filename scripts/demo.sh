@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded local store: build a real Debian root filesystem into
 # content-addressed chunks, inspect it, export it back and check it is identical,
-# mount it lazily and run programs from it (recording their start-up trace), warm a node
+# mount it lazily and run programs from it (recording their start-up trace), run it as
+# containers under runc with its own configuration, warm a node
 # daemon's cache from that trace, rebuild to show dedup, and list what garbage collection
 # would remove.
 set -euo pipefail
@@ -67,6 +68,20 @@ if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   step "thaw trace push: the start-up trace just recorded becomes the image's prefetch list"
   $THAW trace push demo:rootfs "$WORK/startup.trace"
   SCOPE=trace
+
+  if command -v runc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq runc golang-github-containers-common >/dev/null; }; then
+    step "thaw run: containers under runc from the lazily mounted image, with the image's configuration"
+    # The same tree with a run configuration: only a new manifest is stored.
+    $THAW build "$SRC" --tag demo:app --workdir /tmp --user nobody \
+      --cmd '["/bin/sh","-c","echo \"hello from $(hostname), running as $(id -un) in $(pwd)\""]' | grep -E '^(image|bytes_stored)'
+    $THAW inspect demo:app | sed -n '/^config:/,$p'
+    export THAW_CONTAINERS_DIR=$WORK/containers THAW_RUN_DIR=$WORK/run
+    $THAW run --name demo demo:app --timings
+    set +e; $THAW run --memory 64m demo:app -- sh -c 'echo "a write stays in this container" > /etc/motd; exit 3'; code=$?; set -e
+    echo "exit code passed through: $code"
+    $THAW run demo:app -- sh -c 'echo "the next container sees the image unchanged: $(cat /etc/motd | wc -c) bytes in /etc/motd"'
+  fi
 else
   step "skipping the lazy mount: it needs root and /dev/fuse"
   SCOPE=all

@@ -339,3 +339,89 @@ pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+/// `POST /v1/containers`: a container the daemon starts and owns (`thaw run --detach`).
+/// Needs the `admin` scope: a container may bind host paths.
+pub struct ContainerRequest {
+    /// A tag, an image id, or an unambiguous id prefix.
+    pub image: String,
+    /// Replaces the image's Cmd when not empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// `KEY=VALUE`, overriding the image's.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// `USER[:GROUP]`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Its name (and host name); unique among the daemon's containers.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `runc` (default) or `crun`.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Run catatonit as PID 1.
+    #[serde(default)]
+    pub init: bool,
+    /// Host paths to bind: `SRC:DST[:ro]`, as on the node.
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// Use the host's network (else a namespace with only loopback).
+    #[serde(default)]
+    pub host_network: bool,
+    /// `/dev/shm`'s size in bytes.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// Memory limit in bytes.
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// CPUs' worth of time.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Most processes and threads.
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    /// `all` or a count of GPUs, from the node's CDI specifications.
+    #[serde(default)]
+    pub gpus: Option<String>,
+    /// `default`, `unconfined`, or a profile file on the node.
+    #[serde(default)]
+    pub seccomp: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A container the daemon owns.
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The image's id.
+    pub image: String,
+    /// `runc` or `crun`.
+    pub runtime: String,
+    /// `running` or `exited`.
+    pub state: String,
+    /// Its init's host pid while it runs.
+    pub pid: Option<u32>,
+    /// Its exit code (128+N for signal N) once it has exited.
+    pub exit_code: Option<i32>,
+    /// Unix time of creation, in seconds.
+    pub created: u64,
+    /// Seconds from the request to the container's start (mount, bundle, create, start).
+    pub start_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+/// `POST /v1/containers/{id}/stop`.
+pub struct StopRequest {
+    /// Seconds between the image's stop signal (SIGTERM unless it says) and SIGKILL.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}

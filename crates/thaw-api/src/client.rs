@@ -154,4 +154,54 @@ impl Client {
         )
         .await
     }
+
+    /// `POST /v1/containers`: starts a container the daemon owns.
+    pub async fn create_container(
+        &self,
+        req: &api::ContainerRequest,
+    ) -> Result<api::Container, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/containers", Some(req))
+            .await
+    }
+
+    /// `GET /v1/containers`.
+    pub async fn containers(&self) -> Result<Vec<api::Container>, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/containers", None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/containers/{id}/stop`: the stop signal, then SIGKILL after the timeout;
+    /// answers once the container has exited.
+    pub async fn stop_container(
+        &self,
+        id: &str,
+        req: &api::StopRequest,
+    ) -> Result<api::Container, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/containers/{id}/stop"),
+            Some(req),
+        )
+        .await
+    }
+
+    /// `GET /v1/containers/{id}/logs`: its output and errors so far (the last MiB).
+    pub async fn container_logs(&self, id: &str) -> Result<String, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/containers/{id}/logs"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/containers/{id}`: forgets an exited container and removes its directory.
+    pub async fn remove_container(&self, id: &str) -> Result<api::Container, ClientError> {
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/v1/containers/{id}"),
+            None::<&()>,
+        )
+        .await
+    }
 }

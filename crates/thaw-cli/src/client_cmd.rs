@@ -23,7 +23,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn client(&self) -> Result<Client> {
+    pub fn client(&self) -> Result<Client> {
         Ok(Client::new(&self.server, token(self.token_file.as_ref())?))
     }
 }

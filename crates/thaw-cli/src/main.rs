@@ -2,6 +2,7 @@
 //! This file only parses the command line and dispatches to the command modules.
 
 mod client_cmd;
+mod container_cmd;
 mod image_cmd;
 mod mount_cmd;
 mod run_args;
@@ -66,6 +67,14 @@ enum Command {
     /// Run a container from an image, lazily mounted, under runc or crun (in the
     /// foreground: streams, signals and the exit code pass through).
     Run(run_args::RunArgs),
+    /// The daemon's containers (`thaw run --detach`).
+    Ps(client_cmd::ServerArgs),
+    /// Stop a daemon's container: its stop signal, then SIGKILL after --time seconds.
+    Stop(container_cmd::StopArgs),
+    /// A daemon's container's output and errors.
+    Logs(container_cmd::ContainerRef),
+    /// Remove an exited daemon's container (its directory and log).
+    Rm(container_cmd::ContainerRef),
     /// Write an OCI runtime bundle (the image unpacked, and config.json) without running it.
     Bundle(run_args::BundleArgs),
     /// Unmount a thaw mount, stopping its daemon, or clean up after a dead one.
@@ -122,6 +131,30 @@ fn open(cli: &Cli, retry: RetryConfig) -> Result<(Arc<dyn BlobStore>, Arc<StoreC
     ))
 }
 
+/// The commands that need no store (they talk to the daemon, or clean up); `None` for
+/// the others.
+async fn without_store(command: &Command) -> Option<Result<()>> {
+    Some(match command {
+        Command::Umount { mountpoint } => {
+            let cleaned = run_cmd::clean_dead_containers();
+            let mp = thaw_fuse::mount::absolute(mountpoint);
+            if cleaned.iter().any(|dir| mp.starts_with(dir)) {
+                return Some(Ok(()));
+            }
+            mount_cmd::umount(mountpoint).await
+        }
+        Command::Prewarm(args) => client_cmd::prewarm(args).await,
+        Command::Run(args) if args.detach => container_cmd::detach(args).await,
+        Command::Ps(server) => container_cmd::ps(server).await,
+        Command::Stop(args) => container_cmd::stop(args).await,
+        Command::Logs(args) => container_cmd::logs(args).await,
+        Command::Rm(args) => container_cmd::rm(args).await,
+        Command::Jobs(server) => client_cmd::jobs(server).await,
+        Command::Cache(CacheCommand::Stats(server)) => client_cmd::cache_stats(server).await,
+        _ => return None,
+    })
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -134,21 +167,8 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Umount { mountpoint } => {
-            let cleaned = run_cmd::clean_dead_containers();
-            let mp = thaw_fuse::mount::absolute(mountpoint);
-            if cleaned.iter().any(|dir| mp.starts_with(dir)) {
-                return Ok(());
-            }
-            return mount_cmd::umount(mountpoint).await;
-        }
-        Command::Prewarm(args) => return client_cmd::prewarm(args).await,
-        Command::Jobs(server) => return client_cmd::jobs(server).await,
-        Command::Cache(CacheCommand::Stats(server)) => {
-            return client_cmd::cache_stats(server).await
-        }
-        _ => {}
+    if let Some(done) = without_store(&cli.command).await {
+        return done;
     }
     let retry = match &cli.command {
         Command::Mount(mount_cmd::MountArgs { timeout, .. })
@@ -183,7 +203,14 @@ async fn main() -> Result<()> {
             apply,
             safety_period,
         } => image_cmd::gc(&repo, *apply, *safety_period).await?,
-        Command::Umount { .. } | Command::Prewarm(_) | Command::Jobs(_) | Command::Cache(_) => {
+        Command::Umount { .. }
+        | Command::Prewarm(_)
+        | Command::Jobs(_)
+        | Command::Cache(_)
+        | Command::Ps(_)
+        | Command::Stop(_)
+        | Command::Logs(_)
+        | Command::Rm(_) => {
             bail!("internal: this command needs no store")
         }
     }

@@ -1,7 +1,7 @@
 //! The flags of `thaw run` and `thaw bundle`, and their parsing into a
 //! [`thaw_run::RunRequest`].
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 use thaw_run::{ContainerRegistry, GpuRequest, Limits, Network, RunRequest, Seccomp};
 
@@ -73,8 +73,9 @@ pub struct RunArgs {
     /// exits; the mount and the runtime's container go all the same.
     #[arg(long, conflicts_with = "rm")]
     pub keep: bool,
-    /// Hand the container to `thaw serve` and return.
-    #[arg(long, short = 'd')]
+    /// Hand the container to `thaw serve` (see --server) and print its id; `thaw ps`,
+    /// `thaw logs`, `thaw stop` and `thaw rm` then talk to the daemon about it.
+    #[arg(long, short = 'd', conflicts_with = "keep")]
     pub detach: bool,
     /// Print how long each step of the start took (to standard error).
     #[arg(long)]
@@ -95,6 +96,9 @@ pub struct RunArgs {
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub container: ContainerArgs,
+    /// The daemon, for --detach.
+    #[command(flatten)]
+    pub server: crate::client_cmd::ServerArgs,
 }
 
 /// Arguments of `thaw bundle`.
@@ -140,7 +144,7 @@ pub fn parse_request(
         bail!("--pids-limit must be at least 1");
     }
     let memory = size("--memory", &args.memory)?.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
-    let init = args.init.then(find_init).transpose()?;
+    let init = args.init.then(thaw_run::find_init).transpose()?;
     let gpus = match &args.gpus {
         Some(g) => thaw_run::cdi::resolve(GpuRequest::parse(g)?, &thaw_run::cdi::spec_dirs())?,
         None => thaw_run::GpuEdits::default(),
@@ -176,15 +180,6 @@ pub fn parse_request(
             file => Seccomp::Profile(file.into()),
         },
     })
-}
-
-/// catatonit on the host (statically linked in Debian, so it runs in any image).
-fn find_init() -> Result<PathBuf> {
-    ["/usr/bin/catatonit", "/usr/libexec/catatonit/catatonit"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .context("--init needs catatonit (Debian: apt-get install catatonit)")
 }
 
 pub fn check_name(name: &str, registry: &ContainerRegistry) -> Result<()> {

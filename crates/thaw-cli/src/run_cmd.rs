@@ -9,7 +9,7 @@ use crate::run_args::{check_name, parse_request, runtime_root, BundleArgs, RunAr
 use crate::run_io::{
     become_subreaper, exited_already, read_pid, wait_exit, Relay, Signals, Timings,
 };
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use thaw_fuse::registry::MountRegistry;
 use thaw_fuse::session::{MountSession, ReaderSource, SessionSpec};
@@ -17,26 +17,14 @@ use thaw_fuse::{FsConfig, MountOptions};
 use thaw_run::{ContainerRecord, ContainerRegistry, RunRequest, Runtime, Streams};
 use thaw_store::{ReaderConfig, Repository};
 
-/// Removes what containers of dead `thaw run` processes left: the runtime's container,
-/// the overlay and FUSE mounts, the container's directory and its record. Returns the
-/// directories of the containers cleaned up.
+/// Removes what containers of dead `thaw run` processes (or daemons) left: the runtime's
+/// container, the overlay and FUSE mounts, the container's directory and its record.
+/// Returns the directories of the containers cleaned up.
 pub fn clean_dead_containers() -> Vec<PathBuf> {
-    let registry = ContainerRegistry::node();
-    let dead = registry.dead();
-    for r in &dead {
-        if let Ok(runtime) = Runtime::find(
-            &r.runtime.to_string_lossy(),
-            r.runtime_root.parent().unwrap_or(Path::new("/")),
-        ) {
-            if let Err(e) = runtime.delete(&r.id) {
-                tracing::warn!(id = %r.id, error = %e, "a dead run's container stays");
-            }
-        }
+    let dead = ContainerRegistry::node().clean_dead(|| {
         MountRegistry::node().clean_dead();
-        if let Err(e) = remove_dir(&r.dir) {
-            tracing::warn!(dir = %r.dir.display(), error = %e, "a dead run's directory stays");
-        }
-        registry.remove(&r.id);
+    });
+    for r in &dead {
         eprintln!(
             "cleaned up container {} ({}) left by a process that died",
             r.name, r.id
@@ -47,16 +35,7 @@ pub fn clean_dead_containers() -> Vec<PathBuf> {
 
 /// Removes a container's directory, unless something is still mounted in it.
 fn remove_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let mounted = thaw_fuse::mount::mount_points()
-        .into_iter()
-        .any(|m| m.starts_with(dir));
-    if mounted {
-        bail!("{} still has a mount in it", dir.display());
-    }
-    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+    Ok(thaw_run::record::remove_container_dir(dir)?)
 }
 
 /// What has been made for one container, so that it is removed in reverse order whatever
@@ -145,9 +124,6 @@ fn new_dir(state_dir: &Path, id: &str) -> Result<PathBuf> {
 
 /// `thaw run`: returns the container's exit code.
 pub async fn run(repo: &Repository, args: &RunArgs) -> Result<i32> {
-    if args.detach {
-        bail!("--detach needs the node daemon to own the container, which `thaw serve` cannot do yet; run in the foreground");
-    }
     let mut timings = Timings::new();
     let signals = Signals::install()?;
     let _ = clean_dead_containers();

@@ -3,7 +3,7 @@
 //! the init the runtime leaves behind becomes our child), signals forwarded through the
 //! runtime, and the start's timings.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -85,59 +85,14 @@ fn copy_thread(
     })
 }
 
-/// Makes this process the reaper of orphans below it: the container's init, whose parent
-/// (the runtime's `create`) exits, becomes our child, whose exit status we can wait for.
-pub fn become_subreaper() -> Result<()> {
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .context("PR_SET_CHILD_SUBREAPER")
-}
-
-/// Reads the init's pid from the runtime's pid file.
-pub fn read_pid(path: &std::path::Path) -> Result<rustix::process::Pid> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the container's pid from {}", path.display()))?;
-    let n: i32 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("pid file {text:?}"))?;
-    rustix::process::Pid::from_raw(n).context("pid 0 in the pid file")
-}
+pub use thaw_run::process::{become_subreaper, exited_already, read_pid};
 
 /// Waits for the init to exit: its exit code, or 128 + N when signal N killed it.
 pub async fn wait_exit(pid: rustix::process::Pid) -> Result<i32> {
-    let waited = tokio::task::spawn_blocking(move || loop {
-        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
-            Err(rustix::io::Errno::INTR) => continue,
-            other => return other,
-        }
-    })
-    .await
-    .context("the wait task")?;
-    let status = match waited {
-        Ok(Some((_, status))) => status,
-        Ok(None) => bail!("waitpid returned no status for {}", pid.as_raw_nonzero()),
-        Err(e) => bail!(
-            "waiting for the container's init {}: {e}",
-            pid.as_raw_nonzero()
-        ),
-    };
-    if let Some(code) = status.exit_status() {
-        return Ok(code);
-    }
-    match status.terminating_signal() {
-        Some(sig) => Ok(128 + sig),
-        None => bail!("the container's init stopped without an exit status"),
-    }
-}
-
-/// The init's exit code if it has exited already (without waiting otherwise): a `start`
-/// that failed because the program was killed first reports how it ended.
-pub fn exited_already(pid: rustix::process::Pid) -> Option<i32> {
-    let (_, status) =
-        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG).ok()??;
-    status
-        .exit_status()
-        .or_else(|| status.terminating_signal().map(|s| 128 + s))
+    let code = tokio::task::spawn_blocking(move || thaw_run::process::wait_exit(pid))
+        .await
+        .context("the wait task")??;
+    Ok(code)
 }
 
 /// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2, caught from the moment

@@ -7,6 +7,7 @@ pub mod cdi;
 pub mod defaults;
 mod error;
 pub mod prepare;
+pub mod process;
 pub mod record;
 pub mod rootfs;
 pub mod runtime;
@@ -16,7 +17,7 @@ pub mod user;
 
 pub use cdi::{GpuEdits, GpuRequest};
 pub use error::RunError;
-pub use prepare::{parse_mount, parse_size, prepare, RunRequest, Seccomp};
+pub use prepare::{find_init, parse_mount, parse_size, prepare, RunRequest, Seccomp};
 pub use record::{ContainerRecord, ContainerRegistry};
 pub use runtime::{Runtime, Streams};
 pub use spec::{runtime_spec, BindMount, ContainerConfig, Device, Hook, Limits, Mount, Network};

@@ -59,6 +59,19 @@ pub enum Seccomp {
 /// added to the image's tree.
 pub const INIT_PATH: &str = "/dev/init";
 
+/// catatonit on the host, for `--init` (statically linked in Debian, so it runs in any
+/// image).
+pub fn find_init() -> Result<PathBuf, RunError> {
+    ["/usr/bin/catatonit", "/usr/libexec/catatonit/catatonit"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| RunError::BadOption {
+            option: "--init",
+            reason: "needs catatonit (Debian: apt-get install catatonit)".into(),
+        })
+}
+
 /// Parses `--mount SRC:DST[:ro|rw]`: the source must exist (it is resolved now, so a later
 /// symlink swap cannot redirect it), the destination must be absolute and not `/`.
 pub fn parse_mount(arg: &str) -> Result<BindMount, RunError> {

@@ -143,6 +143,54 @@ impl ContainerRegistry {
             .filter(|r| !r.owner_alive())
             .collect()
     }
+
+    /// Removes what containers of dead owners left: the runtime's container (its
+    /// processes killed), then whatever `unmount_dead` unmounts (the caller's mounts of
+    /// dead owners: this crate knows no mounts), then each container's directory (unless
+    /// something is still mounted in it) and its record. Returns the records cleaned.
+    pub fn clean_dead(&self, unmount_dead: impl FnOnce()) -> Vec<ContainerRecord> {
+        let dead = self.dead();
+        if dead.is_empty() {
+            return dead;
+        }
+        for r in &dead {
+            let root = r.runtime_root.parent().unwrap_or(Path::new("/"));
+            let deleted = crate::Runtime::find(&r.runtime.to_string_lossy(), root)
+                .and_then(|rt| rt.delete(&r.id));
+            if let Err(e) = deleted {
+                tracing::warn!(id = %r.id, error = %e, "a dead owner's container stays");
+            }
+        }
+        unmount_dead();
+        for r in &dead {
+            if let Err(e) = remove_container_dir(&r.dir) {
+                tracing::warn!(dir = %r.dir.display(), error = %e, "a dead owner's directory stays");
+            }
+            self.remove(&r.id);
+        }
+        dead
+    }
+}
+
+/// Removes a container's directory, unless something is still mounted under it.
+pub fn remove_container_dir(dir: &Path) -> Result<(), RunError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Field 5 of mountinfo is the mount point.
+    let busy = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(m).starts_with(dir));
+    if busy {
+        return Err(RunError::Io {
+            op: "remove",
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("something is still mounted in it"),
+        });
+    }
+    std::fs::remove_dir_all(dir).map_err(io_err("remove", dir))
 }
 
 fn read_record(path: &Path) -> Result<ContainerRecord, String> {

@@ -79,6 +79,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/jobs/{id}", get(job).delete(cancel_job))
         .route("/v1/mounts", post(create_mount).get(mounts))
         .route("/v1/mounts/{id}", delete(remove_mount))
+        .route("/v1/containers", post(create_container).get(containers))
+        .route(
+            "/v1/containers/{id}",
+            get(container).delete(remove_container),
+        )
+        .route("/v1/containers/{id}/stop", post(stop_container))
+        .route("/v1/containers/{id}/logs", get(container_logs))
         .route_layer(middleware::from_fn_with_state(node.clone(), authorize));
     Router::new()
         .route("/healthz", get(health))
@@ -325,4 +332,54 @@ async fn remove_mount(
     Path(id): Path<String>,
 ) -> Result<Json<api::Mount>, ApiError> {
     Ok(Json(node.mounts.remove(&id).await?.view()))
+}
+
+async fn create_container(
+    State(node): State<Arc<Node>>,
+    JsonBody(req): JsonBody<api::ContainerRequest>,
+) -> Result<(StatusCode, Json<api::Container>), ApiError> {
+    let image = node
+        .repo
+        .resolve(validate::image_ref(&req.image, node.require_image_ids)?)
+        .await?;
+    let manifest = node.manifest(&image).await?;
+    let c = node
+        .containers
+        .create(manifest, &node.reader, image, &req)
+        .await?;
+    Ok((StatusCode::CREATED, Json(c.view())))
+}
+
+async fn containers(State(node): State<Arc<Node>>) -> Json<Vec<api::Container>> {
+    Json(node.containers.list().iter().map(|c| c.view()).collect())
+}
+
+async fn container(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<api::Container>, ApiError> {
+    Ok(Json(node.containers.get(&id)?.view()))
+}
+
+async fn stop_container(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<api::StopRequest>,
+) -> Result<Json<api::Container>, ApiError> {
+    let timeout = std::time::Duration::from_secs(req.timeout_seconds.unwrap_or(10).min(3600));
+    Ok(Json(node.containers.stop(&id, timeout).await?.view()))
+}
+
+async fn container_logs(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<String>, ApiError> {
+    Ok(Json(node.containers.logs(&id)?))
+}
+
+async fn remove_container(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<api::Container>, ApiError> {
+    Ok(Json(node.containers.remove(&id).await?.view()))
 }

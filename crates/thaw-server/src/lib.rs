@@ -9,6 +9,8 @@
 mod access;
 pub mod auth;
 mod confine;
+mod container_request;
+pub mod containers;
 mod error;
 mod http;
 pub mod jobs;

@@ -39,6 +39,7 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let served = run_all(&node, unix, tcp, metrics, &stop, shutdown).await;
     node.jobs.cancel_all();
+    node.containers.remove_all().await;
     node.mounts.remove_all().await;
     let _ = std::fs::remove_file(&config.socket);
     served

@@ -4,7 +4,7 @@
 //! the chunks a prewarm scope names.
 
 use crate::error::ApiError;
-use crate::{http, jobs, mounts, ServeError, ServerConfig};
+use crate::{containers, http, jobs, mounts, ServeError, ServerConfig};
 use std::sync::Arc;
 use std::time::Instant;
 use thaw_api::api::{self, NamedScope, Scope};
@@ -22,6 +22,8 @@ pub struct Node {
     pub jobs: Arc<jobs::Jobs>,
     /// Mounts.
     pub mounts: mounts::Mounts,
+    /// Containers it owns (`thaw run --detach`).
+    pub containers: Arc<containers::Containers>,
     /// Who may call, and how often.
     pub access: crate::Access,
     /// Mounts and prewarms must name images by full id.
@@ -46,11 +48,27 @@ impl Node {
                 path: state.display().to_string(),
                 source,
             })?;
+        let io = |what| {
+            move |source| ServeError::Io {
+                what,
+                path: state.display().to_string(),
+                source,
+            }
+        };
+        let containers = containers::Containers::open(containers::ContainerSettings {
+            dir: state.join("containers"),
+            runtime_root: state.join("runtime"),
+            records: thaw_run::ContainerRegistry::node(),
+            mounts: config.mounts.registry.clone(),
+            api_address: config.mounts.api_address.clone(),
+        })
+        .map_err(io("opening the containers' directory"))?;
         Ok(Arc::new(Node {
             repo,
             reader,
             jobs: Arc::default(),
             mounts,
+            containers: Arc::new(containers),
             access: crate::Access::new(
                 config.tokens.clone(),
                 config.socket_group,
