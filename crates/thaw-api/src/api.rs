@@ -17,6 +17,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/mounts"),
     ("GET", "/v1/mounts"),
     ("DELETE", "/v1/mounts/{id}"),
+    ("POST", "/v1/containers"),
+    ("GET", "/v1/containers"),
+    ("GET", "/v1/containers/{id}"),
+    ("DELETE", "/v1/containers/{id}"),
+    ("POST", "/v1/containers/{id}/stop"),
+    ("GET", "/v1/containers/{id}/logs"),
 ];
 
 /// The largest request body accepted, in bytes.

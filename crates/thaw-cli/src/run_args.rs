@@ -183,17 +183,7 @@ pub fn parse_request(
 }
 
 pub fn check_name(name: &str, registry: &ContainerRegistry) -> Result<()> {
-    let valid = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if !valid {
-        bail!("--name {name:?}: letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63");
-    }
+    thaw_run::record::check_name(name)?;
     if registry
         .list()
         .iter()

@@ -13,6 +13,26 @@ const VERSION: u32 = 1;
 /// Records larger than this are not records.
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
+/// Checks a container's name: letters, digits, `_`, `.` and `-`, starting with a letter
+/// or digit, at most 63 bytes (it is also the host name).
+pub fn check_name(name: &str) -> Result<(), RunError> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if valid {
+        return Ok(());
+    }
+    Err(RunError::BadOption {
+        option: "--name",
+        reason: format!("{name:?}: letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63"),
+    })
+}
+
 /// One container, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {

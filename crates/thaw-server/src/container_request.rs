@@ -92,19 +92,7 @@ pub(crate) fn check_request(req: &api::ContainerRequest) -> Result<(), ApiError>
         ));
     }
     if let Some(name) = &req.name {
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !valid {
-            return Err(ApiError::invalid(format!(
-                "name {name:?}: letters, digits, '_', '.', '-', at most 63"
-            )));
-        }
+        thaw_run::record::check_name(name).map_err(|e| ApiError::invalid(e.to_string()))?;
     }
     Ok(())
 }
