@@ -223,7 +223,7 @@ def markdown(results):
     w("")
     for name, r in results.items():
         steps = r["thaw_steps"][len(r["thaw_steps"]) // 2]
-        w(f"`thaw run --timings` of {name} (the median run's own report): " +
+        w(f"`thaw run --timings` of {name} (the middle run by order, its own report): " +
           ", ".join(f"{k} {v}" for k, v in steps.items()) + ".")
         w("")
     w("Reproduce: `THAW_BENCH_ONLY=run RUNS=5 scripts/bench.sh` (GPU-style image: `scripts/gpu_image.sh`, "
