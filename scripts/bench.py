@@ -86,6 +86,8 @@ def main():
     load = wrk_load()
     print("weights to host memory ...", file=sys.stderr)
     weights = weights_host()
+    print("thaw run against full pulls ...", file=sys.stderr)
+    starts = run_start()
 
     lines = []
     w = lines.append
@@ -258,6 +260,7 @@ def main():
     for label, size, t, b, inner in weights:
         w(f"| {cell(label)} | {size} | {t:.3f} ({inner:.3f}) | {b:.3f} | {t / b:.2f} |")
     w("")
+    w(run_markdown(starts))
     # Sections measured by other scripts, not by this run: the GPU check on a lent GPU
     # machine (scripts/gpu-bench.sh) and side-by-side binary comparisons (bench_ab.sh).
     for extra in ("gpu-results.md", "ab-results.md"):
