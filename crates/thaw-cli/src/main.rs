@@ -8,6 +8,7 @@ mod mount_cmd;
 mod run_args;
 mod run_cmd;
 mod run_io;
+mod run_tty;
 mod serve_cmd;
 mod trace_cmd;
 mod weights_cmd;

@@ -67,20 +67,24 @@ fn requested_by() -> String {
     format!("thaw mount (uid {uid})")
 }
 
-/// Resolves on SIGINT or SIGTERM, with the signal's name.
-async fn signalled() -> &'static str {
+/// Catches SIGINT and SIGTERM from now on (a signal that arrives while the mount is made
+/// is not lost, and does not kill the process before it can unmount); the future
+/// resolves on the first, with the signal's name.
+fn signalled() -> Result<impl std::future::Future<Output = &'static str>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return "no SIGTERM handler";
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
+    let mut term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    })
 }
 
 /// Runs a mount in the foreground until SIGINT, SIGTERM or an external unmount.
 pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Result<()> {
+    let shutdown = signalled()?;
     let reader = ReaderSource::Own(ReaderConfig {
         memory_bytes: args.memory_cache,
         disk: args.cache.clone().map(|c| (c, args.cache_size)),
@@ -121,7 +125,7 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
     eprintln!("mounted {id} at {}", session.mountpoint().display());
     let status = args.status_file.as_deref();
     let reason = session
-        .watch(signalled(), status, Duration::from_millis(500))
+        .watch(shutdown, status, Duration::from_millis(500))
         .await;
     tracing::info!(reason, "unmounting");
     let end = session.end().await.context("unmounting")?;

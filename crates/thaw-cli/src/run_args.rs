@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// Print how long each step of the start took (to standard error).
     #[arg(long)]
     pub timings: bool,
+    /// Give the container a terminal (standard input must be one): raw mode, window
+    /// size changes passed on.
+    #[arg(long, short = 't', conflicts_with = "detach")]
+    pub tty: bool,
     /// Disk cache directory for chunks.
     #[arg(long)]
     pub cache: Option<PathBuf>,

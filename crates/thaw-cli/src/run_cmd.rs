@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use thaw_fuse::registry::MountRegistry;
 use thaw_fuse::session::{MountSession, ReaderSource, SessionSpec};
 use thaw_fuse::{FsConfig, MountOptions};
-use thaw_run::{ContainerRecord, ContainerRegistry, RunRequest, Runtime, Streams};
+use thaw_run::{ContainerRecord, ContainerRegistry, RunRequest, Runtime};
 use thaw_store::{ReaderConfig, Repository};
 
 /// Removes what containers of dead `thaw run` processes (or daemons) left: the runtime's
@@ -135,7 +135,11 @@ pub async fn run(repo: &Repository, args: &RunArgs) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| id[..12].to_string());
     check_name(&name, &registry)?;
-    let request = parse_request(&args.container, &args.command, &name)?;
+    let mut request = parse_request(&args.container, &args.command, &name)?;
+    if args.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!("--tty needs standard input to be a terminal");
+    }
+    request.terminal = args.tty;
     let runtime = Runtime::find(&args.runtime, &runtime_root())?;
     let image = repo.resolve(&args.image).await?;
     let manifest = repo.get_manifest(&image).await?;
@@ -187,20 +191,16 @@ async fn run_made(
     thaw_run::write_bundle(&made.dir, &container)?;
     timings.mark("bundle");
     become_subreaper()?;
-    let (relay, ends) = Relay::start()?;
+    let (mut relay, streams) = Relay::streams(request.terminal, &made.dir.join("console.sock"))?;
     let (pid_file, log) = (made.dir.join("init.pid"), made.dir.join("runtime.log"));
-    let streams = Streams {
-        stdin: std::process::Stdio::inherit(),
-        stdout: ends.stdout.into(),
-        stderr: ends.stderr.into(),
-    };
-    // `create` holds the only other copies of the write ends; once it returns, only the
-    // container's processes hold them, and the relay ends when they exit.
+    // `create` holds the only other copies of the pipes' write ends; once it returns, only
+    // the container's processes hold them, and the relay ends when they exit.
     made.created = true;
     let (runtime, id, dir) = (made.runtime.clone(), made.id.clone(), made.dir.clone());
     tokio::task::spawn_blocking(move || runtime.create(&id, &dir, &pid_file, &log, streams))
         .await
         .context("the create task")??;
+    relay.attach()?;
     timings.mark("create");
     let pid = read_pid(&made.dir.join("init.pid"))?;
     if let Err(e) = made.runtime.start(&made.id, &made.dir.join("runtime.log")) {

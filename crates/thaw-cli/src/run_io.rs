@@ -7,13 +7,16 @@ use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use thaw_run::Runtime;
+use thaw_run::{Runtime, Streams};
 
-/// Copies the container's output and error to ours as they come.
+/// Copies the container's output and error to ours as they come (through pipes, or
+/// through its terminal with `--tty`).
 #[derive(Debug)]
 pub struct Relay {
     first_byte: Arc<OnceLock<Instant>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    console: Option<std::os::unix::net::UnixListener>,
+    raw: Option<crate::run_tty::RawMode>,
 }
 
 /// The write ends the container gets.
@@ -39,13 +42,57 @@ impl Relay {
             stdout: out_w,
             stderr: err_w,
         };
-        Ok((
-            Relay {
-                first_byte,
-                threads,
-            },
-            ends,
-        ))
+        let relay = Relay {
+            first_byte,
+            threads,
+            console: None,
+            raw: None,
+        };
+        Ok((relay, ends))
+    }
+
+    /// The streams the runtime's `create` gets: pipes to the relay, or with a terminal
+    /// our own (for the runtime's messages) and a console socket at `console`.
+    pub fn streams(tty: bool, console: &std::path::Path) -> Result<(Relay, Streams)> {
+        use std::process::Stdio;
+        if !tty {
+            let (relay, ends) = Relay::start()?;
+            let streams = Streams {
+                stdin: Stdio::inherit(),
+                stdout: ends.stdout.into(),
+                stderr: ends.stderr.into(),
+                console_socket: None,
+            };
+            return Ok((relay, streams));
+        }
+        let listener = crate::run_tty::console_socket(console)?;
+        let relay = Relay {
+            first_byte: Arc::default(),
+            threads: Vec::new(),
+            console: Some(listener),
+            raw: None,
+        };
+        let streams = Streams {
+            stdin: Stdio::null(),
+            stdout: Stdio::inherit(),
+            stderr: Stdio::inherit(),
+            console_socket: Some(console.to_path_buf()),
+        };
+        Ok((relay, streams))
+    }
+
+    /// With a terminal, once `create` has returned: takes the terminal the runtime sent,
+    /// puts ours in raw mode and starts copying.
+    pub fn attach(&mut self) -> Result<()> {
+        let Some(listener) = self.console.take() else {
+            return Ok(());
+        };
+        let master = crate::run_tty::receive_master(&listener)?;
+        crate::run_tty::copy_window_size(&master);
+        self.raw = Some(crate::run_tty::RawMode::enter()?);
+        self.threads
+            .push(crate::run_tty::relay(master, self.first_byte.clone())?);
+        Ok(())
     }
 
     /// When the first byte of output or error arrived, if one did.

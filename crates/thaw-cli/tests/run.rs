@@ -737,3 +737,49 @@ fn a_detached_container_is_owned_by_the_daemon() {
     assert!(left.is_empty(), "{left:?}");
     node.assert_clean("after the daemon");
 }
+
+#[test]
+fn a_terminal_reaches_the_container_with_our_window_size() {
+    let test = "a_terminal_reaches_the_container_with_our_window_size";
+    let Some(store) = debian_store(test) else {
+        return;
+    };
+    if !have("script") {
+        return skip(
+            test,
+            "needs script (util-linux) to give thaw run a terminal",
+        );
+    }
+    for runtime in runtimes(test) {
+        let node = Node::new(store);
+        let inner = format!(
+            "stty cols 123 rows 45; {THAW} --store {} run -t --runtime {runtime} debian -- \
+             sh -c 'tty; stty size; read x; echo got $x; exit 4'",
+            store.display()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &inner, "/dev/null"])
+            .env("THAW_RUN_DIR", node.tmp.path().join("run"))
+            .env("THAW_CONTAINERS_DIR", node.containers())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"typed\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = text(&out).0;
+        assert_eq!(code(&out), 4, "{runtime}: {out:?}");
+        for want in ["/dev/pts/0", "45 123", "got typed"] {
+            assert!(stdout.contains(want), "{runtime}: {want:?} in {stdout:?}");
+        }
+        // Without a terminal: a clear error before anything is made.
+        let out = node.run(&["-t", "debian"]);
+        assert!(
+            text(&out)
+                .1
+                .contains("--tty needs standard input to be a terminal"),
+            "{out:?}"
+        );
+        node.assert_clean(runtime);
+    }
+}

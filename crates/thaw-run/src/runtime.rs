@@ -24,6 +24,9 @@ pub struct Streams {
     pub stdout: Stdio,
     /// Its standard error.
     pub stderr: Stdio,
+    /// With a terminal (`process.terminal`): the socket the runtime sends the terminal's
+    /// master to; the streams above are then the runtime's own.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// Looks `program` up along `PATH` (or takes it as a path when it has a `/`).
@@ -91,12 +94,16 @@ impl Runtime {
         streams: Streams,
     ) -> Result<(), RunError> {
         std::fs::create_dir_all(&self.root).map_err(io_err("create", &self.root))?;
-        let status = self
-            .command(Some(log))
+        let mut command = self.command(Some(log));
+        command
             .args(["create", "--bundle"])
             .arg(bundle)
             .arg("--pid-file")
-            .arg(pid_file)
+            .arg(pid_file);
+        if let Some(socket) = &streams.console_socket {
+            command.arg("--console-socket").arg(socket);
+        }
+        let status = command
             .arg(id)
             .stdin(streams.stdin)
             .stdout(streams.stdout)

@@ -395,6 +395,7 @@ fn create_and_start(
         stdin: std::process::Stdio::null(),
         stdout: log.into(),
         stderr: err.into(),
+        console_socket: None,
     };
     let (pid_file, runtime_log) = (dir.join("init.pid"), dir.join("runtime.log"));
     runtime
