@@ -78,9 +78,10 @@ if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
     $THAW inspect demo:app | sed -n '/^config:/,$p'
     export THAW_CONTAINERS_DIR=$WORK/containers THAW_RUN_DIR=$WORK/run
     $THAW run --name demo demo:app --timings
-    set +e; $THAW run --memory 64m demo:app -- sh -c 'echo "a write stays in this container" > /etc/motd; exit 3'; code=$?; set -e
+    set +e; $THAW run --memory 64m --user 0 demo:app -- sh -c 'echo "a write stays in this container" > /etc/motd; exit 3'; code=$?; set -e
     echo "exit code passed through: $code"
     $THAW run demo:app -- sh -c 'echo "the next container sees the image unchanged: $(cat /etc/motd | wc -c) bytes in /etc/motd"'
+    RUN_DETACHED=1
   fi
 else
   step "skipping the lazy mount: it needs root and /dev/fuse"
@@ -95,6 +96,17 @@ for _ in $(seq 1 200); do [ -s "$WORK/node.addr" ] && break; sleep 0.05; done
 SERVER="unix:$WORK/thaw.sock"
 "$PWD/target/release/thaw" prewarm demo:rootfs --scope "$SCOPE" --server "$SERVER"
 "$PWD/target/release/thaw" cache stats --server "$SERVER"
+if [ -n "${RUN_DETACHED:-}" ]; then
+  step "thaw run --detach: the daemon owns a container (through its shared cache); thaw ps, logs, stop, rm"
+  CLIENT="$PWD/target/release/thaw"
+  $CLIENT run --detach --server "$SERVER" --init --name served demo:app -- \
+    sh -c 'echo "served by the daemon"; exec sleep 600'
+  $CLIENT ps --server "$SERVER"
+  for _ in $(seq 1 100); do $CLIENT logs --server "$SERVER" served | grep -q served && break; sleep 0.05; done
+  $CLIENT logs --server "$SERVER" served
+  $CLIENT stop --server "$SERVER" served
+  $CLIENT rm --server "$SERVER" served
+fi
 kill "$SERVE_PID"; wait "$SERVE_PID" || true
 
 step "building the same tree again: everything is deduplicated"
