@@ -6,6 +6,7 @@
 )]
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod container;
 pub mod daemon;
 
 use std::path::Path;
