@@ -158,7 +158,7 @@ fn config_edits(args: &BuildArgs) -> Result<ConfigEdits> {
         None => None,
     };
     for kv in &args.env {
-        if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+        if !thaw_core::config::is_env_entry(kv) {
             bail!("--env {kv:?} is not KEY=VALUE");
         }
     }

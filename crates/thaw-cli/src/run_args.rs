@@ -137,7 +137,7 @@ pub fn parse_request(
             .transpose()
     };
     for kv in &args.env {
-        if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+        if !thaw_core::config::is_env_entry(kv) {
             bail!("--env {kv:?} is not KEY=VALUE");
         }
     }

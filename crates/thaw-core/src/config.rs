@@ -30,6 +30,23 @@ pub struct ImageConfig {
     pub stop_signal: Option<String>,
 }
 
+/// Whether `kv` is an environment entry: `KEY=value` with a non-empty key.
+pub fn is_env_entry(kv: &str) -> bool {
+    kv.split_once('=').is_some_and(|(k, _)| !k.is_empty())
+}
+
+/// Sets `KEY=value` in an environment list, in place of an earlier value of `KEY`.
+pub fn set_env(env: &mut Vec<String>, kv: &str) {
+    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+    match env
+        .iter_mut()
+        .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+    {
+        Some(slot) => *slot = kv.to_string(),
+        None => env.push(kv.to_string()),
+    }
+}
+
 fn bad(reason: String) -> FormatError {
     FormatError::Malformed {
         what: "image config",
@@ -63,7 +80,7 @@ impl ImageConfig {
             }
         }
         for e in &self.env {
-            if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+            if !is_env_entry(e) {
                 return Err(bad(format!("environment entry {e:?} is not KEY=value")));
             }
         }

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
+use thaw_core::config::set_env;
 use thaw_core::ImageConfig;
 
 /// The parts of an image config blob (`application/vnd.oci.image.config.v1+json`) thaw
@@ -129,18 +130,6 @@ impl ConfigEdits {
         }
         c.validate().map_err(|e| e.to_string())?;
         Ok(Some(c))
-    }
-}
-
-/// Sets `KEY=value` in an environment list, in place of an earlier value of `KEY`.
-pub fn set_env(env: &mut Vec<String>, kv: &str) {
-    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
-    match env
-        .iter_mut()
-        .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
-    {
-        Some(slot) => *slot = kv.to_string(),
-        None => env.push(kv.to_string()),
     }
 }
 

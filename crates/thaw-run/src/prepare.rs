@@ -10,6 +10,7 @@ use crate::rootfs::{find_command, RootFs};
 use crate::spec::{BindMount, ContainerConfig, Limits, Network};
 use crate::user::resolve_user;
 use std::path::{Path, PathBuf};
+use thaw_core::config::set_env;
 use thaw_core::ImageConfig;
 
 /// What the user asked for (the flags of `thaw run`), parsed.
@@ -124,18 +125,6 @@ pub fn parse_size(option: &'static str, arg: &str) -> Result<u64, RunError> {
         })
 }
 
-/// Sets `KEY=value` in an environment list, replacing an earlier value of `KEY`.
-fn set_env(env: &mut Vec<String>, kv: &str) {
-    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
-    match env
-        .iter_mut()
-        .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
-    {
-        Some(slot) => *slot = kv.to_string(),
-        None => env.push(kv.to_string()),
-    }
-}
-
 fn has_env(env: &[String], key: &str) -> bool {
     env.iter()
         .any(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
@@ -153,6 +142,44 @@ fn arguments(image: &ImageConfig, req: &RunRequest) -> Result<Vec<String>, RunEr
         return Err(RunError::NoCommand);
     }
     Ok(args)
+}
+
+/// The container's environment: its host name, the image's, the GPUs', the flags' (each
+/// replacing an earlier value of its key), then `PATH`, `HOME` and `TERM` if unset.
+fn environment(image: &ImageConfig, req: &RunRequest, home: &str) -> Vec<String> {
+    let mut env = vec![format!("HOSTNAME={}", req.hostname)];
+    for kv in image.env.iter().chain(&req.gpus.env).chain(&req.env) {
+        set_env(&mut env, kv);
+    }
+    if !has_env(&env, "PATH") {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has_env(&env, "HOME") {
+        env.push(format!("HOME={home}"));
+    }
+    if req.terminal && !has_env(&env, "TERM") {
+        env.push("TERM=xterm".into());
+    }
+    env
+}
+
+/// The seccomp profile asked for, translated for this host and the default capabilities.
+fn seccomp_profile(choice: &Seccomp) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, RunError> {
+    let caps: Vec<String> = crate::defaults::CAPABILITIES
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let target = crate::seccomp::Target {
+        arch: crate::seccomp::host_arch(),
+        caps: &caps,
+        kernel: crate::seccomp::running_kernel(),
+    };
+    let path = match choice {
+        Seccomp::Default => crate::seccomp::profile_path(),
+        Seccomp::Profile(path) => path.clone(),
+        Seccomp::Unconfined => return Ok(None),
+    };
+    crate::seccomp::load_profile(&path, &target).map(Some)
 }
 
 /// Decides the configuration of a container over `rootfs`, writing its `/etc/hosts`,
@@ -179,19 +206,7 @@ pub fn prepare(
             reason: format!("{cwd:?} is not absolute"),
         });
     }
-    let mut env = vec![format!("HOSTNAME={}", req.hostname)];
-    for kv in image.env.iter().chain(&req.gpus.env).chain(&req.env) {
-        set_env(&mut env, kv);
-    }
-    if !has_env(&env, "PATH") {
-        env.insert(0, format!("PATH={DEFAULT_PATH}"));
-    }
-    if !has_env(&env, "HOME") {
-        env.push(format!("HOME={}", user.home));
-    }
-    if req.terminal && !has_env(&env, "TERM") {
-        env.push("TERM=xterm".into());
-    }
+    let env = environment(image, req, &user.home);
     let mut args = arguments(image, req)?;
     find_command(&root, &args[0], &env, &cwd)?;
     let mut binds = etc_files(etc_dir, &req.hostname, req.network)?;
@@ -204,23 +219,7 @@ pub fn prepare(
         });
         args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
     }
-    let caps: Vec<String> = crate::defaults::CAPABILITIES
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-    let target = crate::seccomp::Target {
-        arch: crate::seccomp::host_arch(),
-        caps: &caps,
-        kernel: crate::seccomp::running_kernel(),
-    };
-    let seccomp = match &req.seccomp {
-        Seccomp::Default => Some(crate::seccomp::load_profile(
-            &crate::seccomp::profile_path(),
-            &target,
-        )?),
-        Seccomp::Profile(path) => Some(crate::seccomp::load_profile(path, &target)?),
-        Seccomp::Unconfined => None,
-    };
+    let seccomp = seccomp_profile(&req.seccomp)?;
     Ok(ContainerConfig {
         rootfs: rootfs.to_path_buf(),
         args,

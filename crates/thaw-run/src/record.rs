@@ -59,6 +59,7 @@ pub struct ContainerRecord {
 }
 
 /// A process's start time from `/proc/PID/stat`; `None` if there is no such process.
+/// (thaw-fuse's mount records read the same field; this crate must not depend on FUSE.)
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
