@@ -26,6 +26,9 @@ phase() {
 # Tests that need root, /dev/fuse or a service this script starts fail instead of
 # skipping (thaw_tests::skip); only the GPU tests may still skip.
 export THAW_TESTS_STRICT=1
+# CI builds once from a fresh clone: incremental state only costs disk (a CI run on a
+# nearly full shared disk died in the linker).
+export CARGO_INCREMENTAL=0
 
 # --- Debian packages -------------------------------------------------------------
 missing=()

@@ -1,6 +1,7 @@
 //! `thaw`: build, inspect, export, mount and collect container images in a chunk store.
 //! This file only parses the command line and dispatches to the command modules.
 
+mod autoscale_cmd;
 mod client_cmd;
 mod container_cmd;
 mod image_cmd;
@@ -52,6 +53,9 @@ enum Command {
     /// Start-up traces stored with images (they drive prewarming).
     #[command(subcommand)]
     Trace(trace_cmd::TraceCommand),
+    /// The autoscaler: its simulator (and, with `thaw serve`, its control loop).
+    #[command(subcommand)]
+    Autoscale(autoscale_cmd::AutoscaleCommand),
     /// List tags and images.
     Images,
     /// Describe an image: its tree and how it is stored.
@@ -145,6 +149,7 @@ async fn without_store(command: &Command) -> Option<Result<()>> {
             mount_cmd::umount(mountpoint).await
         }
         Command::Prewarm(args) => client_cmd::prewarm(args).await,
+        Command::Autoscale(a) => autoscale_cmd::run(a),
         Command::Run(args) if args.detach => container_cmd::detach(args).await,
         Command::Ps(server) => container_cmd::ps(server).await,
         Command::Stop(args) => container_cmd::stop(args).await,
@@ -206,6 +211,7 @@ async fn main() -> Result<()> {
         } => image_cmd::gc(&repo, *apply, *safety_period).await?,
         Command::Umount { .. }
         | Command::Prewarm(_)
+        | Command::Autoscale(_)
         | Command::Jobs(_)
         | Command::Cache(_)
         | Command::Ps(_)

@@ -1,0 +1,208 @@
+//! `thaw autoscale`: the trace-driven simulator of the scaling policies (`simulate`).
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use thaw_autoscale::sim::{compare, simulate, Comparison, Report, SimConfig};
+use thaw_autoscale::{trace, Params, POLICY_NAMES};
+
+/// `thaw autoscale ...`.
+#[derive(Subcommand, Debug)]
+pub enum AutoscaleCommand {
+    /// Replay a request trace through a scaling policy (or all of them, with --compare)
+    /// and report cost (replica-seconds), latency, SLO attainment and cold starts.
+    Simulate(SimulateArgs),
+}
+
+/// `thaw autoscale simulate`.
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// The trace: a file (the Azure LLM CSV, or `arrival,service` seconds per line) or
+    /// `synthetic:NAME[:SEED]` (poisson, bursty, diurnal, spike, sparse).
+    #[arg(long)]
+    trace: String,
+    /// The policy (thaw, thaw-depth, knative, hpa, keda, ray-serve, beta9).
+    #[arg(long, default_value = "thaw")]
+    policy: String,
+    /// A policy parameter, KEY=VALUE (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Seconds from the decision to start a replica to its readiness; a comma-separated
+    /// list runs one comparison per value (a sweep).
+    #[arg(long, default_value = "15", value_delimiter = ',')]
+    cold_start: Vec<f64>,
+    /// The latency (waiting plus service) a request should stay within, seconds; thaw's
+    /// latency policy aims at it unless `--param target_latency=` says otherwise.
+    #[arg(long, default_value_t = 5.0)]
+    slo: f64,
+    /// Requests one replica serves at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u32,
+    /// The most replicas.
+    #[arg(long, default_value_t = 20)]
+    max_replicas: u32,
+    /// Seconds a request may wait before it is dropped.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Only the first SECONDS of the trace.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Run every policy and print one table.
+    #[arg(long)]
+    compare: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write each policy's replicas and queue over time to this CSV file.
+    #[arg(long)]
+    timeline: Option<std::path::PathBuf>,
+}
+
+/// Runs `thaw autoscale ...`.
+pub fn run(command: &AutoscaleCommand) -> Result<()> {
+    match command {
+        AutoscaleCommand::Simulate(args) => simulate_cmd(args),
+    }
+}
+
+fn simulate_cmd(args: &SimulateArgs) -> Result<()> {
+    let mut trace = trace::load(&args.trace, args.concurrency)
+        .with_context(|| format!("loading the trace {}", args.trace))?;
+    if let Some(d) = args.duration {
+        trace = trace.truncated(d);
+    }
+    let mut params = Params::new();
+    for p in &args.params {
+        params.parse_pair(p)?;
+    }
+    if args.compare || args.policy == "thaw" {
+        params.set_default("target_latency", args.slo);
+    }
+    let names: Vec<&str> = if args.compare {
+        POLICY_NAMES.to_vec()
+    } else {
+        vec![args.policy.as_str()]
+    };
+    if !args.compare && !POLICY_NAMES.contains(&args.policy.as_str()) {
+        bail!(
+            "unknown policy {:?} (known: {})",
+            args.policy,
+            POLICY_NAMES.join(", ")
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    let mut results = Vec::new();
+    for &cold_start in &args.cold_start {
+        if !(cold_start.is_finite() && cold_start >= 0.0) {
+            bail!("--cold-start {cold_start}: must be a non-negative number of seconds");
+        }
+        let cfg = SimConfig {
+            cold_start,
+            concurrency: args.concurrency.max(1),
+            max_replicas: args.max_replicas.max(1),
+            slo: args.slo,
+            timeout: args.timeout,
+            ..SimConfig::default()
+        };
+        let comparison = if args.compare {
+            compare(&trace, &names, &params, &cfg)?
+        } else {
+            let report = simulate(&trace, &args.policy, &params, &cfg)?;
+            Comparison {
+                trace: trace.name.clone(),
+                cold_start_s: cold_start,
+                slo_s: args.slo,
+                policies: vec![report],
+            }
+        };
+        if !args.json {
+            print_table(&mut out, &comparison, trace.len())?;
+        }
+        results.push(comparison);
+    }
+    if let Some(path) = &args.timeline {
+        write_timeline(path, &results)?;
+    }
+    if args.json {
+        let value = if results.len() == 1 {
+            serde_json::to_value(&results[0])?
+        } else {
+            serde_json::to_value(&results)?
+        };
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    }
+    Ok(())
+}
+
+fn print_table(out: &mut impl Write, c: &Comparison, requests: usize) -> Result<()> {
+    writeln!(
+        out,
+        "trace {} ({requests} requests), cold start {} s, SLO {} s",
+        c.trace, c.cold_start_s, c.slo_s
+    )?;
+    writeln!(
+        out,
+        "{:<11} {:>11} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10}",
+        "policy",
+        "replica-s",
+        "SLO",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "starts",
+        "events",
+        "served",
+        "dropped",
+        "thaw/this"
+    )?;
+    let thaw = c
+        .policies
+        .iter()
+        .find(|r| r.name == "thaw")
+        .map(|r| r.replica_seconds);
+    for r in &c.policies {
+        let ratio = thaw
+            .filter(|_| r.replica_seconds > 0.0)
+            .map_or_else(|| "-".into(), |t| format!("{:.3}", t / r.replica_seconds));
+        writeln!(
+            out,
+            "{:<11} {:>11.0} {:>8.2}% {:>7.2} {:>7.2} {:>7.2} {:>7} {:>7} {:>7} {:>7} {:>10}",
+            r.name,
+            r.replica_seconds,
+            r.slo_attainment * 100.0,
+            r.p50_s,
+            r.p95_s,
+            r.p99_s,
+            r.cold_starts,
+            r.scale_events,
+            r.served,
+            r.dropped,
+            ratio
+        )?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `cold_start,policy,at,replicas,ready,queued` per sample.
+fn write_timeline(path: &std::path::Path, results: &[Comparison]) -> Result<()> {
+    let mut text = String::from("cold_start,policy,at,replicas,ready,queued\n");
+    for c in results {
+        for r in &c.policies {
+            append_samples(&mut text, c.cold_start_s, r);
+        }
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn append_samples(text: &mut String, cold_start: f64, r: &Report) {
+    use std::fmt::Write as _;
+    for s in &r.timeline {
+        let _ = writeln!(
+            text,
+            "{cold_start},{},{},{},{},{}",
+            r.name, s.at, s.replicas, s.ready, s.queued
+        );
+    }
+}
