@@ -170,6 +170,12 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/autoscale`: every autoscaled deployment as its control loop last saw it.
+    pub async fn autoscale(&self) -> Result<Vec<api::DeploymentStatus>, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/autoscale", None::<&()>)
+            .await
+    }
+
     /// `POST /v1/containers/{id}/stop`: the stop signal, then SIGKILL after the timeout;
     /// answers once the container has exited.
     pub async fn stop_container(

@@ -5,6 +5,7 @@
 //! request trace through any of them. It knows nothing of containers, stores or Redis: the
 //! daemon's control loop feeds it sensors and carries out its decisions.
 
+pub mod config;
 mod error;
 pub mod policy;
 pub mod sim;

@@ -1,4 +1,6 @@
-//! `thaw autoscale`: the trace-driven simulator of the scaling policies (`simulate`).
+//! `thaw autoscale`: the daemon with autoscaled deployments (`run`), the worker each
+//! replica runs (`worker`), the loops' status (`status`), and the trace-driven simulator
+//! of the scaling policies (`simulate`).
 
 use std::io::Write;
 
@@ -10,9 +12,44 @@ use thaw_autoscale::{trace, Params, POLICY_NAMES};
 /// `thaw autoscale ...`.
 #[derive(Subcommand, Debug)]
 pub enum AutoscaleCommand {
+    /// Run the node daemon (`thaw serve`) with the deployments of a configuration file
+    /// autoscaled, in the foreground.
+    Run(AutoscaleRunArgs),
+    /// The worker a replica runs: takes tasks from the queue one at a time and runs
+    /// COMMAND for each, with the task in THAW_TASK (started by the daemon in each replica).
+    Worker(WorkerArgs),
+    /// What each deployment's control loop last saw and decided.
+    Status(crate::client_cmd::ServerArgs),
     /// Replay a request trace through a scaling policy (or all of them, with --compare)
     /// and report cost (replica-seconds), latency, SLO attainment and cold starts.
     Simulate(SimulateArgs),
+}
+
+/// `thaw autoscale run`.
+#[derive(Args, Debug)]
+pub struct AutoscaleRunArgs {
+    /// The deployments (TOML).
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    #[command(flatten)]
+    pub serve: crate::serve_cmd::ServeArgs,
+}
+
+/// `thaw autoscale worker`.
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The Redis URL.
+    #[arg(long)]
+    redis: String,
+    /// The queue's key.
+    #[arg(long)]
+    queue: String,
+    /// This replica's name.
+    #[arg(long)]
+    replica: String,
+    /// The command run for each task.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 /// `thaw autoscale simulate`.
@@ -59,11 +96,47 @@ pub struct SimulateArgs {
     timeline: Option<std::path::PathBuf>,
 }
 
-/// Runs `thaw autoscale ...`.
-pub fn run(command: &AutoscaleCommand) -> Result<()> {
-    match command {
+/// Runs the `thaw autoscale` commands that need no store (all but `run`); `None` for `run`.
+pub async fn without_store(command: &AutoscaleCommand) -> Option<Result<()>> {
+    Some(match command {
         AutoscaleCommand::Simulate(args) => simulate_cmd(args),
+        AutoscaleCommand::Worker(args) => worker(args).await,
+        AutoscaleCommand::Status(server) => status(server).await,
+        AutoscaleCommand::Run(_) => return None,
+    })
+}
+
+/// `thaw autoscale run`: the daemon with the configuration's deployments.
+pub async fn run(repo: thaw_store::Repository, args: &AutoscaleRunArgs) -> Result<()> {
+    let config = thaw_autoscale::config::load(&args.config)?;
+    crate::serve_cmd::serve(repo, &args.serve, config).await
+}
+
+async fn worker(args: &WorkerArgs) -> Result<()> {
+    use thaw_server::autoscale::worker::{run, WorkerConfig};
+    let config = WorkerConfig { redis: args.redis.clone(), queue: args.queue.clone(), replica: args.replica.clone(), command: args.command.clone() };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let ran = run(&config, shutdown).await?;
+    eprintln!("worker {}: ran {ran} tasks", args.replica);
+    Ok(())
+}
+
+async fn status(server: &crate::client_cmd::ServerArgs) -> Result<()> {
+    let all = server.client()?.autoscale().await?;
+    println!("{:<16} {:<10} {:>7} {:>6} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7} {:>10}  REASON", "DEPLOYMENT", "POLICY", "DESIRED", "READY", "STARTING", "DRAINING", "QUEUED", "INFLIGHT", "COMPLETED", "STARTS", "COLDSTART");
+    for d in all {
+        println!(
+            "{:<16} {:<10} {:>7} {:>6} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7} {:>9.2}s  {}",
+            d.name, d.policy, d.desired, d.ready, d.starting, d.draining, d.queued, d.in_flight, d.completed, d.starts, d.cold_start_seconds, d.reason
+        );
     }
+    Ok(())
 }
 
 fn simulate_cmd(args: &SimulateArgs) -> Result<()> {

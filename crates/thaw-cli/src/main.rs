@@ -149,7 +149,7 @@ async fn without_store(command: &Command) -> Option<Result<()>> {
             mount_cmd::umount(mountpoint).await
         }
         Command::Prewarm(args) => client_cmd::prewarm(args).await,
-        Command::Autoscale(a) => autoscale_cmd::run(a),
+        Command::Autoscale(a) => return autoscale_cmd::without_store(a).await,
         Command::Run(args) if args.detach => container_cmd::detach(args).await,
         Command::Ps(server) => container_cmd::ps(server).await,
         Command::Stop(args) => container_cmd::stop(args).await,
@@ -178,7 +178,11 @@ async fn main() -> Result<()> {
     }
     let retry = match &cli.command {
         Command::Mount(mount_cmd::MountArgs { timeout, .. })
-        | Command::Serve(serve_cmd::ServeArgs { timeout, .. }) => RetryConfig {
+        | Command::Serve(serve_cmd::ServeArgs { timeout, .. })
+        | Command::Autoscale(autoscale_cmd::AutoscaleCommand::Run(autoscale_cmd::AutoscaleRunArgs {
+            serve: serve_cmd::ServeArgs { timeout, .. },
+            ..
+        })) => RetryConfig {
             deadline: Duration::from_secs(*timeout),
             attempt_timeout: Duration::from_secs((*timeout).clamp(1, 30)),
             ..Default::default()
@@ -204,7 +208,10 @@ async fn main() -> Result<()> {
         Command::Bundle(args) => run_cmd::bundle(&repo, args).await?,
         Command::Trace(t) => trace_cmd::run(&repo, t).await?,
         Command::Weights(w) => weights_cmd::run(&repo, w).await?,
-        Command::Serve(args) => serve_cmd::serve(repo.clone(), args).await?,
+        Command::Serve(args) => serve_cmd::serve(repo.clone(), args, Default::default()).await?,
+        Command::Autoscale(autoscale_cmd::AutoscaleCommand::Run(args)) => {
+            autoscale_cmd::run(repo.clone(), args).await?;
+        }
         Command::Gc {
             apply,
             safety_period,

@@ -96,7 +96,11 @@ fn tokens(args: &ServeArgs) -> Result<Tokens> {
     Ok(tokens)
 }
 
-pub async fn serve(repo: Repository, args: &ServeArgs) -> Result<()> {
+pub async fn serve(
+    repo: Repository,
+    args: &ServeArgs,
+    autoscale: thaw_autoscale::config::AutoscaleConfig,
+) -> Result<()> {
     let socket_group = match &args.socket_group {
         Some(g) => Some(thaw_server::auth::group_id(g).map_err(anyhow::Error::msg)?),
         None => None,
@@ -131,6 +135,7 @@ pub async fn serve(repo: Repository, args: &ServeArgs) -> Result<()> {
             auto_unmount: args.auto_unmount,
         },
         ready_file: args.ready_file.clone(),
+        autoscale,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

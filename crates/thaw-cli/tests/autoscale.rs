@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+#[allow(clippy::unwrap_used, reason = "tests: a failed step panics with its message")]
 fn thaw(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_thaw")).args(args).output().unwrap()
 }

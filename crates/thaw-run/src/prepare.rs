@@ -208,7 +208,12 @@ pub fn prepare(
     }
     let env = environment(image, req, &user.home);
     let mut args = arguments(image, req)?;
-    find_command(&root, &args[0], &env, &cwd)?;
+    // A program bind-mounted from the host (`--mount` onto its absolute path) is not in
+    // the image: the runtime will find it there.
+    let bound = req.mounts.iter().any(|m| Path::new(&args[0]) == Path::new(&m.destination));
+    if !bound {
+        find_command(&root, &args[0], &env, &cwd)?;
+    }
     let mut binds = etc_files(etc_dir, &req.hostname, req.network)?;
     binds.extend(req.mounts.iter().cloned());
     if let Some(init) = &req.init {

@@ -86,6 +86,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/containers/{id}/stop", post(stop_container))
         .route("/v1/containers/{id}/logs", get(container_logs))
+        .route("/v1/autoscale", get(autoscale))
         .route_layer(middleware::from_fn_with_state(node.clone(), authorize));
     Router::new()
         .route("/healthz", get(health))
@@ -348,6 +349,10 @@ async fn create_container(
         .create(manifest, &node.reader, image, &req)
         .await?;
     Ok((StatusCode::CREATED, Json(c.view())))
+}
+
+async fn autoscale(State(node): State<Arc<Node>>) -> Json<Vec<api::DeploymentStatus>> {
+    Json(node.autoscale.all())
 }
 
 async fn containers(State(node): State<Arc<Node>>) -> Json<Vec<api::Container>> {

@@ -8,6 +8,7 @@
 
 mod access;
 pub mod auth;
+pub mod autoscale;
 mod confine;
 mod container_request;
 pub mod containers;
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     /// Once listening, write the API's address here (`unix:PATH`, then `http://ADDR`
     /// when listening on TCP).
     pub ready_file: Option<PathBuf>,
+    /// Deployments whose replicas this daemon autoscales.
+    pub autoscale: thaw_autoscale::config::AutoscaleConfig,
 }
 
 /// Why the daemon could not start (or stopped serving).
@@ -83,6 +86,9 @@ pub enum ServeError {
     /// The disk cache could not be opened.
     #[error("opening the cache: {0}")]
     Cache(#[from] ReadError),
+    /// The autoscaler could not start.
+    #[error("autoscaler: {0}")]
+    Autoscale(#[from] autoscale::AutoscaleStartError),
     /// A file of the daemon's state could not be written.
     #[error("{what} {path}: {source}")]
     Io {

@@ -37,7 +37,10 @@ pub async fn serve(
     let node = Node::new(repo, &config)?;
     announce(&config, tcp.as_ref(), metrics.as_ref())?;
     let stop = CancellationToken::new();
+    let mut loops = crate::autoscale::start(&node, &config.autoscale, &stop).await?;
     let served = run_all(&node, unix, tcp, metrics, &stop, shutdown).await;
+    stop.cancel();
+    while loops.join_next().await.is_some() {}
     node.jobs.cancel_all();
     node.containers.remove_all().await;
     node.mounts.remove_all().await;

@@ -32,6 +32,8 @@ pub struct Node {
     pub started: Instant,
     /// HTTP responses by status class.
     pub http: http::HttpStats,
+    /// What each autoscaled deployment's loop last saw and decided.
+    pub autoscale: crate::autoscale::StatusBoard,
     /// Recently used manifests: images are immutable, so a prewarm's manifest serves the
     /// mount that follows without another request.
     manifests: parking_lot::Mutex<lru::LruCache<ImageId, Arc<Manifest>>>,
@@ -77,6 +79,7 @@ impl Node {
             require_image_ids: config.require_image_ids,
             started: Instant::now(),
             http: http::HttpStats::default(),
+            autoscale: crate::autoscale::StatusBoard::default(),
             manifests: parking_lot::Mutex::new(lru::LruCache::new(MANIFESTS_CACHED)),
         }))
     }
