@@ -460,6 +460,8 @@ pub struct DeploymentStatus {
     pub decisions: u64,
     /// Replicas started.
     pub starts: u64,
+    /// Prewarms (image and weights) begun before a replica's start.
+    pub prewarms: u64,
     /// Replicas that exited without being asked to.
     pub crashes: u64,
     /// Tasks moved back to the queue from replicas that died.

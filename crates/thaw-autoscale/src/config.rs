@@ -53,7 +53,10 @@ fn default_tick() -> f64 {
 
 impl Default for AutoscaleConfig {
     fn default() -> Self {
-        AutoscaleConfig { tick_seconds: default_tick(), deployments: Vec::new() }
+        AutoscaleConfig {
+            tick_seconds: default_tick(),
+            deployments: Vec::new(),
+        }
     }
 }
 
@@ -137,13 +140,19 @@ impl DeploymentConfig {
     /// The deployment as its policy sees it.
     #[must_use]
     pub fn deployment(&self) -> Deployment {
-        Deployment { concurrency: *self.concurrency.get_ref(), max_replicas: *self.max_replicas.get_ref() }
+        Deployment {
+            concurrency: *self.concurrency.get_ref(),
+            max_replicas: *self.max_replicas.get_ref(),
+        }
     }
 }
 
 /// Reads and checks `path`.
 pub fn load(path: &Path) -> Result<AutoscaleConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     parse(path, &text)
 }
 
@@ -162,13 +171,21 @@ pub fn parse(path: &Path, text: &str) -> Result<AutoscaleConfig, ConfigError> {
         reason,
     };
     if !(config.tick_seconds.is_finite() && config.tick_seconds > 0.0) {
-        return Err(fail(0..0, "tick_seconds".into(), "must be a positive number of seconds".into()));
+        return Err(fail(
+            0..0,
+            "tick_seconds".into(),
+            "must be a positive number of seconds".into(),
+        ));
     }
     let mut names = std::collections::BTreeSet::new();
     for d in &config.deployments {
         check_deployment(d, &fail)?;
         if !names.insert(d.name.get_ref().clone()) {
-            return Err(fail(d.name.span(), "name".into(), format!("{:?} names two deployments", d.name.get_ref())));
+            return Err(fail(
+                d.name.span(),
+                "name".into(),
+                format!("{:?} names two deployments", d.name.get_ref()),
+            ));
         }
     }
     Ok(config)
@@ -179,27 +196,57 @@ type Fail<'a> = dyn Fn(std::ops::Range<usize>, String, String) -> ConfigError + 
 fn check_deployment(d: &DeploymentConfig, fail: &Fail<'_>) -> Result<(), ConfigError> {
     let name = d.name.get_ref();
     let key = |k: &str| format!("deployment {name:?}: {k}");
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') || name.len() > 48 {
-        return Err(fail(d.name.span(), key("name"), "letters, digits, - and _ only, at most 48".into()));
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        || name.len() > 48
+    {
+        return Err(fail(
+            d.name.span(),
+            key("name"),
+            "letters, digits, - and _ only, at most 48".into(),
+        ));
     }
     if *d.max_replicas.get_ref() == 0 {
-        return Err(fail(d.max_replicas.span(), key("max_replicas"), "must be at least 1".into()));
+        return Err(fail(
+            d.max_replicas.span(),
+            key("max_replicas"),
+            "must be at least 1".into(),
+        ));
     }
     if *d.concurrency.get_ref() == 0 {
-        return Err(fail(d.concurrency.span(), key("concurrency"), "must be at least 1 task per replica".into()));
+        return Err(fail(
+            d.concurrency.span(),
+            key("concurrency"),
+            "must be at least 1 task per replica".into(),
+        ));
     }
-    for (what, v) in [("cold_start_seconds", &d.cold_start_seconds), ("stop_grace_seconds", &d.stop_grace_seconds)] {
+    for (what, v) in [
+        ("cold_start_seconds", &d.cold_start_seconds),
+        ("stop_grace_seconds", &d.stop_grace_seconds),
+    ] {
         if !(v.get_ref().is_finite() && *v.get_ref() >= 0.0) {
-            return Err(fail(v.span(), key(what), format!("{} is not a non-negative number of seconds", v.get_ref())));
+            return Err(fail(
+                v.span(),
+                key(what),
+                format!("{} is not a non-negative number of seconds", v.get_ref()),
+            ));
         }
     }
     if d.command.is_empty() {
-        return Err(fail(d.name.span(), key("command"), "must name a program".into()));
+        return Err(fail(
+            d.name.span(),
+            key("command"),
+            "must name a program".into(),
+        ));
     }
     build_policy(d.policy.get_ref(), &d.policy_params(), d.deployment()).map_err(|e| {
         let span = match &e {
             crate::ParamError::UnknownKey { key, .. } | crate::ParamError::BadValue { key, .. } => {
-                d.params.get(key).map_or_else(|| d.policy.span(), Spanned::span)
+                d.params
+                    .get(key)
+                    .map_or_else(|| d.policy.span(), Spanned::span)
             }
             _ => d.policy.span(),
         };
@@ -209,7 +256,8 @@ fn check_deployment(d: &DeploymentConfig, fail: &Fail<'_>) -> Result<(), ConfigE
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
+    text.get(..offset)
+        .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
 }
 
 #[cfg(test)]

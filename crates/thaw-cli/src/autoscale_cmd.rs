@@ -114,8 +114,14 @@ pub async fn run(repo: thaw_store::Repository, args: &AutoscaleRunArgs) -> Resul
 
 async fn worker(args: &WorkerArgs) -> Result<()> {
     use thaw_server::autoscale::worker::{run, WorkerConfig};
-    let config = WorkerConfig { redis: args.redis.clone(), queue: args.queue.clone(), replica: args.replica.clone(), command: args.command.clone() };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let config = WorkerConfig {
+        redis: args.redis.clone(),
+        queue: args.queue.clone(),
+        replica: args.replica.clone(),
+        command: args.command.clone(),
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let shutdown = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -129,11 +135,35 @@ async fn worker(args: &WorkerArgs) -> Result<()> {
 
 async fn status(server: &crate::client_cmd::ServerArgs) -> Result<()> {
     let all = server.client()?.autoscale().await?;
-    println!("{:<16} {:<10} {:>7} {:>6} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7} {:>10}  REASON", "DEPLOYMENT", "POLICY", "DESIRED", "READY", "STARTING", "DRAINING", "QUEUED", "INFLIGHT", "COMPLETED", "STARTS", "COLDSTART");
+    println!(
+        "{:<16} {:<10} {:>7} {:>6} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7} {:>10}  REASON",
+        "DEPLOYMENT",
+        "POLICY",
+        "DESIRED",
+        "READY",
+        "STARTING",
+        "DRAINING",
+        "QUEUED",
+        "INFLIGHT",
+        "COMPLETED",
+        "STARTS",
+        "COLDSTART"
+    );
     for d in all {
         println!(
             "{:<16} {:<10} {:>7} {:>6} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7} {:>9.2}s  {}",
-            d.name, d.policy, d.desired, d.ready, d.starting, d.draining, d.queued, d.in_flight, d.completed, d.starts, d.cold_start_seconds, d.reason
+            d.name,
+            d.policy,
+            d.desired,
+            d.ready,
+            d.starting,
+            d.draining,
+            d.queued,
+            d.in_flight,
+            d.completed,
+            d.starts,
+            d.cold_start_seconds,
+            d.reason
         );
     }
     Ok(())

@@ -179,10 +179,12 @@ async fn main() -> Result<()> {
     let retry = match &cli.command {
         Command::Mount(mount_cmd::MountArgs { timeout, .. })
         | Command::Serve(serve_cmd::ServeArgs { timeout, .. })
-        | Command::Autoscale(autoscale_cmd::AutoscaleCommand::Run(autoscale_cmd::AutoscaleRunArgs {
-            serve: serve_cmd::ServeArgs { timeout, .. },
-            ..
-        })) => RetryConfig {
+        | Command::Autoscale(autoscale_cmd::AutoscaleCommand::Run(
+            autoscale_cmd::AutoscaleRunArgs {
+                serve: serve_cmd::ServeArgs { timeout, .. },
+                ..
+            },
+        )) => RetryConfig {
             deadline: Duration::from_secs(*timeout),
             attempt_timeout: Duration::from_secs((*timeout).clamp(1, 30)),
             ..Default::default()

@@ -210,7 +210,10 @@ pub fn prepare(
     let mut args = arguments(image, req)?;
     // A program bind-mounted from the host (`--mount` onto its absolute path) is not in
     // the image: the runtime will find it there.
-    let bound = req.mounts.iter().any(|m| Path::new(&args[0]) == Path::new(&m.destination));
+    let bound = req
+        .mounts
+        .iter()
+        .any(|m| Path::new(&args[0]) == Path::new(&m.destination));
     if !bound {
         find_command(&root, &args[0], &env, &cwd)?;
     }

@@ -24,7 +24,9 @@ queue = "tasks"
 "#;
 
 fn err(text: &str) -> String {
-    parse(Path::new("scale.toml"), text).unwrap_err().to_string()
+    parse(Path::new("scale.toml"), text)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -33,7 +35,13 @@ fn a_good_file_parses() {
     assert!((c.tick_seconds - 0.5).abs() < 1e-12);
     let d = &c.deployments[0];
     assert_eq!(d.name.get_ref(), "echo");
-    assert_eq!(d.deployment(), Deployment { concurrency: 2, max_replicas: 4 });
+    assert_eq!(
+        d.deployment(),
+        Deployment {
+            concurrency: 2,
+            max_replicas: 4
+        }
+    );
     assert_eq!(d.source.queue, "tasks");
     assert_eq!(d.runtime, "runc");
 }
@@ -41,15 +49,50 @@ fn a_good_file_parses() {
 #[test]
 fn every_error_names_the_file_the_line_and_the_key() {
     for (from, to, line, want) in [
-        ("max_replicas = 4", "max_replicas = 0", 9, "max_replicas: must be at least 1"),
-        ("concurrency = 2", "concurrency = 0", 10, "concurrency: must be at least 1"),
-        ("policy = \"thaw-depth\"", "policy = \"fifo\"", 8, "unknown policy"),
+        (
+            "max_replicas = 4",
+            "max_replicas = 0",
+            9,
+            "max_replicas: must be at least 1",
+        ),
+        (
+            "concurrency = 2",
+            "concurrency = 0",
+            10,
+            "concurrency: must be at least 1",
+        ),
+        (
+            "policy = \"thaw-depth\"",
+            "policy = \"fifo\"",
+            8,
+            "unknown policy",
+        ),
         ("keep_warm = 30", "keep_warm = -30", 14, "keep_warm"),
-        ("min_replicas = 0", "min_replicas = 9", 15, "above max_replicas"),
-        ("keep_warm = 30", "keep_wurm = 30", 14, "has no parameter \"keep_wurm\""),
-        ("cold_start_seconds = 3", "cold_start_seconds = -3", 11, "cold_start_seconds"),
+        (
+            "min_replicas = 0",
+            "min_replicas = 9",
+            15,
+            "above max_replicas",
+        ),
+        (
+            "keep_warm = 30",
+            "keep_wurm = 30",
+            14,
+            "has no parameter \"keep_wurm\"",
+        ),
+        (
+            "cold_start_seconds = 3",
+            "cold_start_seconds = -3",
+            11,
+            "cold_start_seconds",
+        ),
         ("image = \"debian\"\n", "", 4, "missing field `image`"),
-        ("max_replicas = 4", "max_replicas = \"four\"", 9, "invalid type"),
+        (
+            "max_replicas = 4",
+            "max_replicas = \"four\"",
+            9,
+            "invalid type",
+        ),
         ("concurrency = 2", "concurency = 2", 10, "unknown field"),
     ] {
         let text = GOOD.replace(from, to);

@@ -35,6 +35,28 @@ impl Daemon {
 
     /// Starts a daemon with extra environment variables too.
     pub fn start_with(dir: &Path, store: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::spawn(dir, store, &["serve"], extra, env)
+    }
+
+    /// Starts `thaw autoscale run --config CONFIG`: the daemon with autoscaled deployments.
+    pub fn autoscale(dir: &Path, store: &str, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let config = config.to_str().unwrap();
+        Self::spawn(
+            dir,
+            store,
+            &["autoscale", "run", "--config", config],
+            &[],
+            env,
+        )
+    }
+
+    fn spawn(
+        dir: &Path,
+        store: &str,
+        command: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
         let log = dir.join(format!(
@@ -47,7 +69,8 @@ impl Daemon {
         let child = Command::new(THAW)
             .arg("--store")
             .arg(store)
-            .args(["serve", "--listen", "127.0.0.1:0", "--cache"])
+            .args(command)
+            .args(["--listen", "127.0.0.1:0", "--cache"])
             .arg(dir.join("cache"))
             .arg("--state-dir")
             .arg(dir.join("state"))

@@ -30,6 +30,7 @@ struct Replica {
 /// What a replica's start task reports.
 #[derive(Debug)]
 enum Event {
+    Prewarmed,
     Created { name: String, container: String },
     Failed { name: String, error: String },
 }
@@ -61,9 +62,22 @@ pub(super) struct Loop {
 
 impl Loop {
     /// A loop for `config` with its policy and queue ready.
-    pub(super) fn new(node: Arc<Node>, config: DeploymentConfig, policy: Box<dyn Policy>, queue: Queue, tick: f64, board: StatusBoard, gpu_slots: Vec<Option<String>>) -> Self {
+    pub(super) fn new(
+        node: Arc<Node>,
+        config: DeploymentConfig,
+        policy: Box<dyn Policy>,
+        queue: Queue,
+        tick: f64,
+        board: StatusBoard,
+        gpu_slots: Vec<Option<String>>,
+    ) -> Self {
         let cold_start = *config.cold_start_seconds.get_ref();
-        let status = DeploymentStatus { name: config.name.get_ref().clone(), policy: policy.name().into(), cold_start_seconds: cold_start, ..DeploymentStatus::default() };
+        let status = DeploymentStatus {
+            name: config.name.get_ref().clone(),
+            policy: policy.name().into(),
+            cold_start_seconds: cold_start,
+            ..DeploymentStatus::default()
+        };
         Loop {
             node,
             config,
@@ -92,12 +106,15 @@ impl Loop {
     /// Runs until `shutdown`; then every replica is drained and removed, and what they
     /// held goes back to the queue.
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
-        let period = std::time::Duration::from_secs_f64(self.tick.min(self.policy.period()).max(0.01));
+        let period =
+            std::time::Duration::from_secs_f64(self.tick.min(self.policy.period()).max(0.01));
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let wake = self.wake.clone();
         loop {
-            let timer = self.next_wake.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
+            let timer = self
+                .next_wake
+                .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
@@ -118,6 +135,7 @@ impl Loop {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
+            Event::Prewarmed => self.status.prewarms += 1,
             Event::Created { name, container } => {
                 if let Some(r) = self.replicas.get_mut(&name) {
                     r.container = Some(container);
@@ -139,7 +157,9 @@ impl Loop {
         self.observe(&names, &sample);
         let snapshot = self.snapshot(&sample);
         let decision = self.policy.decide(&snapshot);
-        self.next_wake = decision.wake_at.map(|at| self.origin + std::time::Duration::from_secs_f64(at.max(0.0)));
+        self.next_wake = decision
+            .wake_at
+            .map(|at| self.origin + std::time::Duration::from_secs_f64(at.max(0.0)));
         self.publish(&snapshot, decision.desired, decision.reason);
         self.apply(decision.desired).await
     }
@@ -150,7 +170,12 @@ impl Loop {
         let dead: Vec<(String, String, bool)> = self
             .replicas
             .iter()
-            .filter_map(|(n, r)| r.container.as_ref().filter(|c| replica::exited(&self.node, c)).map(|c| (n.clone(), c.clone(), r.state == ReplicaState::Draining)))
+            .filter_map(|(n, r)| {
+                r.container
+                    .as_ref()
+                    .filter(|c| replica::exited(&self.node, c))
+                    .map(|c| (n.clone(), c.clone(), r.state == ReplicaState::Draining))
+            })
             .collect();
         for (name, container, draining) in dead {
             let moved = self.queue.requeue(&name).await?;
@@ -181,12 +206,18 @@ impl Loop {
     fn observe(&mut self, names: &[String], sample: &QueueSample) {
         let now = Instant::now();
         for (name, &(active, ready)) in names.iter().zip(&sample.replicas) {
-            let Some(r) = self.replicas.get_mut(name) else { continue };
+            let Some(r) = self.replicas.get_mut(name) else {
+                continue;
+            };
             if r.state == ReplicaState::Starting && ready {
                 r.state = ReplicaState::Ready;
                 r.idle_since = Some(now);
                 let took = now.duration_since(r.decided).as_secs_f64();
-                self.cold_start = if self.status.start_seconds.is_empty() { took } else { 0.5 * self.cold_start + 0.5 * took };
+                self.cold_start = if self.status.start_seconds.is_empty() {
+                    took
+                } else {
+                    0.5 * self.cold_start + 0.5 * took
+                };
                 self.status.start_seconds.push(took);
                 if self.status.start_seconds.len() > 64 {
                     self.status.start_seconds.remove(0);
@@ -205,13 +236,22 @@ impl Loop {
     fn snapshot(&mut self, sample: &QueueSample) -> Snapshot {
         let now = self.secs(Instant::now());
         let in_flight: u64 = sample.replicas.iter().map(|&(n, _)| n).sum();
-        self.load_integral += crate::autoscale::as_f64(self.last_load) * (now - self.last_sample_at).max(0.0);
+        self.load_integral +=
+            crate::autoscale::as_f64(self.last_load) * (now - self.last_sample_at).max(0.0);
         self.last_sample_at = now;
         self.last_load = sample.queued + in_flight;
         let baseline = *self.baseline_completed.get_or_insert(sample.completed);
         let completed = sample.completed.saturating_sub(baseline);
         self.status.completed = completed;
-        let replicas = self.replicas.values().map(|r| ReplicaView { state: r.state, active: r.active, idle_since: r.idle_since.map(|t| self.secs(t)) }).collect();
+        let replicas = self
+            .replicas
+            .values()
+            .map(|r| ReplicaView {
+                state: r.state,
+                active: r.active,
+                idle_since: r.idle_since.map(|t| self.secs(t)),
+            })
+            .collect();
         Snapshot {
             now,
             queued: sample.queued,
@@ -220,7 +260,11 @@ impl Loop {
             arrivals_total: sample.queued + in_flight + completed,
             load_integral: self.load_integral,
             queue_integral: 0.0,
-            service_time: (sample.completed > 0).then(|| crate::autoscale::as_f64(sample.service_ms) / 1000.0 / crate::autoscale::as_f64(sample.completed)),
+            service_time: (sample.completed > 0).then(|| {
+                crate::autoscale::as_f64(sample.service_ms)
+                    / 1000.0
+                    / crate::autoscale::as_f64(sample.completed)
+            }),
             cold_start: self.cold_start,
             concurrency: *self.config.concurrency.get_ref(),
         }
@@ -245,7 +289,13 @@ impl Loop {
     }
 
     async fn apply(&mut self, desired: u32) -> Result<(), QueueError> {
-        let current = u32::try_from(self.replicas.values().filter(|r| r.state != ReplicaState::Draining).count()).unwrap_or(u32::MAX);
+        let current = u32::try_from(
+            self.replicas
+                .values()
+                .filter(|r| r.state != ReplicaState::Draining)
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
         if desired > current && self.backoff.allows(Instant::now()) {
             for _ in current..desired {
                 if !self.start_one() {
@@ -263,7 +313,12 @@ impl Loop {
     /// Starts one replica in the background; false when the node has no GPUs left for it.
     fn start_one(&mut self) -> bool {
         let gpus = if self.config.gpus_per_replica > 0 {
-            match self.gpu_slots.iter_mut().find(|s| s.is_some()).and_then(Option::take) {
+            match self
+                .gpu_slots
+                .iter_mut()
+                .find(|s| s.is_some())
+                .and_then(Option::take)
+            {
                 Some(g) => Some(g),
                 None => return false,
             }
@@ -271,17 +326,45 @@ impl Loop {
             None
         };
         self.next_id += 1;
-        let name = format!("{}-{}-{}", self.status.name, std::process::id(), self.next_id);
-        self.replicas.insert(name.clone(), Replica { container: None, decided: Instant::now(), state: ReplicaState::Starting, active: 0, idle_since: None, gpus: gpus.clone() });
+        let name = format!(
+            "{}-{}-{}",
+            self.status.name,
+            std::process::id(),
+            self.next_id
+        );
+        self.replicas.insert(
+            name.clone(),
+            Replica {
+                container: None,
+                decided: Instant::now(),
+                state: ReplicaState::Starting,
+                active: 0,
+                idle_since: None,
+                gpus: gpus.clone(),
+            },
+        );
         self.status.starts += 1;
-        let (node, config, tx, wake) = (self.node.clone(), self.config.clone(), self.events.0.clone(), self.wake.clone());
+        let (node, config, tx, wake) = (
+            self.node.clone(),
+            self.config.clone(),
+            self.events.0.clone(),
+            self.wake.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = replica::prewarm(&node, &config).await {
-                tracing::warn!(replica = %name, error = %e, "prewarm before the start failed; starting lazily");
+            match replica::prewarm(&node, &config).await {
+                Ok(_) => {
+                    let _ = tx.send(Event::Prewarmed);
+                }
+                Err(e) => {
+                    tracing::warn!(replica = %name, error = %e, "prewarm before the start failed; starting lazily")
+                }
             }
             let event = match replica::start(&node, &config, &name, gpus.as_deref()).await {
                 Ok(container) => Event::Created { name, container },
-                Err(e) => Event::Failed { name, error: e.to_string() },
+                Err(e) => Event::Failed {
+                    name,
+                    error: e.to_string(),
+                },
             };
             let _ = tx.send(event);
             wake.notify_one();
@@ -294,10 +377,25 @@ impl Loop {
     async fn drain_one(&mut self) -> Result<(), QueueError> {
         let rank = |r: &Replica| match r.state {
             ReplicaState::Starting => (0, 0, 0.0),
-            ReplicaState::Ready => (1, r.active, r.idle_since.map_or(f64::MAX, |t| -t.elapsed().as_secs_f64())),
+            ReplicaState::Ready => (
+                1,
+                r.active,
+                r.idle_since
+                    .map_or(f64::MAX, |t| -t.elapsed().as_secs_f64()),
+            ),
             ReplicaState::Draining => (9, 0, 0.0),
         };
-        let Some(name) = self.replicas.iter().filter(|(_, r)| r.state != ReplicaState::Draining).min_by(|a, b| rank(a.1).partial_cmp(&rank(b.1)).unwrap_or(std::cmp::Ordering::Equal)).map(|(n, _)| n.clone()) else {
+        let Some(name) = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.state != ReplicaState::Draining)
+            .min_by(|a, b| {
+                rank(a.1)
+                    .partial_cmp(&rank(b.1))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .map(|(n, _)| n.clone())
+        else {
             return Ok(());
         };
         self.queue.drain(&name).await?;
@@ -336,7 +434,9 @@ struct Backoff {
 impl Backoff {
     fn failed(&mut self, now: Instant) {
         self.failures = self.failures.saturating_add(1);
-        let secs = 2f64.powi(i32::try_from(self.failures.min(7)).unwrap_or(7) - 1).min(60.0);
+        let secs = 2f64
+            .powi(i32::try_from(self.failures.min(7)).unwrap_or(7) - 1)
+            .min(60.0);
         self.until = Some(now + std::time::Duration::from_secs_f64(secs));
     }
 

@@ -13,8 +13,8 @@ pub use status::StatusBoard;
 
 use crate::Node;
 use std::sync::Arc;
-use thaw_autoscale::config::AutoscaleConfig;
 use thaw_autoscale::build_policy;
+use thaw_autoscale::config::AutoscaleConfig;
 use tokio_util::sync::CancellationToken;
 
 /// Why the loops could not start.
@@ -30,15 +30,30 @@ pub enum AutoscaleStartError {
 
 /// Starts one loop per deployment; they run until `shutdown`, and the returned set ends
 /// once each has drained and removed its replicas.
-pub async fn start(node: &Arc<Node>, config: &AutoscaleConfig, shutdown: &CancellationToken) -> Result<tokio::task::JoinSet<()>, AutoscaleStartError> {
+pub async fn start(
+    node: &Arc<Node>,
+    config: &AutoscaleConfig,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinSet<()>, AutoscaleStartError> {
     let mut loops = tokio::task::JoinSet::new();
     let gpus = node_gpus();
     for d in &config.deployments {
         let name = d.name.get_ref().clone();
-        let policy = build_policy(d.policy.get_ref(), &d.policy_params(), d.deployment()).map_err(|e| AutoscaleStartError::Policy(name.clone(), e))?;
-        let q = queue::Queue::connect(&d.source.redis, &d.source.queue).await.map_err(|e| AutoscaleStartError::Queue(name.clone(), e))?;
+        let policy = build_policy(d.policy.get_ref(), &d.policy_params(), d.deployment())
+            .map_err(|e| AutoscaleStartError::Policy(name.clone(), e))?;
+        let q = queue::Queue::connect(&d.source.redis, &d.source.queue)
+            .await
+            .map_err(|e| AutoscaleStartError::Queue(name.clone(), e))?;
         let slots = gpu_slots(gpus, d.gpus_per_replica);
-        let l = control::Loop::new(node.clone(), d.clone(), policy, q, config.tick_seconds, node.autoscale.clone(), slots);
+        let l = control::Loop::new(
+            node.clone(),
+            d.clone(),
+            policy,
+            q,
+            config.tick_seconds,
+            node.autoscale.clone(),
+            slots,
+        );
         let wake = l.wake.clone();
         let (url, key) = (d.source.redis.clone(), d.source.queue.clone());
         let watching = shutdown.clone();
@@ -59,12 +74,22 @@ pub async fn start(node: &Arc<Node>, config: &AutoscaleConfig, shutdown: &Cancel
 
 /// The node's GPUs: `THAW_NODE_GPUS`, else the `/dev/nvidiaN` devices.
 fn node_gpus() -> u32 {
-    if let Some(n) = std::env::var("THAW_NODE_GPUS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("THAW_NODE_GPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return n;
     }
     let n = std::fs::read_dir("/dev").map_or(0, |d| {
         d.flatten()
-            .filter(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("nvidia")).is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())))
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("nvidia"))
+                    .is_some_and(|rest| {
+                        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
+                    })
+            })
             .count()
     });
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -76,7 +101,16 @@ fn gpu_slots(gpus: u32, per: u32) -> Vec<Option<String>> {
     if per == 0 {
         return Vec::new();
     }
-    (0..gpus / per).map(|i| Some((i * per..(i + 1) * per).map(|g| g.to_string()).collect::<Vec<_>>().join(","))).collect()
+    (0..gpus / per)
+        .map(|i| {
+            Some(
+                (i * per..(i + 1) * per)
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        })
+        .collect()
 }
 
 /// A count as a float.
@@ -90,7 +124,15 @@ pub(crate) fn as_f64(n: u64) -> f64 {
 mod tests {
     #[test]
     fn gpu_slots_cut_the_node() {
-        assert_eq!(super::gpu_slots(8, 2), [Some("0,1".to_string()), Some("2,3".into()), Some("4,5".into()), Some("6,7".into())]);
+        assert_eq!(
+            super::gpu_slots(8, 2),
+            [
+                Some("0,1".to_string()),
+                Some("2,3".into()),
+                Some("4,5".into()),
+                Some("6,7".into())
+            ]
+        );
         assert!(super::gpu_slots(1, 2).is_empty());
         assert!(super::gpu_slots(8, 0).is_empty());
     }

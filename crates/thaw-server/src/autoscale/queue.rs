@@ -29,7 +29,9 @@ impl Keys {
     /// The keys around the list `queue`.
     #[must_use]
     pub fn new(queue: &str) -> Self {
-        Keys { queue: queue.to_owned() }
+        Keys {
+            queue: queue.to_owned(),
+        }
     }
     /// The list producers push onto.
     #[must_use]
@@ -64,7 +66,10 @@ impl Keys {
     /// Counters: tasks completed, and their service time in milliseconds.
     #[must_use]
     pub fn stats(&self) -> (String, String) {
-        (format!("{}:completed", self.queue), format!("{}:service_ms", self.queue))
+        (
+            format!("{}:completed", self.queue),
+            format!("{}:service_ms", self.queue),
+        )
     }
 }
 
@@ -90,22 +95,33 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("Queue")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
 impl Queue {
     /// Connects to `url` for the list `queue`.
     pub async fn connect(url: &str, queue: &str) -> Result<Self, QueueError> {
-        let err = |source| QueueError { queue: queue.to_owned(), source };
+        let err = |source| QueueError {
+            queue: queue.to_owned(),
+            source,
+        };
         let client = redis::Client::open(url).map_err(err)?;
         // A worker's BLMOVE blocks for up to its own timeout: longer than the default
         // response timeout would allow. Connecting still has its limit.
         let config = redis::AsyncConnectionConfig::new()
             .set_response_timeout(Some(std::time::Duration::from_secs(30)))
             .set_connection_timeout(Some(std::time::Duration::from_secs(10)));
-        let conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(err)?;
-        Ok(Queue { conn, keys: Keys::new(queue) })
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(err)?;
+        Ok(Queue {
+            conn,
+            keys: Keys::new(queue),
+        })
     }
 
     /// The queue's keys.
@@ -115,7 +131,10 @@ impl Queue {
     }
 
     fn err(&self) -> impl Fn(redis::RedisError) -> QueueError + '_ {
-        move |source| QueueError { queue: self.keys.queue.clone(), source }
+        move |source| QueueError {
+            queue: self.keys.queue.clone(),
+            source,
+        }
     }
 
     /// Reads the queue's depth, its counters and each replica's list, in one round trip.
@@ -124,13 +143,26 @@ impl Queue {
         let mut pipe = redis::pipe();
         pipe.llen(self.keys.queue()).get(&completed).get(&service);
         for r in replicas {
-            pipe.llen(self.keys.processing(r)).exists(self.keys.ready(r));
+            pipe.llen(self.keys.processing(r))
+                .exists(self.keys.ready(r));
         }
-        let values: Vec<redis::Value> = pipe.query_async(&mut self.conn).await.map_err(self.err())?;
-        let num = |v: Option<&redis::Value>| v.and_then(|v| redis::from_redis_value::<Option<u64>>(v.clone()).ok()).flatten().unwrap_or(0);
-        let mut sample = QueueSample { queued: num(values.first()), completed: num(values.get(1)), service_ms: num(values.get(2)), replicas: Vec::new() };
+        let values: Vec<redis::Value> =
+            pipe.query_async(&mut self.conn).await.map_err(self.err())?;
+        let num = |v: Option<&redis::Value>| {
+            v.and_then(|v| redis::from_redis_value::<Option<u64>>(v.clone()).ok())
+                .flatten()
+                .unwrap_or(0)
+        };
+        let mut sample = QueueSample {
+            queued: num(values.first()),
+            completed: num(values.get(1)),
+            service_ms: num(values.get(2)),
+            replicas: Vec::new(),
+        };
         for pair in values.get(3..).unwrap_or_default().chunks(2) {
-            sample.replicas.push((num(pair.first()), num(pair.get(1)) > 0));
+            sample
+                .replicas
+                .push((num(pair.first()), num(pair.get(1)) > 0));
         }
         Ok(sample)
     }
@@ -154,7 +186,11 @@ impl Queue {
             }
             moved += 1;
         }
-        let keys = [self.keys.ready(replica), self.keys.drain(replica), processing];
+        let keys = [
+            self.keys.ready(replica),
+            self.keys.drain(replica),
+            processing,
+        ];
         let _: () = self.conn.del(&keys).await.map_err(self.err())?;
         Ok(moved)
     }
@@ -169,7 +205,11 @@ impl Queue {
     /// Worker side: says this replica takes tasks now.
     pub async fn announce_ready(&mut self, replica: &str) -> Result<(), QueueError> {
         let key = self.keys.ready(replica);
-        let _: () = self.conn.set_ex(key, 1, 24 * 3600).await.map_err(self.err())?;
+        let _: () = self
+            .conn
+            .set_ex(key, 1, 24 * 3600)
+            .await
+            .map_err(self.err())?;
         Ok(())
     }
 
@@ -181,7 +221,11 @@ impl Queue {
 
     /// Worker side: waits up to `timeout` seconds for a task and moves it onto this
     /// replica's processing list.
-    pub async fn take(&mut self, replica: &str, timeout: f64) -> Result<Option<String>, QueueError> {
+    pub async fn take(
+        &mut self,
+        replica: &str,
+        timeout: f64,
+    ) -> Result<Option<String>, QueueError> {
         redis::cmd("BLMOVE")
             .arg(self.keys.queue())
             .arg(self.keys.processing(replica))
@@ -195,11 +239,24 @@ impl Queue {
 
     /// Worker side: records `task` done (or failed) and takes it off the processing list,
     /// in one transaction.
-    pub async fn finish(&mut self, replica: &str, task: &str, ok: bool, service_ms: u64) -> Result<(), QueueError> {
+    pub async fn finish(
+        &mut self,
+        replica: &str,
+        task: &str,
+        ok: bool,
+        service_ms: u64,
+    ) -> Result<(), QueueError> {
         let (completed, service) = self.keys.stats();
         let _: () = redis::pipe()
             .atomic()
-            .rpush(if ok { self.keys.done() } else { self.keys.failed() }, task)
+            .rpush(
+                if ok {
+                    self.keys.done()
+                } else {
+                    self.keys.failed()
+                },
+                task,
+            )
             .lrem(self.keys.processing(replica), 1, task)
             .incr(&completed, 1)
             .incr(&service, service_ms)
@@ -213,15 +270,34 @@ impl Queue {
 /// Calls `wake` whenever something is pushed onto `queue`, through Redis keyspace
 /// notifications (which it switches on for lists, `Kl`), until the connection ends. The
 /// first task at zero is then seen at once, not at the next tick.
-pub async fn watch(url: &str, queue: &str, wake: impl Fn() + Send + 'static) -> Result<(), QueueError> {
+pub async fn watch(
+    url: &str,
+    queue: &str,
+    wake: impl Fn() + Send + 'static,
+) -> Result<(), QueueError> {
     use futures::StreamExt;
-    let err = |source| QueueError { queue: queue.to_owned(), source };
+    let err = |source| QueueError {
+        queue: queue.to_owned(),
+        source,
+    };
     let client = redis::Client::open(url).map_err(err)?;
-    let mut conn = client.get_multiplexed_async_connection().await.map_err(err)?;
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("Kl").query_async(&mut conn).await.map_err(err)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(err)?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("Kl")
+        .query_async(&mut conn)
+        .await
+        .map_err(err)?;
     let db = client.get_connection_info().redis_settings().db();
     let mut pubsub = client.get_async_pubsub().await.map_err(err)?;
-    pubsub.subscribe(format!("__keyspace@{db}__:{queue}")).await.map_err(err)?;
+    pubsub
+        .subscribe(format!("__keyspace@{db}__:{queue}"))
+        .await
+        .map_err(err)?;
     let mut messages = pubsub.into_on_message();
     while messages.next().await.is_some() {
         wake();

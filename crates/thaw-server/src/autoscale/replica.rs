@@ -17,10 +17,15 @@ const WORKER_PATH: &str = "/usr/local/bin/thaw";
 pub(super) async fn prewarm(node: &Node, d: &DeploymentConfig) -> Result<u32, ApiError> {
     let mut started = 0;
     for image in std::iter::once(&d.image).chain(d.weights.as_ref()) {
-        let id = node.repo.resolve(crate::validate::image_ref(image, node.require_image_ids)?).await?;
+        let id = node
+            .repo
+            .resolve(crate::validate::image_ref(image, node.require_image_ids)?)
+            .await?;
         let trace = node.prewarm(id, Scope::Named(NamedScope::Trace)).await;
         let job = match trace {
-            Err(e) if e.code == api::ErrorCode::NoTrace => node.prewarm(id, Scope::Named(NamedScope::All)).await,
+            Err(e) if e.code == api::ErrorCode::NoTrace => {
+                node.prewarm(id, Scope::Named(NamedScope::All)).await
+            }
             other => other,
         };
         job?;
@@ -30,8 +35,18 @@ pub(super) async fn prewarm(node: &Node, d: &DeploymentConfig) -> Result<u32, Ap
 }
 
 /// Starts replica `name` of `d`; returns its container's id.
-pub(super) async fn start(node: &Arc<Node>, d: &DeploymentConfig, name: &str, gpus: Option<&str>) -> Result<String, ApiError> {
-    let exe = std::env::current_exe().map_err(|e| ApiError::new(api::ErrorCode::Internal, format!("finding the worker binary: {e}")))?;
+pub(super) async fn start(
+    node: &Arc<Node>,
+    d: &DeploymentConfig,
+    name: &str,
+    gpus: Option<&str>,
+) -> Result<String, ApiError> {
+    let exe = std::env::current_exe().map_err(|e| {
+        ApiError::new(
+            api::ErrorCode::Internal,
+            format!("finding the worker binary: {e}"),
+        )
+    })?;
     let mut command = vec![
         WORKER_PATH.to_string(),
         "autoscale".into(),
@@ -59,21 +74,38 @@ pub(super) async fn start(node: &Arc<Node>, d: &DeploymentConfig, name: &str, gp
         host_network: true,
         ..api::ContainerRequest::default()
     };
-    let image = node.repo.resolve(crate::validate::image_ref(&req.image, node.require_image_ids)?).await?;
+    let image = node
+        .repo
+        .resolve(crate::validate::image_ref(
+            &req.image,
+            node.require_image_ids,
+        )?)
+        .await?;
     let manifest = node.manifest(&image).await?;
-    let c = node.containers.create(manifest, &node.reader, image, &req).await?;
+    let c = node
+        .containers
+        .create(manifest, &node.reader, image, &req)
+        .await?;
     Ok(c.view().id)
 }
 
 /// Whether the container `id` has exited (or is gone).
 pub(super) fn exited(node: &Node, id: &str) -> bool {
-    node.containers.get(id).map_or(true, |c| c.view().state == "exited")
+    node.containers
+        .get(id)
+        .map_or(true, |c| c.view().state == "exited")
 }
 
 /// Stops (SIGTERM, then SIGKILL after `grace` seconds) and removes the container `id`.
 pub(super) async fn remove(node: &Node, id: &str, grace: f64) {
     if !exited(node, id) {
-        let _ = node.containers.stop(id, std::time::Duration::from_secs_f64(grace.clamp(0.0, 3600.0))).await;
+        let _ = node
+            .containers
+            .stop(
+                id,
+                std::time::Duration::from_secs_f64(grace.clamp(0.0, 3600.0)),
+            )
+            .await;
     }
     if let Err(e) = node.containers.remove(id).await {
         tracing::warn!(container = id, error = %e, "could not remove a replica's container");

@@ -21,7 +21,10 @@ pub struct WorkerConfig {
 }
 
 /// Runs until drained or `shutdown`; returns the tasks it ran.
-pub async fn run(config: &WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<u64, QueueError> {
+pub async fn run(
+    config: &WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<u64, QueueError> {
     let mut queue = Queue::connect(&config.redis, &config.queue).await?;
     queue.announce_ready(&config.replica).await?;
     tokio::pin!(shutdown);
@@ -48,7 +51,12 @@ async fn run_task(command: &[String], task: &str) -> bool {
     let Some((program, args)) = command.split_first() else {
         return false;
     };
-    match tokio::process::Command::new(program).args(args).env("THAW_TASK", task).status().await {
+    match tokio::process::Command::new(program)
+        .args(args)
+        .env("THAW_TASK", task)
+        .status()
+        .await
+    {
         Ok(status) => status.success(),
         Err(e) => {
             tracing::warn!(%program, error = %e, "could not run the task's command");

@@ -1,0 +1,247 @@
+//! The autoscaler end to end: a real `redis-server`, `thaw autoscale run` with one
+//! deployment, replicas started as containers under runc from the lazily mounted debootstrap
+//! image (each running `thaw autoscale worker`). A burst takes the deployment from 0 to
+//! its maximum and back to 0; every task is done exactly once; a replica killed in the
+//! middle of a task is replaced and its task done again; scale-down drains.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "end-to-end scenarios: a failed step panics with its message, and a scenario reads top to bottom"
+)]
+
+mod common;
+use common::container::{debian_store, Node};
+use common::daemon::Daemon;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use thaw_api::api::DeploymentStatus;
+use thaw_tests::images::have;
+use thaw_tests::skip;
+
+/// A `redis-server` of the test's own, on a free port, in a temporary directory.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while redis.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(redis: &Redis, max: u32) -> String {
+    format!(
+        r#"tick_seconds = 0.5
+
+[[deployment]]
+name = "burst"
+image = "debian"
+command = ["/bin/sh", "-c", "sleep 2"]
+policy = "thaw-depth"
+max_replicas = {max}
+cold_start_seconds = 2
+stop_grace_seconds = 5
+
+[deployment.params]
+keep_warm = 3
+scale_down_delay = 1
+predictive = 0
+
+[deployment.source]
+redis = "{}"
+queue = "jobs"
+"#,
+        redis.url()
+    )
+}
+
+fn status(daemon: &Daemon) -> DeploymentStatus {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let all = rt.block_on(daemon.client().autoscale()).unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.into_iter().next().unwrap()
+}
+
+/// Polls until `done` holds, or fails after `secs` seconds with the last status.
+fn wait_for(
+    daemon: &Daemon,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&DeploymentStatus) -> bool,
+) -> DeploymentStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(daemon);
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {what}: {s:?}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ready(test: &str) -> Option<&'static Path> {
+    if !have("redis-server") || !have("redis-cli") || !have("runc") {
+        skip(
+            test,
+            "needs redis-server, redis-cli and runc (scripts/test.sh installs them)",
+        );
+        return None;
+    }
+    debian_store(test)
+}
+
+#[test]
+fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
+    let test = "a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once";
+    let Some(store) = ready(test) else { return };
+    let node = Node::new(store);
+    let redis = Redis::start(node.tmp.path());
+    let cfg = node.tmp.path().join("autoscale.toml");
+    std::fs::write(&cfg, config(&redis, 4)).unwrap();
+    let run_dir = node.tmp.path().join("run");
+    let dir = node.tmp.path().join("daemon");
+    std::fs::create_dir_all(&dir).unwrap();
+    let daemon = Daemon::autoscale(
+        &dir,
+        store.to_str().unwrap(),
+        &cfg,
+        &[("THAW_RUN_DIR", run_dir.to_str().unwrap())],
+    );
+    let idle = wait_for(&daemon, 20, "the first decision", |s| s.decisions > 0);
+    assert_eq!(
+        (idle.desired, idle.ready, idle.starts),
+        (0, 0, 0),
+        "nothing runs before work"
+    );
+
+    let tasks: Vec<String> = (0..12).map(|i| format!("task-{i}")).collect();
+    for t in &tasks {
+        redis.cli(&["LPUSH", "jobs", t]);
+    }
+    let busy = wait_for(&daemon, 60, "four ready replicas", |s| s.ready == 4);
+    assert_eq!(busy.peak_replicas, 4, "never above max_replicas");
+    // Kill one replica in the middle of its task.
+    let victim = busy_replica(&redis, &daemon);
+    let drained = wait_for(&daemon, 120, "every task done and back to zero", |s| {
+        s.completed >= 12 && s.ready + s.starting + s.draining == 0 && s.desired == 0
+    });
+
+    let mut done: Vec<String> = redis
+        .cli(&["LRANGE", "jobs:done", "0", "-1"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    done.sort();
+    let mut want = tasks.clone();
+    want.sort();
+    // The killed replica's task was requeued and done by another: at least once, and
+    // here exactly once, since the victim never reached its `done`.
+    assert_eq!(done, want, "every task done exactly once");
+    assert_eq!(redis.cli(&["LLEN", "jobs"]), "0");
+    assert!(
+        redis.cli(&["KEYS", "jobs:processing:*"]).is_empty(),
+        "no task left on a processing list"
+    );
+    assert_eq!(
+        drained.requeued, 1,
+        "the killed replica's task went back: {drained:?} ({victim})"
+    );
+    assert_eq!(drained.crashes, 1, "{drained:?}");
+    assert!(drained.starts >= 5, "four, then a replacement: {drained:?}");
+    assert_eq!(
+        drained.prewarms, drained.starts,
+        "a prewarm before every start: {drained:?}"
+    );
+    assert!(
+        !drained.start_seconds.is_empty()
+            && drained.start_seconds.iter().all(|&s| s > 0.0 && s < 60.0),
+        "{drained:?}"
+    );
+    // Scale-down drained: no replica but the victim was stopped in the middle of a task.
+    assert_eq!(redis.cli(&["LLEN", "jobs:failed"]), "0");
+    daemon.stop();
+    node.assert_clean("after the daemon stopped");
+}
+
+/// Waits until some replica holds a task, kills its container's init (SIGKILL), and
+/// returns the replica's name.
+fn busy_replica(redis: &Redis, daemon: &Daemon) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let name = loop {
+        let keys = redis.cli(&["KEYS", "jobs:processing:*"]);
+        if let Some(k) = keys.lines().find(|k| redis.cli(&["LLEN", k]) == "1") {
+            break k.trim_start_matches("jobs:processing:").to_string();
+        }
+        assert!(Instant::now() < deadline, "no replica took a task");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let containers = rt.block_on(daemon.client().containers()).unwrap();
+    let c = containers.iter().find(|c| c.name == name).unwrap();
+    let pid = i32::try_from(c.pid.unwrap()).unwrap();
+    // SAFETY: kill(2) with a pid the daemon reported and a valid signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    name
+}
