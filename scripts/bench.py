@@ -63,6 +63,10 @@ def main():
         names = os.environ.get("THAW_BENCH_RUN_IMAGES", "debian,gpu-style").split(",")
         print(run_markdown(run_start(names)))
         return
+    if only == "autoscale":
+        import bench_autoscale
+        bench_autoscale.main()
+        return
     if only == "warm_sequential":
         size, disk, ram = warm_sequential()
         for where, (thaw, cat) in (("disk", disk), ("ram", ram)):
@@ -262,8 +266,9 @@ def main():
     w("")
     w(run_markdown(starts))
     # Sections measured by other scripts, not by this run: the GPU check on a lent GPU
-    # machine (scripts/gpu-bench.sh) and side-by-side binary comparisons (bench_ab.sh).
-    for extra in ("gpu-results.md", "ab-results.md"):
+    # machine (scripts/gpu-bench.sh), side-by-side binary comparisons (bench_ab.sh) and
+    # the autoscaler's (THAW_BENCH_ONLY=autoscale, bench_autoscale.py).
+    for extra in ("gpu-results.md", "ab-results.md", "autoscale-results.md"):
         path = os.path.join(os.path.dirname(OUT), extra)
         if os.path.exists(path):
             with open(path) as f:

@@ -3,8 +3,9 @@
 # content-addressed chunks, inspect it, export it back and check it is identical,
 # mount it lazily and run programs from it (recording their start-up trace), run it as
 # containers under runc with its own configuration, warm a node
-# daemon's cache from that trace, rebuild to show dedup, and list what garbage collection
-# would remove.
+# daemon's cache from that trace, rebuild to show dedup, list what garbage collection
+# would remove, and end with the autoscaler: a burst of queued work scaled from zero to
+# several lazily started replicas and back to zero, with the cold starts it measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STORE=${THAW_STORE:-./thaw-data}
@@ -114,6 +115,14 @@ $THAW build "$SRC" --tag demo:again | grep -E 'image|bytes_stored|chunks'
 
 step "thaw gc (dry run)"
 $THAW gc
+
+if [ -n "${RUN_DETACHED:-}" ] && { command -v redis-server >/dev/null || { apt-get update -qq && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }; }; then
+  step "thaw autoscale: a burst of 24 queued tasks, scaled from zero to several replicas (containers started lazily from demo:rootfs) and back to zero"
+  scripts/demo_autoscale.sh "$PWD/target/release/thaw" "$STORE" "$WORK"
+else
+  step "skipping the autoscaler: it needs root, /dev/fuse, runc and redis-server"
+fi
 
 echo
 echo "store: $STORE   scratch: $WORK (remove it when done)"

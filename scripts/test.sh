@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs the whole suite:
-#   Debian packages (debootstrap, zstd, fuse3, attr, umoci, skopeo, docker-registry), a
+#   Debian packages (debootstrap, zstd, fuse3, attr, umoci, skopeo, docker-registry,
+#   runc, crun, redis-server: the autoscaler test starts its own on a free port), a
 #   Python venv with moto[server] as the S3 endpoint, a cached debootstrap root
 #   filesystem; then fmt, clippy and
 #   cargo test over the workspace with the S3 and rootfs tests enabled.
@@ -33,7 +34,7 @@ export CARGO_INCREMENTAL=0
 # --- Debian packages -------------------------------------------------------------
 missing=()
 for pkg in debootstrap zstd fuse3 attr tar umoci skopeo docker-registry runc crun catatonit \
-           busybox-static golang-github-containers-common; do
+           busybox-static golang-github-containers-common redis-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

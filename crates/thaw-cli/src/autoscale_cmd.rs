@@ -19,7 +19,7 @@ pub enum AutoscaleCommand {
     /// COMMAND for each, with the task in THAW_TASK (started by the daemon in each replica).
     Worker(WorkerArgs),
     /// What each deployment's control loop last saw and decided.
-    Status(crate::client_cmd::ServerArgs),
+    Status(StatusArgs),
     /// Replay a request trace through a scaling policy (or all of them, with --compare)
     /// and report cost (replica-seconds), latency, SLO attainment and cold starts.
     Simulate(SimulateArgs),
@@ -33,6 +33,16 @@ pub struct AutoscaleRunArgs {
     pub config: std::path::PathBuf,
     #[command(flatten)]
     pub serve: crate::serve_cmd::ServeArgs,
+}
+
+/// `thaw autoscale status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    server: crate::client_cmd::ServerArgs,
+    /// Print the daemon's JSON (with every measured start time).
+    #[arg(long)]
+    json: bool,
 }
 
 /// `thaw autoscale worker`.
@@ -133,8 +143,12 @@ async fn worker(args: &WorkerArgs) -> Result<()> {
     Ok(())
 }
 
-async fn status(server: &crate::client_cmd::ServerArgs) -> Result<()> {
-    let all = server.client()?.autoscale().await?;
+async fn status(args: &StatusArgs) -> Result<()> {
+    let all = args.server.client()?.autoscale().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
     println!(
         "{:<16} {:<10} {:>7} {:>6} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7} {:>10}  REASON",
         "DEPLOYMENT",

@@ -218,6 +218,22 @@ fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
     );
     // Scale-down drained: no replica but the victim was stopped in the middle of a task.
     assert_eq!(redis.cli(&["LLEN", "jobs:failed"]), "0");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = rt.block_on(daemon.metrics());
+    assert!(
+        metrics.contains("thaw_autoscale_desired_replicas{deployment=\"burst\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "thaw_autoscale_starts_total{{deployment=\"burst\"}} {}",
+            drained.starts
+        )),
+        "{metrics}"
+    );
     daemon.stop();
     node.assert_clean("after the daemon stopped");
 }

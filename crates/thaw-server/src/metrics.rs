@@ -74,6 +74,7 @@ pub fn render(node: &Node) -> String {
     store(&mut o, node);
     prefetch(&mut o, node);
     mounts(&mut o, node);
+    autoscale(&mut o, node);
     let http: Vec<(String, u64)> = node
         .http
         .snapshot()
@@ -247,5 +248,83 @@ fn mounts(o: &mut Out, node: &Node) {
     o.family(served, "counter", "Bytes returned by FUSE reads, by mount.");
     for (id, s) in &snaps {
         o.sample(served, &format!("mount=\"{id}\""), s.bytes_served);
+    }
+}
+
+/// Each autoscaled deployment's last decision and what it was based on.
+fn autoscale(o: &mut Out, node: &Node) {
+    let all = node.autoscale.all();
+    if all.is_empty() {
+        return;
+    }
+    type Field = fn(&thaw_api::api::DeploymentStatus) -> f64;
+    let families: [(&str, &str, &str, Field); 10] = [
+        (
+            "thaw_autoscale_desired_replicas",
+            "gauge",
+            "The replica count last decided.",
+            |d| f64::from(d.desired),
+        ),
+        (
+            "thaw_autoscale_ready_replicas",
+            "gauge",
+            "Replicas ready.",
+            |d| f64::from(d.ready),
+        ),
+        (
+            "thaw_autoscale_starting_replicas",
+            "gauge",
+            "Replicas starting.",
+            |d| f64::from(d.starting),
+        ),
+        (
+            "thaw_autoscale_draining_replicas",
+            "gauge",
+            "Replicas draining.",
+            |d| f64::from(d.draining),
+        ),
+        (
+            "thaw_autoscale_queued_tasks",
+            "gauge",
+            "Tasks waiting, at the last decision.",
+            |d| crate::autoscale::as_f64(d.queued),
+        ),
+        (
+            "thaw_autoscale_in_flight_tasks",
+            "gauge",
+            "Tasks being worked on, at the last decision.",
+            |d| crate::autoscale::as_f64(d.in_flight),
+        ),
+        (
+            "thaw_autoscale_cold_start_seconds",
+            "gauge",
+            "The cold start the policy uses (measured moving average).",
+            |d| d.cold_start_seconds,
+        ),
+        (
+            "thaw_autoscale_decisions_total",
+            "counter",
+            "Decisions taken.",
+            |d| crate::autoscale::as_f64(d.decisions),
+        ),
+        (
+            "thaw_autoscale_starts_total",
+            "counter",
+            "Replicas started.",
+            |d| crate::autoscale::as_f64(d.starts),
+        ),
+        (
+            "thaw_autoscale_requeued_total",
+            "counter",
+            "Tasks moved back to the queue from replicas that died.",
+            |d| crate::autoscale::as_f64(d.requeued),
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        let samples: Vec<(String, f64)> = all
+            .iter()
+            .map(|d| (format!("deployment=\"{}\"", d.name), field(d)))
+            .collect();
+        o.labelled(name, kind, help, &samples);
     }
 }
