@@ -57,9 +57,11 @@ def comparison_tables(traces):
                 best = None
                 for mine in ("thaw", "thaw-depth"):
                     ratio, met = verdict(by[mine], by[ref])
-                    if best is None or (met, -ratio) > (best[1], -best[0]):
-                        best = (ratio, met, mine)
-                ratio, met, mine = best
+                    # Met first; else the one that at least keeps the SLO; else the cheaper.
+                    key = (met, by[mine]["slo_attainment"] >= by[ref]["slo_attainment"], -ratio)
+                    if best is None or key > best[3]:
+                        best = (ratio, met, mine, key)
+                ratio, met, mine, _ = best
                 total += 1
                 met_count += met
                 mark = " **met**" if met else ""

@@ -235,6 +235,13 @@ fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
         "{metrics}"
     );
     daemon.stop();
+    // The policy's idle-time histogram outlives the daemon, for the next one.
+    let saved = std::fs::read(dir.join("state/autoscale/burst.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    assert!(
+        state["counts"].as_array().is_some_and(|c| !c.is_empty()),
+        "{state}"
+    );
     node.assert_clean("after the daemon stopped");
 }
 

@@ -37,7 +37,8 @@ pub async fn serve(
     let node = Node::new(repo, &config)?;
     announce(&config, tcp.as_ref(), metrics.as_ref())?;
     let stop = CancellationToken::new();
-    let mut loops = crate::autoscale::start(&node, &config.autoscale, &stop).await?;
+    let mut loops =
+        crate::autoscale::start(&node, &config.autoscale, &config.mounts.state_dir, &stop).await?;
     let served = run_all(&node, unix, tcp, metrics, &stop, shutdown).await;
     stop.cancel();
     while loops.join_next().await.is_some() {}

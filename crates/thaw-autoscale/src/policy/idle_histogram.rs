@@ -64,6 +64,12 @@ impl IdleHistogram {
         }
     }
 
+    /// Whether `other` has the same bins (width and count), so that its counts mean the same.
+    #[must_use]
+    pub fn same_shape(&self, other: &IdleHistogram) -> bool {
+        (self.bin - other.bin).abs() < 1e-12 && self.counts.len() == other.counts.len()
+    }
+
     /// Idle periods recorded.
     #[must_use]
     pub fn samples(&self) -> u64 {

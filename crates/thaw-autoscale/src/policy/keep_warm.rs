@@ -50,10 +50,20 @@ impl KeepWarm {
         }
     }
 
-    /// The histogram, for persisting.
-    #[allow(dead_code)]
-    pub(super) fn histogram(&self) -> &IdleHistogram {
-        &self.histogram
+    /// The histogram as JSON, for persisting.
+    pub(super) fn saved(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.histogram).ok()
+    }
+
+    /// Takes a saved histogram back if it has this one's bins.
+    pub(super) fn restore(&mut self, state: &serde_json::Value) -> bool {
+        match serde_json::from_value::<IdleHistogram>(state.clone()) {
+            Ok(h) if h.same_shape(&self.histogram) => {
+                self.histogram = h;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// What the keep-warm advises now.

@@ -33,6 +33,17 @@ pub trait Policy: Send + std::fmt::Debug {
     fn wakes_on_work_at_zero(&self) -> bool;
     /// The replica count wanted now.
     fn decide(&mut self, sensors: &Snapshot) -> Decision;
+    /// What the policy has learned that should outlive the process (thaw's idle-time
+    /// histogram), as JSON; `None` when there is nothing.
+    fn saved_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Takes back what [`Policy::saved_state`] gave; state that does not fit (another
+    /// version, other parameters) is ignored and learning starts again. Whether it was
+    /// taken.
+    fn restore_state(&mut self, _state: &serde_json::Value) -> bool {
+        false
+    }
 }
 
 /// Every policy `build_policy` knows, thaw's first.

@@ -154,6 +154,14 @@ impl super::Policy for ThawDepth {
         let need = ceil_div(f(s.load()), self.per_replica);
         self.shell.decide(s, need, "queue depth")
     }
+
+    fn saved_state(&self) -> Option<serde_json::Value> {
+        self.shell.keep_warm.saved()
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> bool {
+        self.shell.keep_warm.restore(state)
+    }
 }
 
 /// `thaw`: replicas for a latency target, aware of the cold start.
@@ -281,6 +289,14 @@ impl super::Policy for ThawLatency {
         self.shell.keep_warm.observe(s);
         let (need, reason) = self.need(s);
         self.shell.decide(s, need, reason)
+    }
+
+    fn saved_state(&self) -> Option<serde_json::Value> {
+        self.shell.keep_warm.saved()
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> bool {
+        self.shell.keep_warm.restore(state)
     }
 }
 

@@ -241,6 +241,40 @@ fn predictive_keep_warm_lets_go_and_pre_warms_a_cold_start_before_the_next_burst
 }
 
 #[test]
+fn the_idle_time_histogram_survives_a_restart() {
+    let learn = |p: &mut Box<dyn Policy>| {
+        for k in 0..4u32 {
+            let t0 = f64::from(k) * 200.0;
+            p.decide(&snap(t0, 0, 1, 1));
+            p.decide(&snap(t0 + 1.0, 0, 0, 1));
+        }
+    };
+    let mut old = policy(
+        "thaw",
+        &[("scale_down_delay", 30.0), ("min_idle_samples", 3.0)],
+        5,
+    );
+    learn(&mut old);
+    let state = old.saved_state().unwrap();
+    // A new process: the plan is there at the first idle period, without learning again.
+    let mut new = policy(
+        "thaw",
+        &[("scale_down_delay", 30.0), ("min_idle_samples", 3.0)],
+        5,
+    );
+    assert!(new.restore_state(&state));
+    new.decide(&snap(0.0, 0, 1, 1));
+    new.decide(&snap(1.0, 0, 0, 1));
+    let d = new.decide(&snap(32.0, 0, 0, 1));
+    assert_eq!(d.reason, "idle: pre-warm planned");
+    // State of another shape (other bins), or not a histogram at all, is not taken.
+    let mut other = policy("thaw", &[("idle_bin", 2.0)], 5);
+    assert!(!other.restore_state(&state));
+    assert!(!other.restore_state(&serde_json::json!({"counts": "no"})));
+    assert!(policy("knative", &[], 5).saved_state().is_none());
+}
+
+#[test]
 fn bad_parameters_are_refused_with_their_key() {
     let d = Deployment {
         concurrency: 1,

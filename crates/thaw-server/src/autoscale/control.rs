@@ -45,6 +45,8 @@ pub(super) struct Loop {
     pub(super) board: StatusBoard,
     pub(super) gpu_slots: Vec<Option<String>>,
     pub(super) wake: Arc<Notify>,
+    /// Where the policy's learned state is kept across restarts.
+    pub(super) state_file: Option<std::path::PathBuf>,
     origin: Instant,
     replicas: BTreeMap<String, Replica>,
     next_id: u64,
@@ -87,6 +89,7 @@ impl Loop {
             board,
             gpu_slots,
             wake: Arc::new(Notify::new()),
+            state_file: None,
             origin: Instant::now(),
             replicas: BTreeMap::new(),
             next_id: 0,
@@ -111,6 +114,10 @@ impl Loop {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let wake = self.wake.clone();
+        if let Some(path) = &self.state_file {
+            super::persist::restore(self.policy.as_mut(), path);
+        }
+        let mut saved = Instant::now();
         loop {
             let timer = self
                 .next_wake
@@ -125,8 +132,19 @@ impl Loop {
             if let Err(e) = self.step().await {
                 tracing::warn!(deployment = %self.status.name, error = %e, "autoscale step failed");
             }
+            if saved.elapsed() >= std::time::Duration::from_secs(60) {
+                self.save();
+                saved = Instant::now();
+            }
         }
         self.stop_all().await;
+        self.save();
+    }
+
+    fn save(&self) {
+        if let Some(path) = &self.state_file {
+            super::persist::save(self.policy.as_ref(), path);
+        }
     }
 
     fn secs(&self, t: Instant) -> f64 {

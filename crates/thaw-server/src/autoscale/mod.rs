@@ -4,6 +4,7 @@
 //! `/metrics` show what each loop last saw and decided.
 
 mod control;
+mod persist;
 pub mod queue;
 mod replica;
 mod status;
@@ -29,10 +30,12 @@ pub enum AutoscaleStartError {
 }
 
 /// Starts one loop per deployment; they run until `shutdown`, and the returned set ends
-/// once each has drained and removed its replicas.
+/// once each has drained and removed its replicas. Policies keep what they learn in
+/// `state_dir/autoscale/DEPLOYMENT.json`.
 pub async fn start(
     node: &Arc<Node>,
     config: &AutoscaleConfig,
+    state_dir: &std::path::Path,
     shutdown: &CancellationToken,
 ) -> Result<tokio::task::JoinSet<()>, AutoscaleStartError> {
     let mut loops = tokio::task::JoinSet::new();
@@ -45,7 +48,7 @@ pub async fn start(
             .await
             .map_err(|e| AutoscaleStartError::Queue(name.clone(), e))?;
         let slots = gpu_slots(gpus, d.gpus_per_replica);
-        let l = control::Loop::new(
+        let mut l = control::Loop::new(
             node.clone(),
             d.clone(),
             policy,
@@ -54,6 +57,7 @@ pub async fn start(
             node.autoscale.clone(),
             slots,
         );
+        l.state_file = Some(state_dir.join("autoscale").join(format!("{name}.json")));
         let wake = l.wake.clone();
         let (url, key) = (d.source.redis.clone(), d.source.queue.clone());
         let watching = shutdown.clone();
