@@ -243,6 +243,42 @@ fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
         "{state}"
     );
     node.assert_clean("after the daemon stopped");
+
+    // A replica of a daemon that died holds a task on its processing list, and its
+    // heartbeat (the ready key) is gone: the next daemon requeues the task at start, and
+    // takes the learned histogram back.
+    redis.cli(&["LPUSH", "jobs:processing:ghost-1", "task-orphan"]);
+    let daemon = Daemon::autoscale(
+        &dir,
+        store.to_str().unwrap(),
+        &cfg,
+        &[
+            ("THAW_RUN_DIR", run_dir.to_str().unwrap()),
+            ("RUST_LOG", "warn,thaw_server::autoscale=info"),
+        ],
+    );
+    let after = wait_for(
+        &daemon,
+        90,
+        "the orphaned task done and back to zero",
+        |s| s.completed >= 1 && s.ready + s.starting + s.draining == 0 && s.desired == 0,
+    );
+    assert_eq!(after.requeued, 1, "{after:?}");
+    let done = redis.cli(&["LRANGE", "jobs:done", "0", "-1"]);
+    assert_eq!(
+        done.lines().filter(|t| *t == "task-orphan").count(),
+        1,
+        "{done}"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("restored the autoscaler's learned state"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop();
+    node.assert_clean("after the second daemon stopped");
 }
 
 /// Waits until some replica holds a task, kills its container's init (SIGKILL), and

@@ -118,6 +118,7 @@ impl Loop {
             super::persist::restore(self.policy.as_mut(), path);
         }
         let mut saved = Instant::now();
+        self.requeue_orphans().await;
         loop {
             let timer = self
                 .next_wake
@@ -134,11 +135,35 @@ impl Loop {
             }
             if saved.elapsed() >= std::time::Duration::from_secs(60) {
                 self.save();
+                self.requeue_orphans().await;
                 saved = Instant::now();
             }
         }
         self.stop_all().await;
         self.save();
+    }
+
+    /// Moves back onto the queue what replicas no worker answers for hold: those of a
+    /// daemon that died (their ready keys expired), so no task is lost with it.
+    async fn requeue_orphans(&mut self) {
+        let found = match self.queue.orphans().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(deployment = %self.status.name, error = %e, "could not look for orphaned tasks");
+                return;
+            }
+        };
+        for replica in found.into_iter().filter(|r| !self.replicas.contains_key(r)) {
+            match self.queue.requeue(&replica).await {
+                Ok(moved) => {
+                    self.status.requeued += moved;
+                    tracing::warn!(deployment = %self.status.name, %replica, requeued = moved, "requeued the tasks of a replica no worker answers for");
+                }
+                Err(e) => {
+                    tracing::warn!(deployment = %self.status.name, error = %e, "could not requeue orphaned tasks")
+                }
+            }
+        }
     }
 
     fn save(&self) {

@@ -19,6 +19,13 @@ pub struct QueueError {
     pub source: redis::RedisError,
 }
 
+/// Seconds a worker's ready key lives without a heartbeat.
+pub const READY_TTL_SECS: u64 = 15;
+/// Seconds between a worker's heartbeats.
+pub const HEARTBEAT_SECS: u64 = 3;
+/// The most processing lists one orphan scan looks at.
+const MAX_ORPHAN_SCAN: usize = 10_000;
+
 /// The keys of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -202,15 +209,54 @@ impl Queue {
         Ok(())
     }
 
-    /// Worker side: says this replica takes tasks now.
+    /// Worker side: says this replica takes tasks (and is alive) for the next
+    /// [`READY_TTL_SECS`]; the worker repeats it every [`HEARTBEAT_SECS`].
     pub async fn announce_ready(&mut self, replica: &str) -> Result<(), QueueError> {
         let key = self.keys.ready(replica);
         let _: () = self
             .conn
-            .set_ex(key, 1, 24 * 3600)
+            .set_ex(key, 1, READY_TTL_SECS)
             .await
             .map_err(self.err())?;
         Ok(())
+    }
+
+    /// Replicas whose processing list still holds tasks but whose ready key has expired:
+    /// their worker is gone (a replica of a daemon that died, on this node or another).
+    pub async fn orphans(&mut self) -> Result<Vec<String>, QueueError> {
+        let prefix = self.keys.processing("");
+        let queue = self.keys.queue.clone();
+        let err = move |source| QueueError {
+            queue: queue.clone(),
+            source,
+        };
+        let mut lists: Vec<String> = Vec::new();
+        {
+            let mut iter: redis::AsyncIter<String> = self
+                .conn
+                .scan_match(format!("{prefix}*"))
+                .await
+                .map_err(&err)?;
+            while let Some(item) = futures::StreamExt::next(&mut iter).await {
+                lists.push(item.map_err(&err)?);
+                if lists.len() >= MAX_ORPHAN_SCAN {
+                    break;
+                }
+            }
+        }
+        let mut dead = Vec::new();
+        for list in lists {
+            let replica = list[prefix.len()..].to_string();
+            let alive: bool = self
+                .conn
+                .exists(self.keys.ready(&replica))
+                .await
+                .map_err(self.err())?;
+            if !alive {
+                dead.push(replica);
+            }
+        }
+        Ok(dead)
     }
 
     /// Worker side: whether the loop asked this replica to stop.

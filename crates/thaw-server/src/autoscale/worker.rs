@@ -27,6 +27,30 @@ pub async fn run(
 ) -> Result<u64, QueueError> {
     let mut queue = Queue::connect(&config.redis, &config.queue).await?;
     queue.announce_ready(&config.replica).await?;
+    // A heartbeat beside the work, so a long task does not let the ready key expire: a
+    // key that expires means a dead worker, whose tasks the loop requeues.
+    let mut beat = queue.clone();
+    let replica = config.replica.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut every =
+            tokio::time::interval(std::time::Duration::from_secs(super::queue::HEARTBEAT_SECS));
+        loop {
+            every.tick().await;
+            if let Err(e) = beat.announce_ready(&replica).await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+        }
+    });
+    let result = work(&mut queue, config, shutdown).await;
+    heartbeat.abort();
+    result
+}
+
+async fn work(
+    queue: &mut Queue,
+    config: &WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<u64, QueueError> {
     tokio::pin!(shutdown);
     let mut ran = 0;
     loop {
