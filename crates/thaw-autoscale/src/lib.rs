@@ -13,5 +13,5 @@ mod snapshot;
 pub mod trace;
 
 pub use error::{AutoscaleError, ParamError, TraceError};
-pub use policy::{build_policy, Params, Policy, POLICY_NAMES};
+pub use policy::{build_policy, f as as_f64, Params, Policy, POLICY_NAMES};
 pub use snapshot::{Decision, ReplicaState, ReplicaView, Snapshot};

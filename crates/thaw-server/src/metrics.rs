@@ -287,13 +287,13 @@ fn autoscale(o: &mut Out, node: &Node) {
             "thaw_autoscale_queued_tasks",
             "gauge",
             "Tasks waiting, at the last decision.",
-            |d| crate::autoscale::as_f64(d.queued),
+            |d| thaw_autoscale::as_f64(d.queued),
         ),
         (
             "thaw_autoscale_in_flight_tasks",
             "gauge",
             "Tasks being worked on, at the last decision.",
-            |d| crate::autoscale::as_f64(d.in_flight),
+            |d| thaw_autoscale::as_f64(d.in_flight),
         ),
         (
             "thaw_autoscale_cold_start_seconds",
@@ -305,19 +305,19 @@ fn autoscale(o: &mut Out, node: &Node) {
             "thaw_autoscale_decisions_total",
             "counter",
             "Decisions taken.",
-            |d| crate::autoscale::as_f64(d.decisions),
+            |d| thaw_autoscale::as_f64(d.decisions),
         ),
         (
             "thaw_autoscale_starts_total",
             "counter",
             "Replicas started.",
-            |d| crate::autoscale::as_f64(d.starts),
+            |d| thaw_autoscale::as_f64(d.starts),
         ),
         (
             "thaw_autoscale_requeued_total",
             "counter",
             "Tasks moved back to the queue from replicas that died.",
-            |d| crate::autoscale::as_f64(d.requeued),
+            |d| thaw_autoscale::as_f64(d.requeued),
         ),
     ];
     for (name, kind, help, field) in families {

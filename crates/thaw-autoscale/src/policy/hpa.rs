@@ -125,20 +125,15 @@ impl super::Policy for Hpa {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::busy;
     use super::super::{build_policy, Params, Policy};
     use super::*;
-    use crate::{ReplicaState, ReplicaView};
 
     fn with(n: usize, now: f64, load: u64) -> Snapshot {
-        let r = ReplicaView {
-            state: ReplicaState::Ready,
-            active: 1,
-            idle_since: None,
-        };
         Snapshot {
             now,
             in_flight: load,
-            replicas: vec![r; n],
+            replicas: busy(n),
             ..Snapshot::default()
         }
     }

@@ -110,20 +110,9 @@ impl super::Policy for Keda {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::busy as ready;
     use super::super::{build_policy, Params, Policy};
     use super::*;
-    use crate::{ReplicaState, ReplicaView};
-
-    fn ready(n: usize) -> Vec<ReplicaView> {
-        vec![
-            ReplicaView {
-                state: ReplicaState::Ready,
-                active: 1,
-                idle_since: None
-            };
-            n
-        ]
-    }
 
     fn keda() -> Box<dyn Policy> {
         build_policy(

@@ -186,24 +186,9 @@ impl super::Policy for Knative {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::steady;
     use super::super::{build_policy, Params, Policy};
     use super::*;
-    use crate::{ReplicaState, ReplicaView};
-
-    /// A snapshot after `now` seconds of constant load `load` on `ready` replicas.
-    fn steady(now: f64, load: f64, ready: usize) -> Snapshot {
-        let r = ReplicaView {
-            state: ReplicaState::Ready,
-            active: 1,
-            idle_since: None,
-        };
-        Snapshot {
-            now,
-            load_integral: load * now,
-            replicas: vec![r; ready],
-            ..Snapshot::default()
-        }
-    }
 
     fn kpa() -> Box<dyn Policy> {
         build_policy(

@@ -142,8 +142,8 @@ pub(crate) fn ceil_div(a: f64, b: f64) -> u32 {
     }
 }
 
-/// A count as a float.
-pub(crate) fn f(n: u64) -> f64 {
+/// A count as a float (exact below 2^53; counts of tasks and milliseconds stay far below).
+pub fn f(n: u64) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let x = n as f64;
     x
@@ -151,3 +151,29 @@ pub(crate) fn f(n: u64) -> f64 {
 
 #[cfg(test)]
 mod thaw_tests;
+
+/// Snapshots the policies' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::{ReplicaState, ReplicaView, Snapshot};
+
+    /// `n` ready replicas, each working on one task.
+    pub(crate) fn busy(n: usize) -> Vec<ReplicaView> {
+        let r = ReplicaView {
+            state: ReplicaState::Ready,
+            active: 1,
+            idle_since: None,
+        };
+        vec![r; n]
+    }
+
+    /// A snapshot after `now` seconds of constant load `load` on `ready` busy replicas.
+    pub(crate) fn steady(now: f64, load: f64, ready: usize) -> Snapshot {
+        Snapshot {
+            now,
+            load_integral: load * now,
+            replicas: busy(ready),
+            ..Snapshot::default()
+        }
+    }
+}

@@ -150,23 +150,9 @@ impl super::Policy for RayServe {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::steady;
     use super::super::{build_policy, Params, Policy};
     use super::*;
-    use crate::{ReplicaState, ReplicaView};
-
-    fn steady(now: f64, load: f64, ready: usize) -> Snapshot {
-        let r = ReplicaView {
-            state: ReplicaState::Ready,
-            active: 1,
-            idle_since: None,
-        };
-        Snapshot {
-            now,
-            load_integral: load * now,
-            replicas: vec![r; ready],
-            ..Snapshot::default()
-        }
-    }
 
     fn ray(min: f64) -> Box<dyn Policy> {
         let mut params = Params::new();

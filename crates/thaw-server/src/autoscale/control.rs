@@ -280,7 +280,7 @@ impl Loop {
         let now = self.secs(Instant::now());
         let in_flight: u64 = sample.replicas.iter().map(|&(n, _)| n).sum();
         self.load_integral +=
-            crate::autoscale::as_f64(self.last_load) * (now - self.last_sample_at).max(0.0);
+            thaw_autoscale::as_f64(self.last_load) * (now - self.last_sample_at).max(0.0);
         self.last_sample_at = now;
         self.last_load = sample.queued + in_flight;
         let baseline = *self.baseline_completed.get_or_insert(sample.completed);
@@ -304,9 +304,9 @@ impl Loop {
             load_integral: self.load_integral,
             queue_integral: 0.0,
             service_time: (sample.completed > 0).then(|| {
-                crate::autoscale::as_f64(sample.service_ms)
+                thaw_autoscale::as_f64(sample.service_ms)
                     / 1000.0
-                    / crate::autoscale::as_f64(sample.completed)
+                    / thaw_autoscale::as_f64(sample.completed)
             }),
             cold_start: self.cold_start,
             concurrency: *self.config.concurrency.get_ref(),
@@ -394,15 +394,20 @@ impl Loop {
             self.wake.clone(),
         );
         tokio::spawn(async move {
-            match replica::prewarm(&node, &config).await {
-                Ok(_) => {
-                    let _ = tx.send(Event::Prewarmed);
+            let started = async {
+                // Resolved once, for the prewarm and the container alike.
+                let image = replica::resolve(&node, &config.image).await?;
+                match replica::prewarm(&node, image, config.weights.as_deref()).await {
+                    Ok(()) => {
+                        let _ = tx.send(Event::Prewarmed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(replica = %name, error = %e, "prewarm before the start failed; starting lazily")
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(replica = %name, error = %e, "prewarm before the start failed; starting lazily")
-                }
-            }
-            let event = match replica::start(&node, &config, &name, gpus.as_deref()).await {
+                replica::start(&node, &config, image, &name, gpus.as_deref()).await
+            };
+            let event = match started.await {
                 Ok(container) => Event::Created { name, container },
                 Err(e) => Event::Failed {
                     name,

@@ -117,13 +117,6 @@ fn gpu_slots(gpus: u32, per: u32) -> Vec<Option<String>> {
         .collect()
 }
 
-/// A count as a float.
-pub(crate) fn as_f64(n: u64) -> f64 {
-    #[allow(clippy::cast_precision_loss)]
-    let x = n as f64;
-    x
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

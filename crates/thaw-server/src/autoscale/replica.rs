@@ -7,37 +7,48 @@ use crate::Node;
 use std::sync::Arc;
 use thaw_api::api::{self, NamedScope, Scope};
 use thaw_autoscale::config::DeploymentConfig;
+use thaw_core::ImageId;
 
 /// Where the worker binary appears inside a replica.
 const WORKER_PATH: &str = "/usr/local/bin/thaw";
 
+/// The image `reference` names in the store (a tag or an id).
+pub(super) async fn resolve(node: &Node, reference: &str) -> Result<ImageId, ApiError> {
+    let r = crate::validate::image_ref(reference, node.require_image_ids)?;
+    Ok(node.repo.resolve(r).await?)
+}
+
 /// Starts prewarms of the deployment's image and weights (the trace's chunks where the
 /// image has a start-up trace, else every chunk): they run beside the replica's start,
 /// and its on-demand reads go first.
-pub(super) async fn prewarm(node: &Node, d: &DeploymentConfig) -> Result<u32, ApiError> {
-    let mut started = 0;
-    for image in std::iter::once(&d.image).chain(d.weights.as_ref()) {
-        let id = node
-            .repo
-            .resolve(crate::validate::image_ref(image, node.require_image_ids)?)
-            .await?;
+pub(super) async fn prewarm(
+    node: &Node,
+    image: ImageId,
+    weights: Option<&str>,
+) -> Result<(), ApiError> {
+    let weights = match weights {
+        Some(w) => Some(resolve(node, w).await?),
+        None => None,
+    };
+    for id in std::iter::once(image).chain(weights) {
         let trace = node.prewarm(id, Scope::Named(NamedScope::Trace)).await;
-        let job = match trace {
+        match trace {
             Err(e) if e.code == api::ErrorCode::NoTrace => {
-                node.prewarm(id, Scope::Named(NamedScope::All)).await
+                node.prewarm(id, Scope::Named(NamedScope::All)).await?;
             }
-            other => other,
-        };
-        job?;
-        started += 1;
+            other => {
+                other?;
+            }
+        }
     }
-    Ok(started)
+    Ok(())
 }
 
 /// Starts replica `name` of `d`; returns its container's id.
 pub(super) async fn start(
     node: &Arc<Node>,
     d: &DeploymentConfig,
+    image: ImageId,
     name: &str,
     gpus: Option<&str>,
 ) -> Result<String, ApiError> {
@@ -74,13 +85,6 @@ pub(super) async fn start(
         host_network: true,
         ..api::ContainerRequest::default()
     };
-    let image = node
-        .repo
-        .resolve(crate::validate::image_ref(
-            &req.image,
-            node.require_image_ids,
-        )?)
-        .await?;
     let manifest = node.manifest(&image).await?;
     let c = node
         .containers
