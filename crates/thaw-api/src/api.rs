@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod autoscale;
+pub use autoscale::*;
+
 /// Every route: (method, path). The router is built from the same handlers; a test
 /// checks this table against the router and against `docs/openapi.yaml`.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -24,6 +27,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/containers/{id}/stop"),
     ("GET", "/v1/containers/{id}/logs"),
     ("GET", "/v1/autoscale"),
+    ("POST", "/v1/deployments/{name}/signals"),
 ];
 
 /// The largest request body accepted, in bytes.
@@ -431,46 +435,4 @@ pub struct StopRequest {
     /// Seconds between the image's stop signal (SIGTERM unless it says) and SIGKILL.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-/// `GET /v1/autoscale`: one autoscaled deployment, as its control loop last saw it.
-pub struct DeploymentStatus {
-    /// The deployment.
-    pub name: String,
-    /// Its policy.
-    pub policy: String,
-    /// The replica count last decided.
-    pub desired: u32,
-    /// Why, in a few words.
-    pub reason: String,
-    /// Replicas starting.
-    pub starting: u32,
-    /// Replicas ready.
-    pub ready: u32,
-    /// Replicas draining.
-    pub draining: u32,
-    /// Tasks waiting.
-    pub queued: u64,
-    /// Tasks being worked on.
-    pub in_flight: u64,
-    /// Tasks completed since the loop started.
-    pub completed: u64,
-    /// Decisions taken.
-    pub decisions: u64,
-    /// Replicas started.
-    pub starts: u64,
-    /// Prewarms (image and weights) begun before a replica's start.
-    pub prewarms: u64,
-    /// Replicas that exited without being asked to.
-    pub crashes: u64,
-    /// Tasks moved back to the queue from replicas that died.
-    pub requeued: u64,
-    /// The cold start the policy uses: the configured one until measured, then a moving
-    /// average of measured starts (decision to readiness), seconds.
-    pub cold_start_seconds: f64,
-    /// Each measured start, seconds, oldest first (the last 64).
-    pub start_seconds: Vec<f64>,
-    /// The most replicas running at once so far.
-    pub peak_replicas: u32,
 }

@@ -176,6 +176,21 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/deployments/{name}/signals`: a gateway's signals for a push deployment;
+    /// answers with the deployment's status (its replicas and their ports).
+    pub async fn push_signals(
+        &self,
+        deployment: &str,
+        signals: &api::Signals,
+    ) -> Result<api::DeploymentStatus, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/deployments/{deployment}/signals"),
+            Some(signals),
+        )
+        .await
+    }
+
     /// `POST /v1/containers/{id}/stop`: the stop signal, then SIGKILL after the timeout;
     /// answers once the container has exited.
     pub async fn stop_container(

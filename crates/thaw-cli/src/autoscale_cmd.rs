@@ -20,6 +20,9 @@ pub enum AutoscaleCommand {
     Worker(WorkerArgs),
     /// What each deployment's control loop last saw and decided.
     Status(StatusArgs),
+    /// Push a gateway's signals for a deployment with `push = true` (what a gateway
+    /// does every second); prints the deployment's replicas.
+    Signal(SignalArgs),
     /// Replay a request trace through a scaling policy (or all of them, with --compare)
     /// and report cost (replica-seconds), latency, SLO attainment and cold starts.
     Simulate(SimulateArgs),
@@ -43,6 +46,30 @@ pub struct StatusArgs {
     /// Print the daemon's JSON (with every measured start time).
     #[arg(long)]
     json: bool,
+}
+
+/// `thaw autoscale signal`.
+#[derive(Args, Debug)]
+pub struct SignalArgs {
+    #[command(flatten)]
+    server: crate::client_cmd::ServerArgs,
+    /// The deployment.
+    deployment: String,
+    /// Requests waiting.
+    #[arg(long)]
+    queued: u64,
+    /// Requests being served.
+    #[arg(long, default_value_t = 0)]
+    in_flight: u64,
+    /// Requests completed so far (a counter).
+    #[arg(long)]
+    completed: Option<u64>,
+    /// Mean service time, seconds.
+    #[arg(long)]
+    service_seconds: Option<f64>,
+    /// Requests in flight on one replica, REPLICA=N (repeatable).
+    #[arg(long = "replica", value_name = "REPLICA=N")]
+    replicas: Vec<String>,
 }
 
 /// `thaw autoscale worker`.
@@ -112,6 +139,7 @@ pub async fn without_store(command: &AutoscaleCommand) -> Option<Result<()>> {
         AutoscaleCommand::Simulate(args) => simulate_cmd(args),
         AutoscaleCommand::Worker(args) => worker(args).await,
         AutoscaleCommand::Status(server) => status(server).await,
+        AutoscaleCommand::Signal(args) => signal(args).await,
         AutoscaleCommand::Run(_) => return None,
     })
 }
@@ -178,6 +206,40 @@ async fn status(args: &StatusArgs) -> Result<()> {
             d.starts,
             d.cold_start_seconds,
             d.reason
+        );
+    }
+    Ok(())
+}
+
+async fn signal(args: &SignalArgs) -> Result<()> {
+    let mut replicas = std::collections::BTreeMap::new();
+    for r in &args.replicas {
+        let (name, n) = r
+            .split_once('=')
+            .with_context(|| format!("--replica {r}: expected REPLICA=N"))?;
+        let n: u64 = n
+            .parse()
+            .with_context(|| format!("--replica {r}: {n:?} is not a count"))?;
+        replicas.insert(name.to_owned(), n);
+    }
+    let signals = thaw_api::api::Signals {
+        queued: args.queued,
+        in_flight: args.in_flight,
+        completed: args.completed,
+        service_seconds: args.service_seconds,
+        replicas,
+    };
+    let status = args
+        .server
+        .client()?
+        .push_signals(&args.deployment, &signals)
+        .await?;
+    println!("desired {} ({})", status.desired, status.reason);
+    for r in &status.replicas {
+        let port = r.port.map_or_else(|| "-".to_string(), |p| p.to_string());
+        println!(
+            "{:<32} {:<9} port {port:<6} active {}",
+            r.name, r.state, r.active
         );
     }
     Ok(())

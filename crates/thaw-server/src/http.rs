@@ -87,6 +87,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/containers/{id}/stop", post(stop_container))
         .route("/v1/containers/{id}/logs", get(container_logs))
         .route("/v1/autoscale", get(autoscale))
+        .route("/v1/deployments/{name}/signals", post(push_signals))
         .route_layer(middleware::from_fn_with_state(node.clone(), authorize));
     Router::new()
         .route("/healthz", get(health))
@@ -119,12 +120,17 @@ async fn count(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
     response
 }
 
-/// The scope a route needs: reading is `read`, starting a prewarm `prewarm`, anything
-/// that mounts, cancels or deletes `admin`.
+/// The scope a route needs: reading is `read`, starting a prewarm `prewarm`, pushing a
+/// deployment's signals `signals`, anything that mounts, cancels or deletes `admin`.
 fn required_scope(method: &Method, path: &str) -> Scope {
+    let signals = path
+        .strip_prefix("/v1/deployments/")
+        .and_then(|rest| rest.strip_suffix("/signals"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'));
     match (method, path) {
         (&Method::GET | &Method::HEAD, _) => Scope::Read,
         (&Method::POST, "/v1/prewarm") => Scope::Prewarm,
+        (&Method::POST, _) if signals => Scope::Signals,
         _ => Scope::Admin,
     }
 }
@@ -353,6 +359,27 @@ async fn create_container(
 
 async fn autoscale(State(node): State<Arc<Node>>) -> Json<Vec<api::DeploymentStatus>> {
     Json(node.autoscale.all())
+}
+
+/// A gateway's signals for a `push = true` deployment; answers with the deployment's
+/// status as its loop last published it (its replicas, and where they listen).
+async fn push_signals(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    JsonBody(signals): JsonBody<api::Signals>,
+) -> Result<(StatusCode, Json<api::DeploymentStatus>), ApiError> {
+    use crate::autoscale::PushError;
+    node.signals.push(&name, signals).map_err(|e| match e {
+        PushError::NoSuchDeployment(_) => ApiError::not_found(e.to_string()),
+        PushError::Invalid(_) => ApiError::invalid(e.to_string()),
+    })?;
+    let status = node
+        .autoscale
+        .all()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_default();
+    Ok((StatusCode::ACCEPTED, Json(status)))
 }
 
 async fn containers(State(node): State<Arc<Node>>) -> Json<Vec<api::Container>> {

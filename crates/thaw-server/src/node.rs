@@ -34,6 +34,8 @@ pub struct Node {
     pub http: http::HttpStats,
     /// What each autoscaled deployment's loop last saw and decided.
     pub autoscale: crate::autoscale::StatusBoard,
+    /// The latest signals gateways pushed, per deployment with `push = true`.
+    pub signals: crate::autoscale::SignalBoard,
     /// Recently used manifests: images are immutable, so a prewarm's manifest serves the
     /// mount that follows without another request.
     manifests: parking_lot::Mutex<lru::LruCache<ImageId, Arc<Manifest>>>,
@@ -80,6 +82,7 @@ impl Node {
             started: Instant::now(),
             http: http::HttpStats::default(),
             autoscale: crate::autoscale::StatusBoard::default(),
+            signals: crate::autoscale::SignalBoard::default(),
             manifests: parking_lot::Mutex::new(lru::LruCache::new(MANIFESTS_CACHED)),
         }))
     }

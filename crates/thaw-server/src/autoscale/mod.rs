@@ -1,21 +1,33 @@
 //! The autoscaler's control loop inside the daemon: one loop per configured deployment,
-//! reading a Redis queue, deciding through a `thaw_autoscale` policy, and running replicas
-//! as containers the daemon owns (prewarmed, lazily mounted); `GET /v1/autoscale` and
-//! `/metrics` show what each loop last saw and decided.
+//! reading a source (a Redis queue, or signals a gateway pushes), deciding through a
+//! `thaw_autoscale` policy, and running replicas through an actuator (containers the
+//! daemon owns, prewarmed and lazily mounted; plain processes; or an orchestrator behind a
+//! webhook); `GET /v1/autoscale` and `/metrics` show what each loop last saw and decided.
 
+mod actuator;
 mod control;
 mod persist;
+mod probe;
+mod process;
+pub mod push;
 pub mod queue;
 mod replica;
+mod source;
 mod status;
+mod webhook;
 pub mod worker;
 
+pub use push::{PushError, SignalBoard};
 pub use status::StatusBoard;
+pub use webhook::WebhookError;
 
 use crate::Node;
+use control::{Fleet, Loop, Parts};
+use std::path::Path;
 use std::sync::Arc;
 use thaw_autoscale::build_policy;
-use thaw_autoscale::config::AutoscaleConfig;
+use thaw_autoscale::config::{ActuatorKind, AutoscaleConfig, DeploymentConfig};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Why the loops could not start.
@@ -27,15 +39,18 @@ pub enum AutoscaleStartError {
     /// Its queue could not be reached.
     #[error("deployment {0}: {1}")]
     Queue(String, queue::QueueError),
+    /// Its webhook's token could not be read.
+    #[error("deployment {0}: webhook token {1}: {2}")]
+    WebhookToken(String, std::path::PathBuf, std::io::Error),
 }
 
 /// Starts one loop per deployment; they run until `shutdown`, and the returned set ends
-/// once each has drained and removed its replicas. Policies keep what they learn in
-/// `state_dir/autoscale/DEPLOYMENT.json`.
+/// once each has drained and removed its replicas. Policies keep what they learn, and
+/// process replicas their records, in `state_dir/autoscale/`.
 pub async fn start(
     node: &Arc<Node>,
     config: &AutoscaleConfig,
-    state_dir: &std::path::Path,
+    state_dir: &Path,
     shutdown: &CancellationToken,
 ) -> Result<tokio::task::JoinSet<()>, AutoscaleStartError> {
     let mut loops = tokio::task::JoinSet::new();
@@ -44,36 +59,94 @@ pub async fn start(
         let name = d.name.get_ref().clone();
         let policy = build_policy(d.policy.get_ref(), &d.policy_params(), d.deployment())
             .map_err(|e| AutoscaleStartError::Policy(name.clone(), e))?;
-        let q = queue::Queue::connect(&d.source.redis, &d.source.queue)
-            .await
-            .map_err(|e| AutoscaleStartError::Queue(name.clone(), e))?;
-        let slots = gpu_slots(gpus, d.gpus_per_replica);
-        let mut l = control::Loop::new(
-            node.clone(),
-            d.clone(),
-            policy,
-            q,
-            config.tick_seconds,
-            node.autoscale.clone(),
-            slots,
-        );
-        l.state_file = Some(state_dir.join("autoscale").join(format!("{name}.json")));
-        let wake = l.wake.clone();
-        let (url, key) = (d.source.redis.clone(), d.source.queue.clone());
-        let watching = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = watching.cancelled() => {}
-                r = queue::watch(&url, &key, move || wake.notify_one()) => {
-                    if let Err(e) = r {
-                        tracing::warn!(deployment = %name, error = %e, "no keyspace notifications: new work waits for the next tick");
-                    }
-                }
+        let wake = Arc::new(Notify::new());
+        let source: Box<dyn source::Source> = match d.source.get_ref().redis() {
+            Some((url, key)) => {
+                let q = queue::Queue::connect(url, key)
+                    .await
+                    .map_err(|e| AutoscaleStartError::Queue(name.clone(), e))?;
+                watch_queue(&name, url, key, wake.clone(), shutdown.clone());
+                Box::new(q)
             }
+            None => Box::new(node.signals.register(&name, wake.clone())),
+        };
+        let l = Loop::new(Parts {
+            node: node.clone(),
+            config: d.clone(),
+            policy,
+            source,
+            fleet: fleet(node, d, state_dir)?,
+            tick: config.tick_seconds,
+            board: node.autoscale.clone(),
+            slots: slots(d, gpus),
+            wake,
+            state_file: Some(state_dir.join("autoscale").join(format!("{name}.json"))),
+            leave_running: config.leave_running_on_exit,
         });
         loops.spawn(l.run(shutdown.clone()));
     }
     Ok(loops)
+}
+
+fn fleet(
+    node: &Arc<Node>,
+    d: &DeploymentConfig,
+    state_dir: &Path,
+) -> Result<Fleet, AutoscaleStartError> {
+    let name = d.name.get_ref();
+    Ok(match d.actuator.get_ref() {
+        ActuatorKind::Containers => Fleet::Local(Arc::new(replica::ContainerActuator {
+            node: node.clone(),
+            config: d.clone(),
+        })),
+        ActuatorKind::Process => {
+            Fleet::Local(Arc::new(process::ProcessActuator::new(name, state_dir)))
+        }
+        ActuatorKind::Webhook => {
+            let token = match &d.webhook_token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| {
+                            AutoscaleStartError::WebhookToken(name.clone(), path.clone(), e)
+                        })?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let url = d
+                .webhook
+                .as_ref()
+                .map(|u| u.get_ref().as_str())
+                .unwrap_or_default();
+            Fleet::External(webhook::Webhook::new(url, token))
+        }
+    })
+}
+
+/// Wakes the loop the moment work lands in an empty queue (keyspace notifications).
+fn watch_queue(name: &str, url: &str, key: &str, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let (name, url, key) = (name.to_owned(), url.to_owned(), key.to_owned());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            r = queue::watch(&url, &key, move || wake.notify_one()) => {
+                if let Err(e) = r {
+                    tracing::warn!(deployment = %name, error = %e, "no keyspace notifications: new work waits for the next tick");
+                }
+            }
+        }
+    });
+}
+
+/// The replicas the node has room for: `max_replicas`, and no more than its GPUs give
+/// shares of `gpus_per_replica`.
+fn slots(d: &DeploymentConfig, node_gpus: u32) -> u32 {
+    let max = *d.max_replicas.get_ref();
+    match d.gpus_per_replica {
+        0 => max,
+        per => max.min(node_gpus / per),
+    }
 }
 
 /// The node's GPUs: `THAW_NODE_GPUS`, else the `/dev/nvidiaN` devices.
@@ -99,38 +172,17 @@ fn node_gpus() -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// The node's GPUs cut into shares of `per` (`CUDA_VISIBLE_DEVICES` values); one free
-/// slot per share. Without GPUs per replica, no slots (and no limit from them).
-fn gpu_slots(gpus: u32, per: u32) -> Vec<Option<String>> {
-    if per == 0 {
-        return Vec::new();
-    }
-    (0..gpus / per)
-        .map(|i| {
-            Some(
-                (i * per..(i + 1) * per)
-                    .map(|g| g.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use thaw_autoscale::config::parse;
+
     #[test]
-    fn gpu_slots_cut_the_node() {
-        assert_eq!(
-            super::gpu_slots(8, 2),
-            [
-                Some("0,1".to_string()),
-                Some("2,3".into()),
-                Some("4,5".into()),
-                Some("6,7".into())
-            ]
-        );
-        assert!(super::gpu_slots(1, 2).is_empty());
-        assert!(super::gpu_slots(8, 0).is_empty());
+    fn the_node_gpus_bound_the_replicas() {
+        let text = "[[deployment]]\nname = \"a\"\ncommand = [\"x\"]\nactuator = \"process\"\nmax_replicas = 6\ngpus_per_replica = 2\n[deployment.source]\npush = true\n";
+        let c = parse(std::path::Path::new("a.toml"), text).unwrap();
+        let d = &c.deployments[0];
+        assert_eq!(super::slots(d, 8), 4);
+        assert_eq!(super::slots(d, 1), 0);
+        assert_eq!(super::slots(d, 64), 6);
     }
 }

@@ -1,16 +1,19 @@
-//! Local replicas: each a container the daemon starts from the deployment's image (lazily
-//! mounted through the node's shared reader, after a prewarm of the image and its weights
-//! has begun), running `thaw autoscale worker` bind-mounted from the daemon's own binary.
+//! Replicas as containers: each started from the deployment's image, lazily mounted
+//! through the node's shared reader (after a prewarm of the image and its weights has
+//! begun), with `thaw autoscale worker` bind-mounted from the daemon's own binary; and the
+//! prewarm itself, which every local actuator shares.
 
+use super::actuator::{replica_env, Actuator, Handle, ReplicaSpec};
 use crate::error::ApiError;
 use crate::Node;
+use async_trait::async_trait;
 use std::sync::Arc;
 use thaw_api::api::{self, NamedScope, Scope};
 use thaw_autoscale::config::DeploymentConfig;
 use thaw_core::ImageId;
 
 /// Where the worker binary appears inside a replica.
-const WORKER_PATH: &str = "/usr/local/bin/thaw";
+pub(super) const WORKER_PATH: &str = "/usr/local/bin/thaw";
 
 /// The image `reference` names in the store (a tag or an id).
 pub(super) async fn resolve(node: &Node, reference: &str) -> Result<ImageId, ApiError> {
@@ -23,14 +26,14 @@ pub(super) async fn resolve(node: &Node, reference: &str) -> Result<ImageId, Api
 /// and its on-demand reads go first.
 pub(super) async fn prewarm(
     node: &Node,
-    image: ImageId,
+    image: Option<ImageId>,
     weights: Option<&str>,
 ) -> Result<(), ApiError> {
     let weights = match weights {
         Some(w) => Some(resolve(node, w).await?),
         None => None,
     };
-    for id in std::iter::once(image).chain(weights) {
+    for id in image.into_iter().chain(weights) {
         let trace = node.prewarm(id, Scope::Named(NamedScope::Trace)).await;
         match trace {
             Err(e) if e.code == api::ErrorCode::NoTrace => {
@@ -44,74 +47,84 @@ pub(super) async fn prewarm(
     Ok(())
 }
 
-/// Starts replica `name` of `d`; returns its container's id.
-pub(super) async fn start(
-    node: &Arc<Node>,
-    d: &DeploymentConfig,
-    image: ImageId,
-    name: &str,
-    gpus: Option<&str>,
-) -> Result<String, ApiError> {
-    let exe = std::env::current_exe().map_err(|e| {
-        ApiError::new(
-            api::ErrorCode::Internal,
-            format!("finding the worker binary: {e}"),
-        )
-    })?;
-    let mut command = vec![
-        WORKER_PATH.to_string(),
-        "autoscale".into(),
-        "worker".into(),
-        "--redis".into(),
-        d.source.redis.clone(),
-        "--queue".into(),
-        d.source.queue.clone(),
-        "--replica".into(),
-        name.to_string(),
-        "--".into(),
-    ];
-    command.extend(d.command.iter().cloned());
-    let mut env = Vec::new();
-    if let Some(g) = gpus {
-        env.push(format!("CUDA_VISIBLE_DEVICES={g}"));
+/// Replicas as the daemon's containers.
+#[derive(Debug)]
+pub(super) struct ContainerActuator {
+    pub node: Arc<Node>,
+    pub config: DeploymentConfig,
+}
+
+#[async_trait]
+impl Actuator for ContainerActuator {
+    fn kind(&self) -> &'static str {
+        "containers"
     }
-    let req = api::ContainerRequest {
-        image: d.image.clone(),
-        command,
-        env,
-        name: Some(name.to_string()),
-        runtime: Some(d.runtime.clone()),
-        mounts: vec![format!("{}:{WORKER_PATH}:ro", exe.display())],
-        host_network: true,
-        ..api::ContainerRequest::default()
-    };
-    let manifest = node.manifest(&image).await?;
-    let c = node
-        .containers
-        .create(manifest, &node.reader, image, &req)
-        .await?;
-    Ok(c.view().id)
-}
 
-/// Whether the container `id` has exited (or is gone).
-pub(super) fn exited(node: &Node, id: &str) -> bool {
-    node.containers
-        .get(id)
-        .map_or(true, |c| c.view().state == "exited")
-}
-
-/// Stops (SIGTERM, then SIGKILL after `grace` seconds) and removes the container `id`.
-pub(super) async fn remove(node: &Node, id: &str, grace: f64) {
-    if !exited(node, id) {
-        let _ = node
+    async fn start(
+        &self,
+        spec: &ReplicaSpec,
+        image: Option<ImageId>,
+        command: Vec<String>,
+    ) -> Result<Handle, String> {
+        let (node, d) = (&self.node, &self.config);
+        let (Some(image), Some(reference)) = (image, d.image.clone()) else {
+            return Err("the containers actuator needs an image".into());
+        };
+        let exe = std::env::current_exe().map_err(|e| format!("finding the worker binary: {e}"))?;
+        let req = api::ContainerRequest {
+            image: reference,
+            command,
+            env: replica_env(d.name.get_ref(), spec)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            name: Some(spec.name.clone()),
+            runtime: Some(d.runtime.clone()),
+            mounts: vec![format!("{}:{WORKER_PATH}:ro", exe.display())],
+            host_network: true,
+            ..api::ContainerRequest::default()
+        };
+        let manifest = node.manifest(&image).await.map_err(|e| e.to_string())?;
+        let c = node
             .containers
-            .stop(
-                id,
-                std::time::Duration::from_secs_f64(grace.clamp(0.0, 3600.0)),
-            )
-            .await;
+            .create(manifest, &node.reader, image, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let view = c.view();
+        Ok(Handle {
+            id: view.id,
+            pid: view.pid,
+        })
     }
-    if let Err(e) = node.containers.remove(id).await {
-        tracing::warn!(container = id, error = %e, "could not remove a replica's container");
+
+    fn exited(&self, handle: &Handle) -> bool {
+        self.node
+            .containers
+            .get(&handle.id)
+            .map_or(true, |c| c.view().state == "exited")
+    }
+
+    async fn stop(&self, handle: &Handle, grace: f64) {
+        let id = handle.id.as_str();
+        if !self.exited(handle) {
+            let _ = self
+                .node
+                .containers
+                .stop(
+                    id,
+                    std::time::Duration::from_secs_f64(grace.clamp(0.0, 3600.0)),
+                )
+                .await;
+        }
+        if let Err(e) = self.node.containers.remove(id).await {
+            tracing::warn!(container = id, error = %e, "could not remove a replica's container");
+        }
+    }
+
+    async fn adopt(&self) -> Vec<(ReplicaSpec, Handle)> {
+        // A container's root is a FUSE mount served by the daemon that made it, so it
+        // cannot outlive that daemon: the node's container records let the next daemon
+        // remove what is left (at its start), and the loop starts fresh replicas.
+        Vec::new()
     }
 }
