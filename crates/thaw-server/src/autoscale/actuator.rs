@@ -48,6 +48,14 @@ pub(super) trait Actuator: Send + Sync {
     async fn stop(&self, handle: &Handle, grace: f64);
     /// Replicas an earlier daemon started that still run, now this actuator's.
     async fn adopt(&self) -> Vec<(ReplicaSpec, Handle)>;
+    /// Whether its replicas can outlive the daemon (and be adopted by the next one).
+    fn outlives_daemon(&self) -> bool;
+    /// Where a replica finds `thaw autoscale worker`.
+    fn worker_exe(&self) -> Result<String, String> {
+        std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .map_err(|e| format!("finding the worker binary: {e}"))
+    }
 }
 
 /// What a replica runs: with a Redis source, `thaw autoscale worker` (at `worker_exe`)

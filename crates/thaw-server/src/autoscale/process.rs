@@ -196,6 +196,10 @@ impl Actuator for ProcessActuator {
         }
     }
 
+    fn outlives_daemon(&self) -> bool {
+        true
+    }
+
     async fn adopt(&self) -> Vec<(ReplicaSpec, Handle)> {
         let alive: Vec<Record> = self
             .load()

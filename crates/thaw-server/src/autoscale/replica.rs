@@ -121,6 +121,14 @@ impl Actuator for ContainerActuator {
         }
     }
 
+    fn outlives_daemon(&self) -> bool {
+        false
+    }
+
+    fn worker_exe(&self) -> Result<String, String> {
+        Ok(WORKER_PATH.to_string())
+    }
+
     async fn adopt(&self) -> Vec<(ReplicaSpec, Handle)> {
         // A container's root is a FUSE mount served by the daemon that made it, so it
         // cannot outlive that daemon: the node's container records let the next daemon

@@ -5,7 +5,7 @@
 use super::{Event, Fleet, Loop, Replica};
 use crate::autoscale::actuator::{replica_command, Actuator, Handle, ReplicaSpec};
 use crate::autoscale::probe;
-use crate::autoscale::replica::{self, WORKER_PATH};
+use crate::autoscale::replica;
 use crate::autoscale::source::SourceError;
 use std::sync::Arc;
 use thaw_autoscale::ReplicaState;
@@ -309,13 +309,7 @@ impl Loop {
                         tracing::warn!(replica = %spec.name, error = %e, "prewarm before the start failed; starting lazily");
                     }
                 }
-                let exe = match actuator.kind() {
-                    "containers" => WORKER_PATH.to_string(),
-                    _ => std::env::current_exe()
-                        .map_err(|e| format!("finding the worker binary: {e}"))?
-                        .display()
-                        .to_string(),
-                };
+                let exe = actuator.worker_exe()?;
                 let command = replica_command(&config, &spec.name, &exe);
                 actuator.start(&spec, image, command).await
             };
@@ -377,7 +371,7 @@ impl Loop {
             return;
         };
         let grace = *self.parts.config.stop_grace_seconds.get_ref();
-        if self.parts.leave_running && actuator.kind() == "process" {
+        if self.parts.leave_running && actuator.outlives_daemon() {
             tracing::info!(deployment = %self.status.name, replicas = self.replicas.len(), "leaving replicas running for the next daemon");
             return;
         }
