@@ -22,6 +22,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How long a push deployment keeps its running replicas while its gateway has not
+/// pushed since the daemon started.
+pub(super) const UNHEARD_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Who runs a deployment's replicas.
 pub(super) enum Fleet {
     /// This node, through an actuator.
@@ -211,7 +215,8 @@ impl Loop {
         self.probe_starting();
         self.stop_idle_drained();
         let snapshot = self.snapshot(&sample);
-        let decision = self.parts.policy.decide(&snapshot);
+        let mut decision = self.parts.policy.decide(&snapshot);
+        self.hold_while_unheard(&sample, &mut decision);
         self.next_wake = decision
             .wake_at
             .map(|at| self.origin + std::time::Duration::from_secs_f64(at.max(0.0)));
@@ -231,6 +236,16 @@ impl Loop {
             return Ok(());
         }
         self.apply(decision.desired).await
+    }
+
+    /// Until a push source first hears from its gateway, its zeros mean "unknown": the
+    /// replicas running (adopted after a restart) are kept, for at most [`UNHEARD_HOLD`].
+    fn hold_while_unheard(&self, sample: &Sample, decision: &mut thaw_autoscale::Decision) {
+        let running = u32::try_from(self.replicas.len()).unwrap_or(u32::MAX);
+        if sample.unheard && self.origin.elapsed() < UNHEARD_HOLD && decision.desired < running {
+            decision.desired = running;
+            decision.reason = "holding the replicas until the first signal";
+        }
     }
 
     /// Updates each replica from the sample: work in hand, idleness, and readiness where

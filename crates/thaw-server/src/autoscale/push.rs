@@ -97,6 +97,7 @@ impl Source for PushSource {
         let Some((s, at)) = self.board.latest(&self.name) else {
             return Ok(Sample {
                 replicas: replicas.iter().map(|_| (0, None)).collect(),
+                unheard: true,
                 ..Sample::default()
             });
         };
@@ -110,6 +111,7 @@ impl Source for PushSource {
                 .map(|r| (s.replicas.get(r).copied().unwrap_or(0), None))
                 .collect(),
             age_seconds: Some(at.elapsed().as_secs_f64()),
+            unheard: false,
         })
     }
 

@@ -29,6 +29,9 @@ pub(super) struct Sample {
     pub replicas: Vec<(u64, Option<bool>)>,
     /// Seconds since the source last heard from its producer (push sources).
     pub age_seconds: Option<f64>,
+    /// The source has heard nothing since the daemon started (a push source before the
+    /// gateway's first push): the zeros above mean "unknown", not "idle".
+    pub unheard: bool,
 }
 
 /// One deployment's source of work.
@@ -64,6 +67,7 @@ impl Source for Queue {
             }),
             replicas: s.replicas.iter().map(|&(n, r)| (n, Some(r))).collect(),
             age_seconds: None,
+            unheard: false,
         })
     }
 
