@@ -1,7 +1,8 @@
-"""Weights benchmarks on this machine (no GPU here): `thaw weights --host` (store ->
-staging ring -> host memory, every chunk verified) next to reading the same file from the
+"""Weights benchmarks on this machine (no GPU here): `thaw weights load --device host`
+(store -> decode workers' staging slots -> host memory, every chunk verified) next to reading the same file from the
 local disk, both with the page cache dropped."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -58,9 +59,9 @@ def weights_host():
         thaw_t, base_t, inner = [], [], []
         for _ in range(RUNS):
             drop_caches()
-            t, out = timed(f"{THAW} --store {store} weights w w.safetensors --host")
+            t, out = timed(f"{THAW} --store {store} weights load w w.safetensors --device host --json")
             thaw_t.append(t)
-            inner.append(float(fields(out)["seconds"]))
+            inner.append(float(json.loads(out)["seconds"]))
             drop_caches()
             base_t.append(timed(f"cat {path} > /dev/null")[0])
         rows.append((label, os.path.getsize(path), med(thaw_t), med(base_t), med(inner)))

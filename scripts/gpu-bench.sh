@@ -104,7 +104,7 @@ for mode in ("cold", "warm"):
 PY
 timeout 150 python3 "$W/st_load.py" "$W/src/w.safetensors" "$RUNS" 2>&1 | tee -a "$R"
 # One run fills the disk cache; later "cache" runs read from it.
-timeout 60 "$BIN/thaw" --store "$W/store" weights w w.safetensors --cache "$W/cache" >/dev/null 2>&1
+timeout 60 "$BIN/thaw" --store "$W/store" weights load w w.safetensors --cache "$W/cache" >/dev/null 2>&1
 row() { # name mode i command...
   local name=$1 mode=$2 i=$3
   shift 3
@@ -114,22 +114,23 @@ row() { # name mode i command...
 for mode in cold warm; do
   for i in $(seq 1 "$RUNS"); do
     row read_copy "$mode" "$i" "$BIN/thaw-bench" gpu-baseline "$W/src/w.safetensors"
-    row thaw_store "$mode" "$i" "$BIN/thaw" --store "$W/store" weights w w.safetensors
-    row thaw_disk_cache "$mode" "$i" "$BIN/thaw" --store "$W/store" weights w w.safetensors --cache "$W/cache"
+    row thaw_store "$mode" "$i" "$BIN/thaw" --store "$W/store" weights load w w.safetensors
+    row thaw_disk_cache "$mode" "$i" "$BIN/thaw" --store "$W/store" weights load w w.safetensors --cache "$W/cache"
   done
 done
 
-phase "verify and staging variants"
-timeout 60 "$BIN/thaw" --store "$W/store" weights w w.safetensors --verify 2>&1 | tee "$OUT/verify.txt"
-for b in "2 16" "4 64" "8 64"; do
-  set -- $b
-  row "buffers_${1}x${2}MiB" warm 1 "$BIN/thaw" --store "$W/store" weights w w.safetensors --buffers "$1" --buffer-mib "$2"
+phase "verify and pipeline variants"
+# The GPU's bytes, hashed per tensor after a copy back, against the host backend's (which
+# CI checks against the file): equal lists mean the GPU holds exactly the file's tensors.
+timeout 90 "$BIN/thaw" --store "$W/store" weights load w w.safetensors --device cuda:0 --checksums >"$OUT/checksums-gpu.txt" 2>&1
+timeout 90 "$BIN/thaw" --store "$W/store" weights load w w.safetensors --device host --checksums >"$OUT/checksums-host.txt" 2>&1
+if cmp -s "$OUT/checksums-gpu.txt" "$OUT/checksums-host.txt"; then echo "verified: $(wc -l <"$OUT/checksums-gpu.txt") tensors equal" | tee "$OUT/verify.txt"; else echo "VERIFY FAILED" | tee "$OUT/verify.txt"; fi
+for s in 16 32 64; do
+  row "slots_2x${s}MiB_disk_cache" warm 1 "$BIN/thaw" --store "$W/store" weights load w w.safetensors --cache "$W/cache" --slot-mib "$s"
 done
-# How far more chunks in flight (more decode parallelism) moves the loader, from packs and
-# from the disk cache.
-for n in 8 128 512; do
-  row "in_flight_${n}_store" warm 1 "$BIN/thaw" --store "$W/store" weights w w.safetensors --in-flight "$n"
-  row "in_flight_${n}_disk_cache" warm 1 "$BIN/thaw" --store "$W/store" weights w w.safetensors --cache "$W/cache" --in-flight "$n"
+for n in 1 4 8 15; do
+  row "workers_${n}_store" warm 1 "$BIN/thaw" --store "$W/store" weights load w w.safetensors --workers "$n"
+  row "workers_${n}_disk_cache" warm 1 "$BIN/thaw" --store "$W/store" weights load w w.safetensors --cache "$W/cache" --workers "$n"
 done
 
 phase summary

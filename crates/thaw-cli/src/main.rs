@@ -84,8 +84,9 @@ enum Command {
     Bundle(run_args::BundleArgs),
     /// Unmount a thaw mount, stopping its daemon, or clean up after a dead one.
     Umount { mountpoint: PathBuf },
-    /// Load a safetensors file of an image into GPU memory (or host memory with --host).
-    Weights(weights_cmd::WeightsArgs),
+    /// Model weights: load a safetensors file of an image into GPU or host memory.
+    #[command(subcommand)]
+    Weights(weights_cmd::WeightsCommand),
     /// Run the node daemon: shared caches, mounts and prewarm jobs behind an HTTP API.
     Serve(serve_cmd::ServeArgs),
     /// Ask the node daemon to warm its cache with an image (waits unless --detach).

@@ -1,44 +1,97 @@
-//! `thaw weights`: loads a safetensors file of an image into GPU memory (or host memory
-//! with `--host`) through pinned staging buffers, and reports the throughput.
+//! `thaw weights load`: loads a safetensors file of an image into GPU memory or host memory
+//! through the parallel pinned-slot pipeline, and reports each stage (or, with
+//! `--checksums`, the BLAKE3 of every tensor as it ended up in the destination).
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use thaw_gpu::cuda::CudaSink;
-use thaw_gpu::{load, HostSink, LoadOptions, LoadReport};
+use thaw_gpu::{load, tensor_checksums, Allocations, HostSink, LoadOptions, LoadReport};
 use thaw_store::{ChunkReader, ReaderConfig, Repository};
 
+/// `thaw weights`.
+#[derive(Debug, clap::Subcommand)]
+pub enum WeightsCommand {
+    /// Load a safetensors file of an image into GPU memory (`--device cuda:N`) or host memory.
+    Load(LoadArgs),
+}
+
+/// Where the weights go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// Host memory.
+    Host,
+    /// GPU N.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host" | "cpu" => Ok(Device::Host),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("{s:?}: expected host or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Host => f.write_str("host"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// `thaw weights load`.
 #[derive(Debug, clap::Args)]
-pub struct WeightsArgs {
+pub struct LoadArgs {
+    /// The image (tag or id).
     pub image: String,
     /// The safetensors file inside the image.
     pub path: String,
-    /// CUDA device ordinal.
+    /// Where to load: `host` or `cuda:N`.
+    #[arg(long, default_value = "cuda:0")]
+    pub device: Device,
+    /// Print `NAME BLAKE3HEX` per tensor (hashed where the bytes ended up) and nothing else.
+    #[arg(long, conflicts_with = "json")]
+    pub checksums: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Decode workers (0: all cores but one, at least two).
     #[arg(long, default_value_t = 0)]
-    pub device: usize,
-    /// Load into host memory instead of a GPU.
-    #[arg(long)]
-    pub host: bool,
-    /// Pinned staging buffers, and the size of each in MiB.
-    #[arg(long, default_value_t = 4)]
-    pub buffers: usize,
-    #[arg(long, default_value_t = 64)]
-    pub buffer_mib: usize,
-    /// Chunks read ahead of the copy.
-    #[arg(long, default_value_t = 32)]
-    pub in_flight: usize,
-    /// Hash the data on the way and compare it with what is in the destination after.
-    #[arg(long)]
-    pub verify: bool,
+    pub workers: usize,
+    /// Staging slots per worker.
+    #[arg(long, default_value_t = 2)]
+    pub slots: usize,
+    /// MiB per staging slot (16 to 64; raised to the largest chunk).
+    #[arg(long, default_value_t = 16)]
+    pub slot_mib: usize,
     /// Disk cache directory for chunks.
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// The disk cache's bound, bytes.
     #[arg(long, default_value_t = 10 << 30)]
     pub cache_size: u64,
+    /// The memory cache's bound, bytes.
     #[arg(long, default_value_t = 256 << 20)]
     pub memory_cache: u64,
 }
 
-pub async fn run(repo: &Repository, args: &WeightsArgs) -> Result<()> {
+/// Runs `thaw weights ...`.
+pub async fn run(repo: &Repository, command: &WeightsCommand) -> Result<()> {
+    match command {
+        WeightsCommand::Load(args) => load_cmd(repo, args).await,
+    }
+}
+
+async fn load_cmd(repo: &Repository, args: &LoadArgs) -> Result<()> {
     let id = repo.resolve(&args.image).await?;
     let manifest = repo.get_manifest(&id).await?;
     let reader = ChunkReader::new(
@@ -46,64 +99,97 @@ pub async fn run(repo: &Repository, args: &WeightsArgs) -> Result<()> {
         ReaderConfig {
             memory_bytes: args.memory_cache,
             disk: args.cache.clone().map(|c| (c, args.cache_size)),
-            fetch_around: 0,
             ..Default::default()
         },
     )?;
     let options = LoadOptions {
-        chunks_in_flight: args.in_flight,
-        hash: args.verify,
+        workers: args.workers,
+        slots: args.slots,
+        slot_bytes: args.slot_mib.max(1) << 20,
     };
-    let staging = args.buffer_mib.max(1) << 20;
-    let what = format!("loading {} from {id}", args.path);
-    let (report, check): (LoadReport, Option<String>) = if args.host {
-        let (sink, r) = load(
-            reader,
-            &manifest,
-            &args.path,
-            HostSink::new(args.buffers, staging),
-            options,
-        )
-        .await
-        .context(what)?;
-        let check = args
-            .verify
-            .then(|| blake3::hash(&sink.data).to_hex().to_string());
-        (r, check)
-    } else {
-        let sink = CudaSink::new(args.device, args.buffers, staging)?;
-        let (sink, r) = load(reader, &manifest, &args.path, sink, options)
-            .await
-            .context(what)?;
-        let check = if args.verify {
-            Some(blake3::hash(&sink.to_host()?).to_hex().to_string())
-        } else {
-            None
-        };
-        (r, check)
-    };
-    println!("image: {id}");
-    println!("tensors: {}", report.header.tensors.len());
-    println!("bytes: {}", report.bytes);
-    println!("seconds: {:.4}", report.seconds);
-    println!(
-        "gb_per_s: {:.3}",
-        report.bytes as f64 / report.seconds / 1e9
-    );
-    println!(
-        "destination: {}",
-        if args.host {
-            "host".to_string()
-        } else {
-            format!("cuda:{}", args.device)
+    let what = format!("loading {} from {}", args.path, args.image);
+    let (report, data) = match args.device {
+        Device::Host => {
+            let sink = HostSink::new(Allocations::default());
+            let (sink, r) = load(reader, &manifest, &args.path, sink, options)
+                .await
+                .context(what)?;
+            (r, sink.into_data())
         }
-    );
-    if let (Some(want), Some(got)) = (&report.blake3, &check) {
-        anyhow::ensure!(
-            want == got,
-            "the destination holds different bytes: {got} instead of {want}"
+        Device::Cuda(n) => {
+            let sink = CudaSink::new(n).with_context(|| format!("opening {}", args.device))?;
+            let (sink, r) = load(reader, &manifest, &args.path, sink, options)
+                .await
+                .context(what)?;
+            let data = if args.checksums {
+                sink.to_host()?
+            } else {
+                Vec::new()
+            };
+            (r, data)
+        }
+    };
+    if args.checksums {
+        for c in tensor_checksums(&report.header, &data) {
+            println!("{} {}", c.name, c.blake3);
+        }
+    } else if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(&report, args.device))?
         );
-        println!("verified: {got}");
+    } else {
+        print_report(&report, args.device);
     }
     Ok(())
+}
+
+fn report_json(r: &LoadReport, device: Device) -> serde_json::Value {
+    serde_json::json!({
+        "device": device.to_string(),
+        "tensors": r.header.tensors.len(),
+        "bytes": r.bytes,
+        "seconds": r.seconds,
+        "gb_per_s": gbps(r.bytes, r.seconds),
+        "header_seconds": r.header_seconds,
+        "workers": r.workers,
+        "slot_bytes": r.slot_bytes,
+        "memory_bytes": r.memory_bytes,
+        "disk_bytes": r.disk_bytes,
+        "store_bytes": r.store_bytes,
+        "zero_bytes": r.zero_bytes,
+        "fetch_seconds": r.fetch_seconds,
+        "decode_seconds": r.decode_seconds,
+        "retried": r.retried,
+    })
+}
+
+fn gbps(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / seconds / 1e9
+    } else {
+        0.0
+    }
+}
+
+fn print_report(r: &LoadReport, device: Device) {
+    println!("destination: {device}");
+    println!("tensors: {}", r.header.tensors.len());
+    println!("bytes: {}", r.bytes);
+    println!("seconds: {:.4}", r.seconds);
+    println!("gb_per_s: {:.3}", gbps(r.bytes, r.seconds));
+    println!("header_seconds: {:.4}", r.header_seconds);
+    println!(
+        "workers: {} (slots of {} MiB)",
+        r.workers,
+        r.slot_bytes >> 20
+    );
+    println!(
+        "from: memory {} B, disk cache {} B, store {} B stored, zero runs {} B",
+        r.memory_bytes, r.disk_bytes, r.store_bytes, r.zero_bytes
+    );
+    println!(
+        "fetch_seconds: {:.4} decode_seconds: {:.4} (summed over workers)",
+        r.fetch_seconds, r.decode_seconds
+    );
 }

@@ -1,72 +1,76 @@
 //! GPU memory as the destination, through `cudarc`'s driver API (loaded at run time).
 //!
-//! Staging buffers are page-locked host memory (portable, not write-combined), so DMA
-//! reads them directly; each copy is recorded with an event, and a buffer is written
-//! again only after its event completes.
+//! The destination is one `cuMemAlloc` allocation (not the stream-ordered pool, whose
+//! memory cannot be exported to another process). Each worker's lane has its own stream,
+//! its own page-locked staging slots (`cuMemHostAlloc` with `PORTABLE`: not
+//! write-combined, so the CPU may read them too) and one reusable event per slot; a slot
+//! is written again only after its event completes, and a lane waits for its stream
+//! before its slots are freed, so DMA never reads freed memory.
 
-use crate::{LoadError, Sink};
-use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
+use crate::sink::{Lane, Sink};
+use crate::LoadError;
+use cudarc::driver::{result, sys, CudaContext};
+use std::ffi::c_void;
 use std::sync::Arc;
 
 /// Whether a CUDA driver can be loaded here (checked before anything touches CUDA:
 /// creating a context without one panics).
 pub fn cuda_available() -> bool {
     // SAFETY: only probes for the shared library.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    unsafe { sys::is_culib_present() }
 }
 
 fn cuda(e: impl std::fmt::Debug) -> LoadError {
     LoadError::Cuda(format!("{e:?}"))
 }
 
-/// Writes into one device allocation on one stream.
+/// The GPU's free and total memory, bytes (for checks that a load leaves nothing behind).
+pub fn memory_info(ctx: &CudaContext) -> Result<(usize, usize), LoadError> {
+    ctx.bind_to_thread().map_err(cuda)?;
+    result::mem_get_info().map_err(cuda)
+}
+
+/// One device allocation, freed on drop.
+#[derive(Debug)]
+struct DeviceBuffer {
+    ctx: Arc<CudaContext>,
+    ptr: sys::CUdeviceptr,
+    len: usize,
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by cuMemAlloc in `allocate`; every lane has synchronised
+            // its stream before the sink can be dropped.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Writes into one device allocation.
 pub struct CudaSink {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    staging: Vec<PinnedHostSlice<u8>>,
-    events: Vec<Option<CudaEvent>>,
-    dst: Option<CudaSlice<u8>>,
+    dst: Option<Arc<DeviceBuffer>>,
 }
 
 impl std::fmt::Debug for CudaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaSink")
-            .field("staging", &self.staging.len())
-            .finish_non_exhaustive()
+            .field("device", &self.ctx.ordinal())
+            .field("bytes", &self.dst.as_ref().map(|d| d.len))
+            .finish()
     }
 }
 
-// SAFETY: the pinned buffers are owned by the sink and only touched by the thread that
-// holds it; cudarc's context and stream are thread-safe.
-unsafe impl Send for CudaSink {}
-
 impl CudaSink {
-    /// A sink on GPU `device` with `buffers` page-locked staging buffers of `buffer_bytes` each. Fails with `NoCuda` where there is no driver.
-    pub fn new(device: usize, buffers: usize, buffer_bytes: usize) -> Result<Self, LoadError> {
+    /// A sink on GPU `device`. Fails with `NoCuda` where there is no driver.
+    pub fn new(device: usize) -> Result<Self, LoadError> {
         if !cuda_available() {
             return Err(LoadError::NoCuda);
         }
         let ctx = CudaContext::new(device).map_err(cuda)?;
-        let stream = ctx.new_stream().map_err(cuda)?;
-        let staging = (0..buffers.max(1))
-            .map(|_| {
-                // SAFETY: the buffer is written before any byte of it is read.
-                unsafe {
-                    ctx.alloc_pinned_with_flags::<u8>(
-                        buffer_bytes.max(1),
-                        cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
-                    )
-                }
-                .map_err(cuda)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(CudaSink {
-            events: (0..staging.len()).map(|_| None).collect(),
-            ctx,
-            stream,
-            staging,
-            dst: None,
-        })
+        Ok(CudaSink { ctx, dst: None })
     }
 
     /// The CUDA context the destination lives in.
@@ -74,9 +78,9 @@ impl CudaSink {
         &self.ctx
     }
 
-    /// The loaded bytes on the device.
-    pub fn device(&self) -> Option<&CudaSlice<u8>> {
-        self.dst.as_ref()
+    /// The destination's device pointer and length.
+    pub fn device_ptr(&self) -> Option<(u64, usize)> {
+        self.dst.as_ref().map(|d| (d.ptr, d.len))
     }
 
     /// Copies the device bytes back (to check them).
@@ -84,42 +88,197 @@ impl CudaSink {
         let Some(d) = &self.dst else {
             return Ok(Vec::new());
         };
-        let host = self.stream.clone_dtoh(d).map_err(cuda)?;
-        // The copy is asynchronous in form: wait for it before the bytes are looked at.
-        self.stream.synchronize().map_err(cuda)?;
+        self.ctx.bind_to_thread().map_err(cuda)?;
+        let mut host = vec![0u8; d.len];
+        // SAFETY: `host` holds `d.len` bytes; the synchronous copy completes before return.
+        unsafe { result::memcpy_dtoh_sync(&mut host, d.ptr) }.map_err(cuda)?;
         Ok(host)
     }
 }
 
 impl Sink for CudaSink {
-    fn staging_count(&self) -> usize {
-        self.staging.len()
-    }
-    fn staging_bytes(&self) -> usize {
-        self.staging[0].len()
-    }
+    type Lane = CudaLane;
+
     fn allocate(&mut self, len: u64) -> Result<(), LoadError> {
-        // SAFETY: every byte is written by the copies before the load returns.
-        self.dst = Some(unsafe { self.stream.alloc::<u8>(len.max(1) as usize) }.map_err(cuda)?);
+        self.ctx.bind_to_thread().map_err(cuda)?;
+        let len = usize::try_from(len).map_err(cuda)?;
+        // SAFETY: a plain allocation; every byte is written by the load before it is read.
+        let ptr = unsafe { result::malloc_sync(len.max(1)) }.map_err(cuda)?;
+        self.dst = Some(Arc::new(DeviceBuffer {
+            ctx: self.ctx.clone(),
+            ptr,
+            len,
+        }));
         Ok(())
     }
-    fn staging(&mut self, i: usize) -> Result<&mut [u8], LoadError> {
-        if let Some(e) = self.events[i].take() {
-            e.synchronize().map_err(cuda)?;
-        }
-        self.staging[i].as_mut_slice().map_err(cuda)
+
+    fn lane(&self, slots: usize, slot_bytes: usize) -> Result<CudaLane, LoadError> {
+        let dst = self
+            .dst
+            .clone()
+            .ok_or_else(|| LoadError::Pipeline("a lane before the destination".into()))?;
+        CudaLane::new(self.ctx.clone(), dst, slots, slot_bytes)
     }
-    fn submit(&mut self, i: usize, len: usize, offset: u64) -> Result<(), LoadError> {
-        let dst = self.dst.as_mut().ok_or_else(|| cuda("no destination"))?;
-        let src = &self.staging[i].as_slice().map_err(cuda)?[..len];
-        let o = offset as usize;
-        let mut view = dst.slice_mut(o..o + len);
-        // Asynchronous from a page-locked buffer; the event below says when it is free.
-        self.stream.memcpy_htod(src, &mut view).map_err(cuda)?;
-        self.events[i] = Some(self.stream.record_event(None).map_err(cuda)?);
-        Ok(())
-    }
+
     fn finish(&mut self) -> Result<(), LoadError> {
-        self.stream.synchronize().map_err(cuda)
+        Ok(())
+    }
+}
+
+/// One staging slot: page-locked host memory and the event of its last copy.
+struct Slot {
+    ptr: *mut u8,
+    len: usize,
+    event: sys::CUevent,
+    pending: bool,
+}
+
+/// One worker's stream, slots and events.
+pub struct CudaLane {
+    ctx: Arc<CudaContext>,
+    dst: Arc<DeviceBuffer>,
+    stream: sys::CUstream,
+    slots: Vec<Slot>,
+}
+
+impl std::fmt::Debug for CudaLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaLane")
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the lane's stream, events and pinned slots are used only by the thread that
+// holds the lane; the context is bound on that thread before each use.
+unsafe impl Send for CudaLane {}
+
+impl CudaLane {
+    fn new(
+        ctx: Arc<CudaContext>,
+        dst: Arc<DeviceBuffer>,
+        slots: usize,
+        slot_bytes: usize,
+    ) -> Result<Self, LoadError> {
+        ctx.bind_to_thread().map_err(cuda)?;
+        let stream =
+            result::stream::create(result::stream::StreamKind::NonBlocking).map_err(cuda)?;
+        let mut lane = CudaLane {
+            ctx,
+            dst,
+            stream,
+            slots: Vec::new(),
+        };
+        for _ in 0..slots.max(1) {
+            // SAFETY: page-locked allocation; written before any byte is read.
+            let ptr =
+                unsafe { result::malloc_host(slot_bytes.max(1), sys::CU_MEMHOSTALLOC_PORTABLE) }
+                    .map_err(cuda)?;
+            let event = match result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
+                Ok(e) => e,
+                Err(e) => {
+                    // SAFETY: just allocated, never used.
+                    let _ = unsafe { result::free_host(ptr) };
+                    return Err(cuda(e));
+                }
+            };
+            lane.slots.push(Slot {
+                ptr: ptr.cast(),
+                len: slot_bytes.max(1),
+                event,
+                pending: false,
+            });
+        }
+        Ok(lane)
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<sys::CUdeviceptr, LoadError> {
+        let end = offset.checked_add(len as u64);
+        match end {
+            Some(end) if end <= self.dst.len as u64 => Ok(self.dst.ptr + offset),
+            _ => Err(LoadError::Pipeline(format!(
+                "a copy of {len} bytes at {offset} outside a destination of {}",
+                self.dst.len
+            ))),
+        }
+    }
+}
+
+impl Lane for CudaLane {
+    fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn slot(&mut self, i: usize) -> Result<&mut [u8], LoadError> {
+        let s = self
+            .slots
+            .get_mut(i)
+            .ok_or_else(|| LoadError::Pipeline(format!("no slot {i}")))?;
+        if s.pending {
+            // SAFETY: a live event of this lane.
+            unsafe { result::event::synchronize(s.event) }.map_err(cuda)?;
+            s.pending = false;
+        }
+        // SAFETY: the slot's memory is `len` bytes, owned by the lane, and no copy reads
+        // it any more (its event completed).
+        Ok(unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
+    }
+
+    fn submit(&mut self, i: usize, from: usize, to: usize, offset: u64) -> Result<(), LoadError> {
+        let stream = self.stream;
+        let s = self
+            .slots
+            .get(i)
+            .filter(|s| from <= to && to <= s.len)
+            .ok_or_else(|| LoadError::Pipeline(format!("slot {i} has no bytes {from}..{to}")))?;
+        let (ptr, event) = (s.ptr, s.event);
+        let dst = self.check(offset, to - from)?;
+        // SAFETY: the source is inside the page-locked slot, which stays alive and
+        // unwritten until the event recorded after the copy completes; the destination
+        // range is inside the allocation (checked).
+        unsafe {
+            let src = std::slice::from_raw_parts(ptr.add(from), to - from);
+            result::memcpy_htod_async(dst, src, stream).map_err(cuda)?;
+            result::event::record(event, stream).map_err(cuda)?;
+        }
+        if let Some(s) = self.slots.get_mut(i) {
+            s.pending = true;
+        }
+        Ok(())
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> Result<(), LoadError> {
+        let n = usize::try_from(len).map_err(cuda)?;
+        let dst = self.check(offset, n)?;
+        // SAFETY: inside the allocation (checked); ordered on this lane's stream.
+        unsafe { result::memset_d8_async(dst, 0, n, self.stream) }.map_err(cuda)
+    }
+
+    fn wait(&mut self) -> Result<(), LoadError> {
+        self.ctx.bind_to_thread().map_err(cuda)?;
+        // SAFETY: this lane's live stream.
+        unsafe { result::stream::synchronize(self.stream) }.map_err(cuda)?;
+        for s in &mut self.slots {
+            s.pending = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CudaLane {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_err() {
+            return;
+        }
+        // SAFETY: the stream is this lane's; waiting first means no copy still reads a
+        // slot when it is freed.
+        unsafe {
+            let _ = result::stream::synchronize(self.stream);
+            for s in &self.slots {
+                let _ = result::event::destroy(s.event);
+                let _ = result::free_host(s.ptr.cast::<c_void>());
+            }
+            let _ = result::stream::destroy(self.stream);
+        }
     }
 }

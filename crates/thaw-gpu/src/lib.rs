@@ -1,18 +1,24 @@
-//! Weights to GPU: a safetensors file in an image streams from the chunk store through
-//! pinned host buffers into one GPU allocation, with fetching (and decompression and
-//! verification, in the reader), copying into staging buffers, and DMA to the device all
-//! overlapping.
+//! Weights to GPU: a safetensors file in an image goes from the chunk store through
+//! pinned staging slots into one destination allocation, with decode workers (one per
+//! core but one) each fetching, decompressing and verifying chunks straight into their
+//! own slots and copying them to their known offsets, all overlapping.
 //!
 //! The pipeline is generic over a [`Sink`]: [`cuda::CudaSink`] writes GPU memory through
 //! `cudarc` (loaded at run time, so this crate builds and its tests run on machines
 //! without CUDA), [`HostSink`] writes host memory and is what CI exercises.
 
+mod checksums;
 pub mod cuda;
+mod fill;
 mod header;
 mod pipeline;
+mod plan;
+mod sink;
 
+pub use checksums::{tensor_checksums, TensorChecksum};
 pub use header::{Tensor, WeightsHeader, MAX_HEADER_BYTES};
-pub use pipeline::{load, HostSink, LoadOptions, LoadReport, Sink};
+pub use pipeline::{load, LoadOptions, LoadReport, SLOT_BYTES};
+pub use sink::{Allocations, HostLane, HostSink, Lane, Sink};
 
 use thaw_store::error::SharedReadError;
 
@@ -46,7 +52,7 @@ pub enum LoadError {
     /// No CUDA driver library on this machine.
     #[error("no CUDA driver on this machine (libcuda not found)")]
     NoCuda,
-    /// The copy thread died.
-    #[error("the copy thread failed: {0}")]
+    /// The pipeline itself failed (a worker died, a copy out of bounds).
+    #[error("the load pipeline failed: {0}")]
     Pipeline(String),
 }

@@ -1,125 +1,92 @@
-//! The load pipeline: chunks are read (fetched, decompressed and verified by the reader)
-//! several at a time on the async runtime, copied in file order into a ring of staging
-//! buffers on a blocking thread, and each full buffer is handed to the sink, which copies
-//! it to its destination while the next one fills.
+//! The load pipeline: the header is read first; the data region is cut into pieces
+//! ([`crate::plan`]); decode workers (threads, as many as the cores allow) each claim the
+//! next piece, fill one of their own staging slots with it ([`crate::fill`]) and copy the
+//! slot to the piece's offset in the destination while they fill the next. There is no
+//! ordered copy thread: pieces land wherever they belong, in any order. The first failure
+//! stops every worker from claiming more; each waits for its copies in flight before its
+//! slots are freed, and the destination is freed with the sink.
 
+use crate::fill::{Ahead, Filler, Tiers};
+use crate::plan::{plan, zero_chunks, Work};
+use crate::sink::{Lane, Sink};
 use crate::{LoadError, WeightsHeader};
-use bytes::Bytes;
-use futures::{stream, StreamExt};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use thaw_core::manifest::FileExtent;
 use thaw_core::{InodeKind, Manifest};
 use thaw_store::ChunkReader;
 
-/// Where loaded bytes go: a destination of `len` bytes written through staging buffers.
-pub trait Sink: Send {
-    /// How many staging buffers there are.
-    fn staging_count(&self) -> usize;
-    /// The size of each staging buffer.
-    fn staging_bytes(&self) -> usize;
-    /// Allocates the destination.
-    fn allocate(&mut self, len: u64) -> Result<(), LoadError>;
-    /// Waits until staging buffer `i` may be written again, and returns it.
-    fn staging(&mut self, i: usize) -> Result<&mut [u8], LoadError>;
-    /// Starts copying the first `len` bytes of staging buffer `i` to `offset` in the
-    /// destination; may return before the copy is done.
-    fn submit(&mut self, i: usize, len: usize, offset: u64) -> Result<(), LoadError>;
-    /// Waits for every copy.
-    fn finish(&mut self) -> Result<(), LoadError>;
-}
-
-/// Host memory as the destination: what tests and machines without a GPU use.
-#[derive(Debug)]
-pub struct HostSink {
-    staging: Vec<Vec<u8>>,
-    /// The destination: the data region, once loaded.
-    pub data: Vec<u8>,
-}
-
-impl HostSink {
-    /// A ring of `buffers` staging buffers of `buffer_bytes` each.
-    pub fn new(buffers: usize, buffer_bytes: usize) -> Self {
-        HostSink {
-            staging: (0..buffers.max(1))
-                .map(|_| vec![0; buffer_bytes.max(1)])
-                .collect(),
-            data: Vec::new(),
-        }
-    }
-}
-
-impl Sink for HostSink {
-    fn staging_count(&self) -> usize {
-        self.staging.len()
-    }
-    fn staging_bytes(&self) -> usize {
-        self.staging[0].len()
-    }
-    fn allocate(&mut self, len: u64) -> Result<(), LoadError> {
-        self.data = vec![0; len as usize];
-        Ok(())
-    }
-    fn staging(&mut self, i: usize) -> Result<&mut [u8], LoadError> {
-        Ok(&mut self.staging[i])
-    }
-    fn submit(&mut self, i: usize, len: usize, offset: u64) -> Result<(), LoadError> {
-        let o = offset as usize;
-        self.data[o..o + len].copy_from_slice(&self.staging[i][..len]);
-        Ok(())
-    }
-    fn finish(&mut self) -> Result<(), LoadError> {
-        Ok(())
-    }
-}
+/// The smallest and largest staging slot.
+pub const SLOT_BYTES: std::ops::RangeInclusive<usize> = (1 << 20)..=(64 << 20);
 
 /// How to load.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
-    /// Chunks read at once, ahead of the copy.
-    pub chunks_in_flight: usize,
-    /// Hash the data region on the way (BLAKE3), to check the destination afterwards.
-    pub hash: bool,
+    /// Decode workers; 0: all cores but one (at least two).
+    pub workers: usize,
+    /// Staging slots per worker (two: one fills while the other copies).
+    pub slots: usize,
+    /// Bytes per slot (raised to hold the file's largest chunk; at most 64 MiB).
+    pub slot_bytes: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
-            chunks_in_flight: 16,
-            hash: false,
+            workers: 0,
+            slots: 2,
+            slot_bytes: 16 << 20,
         }
     }
 }
 
-/// What a load did.
+impl LoadOptions {
+    /// The workers this load runs.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        // All cores but one, for the runtime's I/O and the copies; never fewer than two,
+        // so that one decodes while the other waits for its bytes.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        cores.saturating_sub(1).max(2)
+    }
+}
+
+/// What a load did, stage by stage.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
     /// The file's header (its tensors).
     pub header: WeightsHeader,
-    /// Bytes written to the destination (the data region).
+    /// Bytes put in the destination (the data region).
     pub bytes: u64,
     /// Seconds from the start of the load to the last byte in the destination.
     pub seconds: f64,
-    /// BLAKE3 of the data region, when asked for.
-    pub blake3: Option<String>,
+    /// Seconds to read and parse the header (before any data moved).
+    pub header_seconds: f64,
+    /// Workers run, and the slot size they used.
+    pub workers: usize,
+    /// Bytes of each slot.
+    pub slot_bytes: usize,
+    /// Bytes copied from the memory cache.
+    pub memory_bytes: u64,
+    /// Bytes read from the disk cache.
+    pub disk_bytes: u64,
+    /// Stored (compressed) bytes fetched from the store.
+    pub store_bytes: u64,
+    /// Bytes set as zero runs on the destination.
+    pub zero_bytes: u64,
+    /// Seconds waiting for the store, summed over workers.
+    pub fetch_seconds: f64,
+    /// Seconds decompressing and verifying, summed over workers.
+    pub decode_seconds: f64,
+    /// Chunks the fast path could not get right and the chunk reader fetched again.
+    pub retried: u64,
 }
 
-/// Zero runs are produced in pieces of this size, so a sparse file costs no large buffer.
-const ZERO_PIECE: u64 = 4 << 20;
-
-/// One piece of the file, in order: (offset in the file, bytes).
-type Piece = Result<(u64, Bytes), LoadError>;
-
-/// Chunks read in one batch (one coalesced request where they share a pack).
-const BATCH_CHUNKS: usize = 8;
-
-/// Work for the reading side: a batch of chunk extents, or a run of zeros.
-enum Job {
-    Chunks(Vec<(usize, FileExtent)>),
-    Zeros(u64, u64),
-}
-
-/// Loads the safetensors file at `path` in the image into `sink`.
+/// Loads the safetensors file at `path` in the image into `sink`. On failure the sink
+/// is dropped, after every copy has finished: nothing stays allocated.
 pub async fn load<S: Sink + 'static>(
     reader: Arc<ChunkReader>,
     manifest: &Manifest,
@@ -129,195 +96,226 @@ pub async fn load<S: Sink + 'static>(
 ) -> Result<(S, LoadReport), LoadError> {
     let start = Instant::now();
     let (size, extents) = find_file(manifest, path)?;
-    let prefix = read_prefix(&reader, &extents, size, 8, path).await?;
-    let header_len = WeightsHeader::header_len(&prefix, path)?;
-    let head = read_prefix(&reader, &extents, size, header_len, path).await?;
-    let header = WeightsHeader::parse(&head, size, path)?;
+    let header = read_header(&reader, &extents, size, path).await?;
+    let header_seconds = start.elapsed().as_secs_f64();
+    let slot_bytes = slot_size(&extents, options.slot_bytes);
+    let work = plan(
+        &extents,
+        header.data_offset,
+        slot_bytes,
+        &zero_chunks(&extents, |id| {
+            reader.packs().location(id).map(|l| l.entry.stored_len)
+        }),
+    );
+    let zero_bytes = work
+        .iter()
+        .filter(|w| matches!(w, Work::Zeros { .. }))
+        .map(Work::bytes)
+        .sum();
     sink.allocate(header.data_len)?;
+    let tiers = Arc::new(Tiers::default());
+    let filler = Filler {
+        reader,
+        runtime: tokio::runtime::Handle::current(),
+        path: path.to_owned(),
+        tiers: tiers.clone(),
+    };
+    let workers = options.worker_count().min(work.len()).max(1);
+    let slots = options.slots.max(1);
+    let (mut sink, outcome) = tokio::task::spawn_blocking(move || {
+        let outcome = run_workers(&sink, &filler, &work, workers, slots, slot_bytes);
+        (sink, outcome)
+    })
+    .await
+    .map_err(|e| LoadError::Pipeline(e.to_string()))?;
+    outcome?;
+    sink.finish()?;
+    let secs = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed) as f64 / 1e9;
+    let report = LoadReport {
+        bytes: header.data_len,
+        seconds: start.elapsed().as_secs_f64(),
+        header_seconds,
+        workers,
+        slot_bytes,
+        memory_bytes: tiers.memory_bytes.load(Ordering::Relaxed),
+        disk_bytes: tiers.disk_bytes.load(Ordering::Relaxed),
+        store_bytes: tiers.store_bytes.load(Ordering::Relaxed),
+        zero_bytes,
+        fetch_seconds: secs(&tiers.fetch_nanos),
+        decode_seconds: secs(&tiers.decode_nanos),
+        retried: tiers.retried.load(Ordering::Relaxed),
+        header,
+    };
+    Ok((sink, report))
+}
 
-    // Pieces of the data region, in file order, read `chunks_in_flight` at a time.
-    let data_offset = header.data_offset;
-    let in_flight = options.chunks_in_flight.max(1);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(in_flight);
-    let jobs = jobs_for(extents, data_offset);
-    let producer = tokio::spawn(produce(reader, path.to_string(), jobs, in_flight, tx));
-    // The copy loop blocks (on staging buffers being free), so it runs on its own thread.
-    let hash = options.hash;
-    let copied = tokio::task::spawn_blocking(move || copy_loop(sink, rx, data_offset, hash))
-        .await
-        .map_err(|e| LoadError::Pipeline(e.to_string()))?;
-    producer.abort();
-    let (sink, bytes, blake3) = copied?;
-    if bytes != header.data_len {
-        return Err(LoadError::Pipeline(format!(
-            "{bytes} bytes copied, {} expected",
-            header.data_len
-        )));
+/// A slot holds the largest chunk of the file, within [`SLOT_BYTES`].
+fn slot_size(extents: &[FileExtent], asked: usize) -> usize {
+    let largest = extents
+        .iter()
+        .filter(|e| e.chunk.is_some())
+        .map(|e| usize::try_from(e.len).unwrap_or(usize::MAX))
+        .max()
+        .unwrap_or(0);
+    asked
+        .max(largest)
+        .clamp(*SLOT_BYTES.start(), *SLOT_BYTES.end())
+}
+
+/// Runs `workers` threads over the work; the first error, if any.
+fn run_workers<S: Sink>(
+    sink: &S,
+    filler: &Filler,
+    work: &[Work],
+    workers: usize,
+    slots: usize,
+    slot_bytes: usize,
+) -> Result<(), LoadError> {
+    let next = AtomicUsize::new(0);
+    let cancel = AtomicBool::new(false);
+    let results: Vec<Result<(), LoadError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let r = worker(sink, filler, work, &next, &cancel, slots, slot_bytes);
+                    if r.is_err() {
+                        cancel.store(true, Ordering::SeqCst);
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(LoadError::Pipeline("a decode worker panicked".into())))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+/// One worker: its own lane; pieces until none is left or the load is cancelled; then
+/// it waits for its copies, whatever happened.
+fn worker<S: Sink>(
+    sink: &S,
+    filler: &Filler,
+    work: &[Work],
+    next: &AtomicUsize,
+    cancel: &AtomicBool,
+    slots: usize,
+    slot_bytes: usize,
+) -> Result<(), LoadError> {
+    let mut lane = sink.lane(slots, slot_bytes)?;
+    let driven = drive(&mut lane, filler, work, next, cancel);
+    let waited = lane.wait();
+    driven.and(waited)
+}
+
+fn drive<L: Lane>(
+    lane: &mut L,
+    filler: &Filler,
+    work: &[Work],
+    next: &AtomicUsize,
+    cancel: &AtomicBool,
+) -> Result<(), LoadError> {
+    let claim = || {
+        (!cancel.load(Ordering::SeqCst))
+            .then(|| work.get(next.fetch_add(1, Ordering::SeqCst)))
+            .flatten()
+    };
+    let ahead_of = |piece: Option<&Work>| match piece {
+        Some(Work::Chunks { chunks, .. }) => filler.fetch_ahead(chunks),
+        _ => Ahead::none(),
+    };
+    let mut slot = 0usize;
+    let mut piece = claim();
+    let mut ahead = ahead_of(piece);
+    while let Some(current) = piece {
+        // The next piece's GETs run while this one is decoded and copied.
+        piece = claim();
+        let fetched = std::mem::replace(&mut ahead, ahead_of(piece));
+        match current {
+            Work::Zeros { offset, len } => lane.zero(*offset, *len)?,
+            Work::Chunks {
+                offset,
+                skip,
+                chunks,
+            } => {
+                let filled = filler.fill(chunks, lane.slot(slot)?, fetched)?;
+                lane.submit(slot, *skip, filled, *offset)?;
+                slot = (slot + 1) % lane.slots();
+            }
+        }
     }
-    let seconds = start.elapsed().as_secs_f64();
-    Ok((
-        sink,
-        LoadReport {
-            header,
-            bytes,
-            seconds,
-            blake3,
-        },
-    ))
+    Ok(())
 }
 
 /// The regular file at `path`: its size and extents.
-fn find_file(manifest: &Manifest, path: &str) -> Result<(u64, Vec<FileExtent>), LoadError> {
+pub(crate) fn find_file(
+    manifest: &Manifest,
+    path: &str,
+) -> Result<(u64, Vec<FileExtent>), LoadError> {
     let mut ino = 0u32;
     for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
         ino = manifest
             .lookup(ino, c.as_bytes())
             .ok_or_else(|| LoadError::NotAFile(path.to_string()))?;
     }
-    match &manifest.inodes[ino as usize].kind {
-        InodeKind::File { size, .. } => Ok((*size, manifest.file_extents(ino))),
+    match manifest.inodes.get(ino as usize).map(|i| &i.kind) {
+        Some(InodeKind::File { size, .. }) => Ok((*size, manifest.file_extents(ino))),
         _ => Err(LoadError::NotAFile(path.to_string())),
     }
 }
 
-/// The first `len` bytes of the file.
-async fn read_prefix(
+/// Reads and parses the header: its length from the first 8 bytes, then the rest.
+async fn read_header(
     reader: &ChunkReader,
     extents: &[FileExtent],
     size: u64,
+    path: &str,
+) -> Result<WeightsHeader, LoadError> {
+    let prefix = read_prefix(reader, extents, 8, path).await?;
+    let header_len = WeightsHeader::header_len(&prefix, path)?;
+    if header_len > size {
+        return Err(LoadError::BadHeader {
+            path: path.to_string(),
+            reason: format!("a header of {header_len} bytes in a file of {size}"),
+        });
+    }
+    let head = read_prefix(reader, extents, header_len, path).await?;
+    WeightsHeader::parse(&head, size, path)
+}
+
+/// The first `len` bytes of the file (fewer if it is shorter).
+async fn read_prefix(
+    reader: &ChunkReader,
+    extents: &[FileExtent],
     len: u64,
     path: &str,
 ) -> Result<Vec<u8>, LoadError> {
-    let mut out = Vec::with_capacity(len.min(size) as usize);
-    for e in extents.iter().take_while(|e| e.offset < len) {
+    let mut out = Vec::new();
+    for (index, e) in extents
+        .iter()
+        .enumerate()
+        .take_while(|(_, e)| e.offset < len)
+    {
         match e.chunk {
             Some(id) => {
                 let b = reader.read(id).await.map_err(|source| LoadError::Chunk {
                     path: path.to_string(),
-                    index: 0,
+                    index,
                     source,
                 })?;
                 out.extend_from_slice(&b);
             }
-            None => out.resize(out.len() + e.len as usize, 0),
-        }
-    }
-    out.truncate(len as usize);
-    Ok(out)
-}
-
-/// The data region's work: consecutive chunks in batches, which the reader fetches with
-/// coalesced ranged GETs; zero runs as bounded pieces of zeros.
-fn jobs_for(extents: Vec<FileExtent>, data_offset: u64) -> Vec<Job> {
-    let mut jobs: Vec<Job> = Vec::new();
-    for (index, e) in extents.into_iter().enumerate() {
-        if e.offset + e.len <= data_offset {
-            continue;
-        }
-        match e.chunk {
-            Some(_) => match jobs.last_mut() {
-                Some(Job::Chunks(batch)) if batch.len() < BATCH_CHUNKS => batch.push((index, e)),
-                _ => jobs.push(Job::Chunks(vec![(index, e)])),
-            },
             None => {
-                let mut off = e.offset;
-                while off < e.offset + e.len {
-                    let len = ZERO_PIECE.min(e.offset + e.len - off);
-                    jobs.push(Job::Zeros(off, len));
-                    off += len;
-                }
+                let zeros = e.len.min(len.saturating_sub(e.offset));
+                out.resize(out.len() + usize::try_from(zeros).unwrap_or(0), 0);
             }
         }
     }
-    jobs
-}
-
-/// Reads the jobs, `in_flight` chunks at a time, and sends their pieces in file order;
-/// stops at the first error (sent on) or when the receiver is gone.
-async fn produce(
-    reader: Arc<ChunkReader>,
-    path: String,
-    jobs: Vec<Job>,
-    in_flight: usize,
-    tx: tokio::sync::mpsc::Sender<Piece>,
-) {
-    let mut batches = stream::iter(jobs)
-        .map(|job| {
-            let (reader, path) = (reader.clone(), path.clone());
-            async move {
-                match job {
-                    Job::Chunks(batch) => {
-                        let ids: Vec<_> = batch.iter().filter_map(|(_, e)| e.chunk).collect();
-                        let data =
-                            reader
-                                .read_many(&ids)
-                                .await
-                                .map_err(|source| LoadError::Chunk {
-                                    path,
-                                    index: batch.first().map_or(0, |b| b.0),
-                                    source,
-                                })?;
-                        Ok(batch.iter().map(|(_, e)| e.offset).zip(data).collect())
-                    }
-                    Job::Zeros(off, len) => Ok(vec![(off, Bytes::from(vec![0u8; len as usize]))]),
-                }
-            }
-        })
-        .buffered(in_flight.div_ceil(BATCH_CHUNKS));
-    while let Some(batch) = batches.next().await {
-        let pieces: Vec<Piece> = match batch {
-            Ok(v) => v.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e)],
-        };
-        for p in pieces {
-            let stop = p.is_err();
-            if tx.send(p).await.is_err() || stop {
-                return;
-            }
-        }
-    }
-}
-
-/// Copies the pieces into the sink's staging ring, submitting each full buffer; returns
-/// the sink, the bytes written and, if asked, the BLAKE3 of the data region.
-fn copy_loop<S: Sink>(
-    mut sink: S,
-    mut rx: tokio::sync::mpsc::Receiver<Piece>,
-    data_offset: u64,
-    hash: bool,
-) -> Result<(S, u64, Option<String>), LoadError> {
-    let mut hasher = hash.then(blake3::Hasher::new);
-    let (count, cap) = (sink.staging_count(), sink.staging_bytes());
-    let (mut buf, mut fill, mut written) = (0usize, 0usize, 0u64);
-    while let Some(piece) = rx.blocking_recv() {
-        let (offset, bytes) = piece?;
-        // The part of this piece inside the data region.
-        let skip = data_offset.saturating_sub(offset) as usize;
-        let mut rest = &bytes[skip.min(bytes.len())..];
-        if let Some(h) = hasher.as_mut() {
-            h.update(rest);
-        }
-        while !rest.is_empty() {
-            let staging = sink.staging(buf)?;
-            let n = rest.len().min(cap - fill);
-            staging[fill..fill + n].copy_from_slice(&rest[..n]);
-            fill += n;
-            rest = &rest[n..];
-            if fill == cap {
-                sink.submit(buf, fill, written)?;
-                written += fill as u64;
-                (buf, fill) = ((buf + 1) % count, 0);
-            }
-        }
-    }
-    if fill > 0 {
-        sink.submit(buf, fill, written)?;
-        written += fill as u64;
-    }
-    sink.finish()?;
-    Ok((
-        sink,
-        written,
-        hasher.map(|h| h.finalize().to_hex().to_string()),
-    ))
+    out.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+    Ok(out)
 }

@@ -373,6 +373,43 @@ pub fn decode_run(run: &FetchRun, bytes: &Bytes) -> Vec<(ChunkId, Result<Bytes, 
         .collect()
 }
 
+/// Decompresses (if needed) one stored chunk straight into `out` and verifies it there
+/// (no intermediate buffer); returns its length. `out` must hold the chunk's raw length.
+pub fn decode_chunk_into(
+    pack: &PackId,
+    e: &PackEntry,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<usize, ReadError> {
+    let integrity = |reason: String| ReadError::Integrity {
+        chunk: e.id,
+        pack: *pack,
+        reason,
+    };
+    let raw_len = e.raw_len as usize;
+    let room = out.len();
+    let out = out
+        .get_mut(..raw_len)
+        .ok_or_else(|| integrity(format!("{raw_len} bytes do not fit a buffer of {room}")))?;
+    let n = match e.compression {
+        Compression::None if stored.len() == raw_len => {
+            out.copy_from_slice(stored);
+            raw_len
+        }
+        Compression::None => stored.len(),
+        Compression::Zstd => zstd::bulk::decompress_to_buffer(stored, out)
+            .map_err(|err| integrity(format!("zstd: {err}")))?,
+    };
+    if n != raw_len {
+        return Err(integrity(format!("length {n} instead of {raw_len}")));
+    }
+    let actual = ChunkId::of(out);
+    if actual != e.id {
+        return Err(integrity(format!("content hashes to {actual}")));
+    }
+    Ok(raw_len)
+}
+
 /// Decompresses (if needed) and verifies one stored chunk.
 pub fn decode_chunk(pack: &PackId, e: &PackEntry, stored: Bytes) -> Result<Bytes, ReadError> {
     let integrity = |reason: String| ReadError::Integrity {

@@ -141,6 +141,18 @@ impl ChunkReader {
         self.caches.contains(id)
     }
 
+    /// One chunk from the memory tier, if it is there (counted as a hit or a miss).
+    pub fn memory_get(&self, id: &ChunkId) -> Option<Bytes> {
+        let found = self.caches.memory.get(id);
+        let counter = if found.is_some() {
+            &self.counters.memory_hits
+        } else {
+            &self.counters.memory_misses
+        };
+        Counters::add(counter, 1);
+        found
+    }
+
     /// Looks every chunk up in memory, once, counting hits and misses. Lets a blocking
     /// caller skip the async runtime when everything is there.
     pub fn lookup(&self, ids: &[ChunkId]) -> Lookup {

@@ -114,6 +114,37 @@ impl DiskCache {
         }
     }
 
+    /// Reads a chunk straight into `out` (no intermediate buffer) and checks it there;
+    /// returns its length. `None` on a miss, an entry larger than `out`, or a bad entry
+    /// (which is removed).
+    pub fn read_into(&self, id: &ChunkId, out: &mut [u8]) -> Option<usize> {
+        use std::io::Read;
+        let stored_len = *self.inner.lock().lru.peek(id)?;
+        let data_len = usize::try_from(stored_len.checked_sub(TRAILER_LEN)?).ok()?;
+        let out = out.get_mut(..data_len)?;
+        let path = self.path_of(id);
+        let mut trailer = [0u8; TRAILER_LEN as usize];
+        let read = std::fs::File::open(&path).and_then(|mut f| {
+            f.read_exact(out)?;
+            f.read_exact(&mut trailer)?;
+            // A longer file is a corrupt one.
+            Ok(f.read(&mut [0u8; 1])? == 0)
+        });
+        let (sum, magic) = trailer.split_at(8);
+        let good =
+            matches!(read, Ok(true)) && magic == TRAILER_MAGIC && xxh3_64(out).to_le_bytes() == sum;
+        if good {
+            self.inner.lock().lru.get(id);
+            Some(data_len)
+        } else {
+            if read.is_ok() {
+                tracing::warn!(chunk = %id, path = %path.display(), "corrupt disk cache entry removed");
+            }
+            self.remove(id);
+            None
+        }
+    }
+
     /// Whether the cache holds an entry for `id` (not verified).
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.inner.lock().lru.contains(id)
