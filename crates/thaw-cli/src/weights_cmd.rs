@@ -130,7 +130,7 @@ async fn load_cmd(repo: &Repository, args: &LoadArgs) -> Result<()> {
         }
     };
     if args.checksums {
-        for c in tensor_checksums(&report.header, &data) {
+        for c in tensor_checksums(&report, &data) {
             println!("{} {}", c.name, c.blake3);
         }
     } else if args.json {

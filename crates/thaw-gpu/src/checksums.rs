@@ -1,7 +1,7 @@
 //! Per-tensor checksums of loaded bytes: the BLAKE3 of each tensor's bytes as they ended
 //! up in the destination, to compare with hashes computed from the source file by anyone.
 
-use crate::WeightsHeader;
+use crate::LoadReport;
 
 /// One tensor's checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,19 +12,19 @@ pub struct TensorChecksum {
     pub blake3: String,
 }
 
-/// The checksum of every tensor of `header` over `data` (the data region), in the
-/// header's data order. A tensor outside `data` hashes what there is of it.
-pub fn tensor_checksums(header: &WeightsHeader, data: &[u8]) -> Vec<TensorChecksum> {
-    header
+/// The checksum of every tensor a load put in `data` (its destination), in the header's
+/// data order, at the offsets the load reported. A tensor outside `data` hashes what
+/// there is of it.
+pub fn tensor_checksums(report: &LoadReport, data: &[u8]) -> Vec<TensorChecksum> {
+    report
+        .header
         .tensors
         .iter()
-        .map(|t| {
-            let lo = usize::try_from(t.start)
-                .unwrap_or(usize::MAX)
-                .min(data.len());
-            let hi = usize::try_from(t.end)
-                .unwrap_or(usize::MAX)
-                .clamp(lo, data.len());
+        .zip(&report.offsets)
+        .map(|(t, &at)| {
+            let lo = usize::try_from(at).unwrap_or(usize::MAX).min(data.len());
+            let len = usize::try_from(t.end - t.start).unwrap_or(usize::MAX);
+            let hi = lo.saturating_add(len).min(data.len());
             TensorChecksum {
                 name: t.name.clone(),
                 blake3: blake3::hash(&data[lo..hi]).to_hex().to_string(),

@@ -75,6 +75,8 @@ pub(crate) struct Filler {
     pub runtime: tokio::runtime::Handle,
     pub path: String,
     pub tiers: Arc<Tiers>,
+    /// Where each tensor goes in the destination.
+    pub layout: crate::layout::Layout,
 }
 
 impl Filler {

@@ -30,6 +30,8 @@ pub struct WeightsHeader {
     pub data_len: u64,
     /// Tensors in data order.
     pub tensors: Vec<Tensor>,
+    /// The JSON header as the file has it (metadata included), for whoever maps the data.
+    pub json: String,
 }
 
 impl WeightsHeader {
@@ -95,6 +97,7 @@ impl WeightsHeader {
             data_offset: len,
             data_len,
             tensors,
+            json: text.to_owned(),
         })
     }
 }

@@ -10,13 +10,18 @@
 mod checksums;
 pub mod cuda;
 mod fill;
+pub mod handoff;
 mod header;
+mod layout;
+pub mod memfd;
 mod pipeline;
 mod plan;
+pub mod resident;
 mod sink;
 
 pub use checksums::{tensor_checksums, TensorChecksum};
 pub use header::{Tensor, WeightsHeader, MAX_HEADER_BYTES};
+pub use layout::Layout;
 pub use pipeline::{load, LoadOptions, LoadReport, SLOT_BYTES};
 pub use sink::{Allocations, HostLane, HostSink, Lane, Sink};
 
@@ -52,6 +57,9 @@ pub enum LoadError {
     /// No CUDA driver library on this machine.
     #[error("no CUDA driver on this machine (libcuda not found)")]
     NoCuda,
+    /// The resident tier could not take the model.
+    #[error("resident weights: {0}")]
+    Resident(String),
     /// The pipeline itself failed (a worker died, a copy out of bounds).
     #[error("the load pipeline failed: {0}")]
     Pipeline(String),

@@ -7,6 +7,7 @@
 //! slots are freed, and the destination is freed with the sink.
 
 use crate::fill::{Ahead, Filler, Tiers};
+use crate::layout::Layout;
 use crate::plan::{plan, zero_chunks, Work};
 use crate::sink::{Lane, Sink};
 use crate::{LoadError, WeightsHeader};
@@ -29,6 +30,9 @@ pub struct LoadOptions {
     pub slots: usize,
     /// Bytes per slot (raised to hold the file's largest chunk; at most 64 MiB).
     pub slot_bytes: usize,
+    /// Each tensor at a multiple of this many bytes in the destination (0 or 1: the data
+    /// region as it is in the file).
+    pub align: u64,
 }
 
 impl Default for LoadOptions {
@@ -37,6 +41,7 @@ impl Default for LoadOptions {
             workers: 0,
             slots: 2,
             slot_bytes: 16 << 20,
+            align: 0,
         }
     }
 }
@@ -59,8 +64,12 @@ impl LoadOptions {
 pub struct LoadReport {
     /// The file's header (its tensors).
     pub header: WeightsHeader,
-    /// Bytes put in the destination (the data region).
+    /// Bytes of the data region loaded.
     pub bytes: u64,
+    /// Where each tensor (in the header's order) starts in the destination.
+    pub offsets: Vec<u64>,
+    /// The destination's length (with alignment padding).
+    pub destination_len: u64,
     /// Seconds from the start of the load to the last byte in the destination.
     pub seconds: f64,
     /// Seconds to read and parse the header (before any data moved).
@@ -112,19 +121,25 @@ pub async fn load<S: Sink + 'static>(
         .filter(|w| matches!(w, Work::Zeros { .. }))
         .map(Work::bytes)
         .sum();
-    sink.allocate(header.data_len)?;
+    let layout = if options.align > 1 {
+        Layout::aligned(&header, options.align)
+    } else {
+        Layout::packed(&header)
+    };
+    sink.allocate(layout.len)?;
     let tiers = Arc::new(Tiers::default());
     let filler = Filler {
         reader,
         runtime: tokio::runtime::Handle::current(),
         path: path.to_owned(),
         tiers: tiers.clone(),
+        layout,
     };
     let workers = options.worker_count().min(work.len()).max(1);
     let slots = options.slots.max(1);
-    let (mut sink, outcome) = tokio::task::spawn_blocking(move || {
+    let (mut sink, filler, outcome) = tokio::task::spawn_blocking(move || {
         let outcome = run_workers(&sink, &filler, &work, workers, slots, slot_bytes);
-        (sink, outcome)
+        (sink, filler, outcome)
     })
     .await
     .map_err(|e| LoadError::Pipeline(e.to_string()))?;
@@ -133,6 +148,8 @@ pub async fn load<S: Sink + 'static>(
     let secs = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed) as f64 / 1e9;
     let report = LoadReport {
         bytes: header.data_len,
+        offsets: filler.layout.tensor_offsets(&header),
+        destination_len: filler.layout.len,
         seconds: start.elapsed().as_secs_f64(),
         header_seconds,
         workers,
@@ -237,14 +254,23 @@ fn drive<L: Lane>(
         piece = claim();
         let fetched = std::mem::replace(&mut ahead, ahead_of(piece));
         match current {
-            Work::Zeros { offset, len } => lane.zero(*offset, *len)?,
+            Work::Zeros { offset, len } => {
+                for (_, n, dst) in filler.layout.map(*offset, *len) {
+                    lane.zero(dst, n)?;
+                }
+            }
             Work::Chunks {
                 offset,
                 skip,
                 chunks,
             } => {
                 let filled = filler.fill(chunks, lane.slot(slot)?, fetched)?;
-                lane.submit(slot, *skip, filled, *offset)?;
+                let data = filled.saturating_sub(*skip) as u64;
+                for (at, n, dst) in filler.layout.map(*offset, data) {
+                    let from = *skip + usize::try_from(at).unwrap_or(usize::MAX);
+                    let to = from + usize::try_from(n).unwrap_or(usize::MAX);
+                    lane.submit(slot, from, to, dst)?;
+                }
                 slot = (slot + 1) % lane.slots();
             }
         }
@@ -267,6 +293,23 @@ pub(crate) fn find_file(
         Some(InodeKind::File { size, .. }) => Ok((*size, manifest.file_extents(ino))),
         _ => Err(LoadError::NotAFile(path.to_string())),
     }
+}
+
+/// The whole file at `path`, if it holds at most `max` bytes.
+pub(crate) async fn read_file(
+    reader: &ChunkReader,
+    manifest: &Manifest,
+    path: &str,
+    max: u64,
+) -> Result<Vec<u8>, LoadError> {
+    let (size, extents) = find_file(manifest, path)?;
+    if size > max {
+        return Err(LoadError::BadHeader {
+            path: path.to_owned(),
+            reason: format!("{size} bytes; at most {max} are read"),
+        });
+    }
+    read_prefix(reader, &extents, size, path).await
 }
 
 /// Reads and parses the header: its length from the first 8 bytes, then the rest.

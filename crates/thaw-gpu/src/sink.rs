@@ -4,6 +4,7 @@
 //! tests and machines without a GPU use; it counts its live allocations so that tests
 //! can prove a failed load frees everything.
 
+use crate::memfd::SharedMemory;
 use crate::LoadError;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -65,13 +66,31 @@ impl Drop for Counted {
     }
 }
 
+/// What holds a host destination's bytes.
+#[derive(Debug)]
+enum Memory {
+    /// This process's heap.
+    Heap(Vec<u8>),
+    /// A memfd, to be sealed and handed to other processes.
+    Shared(SharedMemory),
+}
+
+impl Memory {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Memory::Heap(v) => v,
+            Memory::Shared(m) => m.as_slice(),
+        }
+    }
+}
+
 /// Host memory lanes write into at disjoint offsets.
 #[derive(Debug)]
 struct HostDestination {
     ptr: NonNull<u8>,
     len: usize,
     /// Owns the memory `ptr` points into; only ever touched through `ptr` while lanes live.
-    owner: Vec<u8>,
+    owner: Memory,
     _counted: Counted,
 }
 
@@ -90,9 +109,23 @@ impl HostDestination {
         HostDestination {
             ptr,
             len,
-            owner,
+            owner: Memory::Heap(owner),
             _counted: counted,
         }
+    }
+
+    fn shared(name: &str, len: usize, counted: Counted) -> Result<Self, LoadError> {
+        let memory = SharedMemory::create(name, len)
+            .map_err(|e| LoadError::Pipeline(format!("shared memory of {len} bytes: {e}")))?;
+        let ptr = memory
+            .write_ptr()
+            .ok_or_else(|| LoadError::Pipeline("shared memory already sealed".into()))?;
+        Ok(HostDestination {
+            ptr,
+            len,
+            owner: Memory::Shared(memory),
+            _counted: counted,
+        })
     }
 
     /// The range `offset..offset + len`, checked.
@@ -130,33 +163,62 @@ impl HostDestination {
     }
 }
 
-/// Host memory as the destination.
+/// Host memory as the destination: the heap, or a memfd to hand over.
 #[derive(Debug, Default)]
 pub struct HostSink {
     destination: Option<Arc<HostDestination>>,
     allocations: Allocations,
+    /// A memfd of this name instead of the heap.
+    shared: Option<String>,
 }
 
 impl HostSink {
-    /// A host sink; allocations are counted in `allocations`.
+    /// A host sink on the heap; allocations are counted in `allocations`.
     pub fn new(allocations: Allocations) -> Self {
         HostSink {
             destination: None,
             allocations,
+            shared: None,
         }
     }
 
-    /// The loaded bytes (the data region). Empty before a load.
-    pub fn data(&self) -> &[u8] {
-        self.destination.as_ref().map_or(&[], |d| &d.owner)
+    /// A host sink into a memfd named `name` (see [`HostSink::into_shared`]).
+    pub fn shared(allocations: Allocations, name: &str) -> Self {
+        HostSink {
+            shared: Some(name.to_owned()),
+            ..Self::new(allocations)
+        }
     }
 
-    /// The loaded bytes, taken out of the sink.
-    pub fn into_data(self) -> Vec<u8> {
+    /// The loaded bytes (the destination). Empty before a load.
+    pub fn data(&self) -> &[u8] {
         self.destination
-            .and_then(|d| Arc::try_unwrap(d).ok())
-            .map(|d| d.owner)
-            .unwrap_or_default()
+            .as_ref()
+            .map_or(&[], |d| d.owner.as_slice())
+    }
+
+    /// The loaded bytes, taken out of the sink (copied if they are in a memfd).
+    pub fn into_data(self) -> Vec<u8> {
+        match self.destination.and_then(|d| Arc::try_unwrap(d).ok()) {
+            Some(HostDestination {
+                owner: Memory::Heap(v),
+                ..
+            }) => v,
+            Some(d) => d.owner.as_slice().to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The memfd holding the loaded bytes (unsealed), for a sink made with
+    /// [`HostSink::shared`].
+    pub fn into_shared(self) -> Option<SharedMemory> {
+        match self.destination.and_then(|d| Arc::try_unwrap(d).ok()) {
+            Some(HostDestination {
+                owner: Memory::Shared(m),
+                ..
+            }) => Some(m),
+            _ => None,
+        }
     }
 }
 
@@ -166,7 +228,12 @@ impl Sink for HostSink {
     fn allocate(&mut self, len: u64) -> Result<(), LoadError> {
         let len = usize::try_from(len)
             .map_err(|_| LoadError::Pipeline(format!("{len} bytes do not fit in memory")))?;
-        self.destination = Some(Arc::new(HostDestination::new(len, self.allocations.add())));
+        let counted = self.allocations.add();
+        let destination = match &self.shared {
+            Some(name) => HostDestination::shared(name, len, counted)?,
+            None => HostDestination::new(len, counted),
+        };
+        self.destination = Some(Arc::new(destination));
         Ok(())
     }
 

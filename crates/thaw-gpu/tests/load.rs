@@ -8,13 +8,14 @@
     reason = "tests: a failed step panics with its message"
 )]
 
+mod common;
+use common::{every_dtype, image_of, reader_over};
 use std::path::Path;
 use std::sync::Arc;
 use thaw_gpu::cuda::{cuda_available, CudaSink};
 use thaw_gpu::{load, tensor_checksums, Allocations, HostSink, LoadError, LoadOptions};
-use thaw_image::{build, BuildOptions, BuildSource};
 use thaw_store::blob::wrap::{FaultConfig, FaultyStore, RetryConfig, RetryStore};
-use thaw_store::{BlobStore, ChunkReader, ObjectStoreBackend, ReaderConfig, Repository};
+use thaw_store::{BlobStore, ChunkReader, ObjectStoreBackend};
 
 fn skip(test: &str, why: &str) {
     use std::io::Write;
@@ -50,34 +51,13 @@ fn synthetic(path: &Path) -> Vec<u8> {
     f
 }
 
-/// Builds `dir` into a fresh local store; returns a reader and the manifest.
-async fn image_of(dir: &Path, store: &Path) -> (Arc<ChunkReader>, thaw_core::Manifest) {
-    let backend: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::local(store).unwrap());
-    let repo = Repository::open(backend).await.unwrap();
-    let r = build(
-        &repo,
-        BuildSource::Directory(dir.to_path_buf()),
-        BuildOptions::default(),
-    )
-    .await
-    .unwrap();
-    let manifest = repo.get_manifest(&r.image).await.unwrap();
-    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
-    (reader, manifest)
-}
-
-/// A reader over `store` (any wrapper) for an image already built there.
-async fn reader_over(store: Arc<dyn BlobStore>) -> Arc<ChunkReader> {
-    let repo = Repository::open(store).await.unwrap();
-    ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap()
-}
-
 /// Small slots, two workers, three slots each: pieces land out of order and slots wrap.
 fn options() -> LoadOptions {
     LoadOptions {
         workers: 2,
         slots: 3,
         slot_bytes: 1 << 20,
+        align: 0,
     }
 }
 
@@ -112,13 +92,18 @@ async fn load_host(
     }
 }
 
-/// Every tensor of the loaded data equals the file's.
+/// Every tensor of the loaded data (at the offsets the load reported) equals the file's.
 fn assert_tensors_equal(file: &[u8], data: &[u8], report: &thaw_gpu::LoadReport) {
     let src = &file[report.header.data_offset as usize..];
-    assert_eq!(data.len(), src.len());
-    for t in &report.header.tensors {
-        let r = t.start as usize..t.end as usize;
-        assert!(data[r.clone()] == src[r], "tensor {} differs", t.name);
+    assert_eq!(data.len() as u64, report.destination_len);
+    for (t, &at) in report.header.tensors.iter().zip(&report.offsets) {
+        let len = (t.end - t.start) as usize;
+        let got = &data[at as usize..at as usize + len];
+        assert!(
+            got == &src[t.start as usize..t.end as usize],
+            "tensor {} differs",
+            t.name
+        );
     }
     let want: Vec<String> = report
         .header
@@ -130,7 +115,7 @@ fn assert_tensors_equal(file: &[u8], data: &[u8], report: &thaw_gpu::LoadReport)
                 .to_string()
         })
         .collect();
-    let got: Vec<String> = tensor_checksums(&report.header, data)
+    let got: Vec<String> = tensor_checksums(report, data)
         .into_iter()
         .map(|c| c.blake3)
         .collect();
@@ -172,94 +157,6 @@ async fn a_synthetic_file_loads_exactly_through_small_slots() {
     assert!(again == data);
 }
 
-/// One tensor of every dtype safetensors has whole bytes for, empty tensors, one tensor
-/// spanning many chunks and thousands of tiny ones.
-fn every_dtype(path: &Path) -> Vec<u8> {
-    let dtypes = [
-        ("BOOL", 1),
-        ("U8", 1),
-        ("I8", 1),
-        ("F8_E5M2", 1),
-        ("F8_E4M3", 1),
-        ("I16", 2),
-        ("U16", 2),
-        ("F16", 2),
-        ("BF16", 2),
-        ("I32", 4),
-        ("U32", 4),
-        ("F32", 4),
-        ("F64", 8),
-        ("I64", 8),
-        ("U64", 8),
-    ];
-    let mut tensors: Vec<(String, &str, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (i, (d, size)) in dtypes.iter().enumerate() {
-        let n = 37 + i;
-        let data = thaw_tests_bytes(n * size, i as u64);
-        let data = if *d == "BOOL" {
-            data.iter().map(|b| b & 1).collect()
-        } else {
-            data
-        };
-        tensors.push((format!("t.{d}"), d, vec![n], data));
-        tensors.push((format!("empty.{d}"), d, vec![0, 3], Vec::new()));
-    }
-    tensors.push((
-        "big".into(),
-        "BF16",
-        vec![12 << 20],
-        thaw_tests_bytes(24 << 20, 7),
-    ));
-    for i in 0..3000 {
-        tensors.push((
-            format!("tiny.{i}"),
-            "F32",
-            vec![1],
-            thaw_tests_bytes(4, 100 + i),
-        ));
-    }
-    let mut header = String::from("{");
-    let mut offset = 0usize;
-    for (i, (name, d, shape, data)) in tensors.iter().enumerate() {
-        if i > 0 {
-            header.push(',');
-        }
-        header.push_str(&format!(
-            r#""{name}":{{"dtype":"{d}","shape":{shape:?},"data_offsets":[{offset},{}]}}"#,
-            offset + data.len()
-        ));
-        offset += data.len();
-    }
-    header.push('}');
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
-    let mut f = (header.len() as u64).to_le_bytes().to_vec();
-    f.extend_from_slice(header.as_bytes());
-    for (_, _, _, data) in &tensors {
-        f.extend_from_slice(data);
-    }
-    std::fs::write(path, &f).unwrap();
-    f
-}
-
-/// Bytes that compress a little, as trained weights do.
-fn thaw_tests_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if i % 2 == 1 {
-                0x3c | (x as u8 & 0x81)
-            } else {
-                x as u8
-            }
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dtype_empty_tensors_a_huge_one_and_thousands_of_tiny_ones_load_exactly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -271,11 +168,27 @@ async fn every_dtype_empty_tensors_a_huge_one_and_thousands_of_tiny_ones_load_ex
         manifest.chunks.len() > 5,
         "the big tensor spans many chunks"
     );
-    let (data, report) = load_host(reader, &manifest, "all.safetensors")
+    let (data, report) = load_host(reader.clone(), &manifest, "all.safetensors")
         .await
         .unwrap();
     assert_eq!(report.header.tensors.len(), 15 * 2 + 1 + 3000);
     assert_tensors_equal(&bytes, &data, &report);
+    // Aligned: every tensor at a multiple of 256 bytes, the same bytes.
+    let (aligned, report) = load(
+        reader,
+        &manifest,
+        "all.safetensors",
+        HostSink::new(Allocations::default()),
+        LoadOptions {
+            align: 256,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.offsets.iter().all(|o| o % 256 == 0));
+    assert!(report.destination_len >= 256 * 3000);
+    assert_tensors_equal(&bytes, aligned.data(), &report);
 }
 
 /// Bad safetensors files: (name, bytes, what the error must say).

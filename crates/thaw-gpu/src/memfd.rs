@@ -1,0 +1,128 @@
+//! Shared memory for weights: a `memfd` mapped into this process, written once by a load,
+//! then sealed (no writes, no resizing, by anyone) and mapped read-only, so that its file
+//! descriptor can be handed to serving processes, which map the same pages.
+
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use std::ptr::NonNull;
+
+/// A memfd and its mapping in this process.
+#[derive(Debug)]
+pub struct SharedMemory {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+    sealed: bool,
+}
+
+// SAFETY: the mapping is owned by this value; while it is writable only the load writes
+// it (at disjoint ranges, see `sink`), and once sealed it is read-only.
+unsafe impl Send for SharedMemory {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMemory {}
+
+fn map(fd: BorrowedFd<'_>, len: usize, prot: ProtFlags) -> std::io::Result<NonNull<u8>> {
+    if len == 0 {
+        return Ok(NonNull::dangling());
+    }
+    // SAFETY: a fresh shared mapping of a file we own, `len` bytes long (the file's size).
+    let ptr =
+        unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }?;
+    NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))
+}
+
+impl SharedMemory {
+    /// A new memfd of `len` zero bytes, named `name` (as /proc shows it), mapped writable.
+    pub fn create(name: &str, len: usize) -> std::io::Result<Self> {
+        let fd = rustix::fs::memfd_create(
+            format!("thaw-weights:{name}"),
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        let ptr = map(fd.as_fd(), len, ProtFlags::READ | ProtFlags::WRITE)?;
+        Ok(SharedMemory {
+            fd,
+            ptr,
+            len,
+            sealed: false,
+        })
+    }
+
+    /// Seals it: the writable mapping goes, the file can no longer be written, grown or
+    /// shrunk by anyone holding it, and it is mapped again read-only.
+    pub fn seal(mut self) -> std::io::Result<Self> {
+        self.unmap();
+        rustix::fs::fcntl_add_seals(
+            &self.fd,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+        )?;
+        self.ptr = map(self.fd.as_fd(), self.len, ProtFlags::READ)?;
+        self.sealed = true;
+        Ok(self)
+    }
+
+    fn unmap(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping made in `map` for `len` bytes; nothing borrows it (this
+            // takes `&mut self`, and slices borrow `self`).
+            let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+            self.ptr = NonNull::dangling();
+        }
+    }
+
+    /// Its bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` mapped bytes (or none), alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The raw pointer writers use while it is unsealed.
+    pub(crate) fn write_ptr(&self) -> Option<NonNull<u8>> {
+        (!self.sealed).then_some(self.ptr)
+    }
+
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The file descriptor, to hand over.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        self.unmap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn a_sealed_memfd_keeps_its_bytes_and_refuses_writes() {
+        let m = SharedMemory::create("t", 4096).unwrap();
+        let p = m.write_ptr().unwrap();
+        // SAFETY: in bounds of the writable mapping.
+        unsafe { p.as_ptr().add(10).write(42) };
+        let m = m.seal().unwrap();
+        assert_eq!(m.as_slice()[10], 42);
+        assert!(m.write_ptr().is_none());
+        // Another holder of the fd cannot map it writable and shared, nor resize it.
+        let writable = map(m.fd(), 4096, ProtFlags::READ | ProtFlags::WRITE);
+        assert!(writable.is_err());
+        assert!(rustix::fs::ftruncate(m.fd(), 0).is_err());
+        let empty = SharedMemory::create("e", 0).unwrap().seal().unwrap();
+        assert!(empty.as_slice().is_empty());
+    }
+}
