@@ -66,6 +66,10 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q 'moto[server]' boto3
 fi
+# The weights tests' Python side: NumPy arrays over the handed-over memory, and BLAKE3 to
+# check `thaw weights load --checksums` independently.
+"$VENV/bin/python" -c 'import blake3, numpy' 2>/dev/null || "$VENV/bin/pip" install -q blake3 numpy
+export THAW_PYTHON=$VENV/bin/python
 
 # --- debootstrap root filesystem (cached) ------------------------------------------
 phase "preparing the debootstrap root filesystem"

@@ -75,7 +75,14 @@ pub struct PrewarmRequest {
     #[serde(default)]
     /// What to warm (default: the traces).
     pub scope: Scope,
+    /// Safetensors files (or sharded checkpoints' `*.index.json`) of the image to load
+    /// into the daemon's resident weights once the chunks are warm (at most 64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<String>,
 }
+
+/// The most weight files one prewarm names.
+pub const MAX_PREWARM_WEIGHTS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -139,6 +146,12 @@ pub struct Job {
     pub elapsed_seconds: f64,
     /// Unix time of creation, in seconds.
     pub created: u64,
+    /// The weight files it makes resident.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<String>,
+    /// Of those, how many are resident now.
+    #[serde(default)]
+    pub weights_resident: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

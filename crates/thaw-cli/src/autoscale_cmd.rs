@@ -14,7 +14,7 @@ use thaw_autoscale::{trace, Params, POLICY_NAMES};
 pub enum AutoscaleCommand {
     /// Run the node daemon (`thaw serve`) with the deployments of a configuration file
     /// autoscaled, in the foreground.
-    Run(AutoscaleRunArgs),
+    Run(Box<AutoscaleRunArgs>),
     /// The worker a replica runs: takes tasks from the queue one at a time and runs
     /// COMMAND for each, with the task in THAW_TASK (started by the daemon in each replica).
     Worker(WorkerArgs),

@@ -38,6 +38,10 @@ pub struct PrewarmArgs {
     /// Warm these files or directories instead (repeatable).
     #[arg(long)]
     pub path: Vec<String>,
+    /// Then load this safetensors file (or checkpoint index) of the image into the
+    /// daemon's resident weights (repeatable).
+    #[arg(long)]
+    pub weights: Vec<String>,
     /// Return once the job is accepted.
     #[arg(long)]
     pub detach: bool,
@@ -62,6 +66,7 @@ pub async fn prewarm(args: &PrewarmArgs) -> Result<()> {
         .prewarm(&api::PrewarmRequest {
             image: args.image.clone(),
             scope,
+            weights: args.weights.clone(),
         })
         .await?;
     println!("job: {}", job.id);

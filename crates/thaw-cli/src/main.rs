@@ -177,20 +177,19 @@ async fn main() -> Result<()> {
     if let Some(done) = without_store(&cli.command).await {
         return done;
     }
-    let retry = match &cli.command {
+    let timeout = match &cli.command {
         Command::Mount(mount_cmd::MountArgs { timeout, .. })
-        | Command::Serve(serve_cmd::ServeArgs { timeout, .. })
-        | Command::Autoscale(autoscale_cmd::AutoscaleCommand::Run(
-            autoscale_cmd::AutoscaleRunArgs {
-                serve: serve_cmd::ServeArgs { timeout, .. },
-                ..
-            },
-        )) => RetryConfig {
+        | Command::Serve(serve_cmd::ServeArgs { timeout, .. }) => Some(timeout),
+        Command::Autoscale(autoscale_cmd::AutoscaleCommand::Run(args)) => Some(&args.serve.timeout),
+        _ => None,
+    };
+    let retry = match timeout {
+        Some(timeout) => RetryConfig {
             deadline: Duration::from_secs(*timeout),
             attempt_timeout: Duration::from_secs((*timeout).clamp(1, 30)),
             ..Default::default()
         },
-        _ => RetryConfig::default(),
+        None => RetryConfig::default(),
     };
     let (store, counters) = open(&cli, retry)?;
     let repo = Repository::open(store)

@@ -79,6 +79,13 @@ pub struct ServeArgs {
     /// Write the bound address to this file once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Keep up to this many bytes of weights decompressed in shared memory, filled by
+    /// `thaw prewarm --weights` (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub resident_weights: u64,
+    /// Hand resident weights to serving processes on this unix socket.
+    #[arg(long)]
+    pub weights_socket: Option<PathBuf>,
 }
 
 /// The tokens TCP callers may present: an admin token (`--token-file` or `THAW_TOKEN`)
@@ -136,6 +143,10 @@ pub async fn serve(
         },
         ready_file: args.ready_file.clone(),
         autoscale,
+        weights: thaw_server::weights::WeightsSettings {
+            resident_bytes: args.resident_weights,
+            socket: args.weights_socket.clone(),
+        },
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

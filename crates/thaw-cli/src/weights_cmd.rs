@@ -73,6 +73,9 @@ pub struct LoadArgs {
     /// MiB per staging slot (16 to 64; raised to the largest chunk).
     #[arg(long, default_value_t = 16)]
     pub slot_mib: usize,
+    /// Put each tensor at a multiple of this many bytes (0: as in the file).
+    #[arg(long, default_value_t = 0)]
+    pub align: u64,
     /// Disk cache directory for chunks.
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -106,6 +109,7 @@ async fn load_cmd(repo: &Repository, args: &LoadArgs) -> Result<()> {
         workers: args.workers,
         slots: args.slots,
         slot_bytes: args.slot_mib.max(1) << 20,
+        align: args.align,
     };
     let what = format!("loading {} from {}", args.path, args.image);
     let (report, data) = match args.device {

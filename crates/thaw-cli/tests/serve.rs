@@ -45,6 +45,7 @@ async fn prewarm_poll_share_cancel_and_restart_with_the_same_cache() {
     let paths = c
         .prewarm(&api::PrewarmRequest {
             image: "big".into(),
+            weights: Vec::new(),
             scope: Scope::Paths {
                 paths: vec!["/etc".into()],
             },

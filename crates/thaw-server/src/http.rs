@@ -251,7 +251,11 @@ async fn prewarm(
         .repo
         .resolve(validate::image_ref(&req.image, node.require_image_ids)?)
         .await?;
-    let (job, _new) = node.prewarm(image, req.scope).await?;
+    let (job, _new) = if req.weights.is_empty() {
+        node.prewarm(image, req.scope).await?
+    } else {
+        node.prewarm_weights(image, req.scope, req.weights).await?
+    };
     let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     Ok((

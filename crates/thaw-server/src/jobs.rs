@@ -4,11 +4,13 @@
 use crate::error::ApiError;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thaw_api::api::{self, JobState, Scope};
 use thaw_core::{ChunkId, ImageId, InodeKind, Manifest};
+use thaw_gpu::resident::ResidentTier;
 use thaw_store::{ChunkReader, PrefetchProgress};
 use tokio_util::sync::CancellationToken;
 
@@ -30,13 +32,34 @@ pub struct Job {
     pub progress: Arc<PrefetchProgress>,
     /// Cancels it.
     pub cancel: CancellationToken,
+    /// Weights to make resident once the chunks are warm.
+    weights: Option<WeightsStep>,
+    weights_resident: AtomicU64,
     state: Mutex<(JobState, Option<Instant>)>,
     started: Instant,
     created: u64,
     seq: u64,
 }
 
+/// The weights step of a prewarm: files loaded into the resident tier.
+#[derive(Debug, Clone)]
+pub struct WeightsStep {
+    /// The tier.
+    pub tier: Arc<ResidentTier>,
+    /// The image's manifest.
+    pub manifest: Arc<Manifest>,
+    /// The files (or checkpoint indexes).
+    pub paths: Vec<String>,
+}
+
 impl Job {
+    fn weight_paths(&self) -> Vec<String> {
+        self.weights
+            .as_ref()
+            .map(|w| w.paths.clone())
+            .unwrap_or_default()
+    }
+
     /// Where it is now.
     pub fn state(&self) -> JobState {
         self.state.lock().0
@@ -77,6 +100,12 @@ impl Job {
             },
             elapsed_seconds: elapsed,
             created: self.created,
+            weights: self
+                .weights
+                .as_ref()
+                .map(|w| w.paths.clone())
+                .unwrap_or_default(),
+            weights_resident: self.weights_resident.load(Relaxed),
         }
     }
 }
@@ -142,8 +171,24 @@ impl Jobs {
         scope: Scope,
         list: Vec<ChunkId>,
     ) -> Result<(Arc<Job>, bool), ApiError> {
+        self.start_with(reader, image, scope, list, None)
+    }
+
+    /// [`Jobs::start`], then the weights step.
+    pub fn start_with(
+        self: &Arc<Self>,
+        reader: &Arc<ChunkReader>,
+        image: ImageId,
+        scope: Scope,
+        list: Vec<ChunkId>,
+        weights: Option<WeightsStep>,
+    ) -> Result<(Arc<Job>, bool), ApiError> {
         let mut jobs = self.jobs.lock();
-        if let Some(j) = running_like(&jobs, &image, &scope) {
+        let paths = weights
+            .as_ref()
+            .map(|w| w.paths.clone())
+            .unwrap_or_default();
+        if let Some(j) = running_like(&jobs, &image, &scope).filter(|j| j.weight_paths() == paths) {
             return Ok((j, false));
         }
         let running = jobs
@@ -162,6 +207,8 @@ impl Jobs {
             scope,
             progress: Arc::default(),
             cancel: CancellationToken::new(),
+            weights,
+            weights_resident: AtomicU64::new(0),
             state: Mutex::new((JobState::Running, None)),
             started: Instant::now(),
             created: now_unix(),
@@ -218,7 +265,12 @@ fn running_like(
 
 /// Runs one job to its end: done, failed (some chunk could not be warmed) or cancelled.
 async fn run(job: Arc<Job>, reader: Arc<ChunkReader>, list: Vec<ChunkId>) {
-    let completed = reader.prefetch(&list, &job.progress, &job.cancel).await;
+    let mut completed = reader.prefetch(&list, &job.progress, &job.cancel).await;
+    if completed {
+        if let Some(step) = &job.weights {
+            completed = make_resident(&job, &reader, step).await;
+        }
+    }
     let state = if !completed {
         JobState::Cancelled
     } else if job.progress.errors.load(Relaxed) > 0 {
@@ -228,6 +280,31 @@ async fn run(job: Arc<Job>, reader: Arc<ChunkReader>, list: Vec<ChunkId>) {
     };
     job.finish(state);
     tracing::info!(job = %job.id, image = %job.image, ?state, "prewarm finished");
+}
+
+/// Loads the step's files into the resident tier; false if cancelled. A file that fails
+/// counts as an error of the job.
+async fn make_resident(job: &Job, reader: &Arc<ChunkReader>, step: &WeightsStep) -> bool {
+    for path in &step.paths {
+        let load = step
+            .tier
+            .get_or_load(reader.clone(), &step.manifest, job.image, path);
+        let loaded = tokio::select! {
+            () = job.cancel.cancelled() => return false,
+            loaded = load => loaded,
+        };
+        match loaded {
+            Ok(_) => {
+                job.weights_resident.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id, %path, error = %e, "weights not made resident");
+                job.progress.errors.fetch_add(1, Relaxed);
+                *job.progress.last_error.lock() = Some(format!("{path}: {e}"));
+            }
+        }
+    }
+    true
 }
 
 /// The chunks of the files at `paths`, and of every file under directories among them,

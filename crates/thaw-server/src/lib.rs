@@ -20,6 +20,7 @@ mod metrics;
 pub mod mounts;
 pub mod node;
 pub mod validate;
+pub mod weights;
 
 pub use access::Access;
 pub use confine::PAUSE_VAR;
@@ -62,6 +63,8 @@ pub struct ServerConfig {
     pub ready_file: Option<PathBuf>,
     /// Deployments whose replicas this daemon autoscales.
     pub autoscale: thaw_autoscale::config::AutoscaleConfig,
+    /// Weights kept resident and handed to serving processes.
+    pub weights: weights::WeightsSettings,
 }
 
 /// Why the daemon could not start (or stopped serving).

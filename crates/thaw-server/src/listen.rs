@@ -24,6 +24,10 @@ pub async fn serve(
         }
     }
     let unix = bind_socket(&config.socket, config.socket_group)?;
+    let handoff = match &config.weights.socket {
+        Some(path) => Some(crate::weights::bind(path, config.socket_group)?),
+        None => None,
+    };
     let tcp = match config.listen {
         Some(addr) => Some(bind_tcp(addr).await?),
         None => None,
@@ -37,6 +41,9 @@ pub async fn serve(
     let node = Node::new(repo, &config)?;
     announce(&config, tcp.as_ref(), metrics.as_ref())?;
     let stop = CancellationToken::new();
+    if let Some(listener) = handoff {
+        crate::weights::spawn(&node, listener, &stop);
+    }
     let mut loops =
         crate::autoscale::start(&node, &config.autoscale, &config.mounts.state_dir, &stop).await?;
     let served = run_all(&node, unix, tcp, metrics, &stop, shutdown).await;
@@ -46,6 +53,9 @@ pub async fn serve(
     node.containers.remove_all().await;
     node.mounts.remove_all().await;
     let _ = std::fs::remove_file(&config.socket);
+    if let Some(path) = &config.weights.socket {
+        let _ = std::fs::remove_file(path);
+    }
     served
 }
 

@@ -75,6 +75,7 @@ pub fn render(node: &Node) -> String {
     prefetch(&mut o, node);
     mounts(&mut o, node);
     autoscale(&mut o, node);
+    resident_weights(&mut o, node);
     let http: Vec<(String, u64)> = node
         .http
         .snapshot()
@@ -95,6 +96,53 @@ pub fn render(node: &Node) -> String {
         uptime,
     );
     o.0
+}
+
+/// The resident weights tier, when the daemon keeps one.
+fn resident_weights(o: &mut Out, node: &Node) {
+    let Some(tier) = &node.resident else { return };
+    let u = tier.usage();
+    let gauges = [
+        (
+            "thaw_weights_resident_bytes",
+            "gauge",
+            "Bytes of weights held in shared memory.",
+            u.bytes,
+        ),
+        (
+            "thaw_weights_resident_capacity_bytes",
+            "gauge",
+            "The resident tier's bound.",
+            u.capacity,
+        ),
+        (
+            "thaw_weights_resident_models",
+            "gauge",
+            "Models (files or checkpoints) held.",
+            u.models,
+        ),
+        (
+            "thaw_weights_resident_hits_total",
+            "counter",
+            "Requests served from the tier.",
+            u.hits,
+        ),
+        (
+            "thaw_weights_resident_loads_total",
+            "counter",
+            "Models loaded into the tier.",
+            u.loads,
+        ),
+        (
+            "thaw_weights_resident_evictions_total",
+            "counter",
+            "Models let go to make room.",
+            u.evictions,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        o.one(name, kind, help, value);
+    }
 }
 
 const MEMORY: &str = "tier=\"memory\"";

@@ -36,6 +36,8 @@ pub struct Node {
     pub autoscale: crate::autoscale::StatusBoard,
     /// The latest signals gateways pushed, per deployment with `push = true`.
     pub signals: crate::autoscale::SignalBoard,
+    /// Weights kept decompressed in shared memory, when the daemon keeps any.
+    pub resident: Option<Arc<thaw_gpu::resident::ResidentTier>>,
     /// Recently used manifests: images are immutable, so a prewarm's manifest serves the
     /// mount that follows without another request.
     manifests: parking_lot::Mutex<lru::LruCache<ImageId, Arc<Manifest>>>,
@@ -83,6 +85,11 @@ impl Node {
             http: http::HttpStats::default(),
             autoscale: crate::autoscale::StatusBoard::default(),
             signals: crate::autoscale::SignalBoard::default(),
+            resident: (config.weights.resident_bytes > 0).then(|| {
+                Arc::new(thaw_gpu::resident::ResidentTier::new(
+                    config.weights.resident_bytes,
+                ))
+            }),
             manifests: parking_lot::Mutex::new(lru::LruCache::new(MANIFESTS_CACHED)),
         }))
     }
@@ -117,6 +124,44 @@ impl Node {
         }
         let list = self.chunk_list(&image, &scope).await?;
         self.jobs.start(&self.reader, image, scope, list)
+    }
+
+    /// A prewarm that then loads `weights` (files of the image) into the resident tier.
+    /// With weights, an image without a start-up trace warms no other chunks (the
+    /// weights' own are read by their load) rather than failing.
+    pub async fn prewarm_weights(
+        &self,
+        image: ImageId,
+        scope: Scope,
+        weights: Vec<String>,
+    ) -> Result<(Arc<jobs::Job>, bool), ApiError> {
+        let tier = self.resident.clone().ok_or_else(|| {
+            ApiError::invalid(
+                "this daemon keeps no resident weights (start it with --resident-weights)",
+            )
+        })?;
+        if weights.len() > api::MAX_PREWARM_WEIGHTS {
+            return Err(ApiError::invalid(format!(
+                "a prewarm names at most {} weight files, not {}",
+                api::MAX_PREWARM_WEIGHTS,
+                weights.len()
+            )));
+        }
+        for w in &weights {
+            crate::validate::image_path(w)?;
+        }
+        let list = match self.chunk_list(&image, &scope).await {
+            Ok(list) => list,
+            Err(e) if e.code == api::ErrorCode::NoTrace => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let step = jobs::WeightsStep {
+            tier,
+            manifest: self.manifest(&image).await?,
+            paths: weights,
+        };
+        self.jobs
+            .start_with(&self.reader, image, scope, list, Some(step))
     }
 
     /// The chunks a scope names, in the order to fetch them.

@@ -194,6 +194,7 @@ pub fn two_images(dir: &Path, big_mib: usize) {
 pub fn all(image: &str) -> api::PrewarmRequest {
     api::PrewarmRequest {
         image: image.into(),
+        weights: Vec::new(),
         scope: Scope::Named(NamedScope::All),
     }
 }

@@ -1,0 +1,82 @@
+//! Weights resident on the node: the daemon's resident tier (filled by `POST /v1/prewarm`
+//! with `weights`), its hand-off socket for serving processes, and its metrics.
+
+use crate::{validate, Node, ServeError};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thaw_gpu::handoff::{HandoffRequest, ModelSource};
+use thaw_gpu::resident::ResidentModel;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+/// How the daemon keeps weights.
+#[derive(Debug, Clone, Default)]
+pub struct WeightsSettings {
+    /// The resident tier's bound in bytes (0: no tier).
+    pub resident_bytes: u64,
+    /// Hand resident weights to serving processes on this unix socket (mode 0600, or
+    /// 0660 with the API socket's group).
+    pub socket: Option<PathBuf>,
+}
+
+/// The node as a source of resident models for the hand-off.
+#[derive(Debug)]
+pub struct NodeModels(pub Arc<Node>);
+
+#[async_trait::async_trait]
+impl ModelSource for NodeModels {
+    async fn model(&self, request: &HandoffRequest) -> Result<Arc<ResidentModel>, String> {
+        let node = &self.0;
+        let tier = node
+            .resident
+            .as_ref()
+            .ok_or("this daemon keeps no resident weights (start it with --resident-weights)")?;
+        let image_ref =
+            validate::image_ref(&request.image, node.require_image_ids).map_err(|e| e.message)?;
+        let image = node
+            .repo
+            .resolve(image_ref)
+            .await
+            .map_err(|e| e.to_string())?;
+        let manifest = node.manifest(&image).await.map_err(|e| e.message)?;
+        let model = tier
+            .get_or_load(node.reader.clone(), &manifest, image, &request.path)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(target: "thaw::audit", %image, path = %request.path, "weights handed over");
+        Ok(model)
+    }
+}
+
+/// Binds the hand-off socket (replacing a stale one), mode 0600 or 0660 with `group`.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Bind {
+        addr: path.display().to_string(),
+        source,
+    };
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServeError::SocketInUse(path.display().to_string()));
+    }
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
+    Ok(listener)
+}
+
+/// Serves hand-offs until `stop`.
+pub fn spawn(node: &Arc<Node>, listener: UnixListener, stop: &CancellationToken) {
+    let source: Arc<dyn ModelSource> = Arc::new(NodeModels(node.clone()));
+    tokio::spawn(thaw_gpu::handoff::serve(
+        listener,
+        source,
+        stop.clone().cancelled_owned(),
+    ));
+}
