@@ -11,7 +11,7 @@ from bench_common import (RUNS, WORK, OUT, sh, cell, med)
 from bench_store import build_throughput, dedup, read_throughput
 from bench_mount import WORKLOAD, THROTTLE, cold_start, warm_sequential, metadata_walk
 from bench_daemon import prefetch_cold_start, wrk_load
-from bench_weights import weights_host
+import bench_weights
 from bench_run import run_start, markdown as run_markdown
 
 
@@ -63,6 +63,9 @@ def main():
         names = os.environ.get("THAW_BENCH_RUN_IMAGES", "debian,gpu-style").split(",")
         print(run_markdown(run_start(names)))
         return
+    if only == "weights":
+        bench_weights.main()
+        return
     if only == "autoscale":
         import bench_autoscale
         bench_autoscale.main()
@@ -89,7 +92,7 @@ def main():
     print("wrk load ...", file=sys.stderr)
     load = wrk_load()
     print("weights to host memory ...", file=sys.stderr)
-    weights = weights_host()
+    bench_weights.main()
     print("thaw run against full pulls ...", file=sys.stderr)
     starts = run_start()
 
@@ -251,24 +254,11 @@ def main():
     else:
         w("`wrk` is not installed; skipped.")
     w("")
-    w("## Weights to host memory (no GPU on this machine)")
-    w("")
-    w("`thaw weights IMAGE FILE --host`: a safetensors file of an image read from a local store (chunks fetched, "
-      "decompressed and BLAKE3-verified 32 at a time), copied through a ring of 4 × 64 MiB staging buffers into "
-      "one host allocation; next to `cat FILE > /dev/null` of the same file on the local disk. Page cache dropped "
-      "before each. Wall time includes starting the process and opening the store. The GPU path is measured "
-      "on a GPU machine by `scripts/gpu-bench.sh` (section below).")
-    w("")
-    w("| file | bytes | thaw weights --host s (load only) | cat s | thaw / cat time |")
-    w("|---|---:|---:|---:|---:|")
-    for label, size, t, b, inner in weights:
-        w(f"| {cell(label)} | {size} | {t:.3f} ({inner:.3f}) | {b:.3f} | {t / b:.2f} |")
-    w("")
     w(run_markdown(starts))
     # Sections measured by other scripts, not by this run: the GPU check on a lent GPU
-    # machine (scripts/gpu-bench.sh), side-by-side binary comparisons (bench_ab.sh) and
+    # machine (scripts/gpu-bench.sh), the weights (bench_weights.py, THAW_BENCH_ONLY=weights), side-by-side binary comparisons (bench_ab.sh) and
     # the autoscaler's (THAW_BENCH_ONLY=autoscale, bench_autoscale.py).
-    for extra in ("gpu-results.md", "ab-results.md", "autoscale-results.md"):
+    for extra in ("weights-results.md", "gpu-results.md", "ab-results.md", "autoscale-results.md"):
         path = os.path.join(os.path.dirname(OUT), extra)
         if os.path.exists(path):
             with open(path) as f:

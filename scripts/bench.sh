@@ -15,8 +15,9 @@ export THAW_ROOTFS=${roots[0]} THAW_ROOTFS_PLUS=${roots[1]}
 export THAW_GPU_ROOTFS=${THAW_GPU_ROOTFS:-$(THAW_ROOTFS_CACHE=$CACHE scripts/gpu_image.sh)}
 # matplotlib draws the plots; a venv keeps it off the system Python.
 VENV=$CACHE/bench-venv
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
-  rm -rf "$VENV"; python3 -m venv "$VENV"; "$VENV/bin/pip" install -q matplotlib
+# numpy draws realistic weights and blake3 checks them (bench_weights.py).
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib, numpy, blake3' 2>/dev/null; then
+  rm -rf "$VENV"; python3 -m venv "$VENV"; "$VENV/bin/pip" install -q matplotlib numpy blake3
 fi
 export THAW_PYTHON="$VENV/bin/python"
 exec "$VENV/bin/python" scripts/bench.py "$@"

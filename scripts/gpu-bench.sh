@@ -11,8 +11,11 @@
 #   4. loads, RUNS each, page cache dropped ("cold") and warm: `thaw weights` from the
 #      store, `thaw weights` from a warm disk cache, read+copy (`thaw-bench gpu-baseline`),
 #      and `safetensors.torch.load_file(device="cuda:0")` in one long-lived Python process;
-#   5. --verify (the GPU holds the file's bytes) and staging-buffer variants;
-#   6. one table, every figure also as a fraction of the raw pinned bandwidth.
+#   5. the resident tier, host mode: `thaw serve --resident-weights` prewarmed with the file,
+#      a Python client (python/thaw_torch) receives the memfd, pins it and copies to cuda:0;
+#   6. per-tensor checksums of the GPU's bytes against the host backend's, slot sizes and
+#      worker counts;
+#   7. one table, every figure also as a fraction of the raw pinned bandwidth.
 set -uo pipefail
 BIN=${BIN:-gpu-bin}
 OUT=${OUT:-/tmp/thaw-gpu-out}
@@ -118,6 +121,29 @@ for mode in cold warm; do
     row thaw_disk_cache "$mode" "$i" "$BIN/thaw" --store "$W/store" weights load w w.safetensors --cache "$W/cache"
   done
 done
+
+phase "resident tier, host mode, to cuda:0"
+"$BIN/thaw" --store "$W/store" serve --socket "$W/api.sock" --cache "$W/dcache" --state-dir "$W/state" \
+  --mount-root "$W/mnt" --ready-file "$W/ready" --resident-weights $((GIB + 2))000000000 \
+  --weights-socket "$W/weights.sock" >"$OUT/serve.log" 2>&1 &
+SERVE=$!
+for _ in $(seq 100); do [ -e "$W/ready" ] && break; sleep 0.1; done
+timeout 120 "$BIN/thaw" prewarm w --weights w.safetensors --server "unix:$W/api.sock" >/dev/null 2>&1
+timeout 120 python3 - "$W/weights.sock" "$RUNS" <<'PY' 2>&1 | tee -a "$R"
+import sys, time, torch
+sys.path.insert(0, "python")
+import thaw_torch
+sock, runs = sys.argv[1], int(sys.argv[2])
+for i in range(1, runs + 1):
+    t = time.perf_counter()
+    ts = thaw_torch.load(sock, "w", "w.safetensors", device="cuda:0")
+    s = time.perf_counter() - t
+    n = sum(v.numel() * v.element_size() for v in ts.values())
+    print(f"thaw_resident_host warm {i} gb_per_s: {n / s / 1e9:.3f} seconds: {s:.4f}", flush=True)
+    del ts
+    torch.cuda.empty_cache()
+PY
+kill "$SERVE" 2>/dev/null; wait "$SERVE" 2>/dev/null
 
 phase "verify and pipeline variants"
 # The GPU's bytes, hashed per tensor after a copy back, against the host backend's (which
