@@ -89,14 +89,51 @@ else
   SCOPE=all
 fi
 
+step "model weights: a safetensors file built into the store, then thaw weights load (parallel decode into staging slots; host memory here, --device cuda:N on a GPU)"
+mkdir -p "$WORK/weights-src"
+python3 - "$WORK/weights-src/model.safetensors" <<'PY'
+import json, random, struct, sys
+random.seed(7)
+tensors, off, blobs = {}, 0, []
+for i, (dtype, shape, size) in enumerate([("BF16", [1024, 2048], 2), ("F32", [2048], 4), ("BF16", [2048, 1024], 2)]):
+    n = size
+    for d in shape:
+        n *= d
+    blobs.append(random.randbytes(n))
+    tensors[f"layers.{i}.weight"] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + n]}
+    off += n
+h = json.dumps(tensors).encode()
+h += b" " * (-len(h) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+PY
+$THAW build "$WORK/weights-src" --tag demo:weights | grep -E '^image'
+$THAW weights load demo:weights model.safetensors --device host --json | grep -E '"(bytes|seconds|gb_per_s|workers|tensors)"'
+
 step "thaw serve (the node daemon, on a unix socket only its user can use), then thaw prewarm --scope $SCOPE and thaw cache stats"
 $THAW serve --socket "$WORK/thaw.sock" --mount-root "$WORK/node-mnt" --cache "$WORK/node-cache" \
-  --state-dir "$WORK/node-state" --ready-file "$WORK/node.addr" 2>"$WORK/serve.log" &
+  --state-dir "$WORK/node-state" --ready-file "$WORK/node.addr" \
+  --resident-weights 1000000000 --weights-socket "$WORK/weights.sock" 2>"$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 1 200); do [ -s "$WORK/node.addr" ] && break; sleep 0.05; done
 SERVER="unix:$WORK/thaw.sock"
 "$PWD/target/release/thaw" prewarm demo:rootfs --scope "$SCOPE" --server "$SERVER"
 "$PWD/target/release/thaw" cache stats --server "$SERVER"
+step "resident weights: thaw prewarm --weights keeps the model decompressed in sealed shared memory; a Python process receives it over the weights socket and maps it, no copy"
+"$PWD/target/release/thaw" prewarm demo:weights --weights model.safetensors --server "$SERVER"
+python3 - "$WORK/weights.sock" "$WORK/weights-src/model.safetensors" <<'PY'
+import json, struct, sys
+sys.path.insert(0, "python")
+import thaw_torch
+h = thaw_torch.request(sys.argv[1], "demo:weights", "model.safetensors")
+raw = open(sys.argv[2], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+for name, dtype, shape, buf in h.tensors():
+    lo, hi = header[name]["data_offsets"]
+    assert bytes(buf) == data[lo:hi], name
+    print(f"  {name:18} {dtype:5} {str(shape):14} mapped from the daemon's memfd, equal to the file")
+PY
 if [ -n "${RUN_DETACHED:-}" ]; then
   step "thaw run --detach: the daemon owns a container (through its shared cache); thaw ps, logs, stop, rm"
   CLIENT="$PWD/target/release/thaw"

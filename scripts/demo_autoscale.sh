@@ -24,8 +24,13 @@ tick_seconds = 0.5
 [[deployment]]
 name = "demo"
 image = "demo:rootfs"
-# Each task: half a second of work.
-command = ["/bin/sh", "-c", "sleep 0.5"]
+# Each scale-up also makes the model resident on the node; a replica maps it from the
+# deployment's weights socket (bind-mounted into its container).
+weights = "demo:weights"
+weights_files = ["model.safetensors"]
+# Each task: get the resident weights (as a serving process would), then half a second
+# of work.
+command = ["/bin/sh", "-c", "/usr/local/bin/thaw weights get \"\$THAW_WEIGHTS_IMAGE\" \"\$THAW_WEIGHTS_FILES\" >/dev/null && sleep 0.5"]
 policy = "thaw-depth"
 max_replicas = 4
 concurrency = 1
@@ -45,7 +50,7 @@ sed -n '/\[\[deployment\]\]/,$p' "$AS/autoscale.toml" | sed 's/^/  /'
 export THAW_RUN_DIR=$AS/run
 $THAW_BIN --store "$STORE" autoscale run --config "$AS/autoscale.toml" --socket "$AS/thaw.sock" \
   --mount-root "$AS/mnt" --cache "$AS/cache" --state-dir "$AS/state" --ready-file "$AS/ready" \
-  2>"$AS/daemon.log" &
+  --resident-weights 1000000000 2>"$AS/daemon.log" &
 DAEMON_PID=$!
 for _ in $(seq 1 200); do [ -s "$AS/ready" ] && break; sleep 0.05; done
 SERVER=unix:$AS/thaw.sock
@@ -75,5 +80,6 @@ print("replicas started: %d (peak %d at once); tasks done: %d; requeued: %d" % (
 if s:
     print("cold start, decision to a replica taking tasks (lazy mount, runc, worker): median %.3f s, min %.3f s, max %.3f s" % (statistics.median(s), s[0], s[-1]))
 '
+echo "prewarm jobs that made the weights resident: $("$THAW_BIN" jobs --server "$SERVER" | grep -c 'weights resident' || true); failed tasks: $(redis-cli -p "$PORT" llen demo:work:failed)"
 echo "done list holds $(redis-cli -p "$PORT" llen demo:work:done) tasks, $(redis-cli -p "$PORT" lrange demo:work:done 0 -1 | sort -u | wc -l) distinct"
 "$THAW_BIN" cache stats --server "$SERVER" | head -5

@@ -56,8 +56,16 @@ class Handoff:
                 # Private and writable: copy-on-write pages, so views are writable for
                 # frameworks that insist, while the sealed memfd stays as it is for all.
                 size = f["len"]
-                self.maps.append(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
-                                           prot=mmap.PROT_READ | mmap.PROT_WRITE) if size else b"")
+                m = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE) if size else b""
+                if size and hasattr(mmap, "MADV_HUGEPAGE"):
+                    # Huge pages where the node allows them for shared memory
+                    # (shmem_enabled = advise): 512 times fewer faults and TLB misses.
+                    try:
+                        m.madvise(mmap.MADV_HUGEPAGE)
+                    except OSError:
+                        pass
+                self.maps.append(m)
         finally:
             for fd in fds:
                 os.close(fd)

@@ -9,7 +9,9 @@ use serde::Deserialize;
 mod deployment;
 
 use deployment::check_deployment;
-pub use deployment::{ActuatorKind, DeploymentConfig, ReadinessConfig, SourceConfig};
+pub use deployment::{
+    ActuatorKind, DeploymentConfig, ReadinessConfig, SourceConfig, MAX_WEIGHTS_FILES,
+};
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -105,8 +105,13 @@ pub async fn prewarm(args: &PrewarmArgs) -> Result<()> {
 }
 
 fn print_job(j: &api::Job) {
+    let weights = if j.weights_resident > 0 {
+        format!("  weights resident {}", j.weights_resident)
+    } else {
+        String::new()
+    };
     println!(
-        "{}  {:<9}  {}  chunks {}/{} ({} cached)  bytes {}/{}  {:.1} MB/s  errors {}",
+        "{}  {:<9}  {}  chunks {}/{} ({} cached)  bytes {}/{}  {:.1} MB/s  errors {}{weights}",
         j.id,
         j.state.as_str(),
         &j.image[..12.min(j.image.len())],

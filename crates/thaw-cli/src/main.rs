@@ -158,6 +158,7 @@ async fn without_store(command: &Command) -> Option<Result<()>> {
         Command::Rm(args) => container_cmd::rm(args).await,
         Command::Jobs(server) => client_cmd::jobs(server).await,
         Command::Cache(CacheCommand::Stats(server)) => client_cmd::cache_stats(server).await,
+        Command::Weights(weights_cmd::WeightsCommand::Get(args)) => weights_cmd::get_cmd(args),
         _ => return None,
     })
 }

@@ -13,6 +13,25 @@ use thaw_store::{ChunkReader, ReaderConfig, Repository};
 pub enum WeightsCommand {
     /// Load a safetensors file of an image into GPU memory (`--device cuda:N`) or host memory.
     Load(LoadArgs),
+    /// Ask a daemon's weights socket for a model, as a serving process does, and print
+    /// what it handed over (or, with `--checksums`, `NAME BLAKE3HEX` per tensor of the
+    /// memory received): a check that a replica gets its resident weights.
+    Get(GetArgs),
+}
+
+/// `thaw weights get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// The daemon's weights socket.
+    #[arg(long, env = "THAW_WEIGHTS_SOCKET")]
+    pub socket: PathBuf,
+    /// The image (tag or id).
+    pub image: String,
+    /// The safetensors file (or a sharded checkpoint's index.json) inside the image.
+    pub path: String,
+    /// Print `NAME BLAKE3HEX` per tensor, hashed in the memory received, and nothing else.
+    #[arg(long)]
+    pub checksums: bool,
 }
 
 /// Where the weights go.
@@ -91,7 +110,55 @@ pub struct LoadArgs {
 pub async fn run(repo: &Repository, command: &WeightsCommand) -> Result<()> {
     match command {
         WeightsCommand::Load(args) => load_cmd(repo, args).await,
+        // Answered before any store is opened (see `main`).
+        WeightsCommand::Get(args) => get_cmd(args),
     }
+}
+
+/// Runs `thaw weights get` (no store needed).
+pub fn get_cmd(args: &GetArgs) -> Result<()> {
+    use thaw_gpu::memfd::SharedMemory;
+    let asked = format!(
+        "asking {} for {} of {}",
+        args.socket.display(),
+        args.path,
+        args.image
+    );
+    let (reply, fds) = thaw_gpu::handoff::request(&args.socket, &args.image, &args.path)
+        .with_context(|| asked.clone())?;
+    if !reply.ok {
+        anyhow::bail!("{asked}: {}", reply.error.unwrap_or_default());
+    }
+    anyhow::ensure!(
+        fds.len() == reply.files.len(),
+        "{asked}: {} files announced, {} memory descriptors received",
+        reply.files.len(),
+        fds.len()
+    );
+    for (file, fd) in reply.files.iter().zip(fds) {
+        let len = usize::try_from(file.len)?;
+        let memory = SharedMemory::from_received(fd, len)
+            .with_context(|| format!("{asked}: mapping {}", file.path))?;
+        let bytes = memory.as_slice();
+        if !args.checksums {
+            println!(
+                "{} {} tensors {} bytes",
+                file.path,
+                file.tensors.len(),
+                file.len
+            );
+        }
+        for t in &file.tensors {
+            let range = usize::try_from(t.offset)?..usize::try_from(t.offset + t.len)?;
+            let data = bytes
+                .get(range)
+                .with_context(|| format!("{asked}: {} lies outside its memory", t.name))?;
+            if args.checksums {
+                println!("{} {}", t.name, blake3::hash(data).to_hex());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn load_cmd(repo: &Repository, args: &LoadArgs) -> Result<()> {
@@ -156,6 +223,8 @@ fn report_json(r: &LoadReport, device: Device) -> serde_json::Value {
         "seconds": r.seconds,
         "gb_per_s": gbps(r.bytes, r.seconds),
         "header_seconds": r.header_seconds,
+        "allocate_seconds": r.allocate_seconds,
+        "in_place_bytes": r.in_place_bytes,
         "workers": r.workers,
         "slot_bytes": r.slot_bytes,
         "memory_bytes": r.memory_bytes,
@@ -183,6 +252,7 @@ fn print_report(r: &LoadReport, device: Device) {
     println!("seconds: {:.4}", r.seconds);
     println!("gb_per_s: {:.3}", gbps(r.bytes, r.seconds));
     println!("header_seconds: {:.4}", r.header_seconds);
+    println!("allocate_seconds: {:.4}", r.allocate_seconds);
     println!(
         "workers: {} (slots of {} MiB)",
         r.workers,

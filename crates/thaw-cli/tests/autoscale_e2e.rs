@@ -1,8 +1,10 @@
 //! The autoscaler end to end: a real `redis-server`, `thaw autoscale run` with one
 //! deployment, replicas started as containers under runc from the lazily mounted debootstrap
 //! image (each running `thaw autoscale worker`). A burst takes the deployment from 0 to
-//! its maximum and back to 0; every task is done exactly once; a replica killed in the
-//! middle of a task is replaced and its task done again; scale-down drains.
+//! its maximum and back to 0; every task is done exactly once (each task first asks the
+//! daemon's weights socket, bind-mounted into the container, for the deployment's
+//! resident weights); a replica killed in the middle of a task is replaced and its task
+//! done again; scale-down drains.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -87,7 +89,9 @@ fn config(redis: &Redis, max: u32) -> String {
 [[deployment]]
 name = "burst"
 image = "debian"
-command = ["/bin/sh", "-c", "sleep 2"]
+weights = "burst-weights"
+weights_files = ["model.safetensors"]
+command = ["/bin/sh", "-c", "/usr/local/bin/thaw weights get \"$THAW_WEIGHTS_IMAGE\" \"$THAW_WEIGHTS_FILES\" --checksums > /dev/null && sleep 2"]
 policy = "thaw-depth"
 max_replicas = {max}
 cold_start_seconds = 2
@@ -104,6 +108,37 @@ queue = "jobs"
 "#,
         redis.url()
     )
+}
+
+/// Builds a small safetensors file into `store` as `burst-weights`.
+fn weights_image(store: &Path, dir: &Path) {
+    let data: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+        .collect();
+    let header = format!(
+        r#"{{"w":{{"dtype":"U8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#,
+        n = data.len()
+    );
+    let src = dir.join("weights-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut f = (header.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(header.as_bytes());
+    f.extend_from_slice(&data);
+    std::fs::write(src.join("model.safetensors"), f).unwrap();
+    common::thaw(
+        store,
+        &["build", src.to_str().unwrap(), "--tag", "burst-weights"],
+    );
+}
+
+/// The daemon's flags for resident weights and their socket, under `dir`.
+fn weights_flags(dir: &Path) -> [String; 4] {
+    [
+        "--resident-weights".into(),
+        "268435456".into(),
+        "--weights-socket".into(),
+        dir.join("weights.sock").display().to_string(),
+    ]
 }
 
 fn status(daemon: &Daemon) -> DeploymentStatus {
@@ -160,10 +195,14 @@ fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
     let run_dir = node.tmp.path().join("run");
     let dir = node.tmp.path().join("daemon");
     std::fs::create_dir_all(&dir).unwrap();
-    let daemon = Daemon::autoscale(
+    weights_image(store, node.tmp.path());
+    let flags = weights_flags(&dir);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = Daemon::autoscale_with(
         &dir,
         store.to_str().unwrap(),
         &cfg,
+        &flags,
         &[("THAW_RUN_DIR", run_dir.to_str().unwrap())],
     );
     let idle = wait_for(&daemon, 20, "the first decision", |s| s.decisions > 0);
@@ -216,7 +255,8 @@ fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
             && drained.start_seconds.iter().all(|&s| s > 0.0 && s < 60.0),
         "{drained:?}"
     );
-    // Scale-down drained: no replica but the victim was stopped in the middle of a task.
+    // Scale-down drained: no replica but the victim was stopped in the middle of a task;
+    // and every task got the resident weights through the socket in its container.
     assert_eq!(redis.cli(&["LLEN", "jobs:failed"]), "0");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -225,6 +265,10 @@ fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
     let metrics = rt.block_on(daemon.metrics());
     assert!(
         metrics.contains("thaw_autoscale_desired_replicas{deployment=\"burst\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("thaw_weights_resident_models 1"),
         "{metrics}"
     );
     assert!(
@@ -248,10 +292,11 @@ fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
     // heartbeat (the ready key) is gone: the next daemon requeues the task at start, and
     // takes the learned histogram back.
     redis.cli(&["LPUSH", "jobs:processing:ghost-1", "task-orphan"]);
-    let daemon = Daemon::autoscale(
+    let daemon = Daemon::autoscale_with(
         &dir,
         store.to_str().unwrap(),
         &cfg,
+        &flags,
         &[
             ("THAW_RUN_DIR", run_dir.to_str().unwrap()),
             ("RUST_LOG", "warn,thaw_server::autoscale=info"),
@@ -290,7 +335,12 @@ fn busy_replica(redis: &Redis, daemon: &Daemon) -> String {
         if let Some(k) = keys.lines().find(|k| redis.cli(&["LLEN", k]) == "1") {
             break k.trim_start_matches("jobs:processing:").to_string();
         }
-        assert!(Instant::now() < deadline, "no replica took a task");
+        assert!(
+            Instant::now() < deadline,
+            "no replica took a task; failed: {}\n{}",
+            redis.cli(&["LRANGE", "jobs:failed", "0", "-1"]),
+            daemon.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -12,7 +12,7 @@
 )]
 
 mod common;
-use common::daemon::Daemon;
+use common::daemon::{block_on, only_deployment, Daemon};
 use common::{succeed, THAW};
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -73,18 +73,8 @@ period_seconds = 0.2
     )
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
 fn status(daemon: &Daemon) -> DeploymentStatus {
-    let all = block_on(daemon.client().autoscale()).unwrap();
-    assert_eq!(all.len(), 1, "{all:?}");
-    all.into_iter().next().unwrap()
+    only_deployment(daemon)
 }
 
 /// Polls until `done` holds, or fails after `secs` seconds with the last status.

@@ -24,12 +24,14 @@ pub(crate) struct Tiers {
     pub memory_bytes: AtomicU64,
     pub disk_bytes: AtomicU64,
     pub store_bytes: AtomicU64,
+    /// Bytes filled in place in the destination (no slot, no copy).
+    pub in_place_bytes: AtomicU64,
     pub fetch_nanos: AtomicU64,
     pub decode_nanos: AtomicU64,
     pub retried: AtomicU64,
 }
 
-fn add(counter: &AtomicU64, n: u64) {
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 

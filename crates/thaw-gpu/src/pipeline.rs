@@ -74,6 +74,9 @@ pub struct LoadReport {
     pub seconds: f64,
     /// Seconds to read and parse the header (before any data moved).
     pub header_seconds: f64,
+    /// Seconds allocating the destination (on the host: with its pages, which on a fresh
+    /// machine can cost as much as the copy).
+    pub allocate_seconds: f64,
     /// Workers run, and the slot size they used.
     pub workers: usize,
     /// Bytes of each slot.
@@ -84,6 +87,9 @@ pub struct LoadReport {
     pub disk_bytes: u64,
     /// Stored (compressed) bytes fetched from the store.
     pub store_bytes: u64,
+    /// Bytes decoded or read straight into the destination, with no staging slot and no
+    /// copy (host memory, pieces that land in one unbroken range).
+    pub in_place_bytes: u64,
     /// Bytes set as zero runs on the destination.
     pub zero_bytes: u64,
     /// Seconds waiting for the store, summed over workers.
@@ -126,7 +132,9 @@ pub async fn load<S: Sink + 'static>(
     } else {
         Layout::packed(&header)
     };
+    let allocating = Instant::now();
     sink.allocate(layout.len)?;
+    let allocate_seconds = allocating.elapsed().as_secs_f64();
     let tiers = Arc::new(Tiers::default());
     let filler = Filler {
         reader,
@@ -152,11 +160,13 @@ pub async fn load<S: Sink + 'static>(
         destination_len: filler.layout.len,
         seconds: start.elapsed().as_secs_f64(),
         header_seconds,
+        allocate_seconds,
         workers,
         slot_bytes,
         memory_bytes: tiers.memory_bytes.load(Ordering::Relaxed),
         disk_bytes: tiers.disk_bytes.load(Ordering::Relaxed),
         store_bytes: tiers.store_bytes.load(Ordering::Relaxed),
+        in_place_bytes: tiers.in_place_bytes.load(Ordering::Relaxed),
         zero_bytes,
         fetch_seconds: secs(&tiers.fetch_nanos),
         decode_seconds: secs(&tiers.decode_nanos),
@@ -264,6 +274,11 @@ fn drive<L: Lane>(
                 skip,
                 chunks,
             } => {
+                if let Some(out) = direct_range(lane, filler, current) {
+                    let filled = filler.fill(chunks, out, fetched)?;
+                    crate::fill::add(&filler.tiers.in_place_bytes, filled as u64);
+                    continue;
+                }
                 let filled = filler.fill(chunks, lane.slot(slot)?, fetched)?;
                 let data = filled.saturating_sub(*skip) as u64;
                 for (at, n, dst) in filler.layout.map(*offset, data) {
@@ -276,6 +291,36 @@ fn drive<L: Lane>(
         }
     }
     Ok(())
+}
+
+/// Where a piece can be filled in place: it starts in the data region (no header bytes
+/// in its first chunk), lands in one unbroken destination range (no alignment padding
+/// between its tensors), and the lane writes its destination directly.
+fn direct_range<'a, L: Lane>(
+    lane: &'a mut L,
+    filler: &Filler,
+    piece: &Work,
+) -> Option<&'a mut [u8]> {
+    let Work::Chunks {
+        offset,
+        skip: 0,
+        chunks,
+    } = piece
+    else {
+        return None;
+    };
+    let len: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+    let ranges = filler.layout.map(*offset, len);
+    let &(_, _, start) = ranges.first()?;
+    let unbroken = ranges
+        .iter()
+        .all(|&(at, _, dst)| dst.checked_sub(start) == Some(at));
+    let covered: u64 = ranges.iter().map(|&(_, n, _)| n).sum();
+    if unbroken && covered == len {
+        lane.direct(start, usize::try_from(len).ok()?)
+    } else {
+        None
+    }
 }
 
 /// The regular file at `path`: its size and extents.

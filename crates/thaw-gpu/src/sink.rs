@@ -36,6 +36,13 @@ pub trait Lane: Send {
     /// Sets `len` bytes at `offset` in the destination to zero (a memset on a device: no
     /// zero buffers cross the link).
     fn zero(&mut self, offset: u64, len: u64) -> Result<(), LoadError>;
+    /// The destination's bytes `offset..offset + len`, to be filled in place, where the
+    /// destination is memory this process writes directly (host memory): a piece that
+    /// lands in one range skips the slot and its copy. `None` where bytes must be staged
+    /// (a device), or the range is outside the destination.
+    fn direct(&mut self, _offset: u64, _len: usize) -> Option<&mut [u8]> {
+        None
+    }
     /// Waits for every copy this lane started. Called before the lane is dropped, on
     /// failure too, so no copy still reads a slot that is freed.
     fn wait(&mut self) -> Result<(), LoadError>;
@@ -103,8 +110,10 @@ unsafe impl Sync for HostDestination {}
 
 impl HostDestination {
     fn new(len: usize, counted: Counted) -> Self {
-        // Zeroed pages come lazily from the kernel: no cost for bytes never written.
+        // Zeroed pages from the kernel (a large allocation is a fresh mapping), asked for
+        // all at once rather than faulted in one by one by the workers.
         let mut owner = vec![0u8; len];
+        crate::memfd::prefault(owner.as_mut_ptr(), len);
         let ptr = NonNull::new(owner.as_mut_ptr()).unwrap_or(NonNull::dangling());
         HostDestination {
             ptr,
@@ -282,6 +291,16 @@ impl Lane for HostLane {
     }
     fn zero(&mut self, offset: u64, len: u64) -> Result<(), LoadError> {
         self.destination.zero(offset, len)
+    }
+    fn direct(&mut self, offset: u64, len: usize) -> Option<&mut [u8]> {
+        let start = self.destination.range(offset, len).ok()?;
+        // SAFETY: in bounds (checked above); the pipeline gives each destination range to
+        // exactly one piece, so no other lane reads or writes these bytes, and nothing
+        // reads the destination until every lane is done. The slice borrows this lane,
+        // which holds the destination alive.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.destination.ptr.as_ptr().add(start), len)
+        })
     }
     fn wait(&mut self) -> Result<(), LoadError> {
         Ok(())

@@ -149,6 +149,12 @@ async fn a_synthetic_file_loads_exactly_through_small_slots() {
         report.store_bytes > 0 && report.disk_bytes == 0,
         "{report:?}"
     );
+    // Host memory: pieces that land in one range are decoded in place; those that start
+    // in the header go through a slot.
+    assert!(
+        report.in_place_bytes > 0 && report.in_place_bytes < report.bytes,
+        "{report:?}"
+    );
     // A second load finds the chunks the reader cached in memory? No: the fast path
     // decodes into slots and caches nothing in memory; it reads the store again.
     let (again, _) = load_host(reader, &manifest, "model/w.safetensors")
@@ -188,6 +194,11 @@ async fn every_dtype_empty_tensors_a_huge_one_and_thousands_of_tiny_ones_load_ex
     .unwrap();
     assert!(report.offsets.iter().all(|o| o % 256 == 0));
     assert!(report.destination_len >= 256 * 3000);
+    // Padding breaks the tiny tensors' pieces apart (staged); the huge one's are not.
+    assert!(
+        report.in_place_bytes > 0 && report.in_place_bytes < report.bytes,
+        "{report:?}"
+    );
     assert_tensors_equal(&bytes, aligned.data(), &report);
 }
 

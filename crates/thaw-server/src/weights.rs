@@ -80,3 +80,66 @@ pub fn spawn(node: &Arc<Node>, listener: UnixListener, stop: &CancellationToken)
         stop.clone().cancelled_owned(),
     ));
 }
+
+/// The path as the image's tree names it (`./a//b` is `a/b`).
+fn normalise(path: &str) -> String {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A deployment's own hand-off: only its weights image and files, whoever asks. What its
+/// replicas get, so that a replica can read no other image's weights.
+#[derive(Debug)]
+pub struct DeploymentModels {
+    node: Arc<Node>,
+    image: String,
+    files: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl ModelSource for DeploymentModels {
+    async fn model(&self, request: &HandoffRequest) -> Result<Arc<ResidentModel>, String> {
+        let path = normalise(&request.path);
+        if request.image != self.image || !self.files.iter().any(|f| normalise(f) == path) {
+            return Err(format!(
+                "this socket hands over only {} of {}",
+                self.files.join(", "),
+                self.image
+            ));
+        }
+        NodeModels(self.node.clone()).model(request).await
+    }
+}
+
+/// Binds a deployment's hand-off socket at `path` and serves `files` of `image` on it
+/// until `stop`. The socket is open to every user (replicas may run as any user in their
+/// containers, where it is bind-mounted), inside a directory only the daemon's user can
+/// enter: on the host only that user reaches it.
+pub fn serve_deployment(
+    node: &Arc<Node>,
+    path: &Path,
+    image: &str,
+    files: &[String],
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let source: Arc<dyn ModelSource> = Arc::new(DeploymentModels {
+        node: node.clone(),
+        image: image.to_owned(),
+        files: files.to_vec(),
+    });
+    tokio::spawn(thaw_gpu::handoff::serve(
+        listener,
+        source,
+        stop.clone().cancelled_owned(),
+    ));
+    Ok(())
+}

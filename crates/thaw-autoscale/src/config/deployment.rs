@@ -24,6 +24,13 @@ pub struct DeploymentConfig {
     /// An image of model weights prewarmed with the image before each start.
     #[serde(default)]
     pub weights: Option<String>,
+    /// Files of the `weights` image (safetensors files, or a sharded checkpoint's
+    /// `model.safetensors.index.json`) that each scale-up loads into the node's resident
+    /// tier before the replica starts; the replica gets them over the weights socket
+    /// (`THAW_WEIGHTS_SOCKET`, `THAW_WEIGHTS_IMAGE`, `THAW_WEIGHTS_FILES` in its
+    /// environment). Needs a daemon with `--resident-weights` and `--weights-socket`.
+    #[serde(default = "no_files")]
+    pub weights_files: Spanned<Vec<String>>,
     /// With a Redis source, what a replica runs for each task (`THAW_TASK` in its
     /// environment); with a push source, the replica's own long-running program (for
     /// containers, empty means the image's entrypoint).
@@ -129,6 +136,9 @@ pub struct ReadinessConfig {
 fn default_policy() -> Spanned<String> {
     Spanned::new(0..0, "thaw".into())
 }
+fn no_files() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, Vec::new())
+}
 fn one() -> Spanned<u32> {
     Spanned::new(0..0, 1)
 }
@@ -200,6 +210,7 @@ pub(super) fn check_deployment(d: &DeploymentConfig, fail: &Fail<'_>) -> Result<
     check_source(d, fail, &key)?;
     check_actuator(d, fail, &key)?;
     check_readiness(d, fail, &key)?;
+    check_weights(d, fail, &key)?;
     build_policy(d.policy.get_ref(), &d.policy_params(), d.deployment()).map_err(|e| {
         let span = match &e {
             crate::ParamError::UnknownKey { key, .. } | crate::ParamError::BadValue { key, .. } => {
@@ -253,6 +264,36 @@ fn check_numbers(d: &DeploymentConfig, fail: &Fail<'_>, key: &Key<'_>) -> Result
         }
     }
     Ok(())
+}
+
+/// The most files a deployment keeps resident (as a prewarm names at most).
+pub const MAX_WEIGHTS_FILES: usize = 64;
+
+fn check_weights(d: &DeploymentConfig, fail: &Fail<'_>, key: &Key<'_>) -> Result<(), ConfigError> {
+    let files = d.weights_files.get_ref();
+    let why = if files.is_empty() {
+        None
+    } else if d.weights.is_none() {
+        Some("weights_files are files of the weights image: set weights = \"IMAGE\"".to_owned())
+    } else if files.len() > MAX_WEIGHTS_FILES {
+        Some(format!(
+            "at most {MAX_WEIGHTS_FILES} files, not {}",
+            files.len()
+        ))
+    } else {
+        files.iter().find_map(|f| {
+            let bad = f.is_empty()
+                || f.len() > 4096
+                || f.contains('\0')
+                || f.contains(',')
+                || f.split('/').any(|c| c == "..");
+            bad.then(|| format!("{f:?} is not a path in the image (no .., commas or NUL)"))
+        })
+    };
+    match why {
+        Some(why) => Err(fail(d.weights_files.span(), key("weights_files"), why)),
+        None => Ok(()),
+    }
 }
 
 fn check_source(d: &DeploymentConfig, fail: &Fail<'_>, key: &Key<'_>) -> Result<(), ConfigError> {

@@ -248,3 +248,59 @@ fn bad_readiness_and_sources_name_their_line() {
         assert!(e.contains(want), "{to}: {e}");
     }
 }
+
+#[test]
+fn weights_files_need_the_weights_image_and_paths_inside_it() {
+    let with = |extra: &str| {
+        GOOD.replace(
+            "runtime = \"runc\"",
+            &format!("runtime = \"runc\"\n{extra}"),
+        )
+    };
+    let c = parse(
+        Path::new("scale.toml"),
+        &with("weights = \"llm\"\nweights_files = [\"model.safetensors\", \"shards/model.safetensors.index.json\"]"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.deployments[0].weights_files.get_ref(),
+        &["model.safetensors", "shards/model.safetensors.index.json"]
+    );
+    assert!(parse(Path::new("scale.toml"), GOOD).unwrap().deployments[0]
+        .weights_files
+        .get_ref()
+        .is_empty());
+    for (extra, want) in [
+        (
+            "weights_files = [\"model.safetensors\"]",
+            "set weights = \"IMAGE\"",
+        ),
+        (
+            "weights = \"llm\"\nweights_files = [\"../etc/shadow\"]",
+            "is not a path in the image",
+        ),
+        (
+            "weights = \"llm\"\nweights_files = [\"a,b\"]",
+            "is not a path in the image",
+        ),
+        (
+            "weights = \"llm\"\nweights_files = [\"\"]",
+            "is not a path in the image",
+        ),
+    ] {
+        let e = err(&with(extra));
+        assert!(
+            e.contains("weights_files") && e.contains(want),
+            "{extra}: {e}"
+        );
+        assert!(e.starts_with("scale.toml:"), "{e}");
+    }
+    let many: Vec<String> = (0..=MAX_WEIGHTS_FILES)
+        .map(|i| format!("\"f{i}\""))
+        .collect();
+    let e = err(&with(&format!(
+        "weights = \"llm\"\nweights_files = [{}]",
+        many.join(",")
+    )));
+    assert!(e.contains("at most 64 files"), "{e}");
+}

@@ -40,12 +40,23 @@ impl Daemon {
 
     /// Starts `thaw autoscale run --config CONFIG`: the daemon with autoscaled deployments.
     pub fn autoscale(dir: &Path, store: &str, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::autoscale_with(dir, store, config, &[], env)
+    }
+
+    /// `thaw autoscale run --config CONFIG` with more of `thaw serve`'s flags.
+    pub fn autoscale_with(
+        dir: &Path,
+        store: &str,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let config = config.to_str().unwrap();
         Self::spawn(
             dir,
             store,
             &["autoscale", "run", "--config", config],
-            &[],
+            extra,
             env,
         )
     }
@@ -229,4 +240,20 @@ pub fn api_code(e: ClientError) -> (u16, Option<api::ErrorCode>) {
         ClientError::Api { status, code, .. } => (status, code),
         other => panic!("not an API error: {other}"),
     }
+}
+
+/// Runs `f` to completion on a runtime of its own (for the blocking tests).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// The status of the daemon's only autoscaled deployment.
+pub fn only_deployment(daemon: &Daemon) -> thaw_api::api::DeploymentStatus {
+    let all = block_on(daemon.client().autoscale()).unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.into_iter().next().unwrap()
 }

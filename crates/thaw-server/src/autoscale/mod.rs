@@ -42,6 +42,9 @@ pub enum AutoscaleStartError {
     /// Its webhook's token could not be read.
     #[error("deployment {0}: webhook token {1}: {2}")]
     WebhookToken(String, std::path::PathBuf, std::io::Error),
+    /// Its weights socket could not be made.
+    #[error("deployment {0}: weights socket {1}: {2}")]
+    WeightsSocket(String, std::path::PathBuf, std::io::Error),
 }
 
 /// Starts one loop per deployment; they run until `shutdown`, and the returned set ends
@@ -70,12 +73,13 @@ pub async fn start(
             }
             None => Box::new(node.signals.register(&name, wake.clone())),
         };
+        let socket = weights_socket(node, d, state_dir, shutdown)?;
         let l = Loop::new(Parts {
             node: node.clone(),
             config: d.clone(),
             policy,
             source,
-            fleet: fleet(node, d, state_dir)?,
+            fleet: fleet(node, d, state_dir, socket.as_deref())?,
             tick: config.tick_seconds,
             board: node.autoscale.clone(),
             slots: slots(d, gpus),
@@ -88,19 +92,47 @@ pub async fn start(
     Ok(loops)
 }
 
+/// A deployment's own weights socket, served until `shutdown`, where it keeps weights
+/// resident (`weights_files`, and a daemon with a resident tier).
+fn weights_socket(
+    node: &Arc<Node>,
+    d: &DeploymentConfig,
+    state_dir: &Path,
+    shutdown: &CancellationToken,
+) -> Result<Option<std::path::PathBuf>, AutoscaleStartError> {
+    let files = d.weights_files.get_ref();
+    let (Some(image), false, true) = (&d.weights, files.is_empty(), node.resident.is_some()) else {
+        return Ok(None);
+    };
+    let name = d.name.get_ref();
+    let path = state_dir
+        .join("autoscale")
+        .join("weights")
+        .join(format!("{name}.sock"));
+    crate::weights::serve_deployment(node, &path, image, files, shutdown)
+        .map_err(|e| AutoscaleStartError::WeightsSocket(name.clone(), path.clone(), e))?;
+    Ok(Some(path))
+}
+
 fn fleet(
     node: &Arc<Node>,
     d: &DeploymentConfig,
     state_dir: &Path,
+    weights_socket: Option<&Path>,
 ) -> Result<Fleet, AutoscaleStartError> {
     let name = d.name.get_ref();
     Ok(match d.actuator.get_ref() {
         ActuatorKind::Containers => Fleet::Local(Arc::new(replica::ContainerActuator {
             node: node.clone(),
             config: d.clone(),
+            weights_socket: weights_socket.map(Path::to_path_buf),
         })),
         ActuatorKind::Process => {
-            Fleet::Local(Arc::new(process::ProcessActuator::new(name, state_dir)))
+            let socket = weights_socket.map(|s| s.display().to_string());
+            let env = replica::weights_env(d, socket.as_deref());
+            Fleet::Local(Arc::new(process::ProcessActuator::new(
+                name, state_dir, env,
+            )))
         }
         ActuatorKind::Webhook => {
             let token = match &d.webhook_token_file {

@@ -33,6 +33,8 @@ struct Record {
 #[derive(Debug)]
 pub(super) struct ProcessActuator {
     deployment: String,
+    /// More environment for every replica (where its resident weights are).
+    env: Vec<(String, String)>,
     records_path: PathBuf,
     logs: PathBuf,
     children: Mutex<BTreeMap<String, Child>>,
@@ -41,10 +43,15 @@ pub(super) struct ProcessActuator {
 
 impl ProcessActuator {
     /// An actuator keeping its records and logs under `state_dir/autoscale`.
-    pub(super) fn new(deployment: &str, state_dir: &std::path::Path) -> Self {
+    pub(super) fn new(
+        deployment: &str,
+        state_dir: &std::path::Path,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let dir = state_dir.join("autoscale");
         ProcessActuator {
             deployment: deployment.to_owned(),
+            env,
             records_path: dir.join(format!("{deployment}.replicas.json")),
             logs: dir.join("logs"),
             children: Mutex::new(BTreeMap::new()),
@@ -131,6 +138,7 @@ impl Actuator for ProcessActuator {
         let child = tokio::process::Command::new(program)
             .args(args)
             .envs(replica_env(&self.deployment, spec))
+            .envs(self.env.iter().cloned())
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(err_log)
@@ -247,7 +255,7 @@ mod tests {
     #[tokio::test]
     async fn a_process_replica_runs_stops_and_is_adopted_by_the_next_actuator() {
         let dir = tempfile::tempdir().unwrap();
-        let first = ProcessActuator::new("web", dir.path());
+        let first = ProcessActuator::new("web", dir.path(), Vec::new());
         let command = [
             "/bin/sh",
             "-c",
@@ -266,7 +274,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         // A new daemon (this actuator's successor) finds it running, with its slot.
-        let second = ProcessActuator::new("web", dir.path());
+        let second = ProcessActuator::new("web", dir.path(), Vec::new());
         let adopted = second.adopt().await;
         assert_eq!(adopted, vec![(spec("web-1"), h.clone())]);
         assert!(!second.exited(&h));
@@ -274,7 +282,7 @@ mod tests {
         assert!(second.exited(&h));
         // Reaped by its parent (the first actuator here), then gone for good.
         assert!(first.exited(&h));
-        assert!(ProcessActuator::new("web", dir.path())
+        assert!(ProcessActuator::new("web", dir.path(), Vec::new())
             .adopt()
             .await
             .is_empty());
@@ -285,7 +293,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_or_reused_pid_is_not_adopted() {
         let dir = tempfile::tempdir().unwrap();
-        let a = ProcessActuator::new("web", dir.path());
+        let a = ProcessActuator::new("web", dir.path(), Vec::new());
         let h = a
             .start(&spec("web-1"), None, vec!["/bin/true".into()])
             .await
@@ -295,7 +303,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert!(a.exited(&h));
-        assert!(ProcessActuator::new("web", dir.path())
+        assert!(ProcessActuator::new("web", dir.path(), Vec::new())
             .adopt()
             .await
             .is_empty());
@@ -310,12 +318,12 @@ mod tests {
             started: start_ticks(me).unwrap() + 1,
         };
         std::fs::write(&a.records_path, serde_json::to_vec(&[wrong]).unwrap()).unwrap();
-        assert!(ProcessActuator::new("web", dir.path())
+        assert!(ProcessActuator::new("web", dir.path(), Vec::new())
             .adopt()
             .await
             .is_empty());
         std::fs::write(&a.records_path, b"{not json").unwrap();
-        assert!(ProcessActuator::new("web", dir.path())
+        assert!(ProcessActuator::new("web", dir.path(), Vec::new())
             .adopt()
             .await
             .is_empty());

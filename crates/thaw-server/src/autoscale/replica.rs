@@ -21,30 +21,69 @@ pub(super) async fn resolve(node: &Node, reference: &str) -> Result<ImageId, Api
     Ok(node.repo.resolve(r).await?)
 }
 
-/// Starts prewarms of the deployment's image and weights (the trace's chunks where the
-/// image has a start-up trace, else every chunk): they run beside the replica's start,
-/// and its on-demand reads go first.
+/// Where a container replica finds the node's weights socket.
+pub(super) const WEIGHTS_SOCKET_PATH: &str = "/run/thaw/weights.sock";
+
+/// Starts prewarms of the deployment's image (the trace's chunks where the image has a
+/// start-up trace, else every chunk) and of its weights: with `weights_files` and a
+/// resident tier, a job that loads those files into the tier, so that the replica's
+/// request on the weights socket finds them (or waits for that load, never a second
+/// one). They run beside the replica's start, and its on-demand reads go first.
 pub(super) async fn prewarm(
     node: &Node,
     image: Option<ImageId>,
-    weights: Option<&str>,
+    d: &DeploymentConfig,
 ) -> Result<(), ApiError> {
-    let weights = match weights {
+    let weights = match d.weights.as_deref() {
         Some(w) => Some(resolve(node, w).await?),
         None => None,
     };
-    for id in image.into_iter().chain(weights) {
-        let trace = node.prewarm(id, Scope::Named(NamedScope::Trace)).await;
-        match trace {
-            Err(e) if e.code == api::ErrorCode::NoTrace => {
-                node.prewarm(id, Scope::Named(NamedScope::All)).await?;
-            }
-            other => {
-                other?;
-            }
+    if let Some(id) = image {
+        prewarm_chunks(node, id).await?;
+    }
+    let Some(id) = weights else {
+        return Ok(());
+    };
+    let files = d.weights_files.get_ref();
+    if files.is_empty() {
+        return prewarm_chunks(node, id).await;
+    }
+    if node.resident.is_none() {
+        tracing::warn!(deployment = %d.name.get_ref(), "weights_files need a daemon with --resident-weights: prewarming the weights image's chunks instead");
+        return prewarm_chunks(node, id).await;
+    }
+    node.prewarm_weights(id, Scope::Named(NamedScope::Trace), files.clone())
+        .await?;
+    Ok(())
+}
+
+async fn prewarm_chunks(node: &Node, id: ImageId) -> Result<(), ApiError> {
+    match node.prewarm(id, Scope::Named(NamedScope::Trace)).await {
+        Err(e) if e.code == api::ErrorCode::NoTrace => {
+            node.prewarm(id, Scope::Named(NamedScope::All)).await?;
+        }
+        other => {
+            other?;
         }
     }
     Ok(())
+}
+
+/// What tells a replica where its resident weights are: its deployment's weights socket
+/// (`socket`, as the replica sees it), the weights image and its files. Nothing without
+/// a socket (no `weights_files`, or no resident tier).
+pub(super) fn weights_env(d: &DeploymentConfig, socket: Option<&str>) -> Vec<(String, String)> {
+    match (&d.weights, socket) {
+        (Some(image), Some(socket)) => vec![
+            ("THAW_WEIGHTS_SOCKET".into(), socket.to_owned()),
+            ("THAW_WEIGHTS_IMAGE".into(), image.clone()),
+            (
+                "THAW_WEIGHTS_FILES".into(),
+                d.weights_files.get_ref().join(","),
+            ),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// Replicas as the daemon's containers.
@@ -52,6 +91,8 @@ pub(super) async fn prewarm(
 pub(super) struct ContainerActuator {
     pub node: Arc<Node>,
     pub config: DeploymentConfig,
+    /// The deployment's weights socket on the host, bind-mounted into each replica.
+    pub weights_socket: Option<std::path::PathBuf>,
 }
 
 #[async_trait]
@@ -71,16 +112,23 @@ impl Actuator for ContainerActuator {
             return Err("the containers actuator needs an image".into());
         };
         let exe = std::env::current_exe().map_err(|e| format!("finding the worker binary: {e}"))?;
+        let socket = self.weights_socket.as_ref().map(|_| WEIGHTS_SOCKET_PATH);
+        let weights = weights_env(d, socket);
+        let mut mounts = vec![format!("{}:{WORKER_PATH}:ro", exe.display())];
+        if let Some(host) = &self.weights_socket {
+            mounts.push(format!("{}:{WEIGHTS_SOCKET_PATH}:ro", host.display()));
+        }
         let req = api::ContainerRequest {
             image: reference,
             command,
             env: replica_env(d.name.get_ref(), spec)
                 .into_iter()
+                .chain(weights)
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
             name: Some(spec.name.clone()),
             runtime: Some(d.runtime.clone()),
-            mounts: vec![format!("{}:{WORKER_PATH}:ro", exe.display())],
+            mounts,
             host_network: true,
             ..api::ContainerRequest::default()
         };

@@ -301,7 +301,7 @@ impl Loop {
                     ),
                     None => None,
                 };
-                match replica::prewarm(&node, image, config.weights.as_deref()).await {
+                match replica::prewarm(&node, image, &config).await {
                     Ok(()) => {
                         let _ = tx.send(Event::Prewarmed);
                     }
