@@ -57,39 +57,58 @@ def realistic_bf16(path, gib):
     os.rename(path + ".tmp", path)
 
 
-READ_INTO = """
+# Every destination is allocated, and its pages touched, before the clock starts: on a
+# GPU it would be device memory allocated beforehand, and on this VM first-touch page
+# faults of fresh memory cost 0.2-2 s per GiB, varying run to run, more than any copy.
+PREFAULTED = """
+import mmap
+def prefaulted(n):
+    return mmap.mmap(-1, max(n, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+"""
+
+READ_INTO = PREFAULTED + """
 import sys, time
 path = sys.argv[1]
 import os
 size = os.path.getsize(path)
-buf = bytearray(size)
+buf = prefaulted(size)
 t = time.perf_counter()
 with open(path, "rb", buffering=0) as f:
     view, got = memoryview(buf), 0
     while got < size:
-        n = f.readinto(view[got:])
+        n = f.readinto(view[got:size])
         if not n:
             break
         got += n
 print(time.perf_counter() - t)
 """
 
-RESIDENT_COPY = """
+# The ceiling of any copy into a distinct buffer here: one memcpy of the file's length
+# between two buffers already in memory (one core, as the Python copies are).
+MEMCPY = PREFAULTED + """
+import sys, time, os
+size = os.path.getsize(sys.argv[1])
+src, dst = prefaulted(size), prefaulted(size)
+t = time.perf_counter()
+memoryview(dst)[:size] = memoryview(src)[:size]
+print(time.perf_counter() - t)
+"""
+
+RESIDENT_COPY = PREFAULTED + """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import thaw_torch
-sock, image, path = sys.argv[2:5]
+sock, image, path, total = sys.argv[2:6]
+dst = prefaulted(int(total))
 t = time.perf_counter()
 h = thaw_torch.request(sock, image, path)
-total = sum(t["len"] for f in h.files for t in f["tensors"])
-dst = bytearray(total)
 view, at = memoryview(dst), 0
 for name, dtype, shape, buf in h.tensors():
     view[at:at + len(buf)] = buf
     at += len(buf)
 s = time.perf_counter() - t
 print(s)
-if len(sys.argv) > 5:
+if len(sys.argv) > 6:
     import blake3
     at = 0
     for name, dtype, shape, buf in h.tensors():
@@ -128,11 +147,17 @@ class Daemon:
         self.proc.wait()
 
 
+ALLOCATE = {"disk_cache": [], "store": []}
+
+
 def load_seconds(store, path, cache=None):
+    """thaw's load time after its destination is allocated (that time kept apart)."""
     cmd = f"{THAW} --store {store} weights load w {path} --device host --json"
     if cache:
         cmd += f" --cache {cache}"
-    return json.loads(sh(cmd))["seconds"]
+    r = json.loads(sh(cmd))
+    ALLOCATE["disk_cache" if cache else "store"].append(r["allocate_seconds"])
+    return r["seconds"] - r["allocate_seconds"]
 
 
 def checksums_ok(store, path, src_file, cache):
@@ -155,53 +180,64 @@ def bench_file(label, src_file):
     daemon = Daemon(store, WORK)
     try:
         daemon.prewarm("w.safetensors")
-        rows = {k: [] for k in ("cat", "read_into", "disk_cache", "store", "resident")}
+        rows = {k: [] for k in ("cat", "read_into", "memcpy", "disk_cache", "store", "resident")}
+        for v in ALLOCATE.values():
+            v.clear()
+        resident = f"{PY} -c '{RESIDENT_COPY}' {REPO}/python {daemon.sock} w w.safetensors {os.path.getsize(src_file)}"
         sh(f"cat {src_file} > /dev/null")  # the page cache warm for the baselines
         for i in range(RUNS):
             variants = [
                 ("cat", lambda: timed(f"cat {src_file} > /dev/null")[0]),
                 ("read_into", lambda: float(sh(f"{PY} -c '{READ_INTO}' {src_file}"))),
+                ("memcpy", lambda: float(sh(f"{PY} -c '{MEMCPY}' {src_file}"))),
                 ("disk_cache", lambda: load_seconds(store, "w.safetensors", cache)),
                 ("store", lambda: load_seconds(store, "w.safetensors")),
-                ("resident", lambda: float(sh(
-                    f"{PY} -c '{RESIDENT_COPY}' {REPO}/python {daemon.sock} w w.safetensors").split()[0])),
+                ("resident", lambda: float(sh(resident).split()[0])),
             ]
             k = i % len(variants)
             for name, run in variants[k:] + variants[:k]:
                 rows[name].append(run())
-        resident_sums = sh(f"{PY} -c '{RESIDENT_COPY}' {REPO}/python {daemon.sock} w w.safetensors check")
+        resident_sums = sh(f"{resident} check")
         theirs = sh(f"{PY} {REPO}/python/tests/checksums.py {src_file}")
         resident_ok = sorted(resident_sums.splitlines()[1:]) == sorted(theirs.splitlines())
     finally:
         daemon.stop()
     verified = checksums_ok(store, "w.safetensors", src_file, cache) and resident_ok
-    return label, os.path.getsize(src_file), rows, verified
+    allocate = {k: med(v) for k, v in ALLOCATE.items()}
+    return label, os.path.getsize(src_file), rows, verified, allocate
 
 
 def markdown(results):
     lines = ["## Weights to host memory (no GPU on this machine)", "",
-             "`RUNS=5 THAW_BENCH_ONLY=weights scripts/bench.sh`: each variant puts every tensor in a "
-             "distinct destination buffer in host memory; page cache warm for all (a warm node). `cat` and a "
-             "plain read into one buffer (Python `readinto`) are the baselines. thaw from a filled disk cache "
-             "and from the store (packs in the page cache: every chunk decompressed and verified) is "
-             "`thaw weights load --device host` (its own `seconds`: after the process and store are open). "
-             "Resident: a Python client asks the daemon's weights socket, maps the memfd it receives and copies "
-             "every tensor into its own buffer (the whole request, in the client). Medians of the runs, "
-             "variants in turns. Afterwards the checksums of each destination were compared with BLAKE3 of "
-             "the file's tensors computed in Python.", "",
-             "| file | bytes | cat s | read into memory s | thaw, disk cache s | thaw, store s | resident copy s "
-             "| disk cache / cat | resident / cat | checksums |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for label, size, rows, ok in results:
+             f"`RUNS={RUNS} THAW_BENCH_ONLY=weights scripts/bench.sh`: each variant puts every tensor in a "
+             "distinct destination buffer in host memory; page cache warm for all (a warm node). `cat FILE > "
+             "/dev/null` (its wall time, shell and process start included: about 2 ms) and a plain read into one buffer "
+             "(Python `readinto`) are the baselines; `memcpy` is "
+             "one copy of the file's length between two buffers already in memory, the ceiling of any copy "
+             "into a distinct buffer on this machine. thaw from a filled disk cache (each chunk read and its "
+             "checksum checked) and from the store (packs in the page cache: every chunk decompressed and "
+             "verified with BLAKE3) is `thaw weights load --device host`, its own `seconds` less its "
+             "`allocate_seconds`. Resident: a Python client asks the daemon's weights socket, maps the memfd "
+             "it receives and copies every tensor into its own buffer (the whole request, in the client). "
+             "Every destination is allocated and its pages touched before the clock starts (on a GPU it "
+             "would be device memory allocated beforehand; on this VM first-touch faults of fresh memory "
+             "cost 0.2-2 s per GiB, varying from run to run); thaw's own allocation is shown apart. Medians "
+             "of the runs, variants in turns. Afterwards the checksums of each destination were compared "
+             "with BLAKE3 of the file's tensors computed in Python.", "",
+             "| file | bytes | cat s | read into memory s | memcpy s | thaw, disk cache s | thaw, store s "
+             "| resident copy s | thaw allocate s | disk cache / cat | resident / cat | checksums |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for label, size, rows, ok, allocate in results:
         m = {k: med(v) for k, v in rows.items()}
         lines.append(
-            f"| {label} | {size} | {m['cat']:.3f} | {m['read_into']:.3f} | {m['disk_cache']:.3f} | "
-            f"{m['store']:.3f} | {m['resident']:.3f} | {m['cat'] / m['disk_cache']:.2f}x | "
+            f"| {label} | {size} | {m['cat']:.3f} | {m['read_into']:.3f} | {m['memcpy']:.3f} | "
+            f"{m['disk_cache']:.3f} | {m['store']:.3f} | {m['resident']:.3f} | "
+            f"{allocate['disk_cache']:.3f} | {m['cat'] / m['disk_cache']:.2f}x | "
             f"{m['cat'] / m['resident']:.2f}x | {'match' if ok else 'DIFFER'} |")
     lines += ["", "Ratios are speed against `cat` (cat's time over thaw's): above 1 is faster than `cat`. "
               "Every run: " + "; ".join(
                   f"{label}: " + ", ".join(f"{k} " + " ".join(f"{x:.3f}" for x in v) for k, v in rows.items())
-                  for label, _, rows, _ in results), ""]
+                  for label, _, rows, _, _ in results), ""]
     return "\n".join(lines)
 
 
