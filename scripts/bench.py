@@ -7,9 +7,10 @@ import os
 import platform
 import sys
 
-from bench_common import (RUNS, WORK, OUT, sh, cell, med)
+from bench_common import (RUNS, WORK, OUT, THAW, ROOTFS, sh, cell, med, fresh)
 from bench_store import build_throughput, dedup, read_throughput
-from bench_mount import WORKLOAD, THROTTLE, cold_start, warm_sequential, metadata_walk
+from bench_mount import (WORKLOAD, THROTTLE, FETCH_AROUND_CHOSEN, cold_start, warm_sequential,
+                         metadata_walk)
 from bench_daemon import prefetch_cold_start, wrk_load
 import bench_weights
 from bench_run import run_start, markdown as run_markdown
@@ -49,6 +50,18 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}"
 
 
+def cold_markdown(cold):
+    """The cold-start table: one row per store and fetch-around setting."""
+    rows = ["| store | lazy s | full pull s | lazy / full | bytes read (served) | bytes fetched | fetched / read "
+            "| fraction of image read | fetch-around chosen |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, (lazy, full, fetched, served, size) in cold.items():
+        chosen = FETCH_AROUND_CHOSEN.get(label)
+        rows.append(f"| {label} | {lazy:.3f} | {full:.3f} | {lazy / full:.2f} | {served:.0f} | {fetched:.0f} | "
+                    f"{fetched / served:.2f} | {served / size:.3f} | {'' if chosen is None else f'{chosen:.0f}'} |")
+    return "\n".join(rows)
+
+
 def main():
     os.makedirs(WORK, exist_ok=True)
     # Stores made by an earlier version of thaw are not reused.
@@ -62,6 +75,14 @@ def main():
     if only == "run":
         names = os.environ.get("THAW_BENCH_RUN_IMAGES", "debian,gpu-style").split(",")
         print(run_markdown(run_start(names)))
+        return
+    if only == "cold":
+        store = f"{WORK}/cold-store"
+        if not os.path.exists(f"{store}/.bench-complete"):
+            fresh(store)
+            sh(f"{THAW} --store {store} build {ROOTFS} --tag base && touch {store}/.bench-complete")
+        cold = cold_start(store, quick=True)
+        print(cold_markdown(cold))
         return
     if only == "weights":
         bench_weights.main()
@@ -158,11 +179,7 @@ def main():
       "the mount served to the kernel, its readahead included (the mount sets that to 1 MiB; with the kernel's "
       "default 128 KiB the same workload was served 11.4 MB).")
     w("")
-    w("| store | lazy s | full pull s | lazy / full | bytes read (served) | bytes fetched | fetched / read | fraction of image read |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for label, (lazy, full, fetched, served, size) in cold.items():
-        w(f"| {label} | {lazy:.3f} | {full:.3f} | {lazy / full:.2f} | {served:.0f} | {fetched:.0f} | "
-          f"{fetched / served:.2f} | {served / size:.3f} |")
+    w(cold_markdown(cold))
     w("")
     w("Without a trace, what is left of the lazy time under the throttle is the chain of dependent first reads "
       "(exec, dynamic loader, libraries, dpkg's database: about 30 requests of 20 ms each) plus the mount's own "

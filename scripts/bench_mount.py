@@ -71,22 +71,36 @@ def image_bytes(store, image):
     return int(fields(sh(f"{THAW} --store {store} inspect {image}"))["file_bytes"])
 
 
-def cold_start(store):
-    """Time from `thaw mount` to the end of a start-up workload, against a full pull."""
-    results = {}
-    payload_image(store)
+def fetch_around_configs(store):
+    """The fetch policy (auto, the default) next to the old fixed 512 KiB and to none,
+    from a throttled store and from a local one."""
     throttled = f"throttled {THROTTLE.replace(',', ' ms, ')} Mbit/s"
-    ordered, _, _ = trace_stores()
-    configs = [
-        (f"{throttled}, fetch-around 512 KiB (default)", store, "base", ["--throttle", THROTTLE], []),
-        (f"{throttled}, fetch-around off", store, "base", ["--throttle", THROTTLE], ["--fetch-around", "0"]),
-        ("unthrottled, fetch-around 512 KiB (default)", store, "base", [], []),
-        (f"{throttled}, fetch-around 512 KiB, image + 1 GiB not read at start-up", store, "payload", ["--throttle", THROTTLE], []),
-        (f"{throttled}, packs in trace order (`build --order-by`), no prefetch", ordered, "base", ["--throttle", THROTTLE], ["--prefetch", "none"]),
-        (f"{throttled}, packs in trace order, trace pushed: `thaw mount` prefetches it", ordered, "base", ["--throttle", THROTTLE], []),
-    ]
+    rows = []
+    for where, extra in ((throttled, ["--throttle", THROTTLE]), ("unthrottled", [])):
+        rows += [
+            (f"{where}, fetch-around auto (default)", store, "base", extra, []),
+            (f"{where}, fetch-around 512 KiB (fixed)", store, "base", extra, ["--fetch-around", "512K"]),
+            (f"{where}, fetch-around off", store, "base", extra, ["--fetch-around", "0"]),
+        ]
+    return rows
+
+
+def cold_start(store, quick=False):
+    """Time from `thaw mount` to the end of a start-up workload, against a full pull.
+    `quick`: the fetch-around rows only (THAW_BENCH_ONLY=cold)."""
+    results = {}
+    throttled = f"throttled {THROTTLE.replace(',', ' ms, ')} Mbit/s"
+    configs = fetch_around_configs(store)
+    if not quick:
+        payload_image(store)
+        ordered, _, _ = trace_stores()
+        configs += [
+            (f"{throttled}, fetch-around auto, image + 1 GiB not read at start-up", store, "payload", ["--throttle", THROTTLE], []),
+            (f"{throttled}, packs in trace order (`build --order-by`), no prefetch", ordered, "base", ["--throttle", THROTTLE], ["--prefetch", "none"]),
+            (f"{throttled}, packs in trace order, trace pushed: `thaw mount` prefetches it", ordered, "base", ["--throttle", THROTTLE], []),
+        ]
     for label, st, image, extra, mount_args in configs:
-        lazy, full, fetched, served = [], [], [], []
+        lazy, full, fetched, served, chosen = [], [], [], [], []
         for _ in range(RUNS):
             mp = f"{WORK}/coldstart-mnt"
             drop_caches()
@@ -97,9 +111,15 @@ def cold_start(store):
             st_ = m.stop()
             fetched.append(int(st_["fetched_bytes"]))
             served.append(int(st_["bytes_served"]))
+            chosen.append(int(st_.get("fetch_around_bytes", 0)))
             full.append(full_pull(st, extra, image, f"{WORK}/coldstart-export"))
         results[label] = (med(lazy), med(full), med(fetched), med(served), image_bytes(st, image))
+        FETCH_AROUND_CHOSEN[label] = med(chosen)
     return results
+
+
+# The fetch-around each cold-start row's mounts ended with (median), by label.
+FETCH_AROUND_CHOSEN = {}
 
 
 def warm_sequential():

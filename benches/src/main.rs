@@ -87,7 +87,7 @@ async fn main() -> Result<()> {
             let config = ReaderConfig {
                 memory_bytes: 64 << 20,
                 disk: cache.map(|c| (c, 100 << 30)),
-                fetch_around: 0,
+                fetch_around: thaw_store::FetchAround::Fixed(0),
                 ..Default::default()
             };
             let reader = ChunkReader::new(repo.packs().clone(), config)?;

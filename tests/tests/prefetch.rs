@@ -62,7 +62,7 @@ async fn throttled_reader(store: Arc<dyn BlobStore>, disk: &std::path::Path) -> 
         ReaderConfig {
             memory_bytes: 1 << 30,
             disk: Some((disk.to_path_buf(), 1 << 30)),
-            fetch_around: 0,
+            fetch_around: thaw_store::FetchAround::Fixed(0),
             scheduler: SchedulerConfig {
                 max_in_flight: 64,
                 prefetch_in_flight: 2,

@@ -44,7 +44,7 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
         ReaderConfig {
             memory_bytes: 1 << 30,
             disk: Some((cache.clone(), 1 << 30)),
-            fetch_around: 0,
+            fetch_around: thaw_store::FetchAround::Fixed(0),
             ..Default::default()
         },
     )
@@ -388,7 +388,7 @@ async fn fetch_around_brings_the_following_chunks_in_the_same_get() {
     let reader = ChunkReader::new(
         repo.packs().clone(),
         ReaderConfig {
-            fetch_around: 64 * 1024,
+            fetch_around: thaw_store::FetchAround::Fixed(64 * 1024),
             ..Default::default()
         },
     )

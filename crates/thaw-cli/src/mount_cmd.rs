@@ -46,11 +46,13 @@ pub struct MountArgs {
     /// The kernel's readahead for the mount, in bytes (0 keeps the kernel's 128 KiB).
     #[arg(long, default_value_t = thaw_fuse::DEFAULT_KERNEL_READAHEAD)]
     pub kernel_readahead: u64,
-    /// On a miss, also fetch the chunks stored right after it, up to this many bytes, in
-    /// the same request: cheap when each request costs a round trip to a remote store
-    /// (0 turns it off). See docs/benchmarks.md for the trade-off.
-    #[arg(long, default_value_t = 512 << 10)]
-    pub fetch_around: u64,
+    /// On a miss, also fetch the chunks stored right after it in the same request: `auto`
+    /// (default) chooses how many bytes from the store's measured latency and bandwidth
+    /// (little or none from a local store, about a megabyte from one 20 ms away); a size
+    /// such as `512K` fixes it, and 0 turns it off. See ARCHITECTURE.md (the fetch
+    /// policy) for the model.
+    #[arg(long, default_value = "auto")]
+    pub fetch_around: thaw_store::FetchAround,
     /// Do not ask fusermount3 to unmount if this process dies.
     #[arg(long)]
     pub no_auto_unmount: bool,

@@ -61,8 +61,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0.0)]
     pub prefetch_mbps: f64,
     /// See `thaw mount --fetch-around`.
-    #[arg(long, default_value_t = 512 << 10)]
-    pub fetch_around: u64,
+    #[arg(long, default_value = "auto")]
+    pub fetch_around: thaw_store::FetchAround,
     /// A read that cannot be served within this many seconds fails with EIO.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,

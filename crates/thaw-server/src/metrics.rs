@@ -215,6 +215,7 @@ fn store(o: &mut Out, node: &Node) {
         "Time of one ranged GET, from slot granted to bytes received.",
     );
     o.histogram("thaw_fetch_latency_seconds", "", &s.fetch_latency);
+    fetch_policy(o, &r);
     o.labelled(
         "thaw_fetch_waiting",
         "gauge",
@@ -223,6 +224,34 @@ fn store(o: &mut Out, node: &Node) {
             (ON_DEMAND, s.waiting_on_demand),
             (PREFETCH, s.waiting_prefetch),
         ],
+    );
+}
+
+/// What the fetch policy measured of the store, and the fetch-around it chose from that.
+fn fetch_policy(o: &mut Out, r: &thaw_store::ReaderStats) {
+    o.one(
+        "thaw_fetch_around_bytes",
+        "gauge",
+        "Stored bytes fetched around a miss now (chosen from the store's latency and bandwidth unless fixed).",
+        r.fetch_around_bytes,
+    );
+    o.one(
+        "thaw_store_latency_seconds",
+        "gauge",
+        "The store's latency per GET, as the fetch policy measured it (0: not yet).",
+        r.store_latency_us as f64 / 1e6,
+    );
+    o.one(
+        "thaw_store_bandwidth_bytes_per_second",
+        "gauge",
+        "The store's bandwidth, as the fetch policy measured it (0: not yet).",
+        r.store_bytes_per_second,
+    );
+    o.one(
+        "thaw_decode_bytes_per_second",
+        "gauge",
+        "Decompression and verification on one core, as measured (0: not yet).",
+        r.decode_bytes_per_second,
     );
 }
 

@@ -23,6 +23,7 @@ pub use blob::{BlobStore, ObjectInfo};
 pub use error::{ReadError, RepoError, StoreError};
 pub use pack::store::PackStore;
 pub use pack::writer::{PackWriter, WriterConfig, WriterStats};
+pub use read::policy::{FetchAround, FetchPolicyStats};
 pub use read::reader::{ChunkReader, ReaderConfig};
 pub use read::schedule::{FetchClass, SchedulerConfig};
 pub use read::stats::{CacheUsage, PrefetchProgress, ReaderStats};

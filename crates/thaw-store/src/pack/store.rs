@@ -352,10 +352,21 @@ fn coalesce(
 
 /// Decodes the bytes of one run's GET: each chunk decompressed and verified.
 pub fn decode_run(run: &FetchRun, bytes: &Bytes) -> Vec<(ChunkId, Result<Bytes, ReadError>)> {
+    decode_run_where(run, bytes, |_| true)
+}
+
+/// [`decode_run`] for the chunks of the run that `keep` accepts only (the others are
+/// neither decompressed nor verified, nor returned).
+pub fn decode_run_where(
+    run: &FetchRun,
+    bytes: &Bytes,
+    keep: impl Fn(&ChunkId) -> bool,
+) -> Vec<(ChunkId, Result<Bytes, ReadError>)> {
     let start = run.range().start;
     let want = run.range().end - start;
     run.entries
         .iter()
+        .filter(|e| keep(&e.id))
         .map(|e| {
             let lo = (e.offset - start) as usize;
             let hi = lo + e.stored_len as usize;

@@ -5,9 +5,10 @@
 //! scheduler or the single-flight table.
 
 use crate::error::{ReadError, SharedReadError};
-use crate::pack::store::{decode_run, FetchRun, PackStore, PlanOptions, MAX_COALESCED};
+use crate::pack::store::{decode_run_where, FetchRun, PackStore, PlanOptions, MAX_COALESCED};
 use crate::read::cache::Caches;
 use crate::read::flight::{FlightGuard, Flights, Outcome};
+use crate::read::policy::{FetchAround, FetchPolicy};
 use crate::read::schedule::{
     FetchClass, FetchScheduler, Priority, SchedulerConfig, SchedulerStats,
 };
@@ -32,7 +33,7 @@ pub struct Fetcher {
     flights: Arc<Flights>,
     scheduler: FetchScheduler,
     counters: Arc<Counters>,
-    fetch_around: u64,
+    policy: FetchPolicy,
 }
 
 impl Fetcher {
@@ -40,7 +41,7 @@ impl Fetcher {
         packs: Arc<PackStore>,
         caches: Arc<Caches>,
         counters: Arc<Counters>,
-        fetch_around: u64,
+        fetch_around: FetchAround,
         scheduler: SchedulerConfig,
     ) -> Self {
         Fetcher {
@@ -49,8 +50,13 @@ impl Fetcher {
             flights: Arc::default(),
             scheduler: FetchScheduler::new(scheduler),
             counters,
-            fetch_around,
+            policy: FetchPolicy::new(fetch_around),
         }
+    }
+
+    /// How far it fetches around a miss, and what that is chosen from.
+    pub fn policy(&self) -> &FetchPolicy {
+        &self.policy
     }
 
     /// Changes the scheduler's limits.
@@ -111,18 +117,18 @@ impl Fetcher {
     /// Every path out of here drops `guard`, which releases whoever still waits.
     async fn fly(self: Arc<Self>, mut guard: FlightGuard, run: Option<FetchRun>) {
         let missing = self.serve_from_memory(&guard);
-        let runs = match run {
+        let (runs, around) = match run {
             Some(mut run) => {
                 let ours: HashSet<ChunkId> = missing.into_iter().collect();
                 run.retain(|id| ours.contains(id));
-                vec![run]
+                (vec![run], HashSet::new())
             }
             None => {
                 let misses = self.serve_from_disk(&guard, missing).await;
                 self.plan(&mut guard, &misses)
             }
         };
-        let fetched = self.fetch_from_store(&guard, runs).await;
+        let fetched = self.fetch_from_store(&guard, runs, &around).await;
         if self.caches.disk.is_some() && !fetched.is_empty() {
             // After the waiters have their bytes; the entries stay in flight (so late
             // readers join instead of fetching again) until the files are written.
@@ -196,10 +202,14 @@ impl Fetcher {
     }
 
     /// Plans the GETs for `misses`, with the neighbours fetch-around adds claimed into this
-    /// flight; chunks no pack holds get their error now.
-    fn plan(&self, guard: &mut FlightGuard, misses: &[ChunkId]) -> Vec<FetchRun> {
+    /// flight (returned apart); chunks no pack holds get their error now.
+    fn plan(
+        &self,
+        guard: &mut FlightGuard,
+        misses: &[ChunkId],
+    ) -> (Vec<FetchRun>, HashSet<ChunkId>) {
         let options = PlanOptions {
-            fetch_around: self.fetch_around,
+            fetch_around: self.policy.fetch_around(),
             max_run: MAX_COALESCED,
         };
         let skip = |id: &ChunkId| self.caches.contains(id) || self.flights.contains(id);
@@ -208,14 +218,14 @@ impl Fetcher {
             guard.deliver(&id, Err(Arc::new(ReadError::UnknownChunk(id))));
         }
         let mut ours: HashSet<ChunkId> = misses.iter().copied().collect();
-        let added = guard.extend(&plan.around);
+        let added: HashSet<ChunkId> = guard.extend(&plan.around).into_iter().collect();
         Counters::add(&self.counters.fetched_around, added.len() as u64);
-        ours.extend(added);
+        ours.extend(added.iter().copied());
         for run in &mut plan.runs {
             run.retain(|id| ours.contains(id));
         }
         plan.runs.retain(|r| !r.entries.is_empty());
-        plan.runs
+        (plan.runs, added)
     }
 
     /// Runs the GETs, delivering each chunk as it is verified; returns what was fetched.
@@ -223,62 +233,101 @@ impl Fetcher {
         &self,
         guard: &FlightGuard,
         runs: Vec<FetchRun>,
+        around: &HashSet<ChunkId>,
     ) -> Vec<(ChunkId, Bytes)> {
-        let priority = guard.priority();
         let mut results = futures::stream::iter(runs)
-            .map(|run| self.get_run(run, priority))
+            .map(|run| self.get_and_deliver(guard, run, around))
             .buffer_unordered(GETS_PER_FLIGHT);
         let mut fetched = Vec::new();
-        while let Some(decoded) = results.next().await {
+        while let Some(got) = results.next().await {
+            fetched.extend(got);
+        }
+        fetched
+    }
+
+    /// One ranged GET under a scheduler slot. The chunks asked for are decoded (off the
+    /// async workers) and handed to their waiters first; only then are the neighbours
+    /// fetch-around added decoded, so a reader never waits for bytes it did not ask for.
+    async fn get_and_deliver(
+        &self,
+        guard: &FlightGuard,
+        run: FetchRun,
+        around: &HashSet<ChunkId>,
+    ) -> Vec<(ChunkId, Bytes)> {
+        let priority = guard.priority();
+        let range = run.range();
+        let permit = self
+            .scheduler
+            .acquire(priority, range.end - range.start)
+            .await;
+        let started = std::time::Instant::now();
+        let got = self.packs.get_run(&run).await;
+        drop(permit);
+        if let Ok(b) = &got {
+            self.policy
+                .observe_get(b.len() as u64, started.elapsed().as_secs_f64());
+        }
+        let bytes = match got {
+            Ok(b) => b,
+            Err(e) => {
+                let source = Arc::new(e);
+                for e in &run.entries {
+                    let err = ReadError::Fetch {
+                        chunk: e.id,
+                        pack: run.pack,
+                        source: source.clone(),
+                    };
+                    guard.deliver(&e.id, Err(Arc::new(err)));
+                }
+                return Vec::new();
+            }
+        };
+        let extra: Arc<HashSet<ChunkId>> = Arc::new(
+            run.entries
+                .iter()
+                .map(|e| e.id)
+                .filter(|id| around.contains(id))
+                .collect(),
+        );
+        let run = Arc::new(run);
+        let mut fetched = Vec::new();
+        for stage_is_extra in [false, true] {
+            if stage_is_extra && extra.is_empty() {
+                break;
+            }
+            let (run, bytes, extra) = (run.clone(), bytes.clone(), extra.clone());
+            // Decompression and hashing are CPU work. If the task dies, its chunks get no
+            // outcome and the flight's guard releases their waiters.
+            let decoded = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let decoded =
+                    decode_run_where(&run, &bytes, |id| extra.contains(id) == stage_is_extra);
+                (decoded, started.elapsed().as_secs_f64())
+            })
+            .await
+            .map(|(decoded, seconds)| {
+                let raw: usize = decoded
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .map(Bytes::len)
+                    .sum();
+                self.policy.observe_decode(raw as u64, seconds);
+                decoded
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "decoding a fetched run failed");
+                Vec::new()
+            });
             for (id, outcome) in decoded {
+                let outcome = outcome.map_err(|e| self.shared(e));
                 if let Ok(data) = &outcome {
-                    self.keep(id, data, priority);
+                    self.keep(id, data, priority, stage_is_extra);
                     fetched.push((id, data.clone()));
                 }
                 guard.deliver(&id, outcome);
             }
         }
         fetched
-    }
-
-    /// One ranged GET under a scheduler slot, decoded and verified off the async workers.
-    async fn get_run(&self, run: FetchRun, priority: &Priority) -> Vec<(ChunkId, Outcome)> {
-        let range = run.range();
-        let permit = self
-            .scheduler
-            .acquire(priority, range.end - range.start)
-            .await;
-        let got = self.packs.get_run(&run).await;
-        drop(permit);
-        let bytes = match got {
-            Ok(b) => b,
-            Err(e) => {
-                let source = Arc::new(e);
-                return run
-                    .entries
-                    .iter()
-                    .map(|e| {
-                        let err = ReadError::Fetch {
-                            chunk: e.id,
-                            pack: run.pack,
-                            source: source.clone(),
-                        };
-                        (e.id, Err(Arc::new(err)))
-                    })
-                    .collect();
-            }
-        };
-        // Decompression and hashing are CPU work. If the task dies, its chunks get no
-        // outcome and the flight's guard releases their waiters.
-        let decoded = tokio::task::spawn_blocking(move || decode_run(&run, &bytes)).await;
-        let decoded = decoded.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "decoding a fetched run failed");
-            Vec::new()
-        });
-        decoded
-            .into_iter()
-            .map(|(id, r)| (id, r.map_err(|e| self.shared(e))))
-            .collect()
     }
 
     fn shared(&self, e: ReadError) -> SharedReadError {
@@ -289,10 +338,10 @@ impl Fetcher {
         Arc::new(e)
     }
 
-    /// Counts a fetched chunk and puts it in memory. A prefetch nobody waits for fills free
-    /// memory but never evicts: warming a large image must not push the working set out
-    /// (it still lands on disk).
-    fn keep(&self, id: ChunkId, data: &Bytes, priority: &Priority) {
+    /// Counts a fetched chunk and puts it in memory. A prefetch nobody waits for, and a
+    /// neighbour fetch-around added, fill free memory but never evict: guesses must not
+    /// push the working set out (they still land on disk).
+    fn keep(&self, id: ChunkId, data: &Bytes, priority: &Priority, guessed: bool) {
         let c = &self.counters;
         let len = data.len() as u64;
         Counters::add(&c.fetched_chunks, 1);
@@ -301,7 +350,7 @@ impl Fetcher {
             Counters::add(&c.prefetched_chunks, 1);
             Counters::add(&c.prefetched_bytes, len);
         }
-        if self.caches.disk.is_none() || !priority.is_prefetch() {
+        if self.caches.disk.is_none() || !(priority.is_prefetch() || guessed) {
             self.caches.memory.insert(id, data.clone());
         } else {
             self.caches.memory.insert_if_room(id, data.clone());

@@ -6,6 +6,7 @@ use crate::error::{ReadError, SharedReadError};
 use crate::pack::store::PackStore;
 use crate::read::cache::{Caches, DiskCache, MemoryCache};
 use crate::read::fetcher::Fetcher;
+use crate::read::policy::{FetchAround, FetchPolicyStats};
 use crate::read::schedule::{FetchClass, SchedulerConfig, SchedulerStats};
 use crate::read::stats::{CacheUsage, Counters, ReaderStats};
 use bytes::Bytes;
@@ -20,10 +21,12 @@ pub struct ReaderConfig {
     pub memory_bytes: u64,
     /// A disk cache directory and its size in bytes.
     pub disk: Option<(PathBuf, u64)>,
-    /// On a miss, also fetch the chunks that follow it in its pack, up to this many stored
-    /// bytes, in the same request (0: only what is asked). Pays off when request latency
-    /// dominates, as with a remote object store.
-    pub fetch_around: u64,
+    /// On a miss, also fetch the chunks that follow it in its pack, in the same request:
+    /// a fixed number of stored bytes (`Fixed(0)`, the default: only what is asked), or
+    /// chosen from the store's measured latency and bandwidth (`Auto`, see
+    /// [`crate::read::policy`]). Pays off when request latency dominates, as with a remote
+    /// object store.
+    pub fetch_around: FetchAround,
     /// Limits of the fetch scheduler.
     pub scheduler: SchedulerConfig,
 }
@@ -33,7 +36,7 @@ impl Default for ReaderConfig {
         ReaderConfig {
             memory_bytes: 256 * 1024 * 1024,
             disk: None,
-            fetch_around: 0,
+            fetch_around: FetchAround::Fixed(0),
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -128,7 +131,19 @@ impl ChunkReader {
 
     /// Where reads were served from so far.
     pub fn stats(&self) -> ReaderStats {
-        self.counters.snapshot()
+        let p = self.fetcher.policy().stats();
+        ReaderStats {
+            fetch_around_bytes: p.fetch_around_bytes,
+            store_latency_us: p.store_latency_us,
+            store_bytes_per_second: p.store_bytes_per_second,
+            decode_bytes_per_second: p.decode_bytes_per_second,
+            ..self.counters.snapshot()
+        }
+    }
+
+    /// What the fetch policy has measured of the store and chooses from it.
+    pub fn fetch_policy(&self) -> FetchPolicyStats {
+        self.fetcher.policy().stats()
     }
 
     /// How full the caches are.

@@ -29,6 +29,14 @@ pub struct ReaderStats {
     pub disk_misses: u64,
     /// Chunks the store returned that failed verification.
     pub integrity_failures: u64,
+    /// Stored bytes fetched around a miss now (the fetch policy's choice).
+    pub fetch_around_bytes: u64,
+    /// The store's measured latency per GET, microseconds (0: not measured yet).
+    pub store_latency_us: u64,
+    /// The store's measured bandwidth, bytes per second (0: not measured yet).
+    pub store_bytes_per_second: u64,
+    /// Measured decoding on one core, bytes per second (0: not measured yet).
+    pub decode_bytes_per_second: u64,
 }
 
 /// How full the caches are.
@@ -82,6 +90,7 @@ impl Counters {
             memory_misses: self.memory_misses.load(Relaxed),
             disk_misses: self.disk_misses.load(Relaxed),
             integrity_failures: self.integrity_failures.load(Relaxed),
+            ..ReaderStats::default()
         }
     }
 }
