@@ -22,6 +22,9 @@ use std::time::Duration;
 use thaw_core::{ImageId, InodeKind, Manifest};
 use thaw_store::ChunkReader;
 
+/// The fraction of an image a mount serves before it fetches the rest in bulk.
+pub const DEFAULT_BULK_AFTER: f64 = 0.25;
+
 /// Tunables of a mounted image.
 #[derive(Debug, Clone, Copy)]
 pub struct FsConfig {
@@ -31,6 +34,11 @@ pub struct FsConfig {
     pub read_timeout: Duration,
     /// Largest readahead window for sequential readers, in bytes (0 disables it).
     pub readahead_max: u64,
+    /// Once the mount has served this fraction of the image's file bytes, fetch the rest
+    /// in the background at prefetch priority, in large requests (`None`: never). A
+    /// workload that reads most of an image (a package check, a full import) is then not
+    /// served one miss at a time. Only with a disk cache that holds the image.
+    pub bulk_after: Option<f64>,
 }
 
 impl Default for FsConfig {
@@ -39,6 +47,7 @@ impl Default for FsConfig {
             ttl: Duration::from_secs(24 * 3600),
             read_timeout: Duration::from_secs(60),
             readahead_max: 32 << 20,
+            bulk_after: Some(DEFAULT_BULK_AFTER),
         }
     }
 }

@@ -102,11 +102,53 @@ impl Prefetch {
         Prefetch { cancel, task }
     }
 
+    /// Watches the mount's reads, and once it has served `fraction` of the image's file
+    /// bytes, fetches every chunk not cached yet, in file order, at prefetch priority
+    /// (large sequential requests; on-demand reads still go first). Only where a disk
+    /// cache can hold the whole image: otherwise it would evict what readers use.
+    pub fn bulk(shared: Arc<crate::fs::FsShared>, fraction: f64) -> Option<Self> {
+        let image_bytes: u64 = shared
+            .manifest
+            .chunks
+            .iter()
+            .map(|c| u64::from(c.len))
+            .sum();
+        let usage = shared.reader.cache_usage();
+        if usage.disk_capacity < image_bytes.saturating_mul(2) || image_bytes == 0 {
+            return None;
+        }
+        let threshold = (image_bytes as f64 * fraction.clamp(0.0, 1.0)) as u64;
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BULK_CHECK);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if shared.stats.bytes_served.load(Relaxed) >= threshold {
+                    break;
+                }
+            }
+            let ids: Vec<_> = shared.manifest.chunks.iter().map(|c| c.id).collect();
+            let progress = PrefetchProgress::default();
+            tracing::info!(image = %shared.image, chunks = ids.len(), "most of the image is being read: fetching the rest in bulk");
+            let done = shared.reader.prefetch(&ids, &progress, &stop).await;
+            let chunks = progress.done_chunks.load(Relaxed);
+            tracing::info!(done, chunks, "bulk fetch finished");
+        });
+        Some(Prefetch { cancel, task })
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         let _ = self.task.await;
     }
 }
+
+/// How often a mount checks whether to fetch the rest of its image in bulk.
+const BULK_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How a session ended.
 #[derive(Debug)]
@@ -124,6 +166,7 @@ pub struct MountSession {
     record: MountRecord,
     registry: MountRegistry,
     prefetch: Option<Prefetch>,
+    bulk: Option<Prefetch>,
 }
 
 /// An image to mount: its id and manifest.
@@ -200,11 +243,16 @@ impl MountSession {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
+        let bulk = spec
+            .fs
+            .bulk_after
+            .and_then(|f| Prefetch::bulk(handle.fs().shared().clone(), f));
         let session = MountSession {
             handle: Some(handle),
             record,
             registry,
             prefetch,
+            bulk,
         };
         if let Err(e) = session.registry.write(&session.record) {
             // Dropping the session unmounts and removes any record.
@@ -264,7 +312,10 @@ impl MountSession {
     /// Ends the session: stops the prefetch, writes the trace, unmounts (overlay, then
     /// FUSE) and removes the record.
     pub async fn end(mut self) -> Result<SessionEnd, SessionError> {
-        if let Some(p) = self.prefetch.take() {
+        for p in [self.prefetch.take(), self.bulk.take()]
+            .into_iter()
+            .flatten()
+        {
             p.stop().await;
         }
         let stats = self.stats();
@@ -288,7 +339,10 @@ impl MountSession {
 
 impl Drop for MountSession {
     fn drop(&mut self) {
-        if let Some(p) = self.prefetch.take() {
+        for p in [self.prefetch.take(), self.bulk.take()]
+            .into_iter()
+            .flatten()
+        {
             p.cancel.cancel();
         }
         if let Some(handle) = self.handle.take() {

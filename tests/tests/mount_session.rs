@@ -129,3 +129,71 @@ async fn a_session_records_its_mount_and_cleans_up_after_a_dead_owner() {
         "the upper keeps the writes"
     );
 }
+
+/// Mounts the small image through a reader with a disk cache, reads `files`, ends the
+/// session; returns the reader (for what it fetched and cached).
+async fn read_then_end(
+    files: &[&str],
+    bulk_after: Option<f64>,
+    wait_for_all: bool,
+) -> Arc<ChunkReader> {
+    let (tmp, image) = built_small_store().await;
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let manifest = Arc::new(repo.get_manifest(&image).await.expect("manifest"));
+    let reader = ChunkReader::new(
+        repo.packs().clone(),
+        ReaderConfig {
+            disk: Some((tmp.path().join("cache"), 1 << 30)),
+            ..Default::default()
+        },
+    )
+    .expect("reader");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mut spec = spec(&mnt, None);
+    spec.fs.bulk_after = bulk_after;
+    let session = MountSession::start(
+        reader.clone(),
+        Image {
+            id: image,
+            manifest: manifest.clone(),
+        },
+        spec,
+        MountRegistry::new(tmp.path().join("mounts")),
+        None,
+    )
+    .await
+    .expect("mount");
+    for f in files {
+        let path = mnt.join(f);
+        tokio::task::spawn_blocking(move || std::fs::read(path).expect("read"))
+            .await
+            .expect("read task");
+    }
+    if wait_for_all {
+        thaw_tests::eventually("every chunk of the image cached", || {
+            manifest.chunks.iter().all(|c| reader.is_cached(&c.id))
+        })
+        .await;
+    }
+    session.end().await.expect("end");
+    reader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_most_of_an_image_fetches_the_rest_in_bulk() {
+    if !can_mount("reading_most_of_an_image_fetches_the_rest_in_bulk") {
+        return;
+    }
+    // d/random is 3 MiB of the image's 3.8 MB: past a quarter, so the rest (text and
+    // the twenty small files) arrives without being read, as a prefetch.
+    let reader = read_then_end(&["d/random"], Some(0.25), true).await;
+    let s = reader.stats();
+    assert!(s.prefetched_chunks >= 20, "{s:?}");
+    // A small read stays below the threshold: nothing is fetched in bulk.
+    let reader = read_then_end(&["d/f0"], Some(0.25), false).await;
+    assert_eq!(reader.stats().prefetched_chunks, 0, "{:?}", reader.stats());
+    // Turned off, the large read fetches nothing more either.
+    let reader = read_then_end(&["d/random"], None, false).await;
+    assert_eq!(reader.stats().prefetched_chunks, 0, "{:?}", reader.stats());
+}

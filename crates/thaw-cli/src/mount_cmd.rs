@@ -53,6 +53,12 @@ pub struct MountArgs {
     /// policy) for the model.
     #[arg(long, default_value = "auto")]
     pub fetch_around: thaw_store::FetchAround,
+    /// Once the mount has served this fraction of the image's bytes, fetch the rest in
+    /// the background in large requests (with a disk cache that holds the image), so a
+    /// workload that reads most of the image is not served one miss at a time; `off`
+    /// never does.
+    #[arg(long, default_value = "0.25", value_parser = parse_bulk_after)]
+    pub bulk_after: BulkAfter,
     /// Do not ask fusermount3 to unmount if this process dies.
     #[arg(long)]
     pub no_auto_unmount: bool,
@@ -99,6 +105,7 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
         fs: FsConfig {
             read_timeout: Duration::from_secs(args.timeout),
             readahead_max: args.readahead,
+            bulk_after: args.bulk_after.0,
             ..Default::default()
         },
         options: MountOptions {
@@ -198,4 +205,18 @@ async fn stop_owner(r: &MountRecord) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--bulk-after`: a fraction of the image, or never.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BulkAfter(pub Option<f64>);
+
+fn parse_bulk_after(s: &str) -> Result<BulkAfter, String> {
+    if s == "off" {
+        return Ok(BulkAfter(None));
+    }
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(BulkAfter(Some(f))),
+        _ => Err(format!("{s:?}: expected a fraction in (0, 1] or off")),
+    }
 }
