@@ -10,7 +10,7 @@ import sys
 from bench_common import (RUNS, WORK, OUT, THAW, ROOTFS, sh, cell, med, fresh)
 from bench_store import build_throughput, dedup, read_throughput
 from bench_mount import (WORKLOAD, THROTTLE, FETCH_AROUND_CHOSEN, cold_start, warm_sequential,
-                         metadata_walk)
+                         metadata_walk, read_everything)
 from bench_daemon import prefetch_cold_start, wrk_load
 import bench_weights
 from bench_run import run_start, markdown as run_markdown
@@ -83,6 +83,11 @@ def main():
             sh(f"{THAW} --store {store} build {ROOTFS} --tag base && touch {store}/.bench-complete")
         cold = cold_start(store, quick=True)
         print(cold_markdown(cold))
+        print()
+        print("| read everything (`dpkg --verify`) | lazy s | full pull s | lazy / full | bytes fetched |")
+        print("|---|---:|---:|---:|---:|")
+        for label, (lazy, full, fetched) in read_everything(store).items():
+            print(f"| {label} | {lazy:.3f} | {full:.3f} | {lazy / full:.2f} | {fetched:.0f} |")
         return
     if only == "weights":
         bench_weights.main()

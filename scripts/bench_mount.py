@@ -41,19 +41,19 @@ class Mount:
         return fields(open(self.status).read())
 
 
-def chroot_workload(root):
+def chroot_workload(root, workload=WORKLOAD):
     sh(f"unshare -m sh -c 'mount --bind /dev {root}/dev && mount -t proc proc {root}/proc && "
-       f"chroot {root} /bin/bash -c \"{WORKLOAD}\"'")
+       f"chroot {root} /bin/bash -c \"{workload}\"'")
 
 
-def full_pull(store, global_args, image, out):
+def full_pull(store, global_args, image, out, workload=WORKLOAD):
     """The baseline a lazy start is measured against: `thaw export` of the whole image
     (page cache dropped first), then the workload in it. Returns the seconds taken."""
     fresh(out)
     drop_caches()
     t0 = time.perf_counter()
     sh(f"{THAW} --store {store} {' '.join(global_args)} export {image} {out}")
-    chroot_workload(out)
+    chroot_workload(out, workload)
     return time.perf_counter() - t0
 
 
@@ -120,6 +120,30 @@ def cold_start(store, quick=False):
 
 # The fetch-around each cold-start row's mounts ended with (median), by label.
 FETCH_AROUND_CHOSEN = {}
+
+READ_EVERYTHING = "dpkg --verify"
+
+
+def read_everything(store):
+    """A workload that reads the whole image (`dpkg --verify` reads every packaged file and
+    checks its md5) from a cold node: a lazy mount with a fresh disk cache, with the bulk
+    fetch (default) and without, against the full pull. Page cache dropped before each."""
+    rows = {}
+    for label, args in (("lazy, bulk fetch after 25% (default)", []),
+                        ("lazy, bulk fetch off", ["--bulk-after", "off"])):
+        lazy, full, fetched = [], [], []
+        for _ in range(RUNS):
+            cache, mp = f"{WORK}/verify-cache", f"{WORK}/verify-mnt"
+            fresh(cache)
+            drop_caches()
+            t0 = time.perf_counter()
+            m = Mount(store, "base", mp, [], ["--cache", cache, *args])
+            chroot_workload(m.mountpoint, READ_EVERYTHING)
+            lazy.append(time.perf_counter() - t0)
+            fetched.append(int(m.stop()["fetched_bytes"]))
+            full.append(full_pull(store, [], "base", f"{WORK}/verify-export", READ_EVERYTHING))
+        rows[label] = (med(lazy), med(full), med(fetched))
+    return rows
 
 
 def warm_sequential():
