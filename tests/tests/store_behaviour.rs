@@ -11,8 +11,8 @@ use std::time::Duration;
 use thaw_core::ChunkId;
 use thaw_image::{build, export, BuildOptions, BuildSource};
 use thaw_store::blob::wrap::{
-    CountingStore, FaultConfig, FaultyStore, RetryConfig, RetryStore, ThrottleConfig,
-    ThrottledStore,
+    CountingStore, FaultConfig, FaultyStore, MetaCacheStore, RetryConfig, RetryStore,
+    ThrottleConfig, ThrottledStore,
 };
 use thaw_store::pack::{keys::pack_key, store::PlanOptions};
 use thaw_store::{
@@ -412,4 +412,33 @@ async fn fetch_around_brings_the_following_chunks_in_the_same_get() {
     plain.read(ids[0]).await.unwrap();
     plain.read(ids[1]).await.unwrap();
     assert_eq!(counters.snapshot().gets - before, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_open_reads_the_pack_indexes_from_their_local_copies() {
+    let (tmp, image) = built_small_store().await;
+    let local: Arc<dyn BlobStore> =
+        Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
+    let meta = tmp.path().join("cache/meta");
+    let open = || async {
+        let counting = Arc::new(CountingStore::new(local.clone()));
+        let cached = Arc::new(MetaCacheStore::new(counting.clone(), &meta).unwrap());
+        let repo = Repository::open(cached.clone()).await.unwrap();
+        (counting, cached, repo)
+    };
+    let (first, first_cache, repo) = open().await;
+    let packs = repo.packs().packs().len() as u64;
+    assert!(packs >= 1);
+    assert_eq!(first_cache.counts(), (0, packs));
+    assert_eq!(first.counters().snapshot().gets, packs, "one GET per index");
+    let (second, second_cache, repo) = open().await;
+    assert_eq!(second_cache.counts(), (packs, 0));
+    let s = second.counters().snapshot();
+    assert_eq!((s.lists, s.gets), (1, 0), "only the listing: {s:?}");
+    // The same repository: every chunk of the image is found, and reads right.
+    let m = repo.get_manifest(&image).await.unwrap();
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
+    for c in &m.chunks {
+        assert_eq!(ChunkId::of(&reader.read(c.id).await.unwrap()), c.id);
+    }
 }

@@ -137,6 +137,19 @@ fn open(cli: &Cli, retry: RetryConfig) -> Result<(Arc<dyn BlobStore>, Arc<StoreC
     ))
 }
 
+/// Where the commands that keep a disk cache keep copies of the store's pack indexes
+/// (next to the chunks), so the next start reads them locally.
+fn meta_cache_dir(command: &Command) -> Option<std::path::PathBuf> {
+    let cache = match command {
+        Command::Mount(args) => args.cache.clone()?,
+        Command::Run(args) => args.cache.clone()?,
+        Command::Serve(args) => args.cache.clone(),
+        Command::Autoscale(autoscale_cmd::AutoscaleCommand::Run(args)) => args.serve.cache.clone(),
+        _ => return None,
+    };
+    Some(cache.join("meta"))
+}
+
 /// The commands that need no store (they talk to the daemon, or clean up); `None` for
 /// the others.
 async fn without_store(command: &Command) -> Option<Result<()>> {
@@ -192,7 +205,12 @@ async fn main() -> Result<()> {
         },
         None => RetryConfig::default(),
     };
-    let (store, counters) = open(&cli, retry)?;
+    let (mut store, counters) = open(&cli, retry)?;
+    if let Some(dir) = meta_cache_dir(&cli.command) {
+        let cached = thaw_store::blob::wrap::MetaCacheStore::new(store, &dir)
+            .with_context(|| format!("the pack index copies in {}", dir.display()))?;
+        store = Arc::new(cached);
+    }
     let repo = Repository::open(store)
         .await
         .context("opening the repository")?;
