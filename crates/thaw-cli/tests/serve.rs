@@ -211,11 +211,14 @@ async fn authentication_and_bad_requests_get_clear_errors_and_the_daemon_keeps_s
 }
 
 /// Every chunk file of a disk cache.
+/// The chunk entries of a disk cache: files in its two-hex-digit directories (not the
+/// pack index copies in `meta/`).
 fn cache_files(cache: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for sub in std::fs::read_dir(cache).unwrap() {
         let sub = sub.unwrap().path();
-        if sub.is_dir() {
+        let name = sub.file_name().unwrap().to_string_lossy().to_string();
+        if sub.is_dir() && name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
             for f in std::fs::read_dir(&sub).unwrap() {
                 out.push(f.unwrap().path());
             }
