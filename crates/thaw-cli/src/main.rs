@@ -131,10 +131,14 @@ fn open(cli: &Cli, retry: RetryConfig) -> Result<(Arc<dyn BlobStore>, Arc<StoreC
     }
     let counting = CountingStore::new(store);
     let counters = counting.counters();
-    Ok((
-        Arc::new(RetryStore::new(Arc::new(counting), retry)),
-        counters,
-    ))
+    let mut store: Arc<dyn BlobStore> = Arc::new(RetryStore::new(Arc::new(counting), retry));
+    // Above the counters: a copy read locally is no store request.
+    if let Some(dir) = meta_cache_dir(&cli.command) {
+        let cached = thaw_store::blob::wrap::MetaCacheStore::new(store, &dir)
+            .with_context(|| format!("the pack index copies in {}", dir.display()))?;
+        store = Arc::new(cached);
+    }
+    Ok((store, counters))
 }
 
 /// Where the commands that keep a disk cache keep copies of the store's pack indexes
@@ -205,12 +209,7 @@ async fn main() -> Result<()> {
         },
         None => RetryConfig::default(),
     };
-    let (mut store, counters) = open(&cli, retry)?;
-    if let Some(dir) = meta_cache_dir(&cli.command) {
-        let cached = thaw_store::blob::wrap::MetaCacheStore::new(store, &dir)
-            .with_context(|| format!("the pack index copies in {}", dir.display()))?;
-        store = Arc::new(cached);
-    }
+    let (store, counters) = open(&cli, retry)?;
     let repo = Repository::open(store)
         .await
         .context("opening the repository")?;

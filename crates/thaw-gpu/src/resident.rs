@@ -187,7 +187,8 @@ impl ResidentTier {
     }
 }
 
-fn normalise(path: &str) -> String {
+/// A path in an image as the tier keys it (`./a//b` is `a/b`).
+pub fn normalise(path: &str) -> String {
     path.split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .collect::<Vec<_>>()

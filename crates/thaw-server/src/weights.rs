@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thaw_gpu::handoff::{HandoffRequest, ModelSource};
-use thaw_gpu::resident::ResidentModel;
+use thaw_gpu::resident::{normalise, ResidentModel};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
@@ -79,14 +79,6 @@ pub fn spawn(node: &Arc<Node>, listener: UnixListener, stop: &CancellationToken)
         source,
         stop.clone().cancelled_owned(),
     ));
-}
-
-/// The path as the image's tree names it (`./a//b` is `a/b`).
-fn normalise(path: &str) -> String {
-    path.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// A deployment's own hand-off: only its weights image and files, whoever asks. What its

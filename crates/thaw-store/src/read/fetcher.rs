@@ -254,33 +254,8 @@ impl Fetcher {
         run: FetchRun,
         around: &HashSet<ChunkId>,
     ) -> Vec<(ChunkId, Bytes)> {
-        let priority = guard.priority();
-        let range = run.range();
-        let permit = self
-            .scheduler
-            .acquire(priority, range.end - range.start)
-            .await;
-        let started = std::time::Instant::now();
-        let got = self.packs.get_run(&run).await;
-        drop(permit);
-        if let Ok(b) = &got {
-            self.policy
-                .observe_get(b.len() as u64, started.elapsed().as_secs_f64());
-        }
-        let bytes = match got {
-            Ok(b) => b,
-            Err(e) => {
-                let source = Arc::new(e);
-                for e in &run.entries {
-                    let err = ReadError::Fetch {
-                        chunk: e.id,
-                        pack: run.pack,
-                        source: source.clone(),
-                    };
-                    guard.deliver(&e.id, Err(Arc::new(err)));
-                }
-                return Vec::new();
-            }
+        let Some(bytes) = self.get(guard, &run).await else {
+            return Vec::new();
         };
         let extra: Arc<HashSet<ChunkId>> = Arc::new(
             run.entries
@@ -295,17 +270,72 @@ impl Fetcher {
             if stage_is_extra && extra.is_empty() {
                 break;
             }
-            let (run, bytes, extra) = (run.clone(), bytes.clone(), extra.clone());
-            // Decompression and hashing are CPU work. If the task dies, its chunks get no
-            // outcome and the flight's guard releases their waiters.
-            let decoded = tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let decoded =
-                    decode_run_where(&run, &bytes, |id| extra.contains(id) == stage_is_extra);
-                (decoded, started.elapsed().as_secs_f64())
-            })
-            .await
-            .map(|(decoded, seconds)| {
+            let extra = extra.clone();
+            let decoded = self
+                .decode(run.clone(), bytes.clone(), move |id| {
+                    extra.contains(id) == stage_is_extra
+                })
+                .await;
+            for (id, outcome) in decoded {
+                if let Ok(data) = &outcome {
+                    self.keep(id, data, guard.priority(), stage_is_extra);
+                    fetched.push((id, data.clone()));
+                }
+                guard.deliver(&id, outcome);
+            }
+        }
+        fetched
+    }
+
+    /// The run's stored bytes, timed for the fetch policy; on failure every chunk of the
+    /// run gets the error and `None` comes back.
+    async fn get(&self, guard: &FlightGuard, run: &FetchRun) -> Option<Bytes> {
+        let range = run.range();
+        let permit = self
+            .scheduler
+            .acquire(guard.priority(), range.end - range.start)
+            .await;
+        let started = std::time::Instant::now();
+        let got = self.packs.get_run(run).await;
+        drop(permit);
+        match got {
+            Ok(b) => {
+                self.policy
+                    .observe_get(b.len() as u64, started.elapsed().as_secs_f64());
+                Some(b)
+            }
+            Err(e) => {
+                let source = Arc::new(e);
+                for e in &run.entries {
+                    let err = ReadError::Fetch {
+                        chunk: e.id,
+                        pack: run.pack,
+                        source: source.clone(),
+                    };
+                    guard.deliver(&e.id, Err(Arc::new(err)));
+                }
+                None
+            }
+        }
+    }
+
+    /// Decodes and verifies the chunks of `run` that `keep` accepts, timed for the fetch
+    /// policy. Decompression and hashing are CPU work, done off the async workers; if the
+    /// task dies, its chunks get no outcome and the flight's guard releases their waiters.
+    async fn decode(
+        &self,
+        run: Arc<FetchRun>,
+        bytes: Bytes,
+        keep: impl Fn(&ChunkId) -> bool + Send + 'static,
+    ) -> Vec<(ChunkId, Outcome)> {
+        let decoded = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let decoded = decode_run_where(&run, &bytes, keep);
+            (decoded, started.elapsed().as_secs_f64())
+        })
+        .await;
+        let decoded = match decoded {
+            Ok((decoded, seconds)) => {
                 let raw: usize = decoded
                     .iter()
                     .filter_map(|(_, r)| r.as_ref().ok())
@@ -313,21 +343,16 @@ impl Fetcher {
                     .sum();
                 self.policy.observe_decode(raw as u64, seconds);
                 decoded
-            })
-            .unwrap_or_else(|e| {
+            }
+            Err(e) => {
                 tracing::error!(error = %e, "decoding a fetched run failed");
                 Vec::new()
-            });
-            for (id, outcome) in decoded {
-                let outcome = outcome.map_err(|e| self.shared(e));
-                if let Ok(data) = &outcome {
-                    self.keep(id, data, priority, stage_is_extra);
-                    fetched.push((id, data.clone()));
-                }
-                guard.deliver(&id, outcome);
             }
-        }
-        fetched
+        };
+        decoded
+            .into_iter()
+            .map(|(id, r)| (id, r.map_err(|e| self.shared(e))))
+            .collect()
     }
 
     fn shared(&self, e: ReadError) -> SharedReadError {

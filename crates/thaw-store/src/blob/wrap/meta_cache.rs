@@ -2,25 +2,20 @@
 //! again (a second `thaw mount`, a restarted daemon) reads them from its own disk instead
 //! of one GET each from the store. Pack indexes never change once written (a pack's id
 //! is fixed by its contents), and the store's listing still decides which packs exist, so
-//! a copy can only be read for a pack the store lists. Each copy carries a checksum; a
-//! damaged one is removed and fetched again. Everything else passes through.
+//! a copy can only be read for a pack the store lists. Each copy is written as the disk
+//! cache writes its entries (checksummed, renamed into place); a damaged one is removed
+//! and fetched again. Everything else passes through.
 
 use crate::blob::{BlobStore, ObjectInfo};
 use crate::error::StoreError;
 use crate::pack::keys::pack_of_index_key;
+use crate::read::cache::{check_entry, write_atomically};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use xxhash_rust::xxh3::xxh3_64;
-
-/// What ends each copy: the XXH3 of the bytes before it, then this.
-const MAGIC: &[u8; 8] = b"thawmeta";
-/// Bytes of the trailer.
-const TRAILER: usize = 16;
 
 /// A [`BlobStore`] that keeps the pack indexes it reads in a local directory.
 #[derive(Debug)]
@@ -59,29 +54,18 @@ impl MetaCacheStore {
     async fn read_copy(path: PathBuf) -> Option<Bytes> {
         let read = tokio::task::spawn_blocking(move || {
             let entry = std::fs::read(&path).ok()?;
-            let body = entry.len().checked_sub(TRAILER)?;
-            let (data, trailer) = entry.split_at(body);
-            let (sum, magic) = trailer.split_at(8);
-            if magic == MAGIC && xxh3_64(data).to_le_bytes() == sum {
-                return Some(Bytes::copy_from_slice(data));
+            let copy = check_entry(Bytes::from(entry));
+            if copy.is_none() {
+                tracing::warn!(path = %path.display(), "a damaged copy of a pack index: fetching it again");
+                let _ = std::fs::remove_file(&path);
             }
-            tracing::warn!(path = %path.display(), "a damaged copy of a pack index: fetching it again");
-            let _ = std::fs::remove_file(&path);
-            None
+            copy
         });
         read.await.ok().flatten()
     }
 
     async fn write_copy(path: PathBuf, data: Bytes) {
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let mut tmp = tempfile::Builder::new().prefix(".tmp.").tempfile_in(dir)?;
-            tmp.write_all(&data)?;
-            tmp.write_all(&xxh3_64(&data).to_le_bytes())?;
-            tmp.write_all(MAGIC)?;
-            tmp.persist(&path).map_err(|e| e.error)?;
-            Ok(())
-        });
+        let written = tokio::task::spawn_blocking(move || write_atomically(&path, &data));
         if let Ok(Err(e)) = written.await {
             // Best effort: the next open fetches it again.
             tracing::warn!(error = %e, "could not keep a copy of a pack index");

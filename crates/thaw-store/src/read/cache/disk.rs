@@ -221,7 +221,9 @@ impl DiskCache {
 
 /// Writes an entry to a temporary file in its directory and renames it into place, so a
 /// reader never sees a partial entry (a crash leaves a temporary file, removed at open).
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Writes `data` and its checksummed trailer to `path` through a temporary file and a
+/// rename: a crash leaves the old file or the new one, never half of one.
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut trailer = [0u8; TRAILER_LEN as usize];
@@ -235,7 +237,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// The chunk in a whole entry, if its trailer is intact and its checksum matches.
-fn check_entry(entry: Bytes) -> Option<Bytes> {
+pub(crate) fn check_entry(entry: Bytes) -> Option<Bytes> {
     let data_len = entry.len().checked_sub(TRAILER_LEN as usize)?;
     let (sum, magic) = entry[data_len..].split_at(8);
     if magic != TRAILER_MAGIC || xxh3_64(&entry[..data_len]).to_le_bytes() != sum {

@@ -2,6 +2,8 @@
 
 mod buffers;
 mod disk;
+
+pub(crate) use disk::{check_entry, write_atomically};
 mod memory;
 
 pub use disk::DiskCache;
