@@ -3,6 +3,7 @@
 
 use crate::errno::{errno_of, FsError};
 use crate::inodes::{file_type, from_fuse, to_fuse, InodeTable};
+use crate::passthrough::Passthrough;
 use crate::reads::{ReadData, ReadState};
 use crate::stats::{FsStats, Op};
 use crate::trace::TraceRecorder;
@@ -39,6 +40,13 @@ pub struct FsConfig {
     /// workload that reads most of an image (a package check, a full import) is then not
     /// served one miss at a time. Only with a disk cache that holds the image.
     pub bulk_after: Option<f64>,
+    /// Serve opens of files held whole in the node's whole-file cache through FUSE
+    /// passthrough (the kernel reads the local file; see [`crate::passthrough`]). Needs a
+    /// reader with a whole-file cache, the kernel's support and `CAP_SYS_ADMIN`; without
+    /// them every file is served through reads.
+    pub passthrough: bool,
+    /// Files smaller than this are never passed through.
+    pub passthrough_min: u64,
 }
 
 impl Default for FsConfig {
@@ -48,6 +56,8 @@ impl Default for FsConfig {
             read_timeout: Duration::from_secs(60),
             readahead_max: 32 << 20,
             bulk_after: Some(DEFAULT_BULK_AFTER),
+            passthrough: true,
+            passthrough_min: crate::passthrough::DEFAULT_PASSTHROUGH_MIN,
         }
     }
 }
@@ -67,6 +77,7 @@ pub struct FsShared {
     next_handle: AtomicU64,
     /// Whether any inode has an extended attribute.
     has_xattrs: bool,
+    pub(crate) passthrough: Passthrough,
 }
 
 /// The filesystem handed to `fuser`; cheap to clone.
@@ -88,6 +99,13 @@ impl ThawFs {
         let table = InodeTable::new(&manifest);
         let has_xattrs = manifest.inodes.iter().any(|i| !i.meta.xattrs.is_empty());
         let trace = trace.map(|p| TraceRecorder::new(image, p));
+        // A trace must see every read, and passthrough reads bypass thaw.
+        let passthrough = Passthrough::new(
+            config.passthrough && trace.is_none(),
+            config.passthrough_min,
+            &reader,
+            &rt,
+        );
         ThawFs {
             shared: Arc::new(FsShared {
                 manifest,
@@ -101,6 +119,7 @@ impl ThawFs {
                 handles: Mutex::default(),
                 next_handle: AtomicU64::new(1),
                 has_xattrs,
+                passthrough,
             }),
         }
     }
@@ -172,6 +191,15 @@ impl Filesystem for ThawFs {
             let _ = config.add_capabilities(flag);
         }
         let _ = config.set_max_readahead(1 << 20);
+        // Passthrough needs a stack depth of at least 1; exactly 1 keeps the mount usable
+        // under overlayfs (`--writable`, `thaw run`), with backing files not on overlayfs.
+        let p = &self.shared.passthrough;
+        if p.wanted()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            p.set_negotiated();
+        }
         Ok(())
     }
 
@@ -215,16 +243,22 @@ impl Filesystem for ThawFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let s = &self.shared;
         let _timer = s.stats.start(Op::Open);
-        if let Err(e) = s.ino(ino) {
-            return reply.error(errno_of(&e));
-        }
+        let i = match s.ino(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(errno_of(&FsError::ReadOnly));
         }
         let fh = s.next_handle.fetch_add(1, Relaxed);
         s.handles.lock().insert(fh, ReadState::default());
-        // The image never changes: the page cache may outlive this open.
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        match s.open_passthrough(i, &reply) {
+            Some(backing) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
+            }
+            // The image never changes: the page cache may outlive this open.
+            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        }
     }
 
     fn read(
@@ -271,14 +305,18 @@ impl Filesystem for ThawFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.shared.handles.lock().remove(&fh.0);
+        let s = &self.shared;
+        s.handles.lock().remove(&fh.0);
+        if let Ok(i) = s.ino(ino) {
+            s.release_passthrough(i);
+        }
         reply.ok();
     }
 

@@ -10,6 +10,7 @@ pub mod files;
 mod fs;
 mod inodes;
 pub mod mount;
+pub mod passthrough;
 mod reads;
 pub mod registry;
 pub mod session;
@@ -18,4 +19,4 @@ mod trace;
 
 pub use fs::{FsConfig, ThawFs};
 pub use mount::{mount, unmount, MountHandle, MountOptions, DEFAULT_KERNEL_READAHEAD};
-pub use stats::{FsStats, StatsSnapshot};
+pub use stats::{FsStats, PassthroughSnapshot, StatsSnapshot};

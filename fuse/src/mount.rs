@@ -276,7 +276,7 @@ impl MountHandle {
     /// The mount's counters now, with the reader's.
     pub fn stats(&self) -> StatsSnapshot {
         let s = self.fs.shared();
-        s.stats.snapshot(s.reader.stats())
+        s.stats.snapshot(s.reader.stats(), s.passthrough_snapshot())
     }
 
     /// Whether the mount (the overlay, or the FUSE layer) is still in the mount table.

@@ -1,6 +1,7 @@
 //! Counters of FUSE operations and bytes served, rendered as `key: value` text.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use thaw_store::read::cache::FileCacheStats;
 use thaw_store::read::histogram::{HistogramSnapshot, LatencyHistogram};
 use thaw_store::ReaderStats;
 
@@ -60,6 +61,19 @@ pub struct FsStats {
     pub readahead_chunks: AtomicU64,
 }
 
+/// What FUSE passthrough did on a mount, with the node's whole-file cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassthroughSnapshot {
+    /// Whether the kernel accepted passthrough and it is in use.
+    pub active: bool,
+    /// Opens answered with a backing file (reads then bypass thaw).
+    pub opens: u64,
+    /// Backing files the kernel refused (those opens were served through reads).
+    pub refused: u64,
+    /// The whole-file cache's counters.
+    pub files: FileCacheStats,
+}
+
 /// Records one operation's latency when dropped.
 #[derive(Debug)]
 pub struct OpTimer<'a> {
@@ -91,6 +105,8 @@ pub struct StatsSnapshot {
     pub readahead_chunks: u64,
     /// The reader's counters (shared by every mount of the reader).
     pub reader: ReaderStats,
+    /// FUSE passthrough.
+    pub passthrough: PassthroughSnapshot,
 }
 
 impl FsStats {
@@ -106,7 +122,7 @@ impl FsStats {
     }
 
     /// The counters now, with the reader's.
-    pub fn snapshot(&self, reader: ReaderStats) -> StatsSnapshot {
+    pub fn snapshot(&self, reader: ReaderStats, passthrough: PassthroughSnapshot) -> StatsSnapshot {
         StatsSnapshot {
             ops: OPS
                 .iter()
@@ -121,6 +137,7 @@ impl FsStats {
             read_errors: self.read_errors.load(Relaxed),
             readahead_chunks: self.readahead_chunks.load(Relaxed),
             reader,
+            passthrough,
         }
     }
 }
@@ -142,6 +159,11 @@ impl StatsSnapshot {
         s.push_str(&format!(
             "fetch_around_bytes: {}\nstore_latency_us: {}\nstore_bytes_per_second: {}\ndecode_bytes_per_second: {}\n",
             r.fetch_around_bytes, r.store_latency_us, r.store_bytes_per_second, r.decode_bytes_per_second
+        ));
+        let p = &self.passthrough;
+        s.push_str(&format!(
+            "passthrough_active: {}\npassthrough_opens: {}\npassthrough_refused: {}\nwhole_files: {}\nwhole_file_bytes: {}\nwhole_files_written: {}\nwhole_files_verified: {}\nwhole_files_rejected: {}\n",
+            u8::from(p.active), p.opens, p.refused, p.files.files, p.files.bytes, p.files.materialised, p.files.verified, p.files.rejected
         ));
         s
     }

@@ -68,6 +68,7 @@ async fn throttled_reader(store: Arc<dyn BlobStore>, disk: &std::path::Path) -> 
                 prefetch_in_flight: 2,
                 prefetch_bandwidth: None,
             },
+            whole_files: 0,
         },
     )
     .unwrap()

@@ -25,6 +25,13 @@ pub struct MountArgs {
     /// Memory cache size in bytes.
     #[arg(long, default_value_t = 512 << 20)]
     pub memory_cache: u64,
+    /// Bound in bytes of the whole-file cache, `CACHE/files/`: a file whose chunks are
+    /// all cached is copied there whole after its last open, and later opens are answered
+    /// with FUSE passthrough (the kernel reads the local file; no request reaches thaw).
+    /// Needs `--cache`, root and a kernel with FUSE passthrough (Linux 6.9+); 0 turns it
+    /// off.
+    #[arg(long, default_value_t = 10 << 30)]
+    pub whole_file_cache: u64,
     /// Put an overlayfs on top, with its upper and work directories in this directory.
     #[arg(long, value_name = "UPPER_DIR")]
     pub writable: Option<PathBuf>,
@@ -97,6 +104,7 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
         memory_bytes: args.memory_cache,
         disk: args.cache.clone().map(|c| (c, args.cache_size)),
         fetch_around: args.fetch_around,
+        whole_files: args.whole_file_cache,
         ..Default::default()
     });
     let spec = SessionSpec {
@@ -106,6 +114,7 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
             read_timeout: Duration::from_secs(args.timeout),
             readahead_max: args.readahead,
             bulk_after: args.bulk_after.0,
+            passthrough: args.whole_file_cache > 0,
             ..Default::default()
         },
         options: MountOptions {

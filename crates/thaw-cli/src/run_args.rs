@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// Disk cache size in bytes.
     #[arg(long, default_value_t = 10 << 30)]
     pub cache_size: u64,
+    /// Bound in bytes of the whole-file cache next to `--cache`, for FUSE passthrough
+    /// (see `thaw mount --whole-file-cache`); 0 turns passthrough off.
+    #[arg(long, default_value_t = 10 << 30)]
+    pub whole_file_cache: u64,
     /// Where containers' directories go (bundle, overlay); `$THAW_CONTAINERS_DIR`, or
     /// `/var/lib/thaw/containers`.
     #[arg(

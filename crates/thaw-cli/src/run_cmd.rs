@@ -86,6 +86,7 @@ async fn mount_root(
 ) -> Result<MountSession> {
     let reader = ReaderSource::Own(ReaderConfig {
         disk: args.cache.clone().map(|c| (c, args.cache_size)),
+        whole_files: args.whole_file_cache,
         ..Default::default()
     });
     let spec = SessionSpec {

@@ -44,6 +44,10 @@ pub struct ServeArgs {
     pub cache_size: u64,
     #[arg(long, default_value_t = 1 << 30)]
     pub memory_cache: u64,
+    /// Bound in bytes of the whole-file cache next to the disk cache, for FUSE
+    /// passthrough (see `thaw mount --whole-file-cache`); 0 turns passthrough off.
+    #[arg(long, default_value_t = 20 << 30)]
+    pub whole_file_cache: u64,
     /// A file holding an admin token for TCP (else THAW_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -124,6 +128,7 @@ pub async fn serve(
             memory_bytes: args.memory_cache,
             disk: Some((args.cache.clone(), args.cache_size)),
             fetch_around: args.fetch_around,
+            whole_files: args.whole_file_cache,
             scheduler: SchedulerConfig {
                 prefetch_in_flight: args.prefetch_concurrency.max(1),
                 prefetch_bandwidth: (args.prefetch_mbps > 0.0)

@@ -74,6 +74,7 @@ pub fn render(node: &Node) -> String {
     store(&mut o, node);
     prefetch(&mut o, node);
     mounts(&mut o, node);
+    whole_files(&mut o, node);
     autoscale(&mut o, node);
     resident_weights(&mut o, node);
     let http: Vec<(String, u64)> = node
@@ -326,6 +327,47 @@ fn mounts(o: &mut Out, node: &Node) {
     for (id, s) in &snaps {
         o.sample(served, &format!("mount=\"{id}\""), s.bytes_served);
     }
+    let passed: Vec<_> = snaps
+        .iter()
+        .map(|(id, s)| (format!("mount=\"{id}\""), s.passthrough.opens))
+        .collect();
+    o.labelled(
+        "thaw_fuse_passthrough_opens_total",
+        "counter",
+        "Opens answered with FUSE passthrough (the kernel reads the whole file), by mount.",
+        &passed,
+    );
+}
+
+/// The whole-file cache behind FUSE passthrough.
+fn whole_files(o: &mut Out, node: &Node) {
+    let Some(f) = node.reader.files().map(|f| f.stats()) else {
+        return;
+    };
+    o.one(
+        "thaw_whole_file_cache_bytes",
+        "gauge",
+        "Bytes held by the whole-file cache.",
+        f.bytes,
+    );
+    o.one(
+        "thaw_whole_file_cache_capacity_bytes",
+        "gauge",
+        "Capacity of the whole-file cache.",
+        f.capacity,
+    );
+    o.labelled(
+        "thaw_whole_files_total",
+        "counter",
+        "Whole files written, verified after a restart, rejected as damaged, evicted, or not written.",
+        &[
+            ("event=\"written\"", f.materialised),
+            ("event=\"verified\"", f.verified),
+            ("event=\"rejected\"", f.rejected),
+            ("event=\"evicted\"", f.evicted),
+            ("event=\"failed\"", f.failed),
+        ],
+    );
 }
 
 /// Each autoscaled deployment's last decision and what it was based on.

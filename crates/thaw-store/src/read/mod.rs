@@ -11,3 +11,4 @@ mod prefetch;
 pub mod reader;
 pub mod schedule;
 pub mod stats;
+pub mod whole;

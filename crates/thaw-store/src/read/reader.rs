@@ -4,7 +4,7 @@
 
 use crate::error::{ReadError, SharedReadError};
 use crate::pack::store::PackStore;
-use crate::read::cache::{Caches, DiskCache, MemoryCache};
+use crate::read::cache::{Caches, DiskCache, FileCache, MemoryCache};
 use crate::read::fetcher::Fetcher;
 use crate::read::policy::{FetchAround, FetchPolicyStats};
 use crate::read::schedule::{FetchClass, SchedulerConfig, SchedulerStats};
@@ -13,6 +13,9 @@ use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::Arc;
 use thaw_core::ChunkId;
+
+/// The whole-file cache's directory inside the disk cache's.
+pub const WHOLE_FILES_DIR: &str = "files";
 
 /// Cache sizes and places.
 #[derive(Debug, Clone)]
@@ -29,6 +32,10 @@ pub struct ReaderConfig {
     pub fetch_around: FetchAround,
     /// Limits of the fetch scheduler.
     pub scheduler: SchedulerConfig,
+    /// The bound, in bytes, of the whole-file cache kept next to the disk cache (in its
+    /// `files/` directory) for FUSE passthrough; 0, or no disk cache: none. See
+    /// [`crate::read::cache::FileCache`].
+    pub whole_files: u64,
 }
 
 impl Default for ReaderConfig {
@@ -38,6 +45,7 @@ impl Default for ReaderConfig {
             disk: None,
             fetch_around: FetchAround::Fixed(0),
             scheduler: SchedulerConfig::default(),
+            whole_files: 0,
         }
     }
 }
@@ -84,9 +92,22 @@ impl ChunkReader {
             }
             None => None,
         };
+        let files = match &config.disk {
+            Some((dir, _)) if config.whole_files > 0 => {
+                let dir = dir.join(WHOLE_FILES_DIR);
+                Some(FileCache::open(&dir, config.whole_files).map_err(|source| {
+                    ReadError::DiskCache {
+                        path: dir.display().to_string(),
+                        source,
+                    }
+                })?)
+            }
+            _ => None,
+        };
         let caches = Arc::new(Caches {
             memory: MemoryCache::new(config.memory_bytes),
             disk,
+            files,
         });
         let counters = Arc::new(Counters::default());
         let fetcher = Arc::new(Fetcher::new(
@@ -112,6 +133,15 @@ impl ChunkReader {
     /// The disk cache, if any.
     pub fn disk(&self) -> Option<&DiskCache> {
         self.caches.disk.as_ref()
+    }
+
+    /// The whole-file cache (for FUSE passthrough), if any.
+    pub fn files(&self) -> Option<&FileCache> {
+        self.caches.files.as_ref()
+    }
+
+    pub(crate) fn caches(&self) -> &Caches {
+        &self.caches
     }
 
     /// The fetcher below the memory tier.

@@ -1,12 +1,15 @@
-//! Local cache tiers for decompressed, verified chunks: memory, then disk.
+//! Local cache tiers for decompressed, verified chunks: memory, then disk; and whole
+//! files assembled from them for FUSE passthrough.
 
 mod buffers;
 mod disk;
+mod files;
 
 pub(crate) use disk::{check_entry, write_atomically};
 mod memory;
 
 pub use disk::DiskCache;
+pub use files::{FileCache, FileCacheStats, FileKey, FileState};
 pub use memory::MemoryCache;
 
 use crate::read::stats::CacheUsage;
@@ -19,6 +22,8 @@ pub struct Caches {
     pub memory: MemoryCache,
     /// Chunks on disk, if the reader has a disk cache.
     pub disk: Option<DiskCache>,
+    /// Whole files for FUSE passthrough, next to the disk cache, if configured.
+    pub files: Option<FileCache>,
 }
 
 impl Caches {

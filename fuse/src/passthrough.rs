@@ -1,0 +1,265 @@
+//! FUSE passthrough: an open of a file held whole in the node's whole-file cache is
+//! answered with that local file, and the kernel then reads it directly (no `read`
+//! request reaches thaw). Files become whole in the background once all their chunks are
+//! cached and their last plain open is released; an entry an earlier process left is
+//! checked then, before its first use.
+//!
+//! Rules the kernel imposes, kept here (see docs/benchmarks.md for what was measured):
+//! - one backing id per inode while any open of it is live (a second gives EIO);
+//! - passthrough and plain opens of one inode cannot be live at once, so the choice is
+//!   per inode, made when it has no open, and kept until its last open is released;
+//! - passthrough reads bypass thaw, so only files written whole from verified chunks, or
+//!   found on disk and verified again, are passed through, and never while a start-up
+//!   trace is recorded (it would miss them).
+
+use crate::fs::FsShared;
+use crate::stats::PassthroughSnapshot;
+use fuser::{BackingId, ReplyOpen};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use thaw_core::manifest::FileExtent;
+use thaw_core::InodeKind;
+use thaw_store::read::cache::{FileKey, FileState};
+use thaw_store::ChunkReader;
+use tokio::sync::mpsc;
+
+/// Files smaller than this are always served through `read`: one or two requests each,
+/// which the copy to the whole-file cache would not repay.
+pub const DEFAULT_PASSTHROUGH_MIN: u64 = 128 << 10;
+
+/// Whole-file jobs waiting at most; more are dropped (the next release asks again).
+const QUEUE: usize = 256;
+
+/// The live opens of one inode and, if they are passthrough opens, their backing id.
+#[derive(Debug)]
+struct InodeOpens {
+    count: u32,
+    backing: Option<Arc<BackingId>>,
+}
+
+/// What a background job does to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    /// Write it whole from the chunk caches.
+    Write,
+    /// Check an entry an earlier process left.
+    Verify,
+}
+
+#[derive(Debug)]
+struct Job {
+    kind: JobKind,
+    key: FileKey,
+    size: u64,
+    extents: Vec<FileExtent>,
+}
+
+/// A mount's passthrough state.
+#[derive(Debug)]
+pub(crate) struct Passthrough {
+    /// Set at init when the kernel accepted passthrough.
+    negotiated: AtomicBool,
+    /// Cleared after the kernel refused a backing file as no backing file could work.
+    usable: AtomicBool,
+    opens: Mutex<HashMap<u32, InodeOpens>>,
+    jobs: Option<mpsc::Sender<Job>>,
+    /// Opens answered with a backing file.
+    pub(crate) opens_passed: AtomicU64,
+    /// Backing files the kernel refused (the open was then served through `read`).
+    pub(crate) refused: AtomicU64,
+    min_size: u64,
+}
+
+impl Passthrough {
+    /// Passthrough for a mount reading through `reader`: off (`wanted` false, or no
+    /// whole-file cache) or ready to be negotiated at init, with its job worker on `rt`.
+    pub(crate) fn new(
+        wanted: bool,
+        min_size: u64,
+        reader: &Arc<ChunkReader>,
+        rt: &tokio::runtime::Handle,
+    ) -> Self {
+        let jobs = (wanted && reader.files().is_some()).then(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            rt.spawn(run_jobs(rx, reader.clone()));
+            tx
+        });
+        Passthrough {
+            negotiated: AtomicBool::new(false),
+            usable: AtomicBool::new(true),
+            opens: Mutex::default(),
+            jobs,
+            opens_passed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            min_size,
+        }
+    }
+
+    /// Whether to ask the kernel for passthrough at init.
+    pub(crate) fn wanted(&self) -> bool {
+        self.jobs.is_some()
+    }
+
+    /// Records that the kernel accepted passthrough.
+    pub(crate) fn set_negotiated(&self) {
+        self.negotiated.store(true, Relaxed);
+    }
+
+    /// Whether passthrough is live on this mount.
+    pub(crate) fn active(&self) -> bool {
+        self.negotiated.load(Relaxed) && self.usable.load(Relaxed)
+    }
+}
+
+/// Runs whole-file jobs one at a time on the blocking pool, until the mount goes.
+async fn run_jobs(mut rx: mpsc::Receiver<Job>, reader: Arc<ChunkReader>) {
+    while let Some(job) = rx.recv().await {
+        let reader = reader.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let result = match job.kind {
+                JobKind::Write => reader.materialise(job.key, job.size, &job.extents),
+                JobKind::Verify => reader.verify_whole(job.key, job.size, &job.extents),
+            };
+            (job.kind, job.key, result)
+        })
+        .await;
+        match done {
+            Ok((kind, key, Err(e))) => {
+                tracing::debug!(?kind, file = %key, error = %e, "whole-file job failed")
+            }
+            Ok((kind, key, Ok(()))) => tracing::debug!(?kind, file = %key, "whole-file job done"),
+            Err(e) => tracing::warn!(error = %e, "whole-file job panicked"),
+        }
+    }
+}
+
+impl FsShared {
+    /// What passthrough did on this mount, with the whole-file cache's counters.
+    pub fn passthrough_snapshot(&self) -> PassthroughSnapshot {
+        let p = &self.passthrough;
+        PassthroughSnapshot {
+            active: p.active(),
+            opens: p.opens_passed.load(Relaxed),
+            refused: p.refused.load(Relaxed),
+            files: self.reader.files().map(|f| f.stats()).unwrap_or_default(),
+        }
+    }
+
+    /// The size of inode `ino` if its opens may be passed through.
+    fn passthrough_size(&self, ino: u32) -> Option<u64> {
+        let p = &self.passthrough;
+        if !p.active() || self.trace.is_some() {
+            return None;
+        }
+        match &self.manifest.inodes[ino as usize].kind {
+            InodeKind::File { size, .. } if *size >= p.min_size.max(1) => Some(*size),
+            _ => None,
+        }
+    }
+
+    /// Counts an open of `ino` and returns the backing id to answer it with, if it is to
+    /// be passed through: the inode's live one, or a new one when it has no open and is
+    /// whole in the cache.
+    pub(crate) fn open_passthrough(&self, ino: u32, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        let size = self.passthrough_size(ino)?;
+        let mut opens = self.passthrough.opens.lock();
+        if let Some(live) = opens.get_mut(&ino) {
+            live.count += 1;
+            return live.backing.clone();
+        }
+        let backing =
+            self.backing_file(ino, size)
+                .and_then(|file| match reply.open_backing(&file) {
+                    Ok(id) => Some(Arc::new(id)),
+                    Err(e) => {
+                        self.refused_backing(&e);
+                        None
+                    }
+                });
+        if backing.is_some() {
+            self.passthrough.opens_passed.fetch_add(1, Relaxed);
+        }
+        opens.insert(
+            ino,
+            InodeOpens {
+                count: 1,
+                backing: backing.clone(),
+            },
+        );
+        backing
+    }
+
+    /// Counts a release of `ino`; after its last plain open, see [`Self::queue_whole_file`].
+    pub(crate) fn release_passthrough(&self, ino: u32) {
+        let last_plain = {
+            let mut opens = self.passthrough.opens.lock();
+            match opens.get_mut(&ino) {
+                Some(live) if live.count > 1 => {
+                    live.count -= 1;
+                    false
+                }
+                // Dropping a backing id closes it in the kernel.
+                Some(_) => opens.remove(&ino).is_some_and(|o| o.backing.is_none()),
+                None => false,
+            }
+        };
+        if last_plain && self.passthrough_size(ino).is_some() {
+            self.queue_whole_file(ino);
+        }
+    }
+
+    /// The whole file of `ino`, opened, if the cache holds it trusted.
+    fn backing_file(&self, ino: u32, size: u64) -> Option<std::fs::File> {
+        let files = self.reader.files()?;
+        let key = FileKey::of(&self.table.extents[ino as usize]);
+        files.open_ready(&key, size)
+    }
+
+    /// After the last plain open of `ino`: queues writing it whole if all its chunks are
+    /// cached, or checking the entry an earlier process left. Not while it is open, so
+    /// the job never competes with the reads it would replace.
+    fn queue_whole_file(&self, ino: u32) {
+        let (Some(jobs), Some(files)) = (&self.passthrough.jobs, self.reader.files()) else {
+            return;
+        };
+        let extents = &self.table.extents[ino as usize];
+        let key = FileKey::of(extents);
+        let size = extents.last().map_or(0, |e| e.offset + e.len);
+        let kind = match files.state(&key) {
+            FileState::Absent if files.fits(size) && self.reader.all_cached(extents) => {
+                Some(JobKind::Write)
+            }
+            FileState::Unverified => Some(JobKind::Verify),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let job = Job {
+                kind,
+                key,
+                size,
+                extents: extents.clone(),
+            };
+            // A full queue drops the job: the file's next release asks again.
+            let _ = jobs.try_send(job);
+        }
+    }
+
+    /// A backing file was refused. Errors that mean the kernel or the mount cannot pass
+    /// anything through (no capability, no support, backing files on a stacked
+    /// filesystem) turn passthrough off for the mount; the open is served through `read`.
+    fn refused_backing(&self, e: &std::io::Error) {
+        let p = &self.passthrough;
+        p.refused.fetch_add(1, Relaxed);
+        let hopeless = matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM | libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL | libc::ELOOP)
+        );
+        if hopeless && p.usable.swap(false, Relaxed) {
+            tracing::warn!(error = %e, "FUSE passthrough refused by the kernel; serving every file through reads");
+        } else {
+            tracing::debug!(error = %e, "FUSE passthrough refused for one file");
+        }
+    }
+}
