@@ -163,19 +163,67 @@ def warm_sequential():
     sh(f"{THAW} --store {store} export big {out}")
     m = Mount(store, "big", mp, mount_args=["--cache", cache])
     sh(f"cat {m.mountpoint}/big.bin > /dev/null")  # fills the disk cache
+    wait_for_whole_file(m)  # and, after the release, the whole-file cache
     m.stop()
     size = os.path.getsize(f"{out}/big.bin")
     disk = sequential_runs(store, cache, out, mp, size)
+    disk_pt = passthrough_runs(store, cache, out, mp, size)
     ram = f"{WORK}/ram"
     image = "/dev/shm/thaw-bench-ram.img"
     os.makedirs(ram, exist_ok=True)
-    sh(f"truncate -s {2 * size + (1 << 30)} {image} && mkfs.ext4 -q -F {image} && mount -o loop {image} {ram}")
+    # The chunk cache, the whole-file cache and the export: three copies of the file.
+    sh(f"truncate -s {3 * size + (1 << 30)} {image} && mkfs.ext4 -q -F {image} && mount -o loop {image} {ram}")
     try:
         sh(f"cp -a {cache} {ram}/cache && cp -a {out} {ram}/export")
         in_ram = sequential_runs(store, f"{ram}/cache", f"{ram}/export", mp, size)
+        ram_pt = passthrough_runs(store, f"{ram}/cache", f"{ram}/export", mp, size)
     finally:
         sh(f"umount {ram} && rm -f {image}")
-    return size, disk, in_ram
+    return size, {"fresh": disk, "passthrough": disk_pt}, {"fresh": in_ram, "passthrough": ram_pt}
+
+
+def wait_for_whole_file(m, timeout=300):
+    """Polls the mount's status file until one file is whole in the whole-file cache
+    (written by this process, or left by an earlier one and verified)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            st = fields(open(m.status).read())
+            if int(st.get("whole_files_written", 0)) + int(st.get("whole_files_verified", 0)) >= 1:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the file was not made whole in time")
+
+
+def passthrough_runs(store, cache, out, mp, size):
+    """RUNS reads of big.bin through one mount that has it whole in its whole-file cache
+    (so every open is answered with FUSE passthrough and the kernel reads the local
+    file), page cache dropped before each, alternating with `cat` of the export."""
+    thaw_runs, cat_runs = [], []
+    m = Mount(store, "big", mp, mount_args=["--cache", cache])
+    sh(f"cat {m.mountpoint}/big.bin > /dev/null")
+    wait_for_whole_file(m)
+
+    def thaw_run():
+        drop_caches()
+        t, _ = timed(f"cat {m.mountpoint}/big.bin > /dev/null")
+        thaw_runs.append(size / t / 1e9)
+
+    def cat_run():
+        drop_caches()
+        t, _ = timed(f"cat {out}/big.bin > /dev/null")
+        cat_runs.append(size / t / 1e9)
+
+    for i in range(RUNS):
+        for run in (thaw_run, cat_run) if i % 2 == 0 else (cat_run, thaw_run):
+            run()
+    st = m.stop()
+    assert int(st["passthrough_opens"]) >= RUNS, st
+    print(f"  passthrough GB/s ({cache}): thaw {[round(x, 2) for x in thaw_runs]}, "
+          f"cat {[round(x, 2) for x in cat_runs]}", file=sys.stderr)
+    return thaw_runs, cat_runs
 
 
 def sequential_runs(store, cache, out, mp, size):
