@@ -40,6 +40,10 @@ pub enum FsError {
     /// does not support).
     #[error("no ioctl on an image file")]
     NoIoctl,
+    /// A flush: nothing is ever written, so there is nothing to flush, and telling the
+    /// kernel so (ENOSYS) makes it stop sending one on every close.
+    #[error("nothing to flush on a read-only image")]
+    NothingToFlush,
     #[error("unknown file handle")]
     /// A read through a handle or inode that cannot be read (EBADF).
     BadHandle,
@@ -75,6 +79,7 @@ pub fn errno_of(err: &FsError) -> fuser::Errno {
         FsError::ReadOnly => libc::EROFS,
         FsError::BadHandle => libc::EBADF,
         FsError::NoIoctl => libc::ENOTTY,
+        FsError::NothingToFlush => libc::ENOSYS,
         FsError::Timeout(_) | FsError::ShortChunk { .. } => libc::EIO,
         FsError::Read(_) => libc::EIO,
     };
@@ -126,6 +131,7 @@ mod tests {
                 libc::ERANGE,
             ),
             (FsError::ReadOnly, libc::EROFS),
+            (FsError::NothingToFlush, libc::ENOSYS),
             (FsError::BadHandle, libc::EBADF),
             (FsError::Timeout(Duration::from_secs(1)), libc::EIO),
             (FsError::ShortChunk { extent: 0 }, libc::EIO),

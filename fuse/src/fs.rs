@@ -298,8 +298,8 @@ impl Filesystem for ThawFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever written, so there is nothing to flush.
-        reply.ok();
+        let _timer = self.shared.stats.start(Op::Flush);
+        reply.error(errno_of(&FsError::NothingToFlush));
     }
 
     fn release(

@@ -30,9 +30,11 @@ pub enum Op {
     Statfs,
     /// `access`
     Access,
+    /// `flush` (answered once: the kernel then stops sending it)
+    Flush,
 }
 
-const OPS: [(&str, Op); 11] = [
+const OPS: [(&str, Op); 12] = [
     ("lookup", Op::Lookup),
     ("getattr", Op::Getattr),
     ("readlink", Op::Readlink),
@@ -44,13 +46,14 @@ const OPS: [(&str, Op); 11] = [
     ("listxattr", Op::Listxattr),
     ("statfs", Op::Statfs),
     ("access", Op::Access),
+    ("flush", Op::Flush),
 ];
 
 /// Live counters of one mount.
 #[derive(Debug, Default)]
 pub struct FsStats {
-    ops: [AtomicU64; 11],
-    latency: [LatencyHistogram; 11],
+    ops: [AtomicU64; 12],
+    latency: [LatencyHistogram; 12],
     /// Bytes returned by reads.
     pub bytes_served: AtomicU64,
     /// Bytes served from zero extents (no fetch).

@@ -433,8 +433,8 @@ fn kill_9_leaves_a_mount_that_thaw_umount_cleans_up() {
 }
 
 #[test]
-fn an_image_without_xattrs_tells_the_kernel_once() {
-    if !can_mount("an_image_without_xattrs_tells_the_kernel_once") {
+fn an_image_without_xattrs_or_flushes_tells_the_kernel_once() {
+    if !can_mount("an_image_without_xattrs_or_flushes_tells_the_kernel_once") {
         return;
     }
     let (tmp, _src, store) = built_tree(|src| {
@@ -479,10 +479,19 @@ fn an_image_without_xattrs_tells_the_kernel_once() {
         .output()
         .unwrap();
     assert!(ls.status.success());
+    // Every close would send a flush; the first answer (nothing to flush) stops them.
+    for i in 0..50 {
+        let read = std::fs::read(m.mountpoint.join(format!("f{i}"))).unwrap();
+        assert_eq!(read, format!("{i}").as_bytes());
+    }
     let log = m.stop();
     let text = std::fs::read_to_string(&status).unwrap();
     assert!(
         stat_value(&text, "op_getxattr") <= 1,
         "the kernel kept asking: {text}\n{log}"
+    );
+    assert!(
+        (1..=2).contains(&stat_value(&text, "op_flush")),
+        "one flush (two if two closes raced), not one per close: {text}\n{log}"
     );
 }
