@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Runs every benchmark of the project side by side with its baseline and writes
-# docs/benchmarks.md. Environment: RUNS (default 5) repetitions, medians reported.
+# docs/benchmarks.md. Environment: RUNS (default 5) repetitions, medians reported;
+# THAW_BENCH_ONLY=NAME runs one part and prints it. `--quick`: the read-path figures
+# only (3 runs each), printed with how long they took, docs untouched. A full run writes
+# how long it took into docs/benchmarks.md.
 set -euo pipefail
+if [ "${1:-}" = "--quick" ]; then
+  export THAW_BENCH_ONLY=quick RUNS=${RUNS:-3}
+  shift
+fi
 cd "$(dirname "$0")/.."
 CACHE=${THAW_CACHE:-/var/cache/thaw}
 for pkg in debootstrap zstd hyperfine wrk fuse3 umoci skopeo docker-registry runc containerd; do

@@ -118,6 +118,27 @@ def cold_start(store, quick=False):
     return results
 
 
+def mount_start(store):
+    """Time from starting `thaw --throttle THROTTLE mount base MNT --cache DIR --prefetch
+    none` to the mountpoint appearing, with the pack index copies (`DIR/meta`) removed
+    first and kept from the run before, alternating. Returns {label: seconds per run}."""
+    cache, mp = f"{WORK}/mstart-cache", f"{WORK}/mstart-mnt"
+    fresh(cache)
+    args = (["--throttle", THROTTLE], ["--cache", cache, "--prefetch", "none"])
+    Mount(store, "base", mp, *args).stop()  # makes the copies
+    runs = {"pack index copies removed first": [], "pack index copies kept": []}
+    for i in range(RUNS):
+        order = list(runs) if i % 2 == 0 else list(reversed(runs))
+        for label in order:
+            if label.endswith("removed first"):
+                shutil.rmtree(f"{cache}/meta", ignore_errors=True)
+            t0 = time.perf_counter()
+            m = Mount(store, "base", mp, *args)
+            runs[label].append(time.perf_counter() - t0)
+            m.stop()
+    return runs
+
+
 # The fetch-around each cold-start row's mounts ended with (median), by label.
 FETCH_AROUND_CHOSEN = {}
 
