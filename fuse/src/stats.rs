@@ -159,6 +159,7 @@ impl StatsSnapshot {
             r.memory_hits, r.disk_hits, r.fetched_chunks, r.fetched_bytes, r.joined_fetches, r.fetched_around,
             r.prefetched_chunks, r.prefetched_bytes
         ));
+        s.push_str(&format!("dropped_around: {}\n", r.dropped_around));
         s.push_str(&format!(
             "fetch_around_bytes: {}\nstore_latency_us: {}\nstore_bytes_per_second: {}\ndecode_bytes_per_second: {}\n",
             r.fetch_around_bytes, r.store_latency_us, r.store_bytes_per_second, r.decode_bytes_per_second

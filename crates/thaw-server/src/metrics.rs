@@ -254,6 +254,15 @@ fn fetch_policy(o: &mut Out, r: &thaw_store::ReaderStats) {
         "Decompression and verification on one core, as measured (0: not yet).",
         r.decode_bytes_per_second,
     );
+    o.labelled(
+        "thaw_fetch_around_chunks_total",
+        "counter",
+        "Chunks fetched around a miss, and those of them not decoded because on-demand work was waiting.",
+        &[
+            ("outcome=\"fetched\"", r.fetched_around),
+            ("outcome=\"dropped\"", r.dropped_around),
+        ],
+    );
 }
 
 /// Prefetch and prewarm jobs: promotions, the queue, bytes, jobs by state.

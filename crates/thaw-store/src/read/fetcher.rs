@@ -257,20 +257,22 @@ impl Fetcher {
         let Some(bytes) = self.get(guard, &run).await else {
             return Vec::new();
         };
-        let extra: Arc<HashSet<ChunkId>> = Arc::new(
-            run.entries
-                .iter()
-                .map(|e| e.id)
-                .filter(|id| around.contains(id))
-                .collect(),
-        );
+        let mut extra: HashSet<ChunkId> = run
+            .entries
+            .iter()
+            .map(|e| e.id)
+            .filter(|id| around.contains(id))
+            .collect();
         let run = Arc::new(run);
         let mut fetched = Vec::new();
         for stage_is_extra in [false, true] {
-            if stage_is_extra && extra.is_empty() {
-                break;
+            if stage_is_extra {
+                self.drop_guesses_under_pressure(guard, &mut extra);
+                if extra.is_empty() {
+                    break;
+                }
             }
-            let extra = extra.clone();
+            let extra = Arc::new(extra.clone());
             let decoded = self
                 .decode(run.clone(), bytes.clone(), move |id| {
                     extra.contains(id) == stage_is_extra
@@ -285,6 +287,24 @@ impl Fetcher {
             }
         }
         fetched
+    }
+
+    /// Neighbours fetched around a miss are guesses: while on-demand GETs wait for a slot,
+    /// or as many run as there are cores, the ones no reader waits for yet are not
+    /// decoded, verified or written at all; they leave the flight and a reader that wants
+    /// one later fetches it. The asked chunks were delivered before this.
+    fn drop_guesses_under_pressure(&self, guard: &FlightGuard, extra: &mut HashSet<ChunkId>) {
+        let s = self.scheduler_stats();
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        if s.waiting_on_demand == 0 && s.active_on_demand < cores {
+            return;
+        }
+        let ids: Vec<ChunkId> = extra.iter().copied().collect();
+        let dropped = guard.release_unwaited(&ids);
+        Counters::add(&self.counters.dropped_around, dropped.len() as u64);
+        for id in &dropped {
+            extra.remove(id);
+        }
     }
 
     /// The run's stored bytes, timed for the fetch policy; on failure every chunk of the

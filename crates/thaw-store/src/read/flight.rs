@@ -174,6 +174,25 @@ impl FlightGuard {
         &self.priority
     }
 
+    /// Gives up the chunks of `ids` this flight holds that no reader waits for: they
+    /// leave the table (a later reader fetches them afresh) and are returned. For guesses
+    /// (neighbours fetched around a miss) not worth decoding when on-demand work waits.
+    pub fn release_unwaited(&self, ids: &[ChunkId]) -> Vec<ChunkId> {
+        let mut table = self.flights.table.lock();
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                let unwaited = table
+                    .get(id)
+                    .is_some_and(|e| e.flight == self.flight && e.tx.receiver_count() == 0);
+                if unwaited {
+                    table.remove(id);
+                }
+                unwaited
+            })
+            .collect()
+    }
+
     /// Adds the chunks of `ids` nobody is fetching to this flight (neighbours fetched in
     /// the same request); returns those added.
     pub fn extend(&mut self, ids: &[ChunkId]) -> Vec<ChunkId> {
@@ -256,6 +275,30 @@ mod tests {
 
     async fn all(waiters: Vec<Waiter>) -> Vec<Outcome> {
         futures::future::join_all(waiters.into_iter().map(Waiter::wait)).await
+    }
+
+    #[tokio::test]
+    async fn only_chunks_nobody_waits_for_are_released() {
+        let f = Arc::new(Flights::default());
+        let all_ids = ids(3);
+        let first = claim(&f, &all_ids[..1]);
+        let mut guard = first.guard.expect("flight");
+        // Two neighbours join the flight with no waiter; a reader then waits for one.
+        assert_eq!(guard.extend(&all_ids[1..]), all_ids[1..].to_vec());
+        let late = claim(&f, &all_ids[1..2]);
+        assert!(late.guard.is_none() && late.joined == 1);
+        // The asked chunk has its reader's waiter, the second a late reader's: kept.
+        assert_eq!(guard.release_unwaited(&all_ids), vec![all_ids[2]]);
+        assert!(f.contains(&all_ids[1]) && !f.contains(&all_ids[2]));
+        assert!(
+            claim(&f, &all_ids[2..]).guard.is_some(),
+            "a released chunk is fetched afresh"
+        );
+        guard.deliver(&all_ids[1], Ok(Bytes::from_static(b"n")));
+        assert_eq!(
+            all(late.waiters).await[0].as_ref().expect("ok").as_ref(),
+            b"n"
+        );
     }
 
     #[tokio::test]

@@ -19,6 +19,9 @@ pub struct ReaderStats {
     pub joined_fetches: u64,
     /// Chunks fetched because they follow a missed chunk in its pack.
     pub fetched_around: u64,
+    /// Of those, chunks not decoded because on-demand work was waiting (no reader wanted
+    /// them yet).
+    pub dropped_around: u64,
     /// Of the fetched chunks, those a prefetch asked for.
     pub prefetched_chunks: u64,
     /// Their uncompressed bytes.
@@ -65,6 +68,7 @@ pub(crate) struct Counters {
     pub fetched_bytes: AtomicU64,
     pub joined_fetches: AtomicU64,
     pub fetched_around: AtomicU64,
+    pub dropped_around: AtomicU64,
     pub prefetched_chunks: AtomicU64,
     pub prefetched_bytes: AtomicU64,
     pub memory_misses: AtomicU64,
@@ -85,6 +89,7 @@ impl Counters {
             fetched_bytes: self.fetched_bytes.load(Relaxed),
             joined_fetches: self.joined_fetches.load(Relaxed),
             fetched_around: self.fetched_around.load(Relaxed),
+            dropped_around: self.dropped_around.load(Relaxed),
             prefetched_chunks: self.prefetched_chunks.load(Relaxed),
             prefetched_bytes: self.prefetched_bytes.load(Relaxed),
             memory_misses: self.memory_misses.load(Relaxed),
