@@ -117,7 +117,7 @@ impl Prefetch {
         if usage.disk_capacity < image_bytes.saturating_mul(2) || image_bytes == 0 {
             return None;
         }
-        let threshold = (image_bytes as f64 * fraction.clamp(0.0, 1.0)) as u64;
+        let trigger = BulkTrigger::new(image_bytes, fraction);
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let task = tokio::spawn(async move {
@@ -127,7 +127,8 @@ impl Prefetch {
                     () = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                if shared.stats.bytes_served.load(Relaxed) >= threshold {
+                let served = shared.stats.bytes_served.load(Relaxed);
+                if trigger.fires(served, shared.stats.count(crate::stats::Op::Open)) {
                     break;
                 }
             }
@@ -147,8 +148,41 @@ impl Prefetch {
     }
 }
 
+/// When a mount fetches the rest of its image in bulk: once it has served a fraction of
+/// the image's bytes (coverage), or once a workload walks the image: it has opened
+/// [`BulkTrigger::WALK_OPENS`] files and read [`BulkTrigger::WALK_FRACTION`] of the bytes.
+/// A package check or a full import opens thousands of files early on, long before it has
+/// read a quarter of the image; a start-up opens tens to hundreds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkTrigger {
+    coverage_bytes: u64,
+    walk_bytes: u64,
+}
+
+impl BulkTrigger {
+    /// Opens that mark a workload walking the image.
+    pub const WALK_OPENS: u64 = 300;
+    /// The fraction of the image a walk must also have read.
+    pub const WALK_FRACTION: f64 = 0.02;
+
+    /// The trigger for an image of `image_bytes` with the coverage `fraction`.
+    pub fn new(image_bytes: u64, fraction: f64) -> Self {
+        let part = |f: f64| (image_bytes as f64 * f.clamp(0.0, 1.0)) as u64;
+        BulkTrigger {
+            coverage_bytes: part(fraction),
+            walk_bytes: part(Self::WALK_FRACTION.min(fraction)),
+        }
+    }
+
+    /// Whether a mount that has served `served` bytes through `opens` opens should fetch
+    /// the rest now.
+    pub fn fires(&self, served: u64, opens: u64) -> bool {
+        served >= self.coverage_bytes || (opens >= Self::WALK_OPENS && served >= self.walk_bytes)
+    }
+}
+
 /// How often a mount checks whether to fetch the rest of its image in bulk.
-const BULK_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+const BULK_CHECK: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// How a session ended.
 #[derive(Debug)]
@@ -364,5 +398,23 @@ async fn stop_then(prefetch: Option<Prefetch>, e: SessionError) -> SessionError 
 pub fn write_status(path: &Path, text: &str) {
     if let Err(e) = crate::files::write_atomically(path, text.as_bytes()) {
         tracing::warn!(path = %path.display(), error = %e, "could not write the status file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BulkTrigger;
+
+    #[test]
+    fn bulk_fires_on_coverage_or_on_a_walk_of_the_image() {
+        let t = BulkTrigger::new(1000, 0.25);
+        assert!(!t.fires(249, 999), "neither");
+        assert!(t.fires(250, 0), "a quarter read");
+        assert!(t.fires(20, 300), "three hundred opens and 2% read");
+        assert!(!t.fires(19, 5000), "many opens of little (a metadata walk)");
+        assert!(!t.fires(200, 299), "a start-up: fewer opens");
+        // A lower coverage threshold than the walk's fraction wins.
+        let t = BulkTrigger::new(1000, 0.01);
+        assert!(t.fires(10, 0));
     }
 }

@@ -124,6 +124,11 @@ impl FsStats {
         }
     }
 
+    /// How many of `op` were served so far.
+    pub fn count(&self, op: Op) -> u64 {
+        self.ops[op as usize].load(Relaxed)
+    }
+
     /// The counters now, with the reader's.
     pub fn snapshot(&self, reader: ReaderStats, passthrough: PassthroughSnapshot) -> StatsSnapshot {
         StatsSnapshot {

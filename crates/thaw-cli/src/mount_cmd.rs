@@ -60,8 +60,9 @@ pub struct MountArgs {
     /// policy) for the model.
     #[arg(long, default_value = "auto")]
     pub fetch_around: thaw_store::FetchAround,
-    /// Once the mount has served this fraction of the image's bytes, fetch the rest in
-    /// the background in large requests (with a disk cache that holds the image), so a
+    /// Once the mount has served this fraction of the image's bytes, or once a workload
+    /// walks the image (a thousand files opened and 2% of the bytes read), fetch the rest
+    /// in the background in large requests (with a disk cache that holds the image), so a
     /// workload that reads most of the image is not served one miss at a time; `off`
     /// never does.
     #[arg(long, default_value = "0.25", value_parser = parse_bulk_after)]
