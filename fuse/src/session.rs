@@ -235,6 +235,13 @@ impl MountSession {
             Ok(m) => Arc::new(m),
             Err(e) => return Err(stop_then(prefetch, e.into()).await),
         };
+        // The packs were listed from a local copy, perhaps before this image was built.
+        if let Err(e) = repo
+            .ensure_packs_for(manifest.chunks.iter().map(|c| c.id))
+            .await
+        {
+            return Err(stop_then(prefetch, e.into()).await);
+        }
         Self::start(reader, Image { id, manifest }, spec, registry, prefetch).await
     }
 

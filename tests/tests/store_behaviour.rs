@@ -415,7 +415,7 @@ async fn fetch_around_brings_the_following_chunks_in_the_same_get() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_open_reads_the_pack_indexes_from_their_local_copies() {
+async fn a_second_open_of_an_image_by_id_makes_no_store_request() {
     let (tmp, image) = built_small_store().await;
     let local: Arc<dyn BlobStore> =
         Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
@@ -430,13 +430,24 @@ async fn a_second_open_reads_the_pack_indexes_from_their_local_copies() {
     let packs = repo.packs().packs().len() as u64;
     assert!(packs >= 1);
     assert_eq!(first_cache.counts(), (0, packs));
-    assert_eq!(first.counters().snapshot().gets, packs, "one GET per index");
+    let s = first.counters().snapshot();
+    assert_eq!((s.lists, s.gets), (1, packs), "one LIST, one GET per index");
+    repo.get_manifest(&image).await.unwrap();
+    // What a mount does, by id: resolve, open, load the manifest, check its packs.
     let (second, second_cache, repo) = open().await;
-    assert_eq!(second_cache.counts(), (packs, 0));
+    let id = repo.resolve(&image.to_string()).await.unwrap();
+    let m = repo.get_manifest(&id).await.unwrap();
+    repo.ensure_packs_for(m.chunks.iter().map(|c| c.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        second_cache.counts(),
+        (packs + 2, 0),
+        "listing, indexes, manifest"
+    );
     let s = second.counters().snapshot();
-    assert_eq!((s.lists, s.gets), (1, 0), "only the listing: {s:?}");
+    assert_eq!((s.lists, s.gets, s.heads), (0, 0, 0), "no request: {s:?}");
     // The same repository: every chunk of the image is found, and reads right.
-    let m = repo.get_manifest(&image).await.unwrap();
     let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
     for c in &m.chunks {
         assert_eq!(ChunkId::of(&reader.read(c.id).await.unwrap()), c.id);

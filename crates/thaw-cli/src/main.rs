@@ -141,8 +141,8 @@ fn open(cli: &Cli, retry: RetryConfig) -> Result<(Arc<dyn BlobStore>, Arc<StoreC
     Ok((store, counters))
 }
 
-/// Where the commands that keep a disk cache keep copies of the store's pack indexes
-/// (next to the chunks), so the next start reads them locally.
+/// Where the commands that keep a disk cache keep copies of the store's pack indexes,
+/// manifests and pack listing (next to the chunks), so the next start reads them locally.
 fn meta_cache_dir(command: &Command) -> Option<std::path::PathBuf> {
     let cache = match command {
         Command::Mount(args) => args.cache.clone()?,

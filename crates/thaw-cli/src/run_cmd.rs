@@ -144,6 +144,9 @@ pub async fn run(repo: &Repository, args: &RunArgs) -> Result<i32> {
     let runtime = Runtime::find(&args.runtime, &runtime_root())?;
     let image = repo.resolve(&args.image).await?;
     let manifest = repo.get_manifest(&image).await?;
+    // The packs may have been listed from the cache's copy, from before this image.
+    repo.ensure_packs_for(manifest.chunks.iter().map(|c| c.id))
+        .await?;
     let dir = new_dir(&args.state_dir, &id)?;
     registry.write(&ContainerRecord::new(
         &id,

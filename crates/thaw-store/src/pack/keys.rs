@@ -56,6 +56,11 @@ pub fn image_key(id: &ImageId) -> String {
     format!("{IMAGES_PREFIX}/{id}")
 }
 
+/// The image a manifest key names, if it is one.
+pub fn image_of_key(key: &str) -> Option<ImageId> {
+    key.strip_prefix("images/")?.parse().ok()
+}
+
 /// A tag (its name hex-encoded, so any valid tag is a safe key).
 pub fn tag_key(name: &str) -> String {
     format!("{TAGS_PREFIX}/{}", hex::encode(name))

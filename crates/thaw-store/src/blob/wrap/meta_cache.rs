@@ -1,21 +1,26 @@
-//! A local copy of the store's pack indexes, so that a process that opens the repository
-//! again (a second `thaw mount`, a restarted daemon) reads them from its own disk instead
-//! of one GET each from the store. Pack indexes never change once written (a pack's id
-//! is fixed by its contents), and the store's listing still decides which packs exist, so
-//! a copy can only be read for a pack the store lists. Each copy is written as the disk
-//! cache writes its entries (checksummed, renamed into place); a damaged one is removed
-//! and fetched again. Everything else passes through.
+//! A local copy of what a process reads from the store before it can serve an image: the
+//! pack indexes, the manifests, and the listing of the packs, so that a process that opens
+//! the repository again (a second `thaw mount` of an image named by id, a restarted
+//! daemon) makes no store request before serving. Pack indexes and manifests never change
+//! once written (their keys are fixed by their contents; a manifest copy is checked
+//! against its image id). The listing does change: the copy answers only the first
+//! listing of the packs this process makes; every later one goes to the store and
+//! refreshes the copy, and a process that finds an image's chunk in no known pack lists
+//! again (`Repository::ensure_packs_for`). Each copy is written as the disk cache writes
+//! its entries (checksummed, renamed into place); a damaged one is removed and fetched
+//! again. Everything else passes through.
 
 use crate::blob::{BlobStore, ObjectInfo};
 use crate::error::StoreError;
-use crate::pack::keys::pack_of_index_key;
+use crate::pack::keys::{image_of_key, pack_of_index_key, PACKS_PREFIX};
 use crate::read::cache::{check_entry, write_atomically};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 /// A [`BlobStore`] that keeps the pack indexes it reads in a local directory.
 #[derive(Debug)]
@@ -24,6 +29,8 @@ pub struct MetaCacheStore {
     dir: PathBuf,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Whether the first listing of the packs was made (from the copy or the store).
+    listed: AtomicBool,
 }
 
 impl MetaCacheStore {
@@ -37,6 +44,7 @@ impl MetaCacheStore {
             dir: dir.to_path_buf(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            listed: AtomicBool::new(false),
         })
     }
 
@@ -45,18 +53,24 @@ impl MetaCacheStore {
         (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 
-    /// Where the copy of `key` lives, if it is a pack index (the name is the pack's id,
-    /// parsed, so no key can name a path outside the directory).
+    /// Where the copy of `key` lives, if it is a pack index or a manifest (the name is
+    /// the parsed id, so no key can name a path outside the directory).
     fn path_of(&self, key: &str) -> Option<PathBuf> {
-        pack_of_index_key(key).map(|pack| self.dir.join(format!("{pack}.idx")))
+        if let Some(pack) = pack_of_index_key(key) {
+            return Some(self.dir.join(format!("{pack}.idx")));
+        }
+        image_of_key(key).map(|image| self.dir.join(format!("{image}.manifest")))
     }
 
-    async fn read_copy(path: PathBuf) -> Option<Bytes> {
+    /// The copy at `path`, if intact (and, for a manifest, if it hashes to its id).
+    async fn read_copy(path: PathBuf, key: &str) -> Option<Bytes> {
+        let image = image_of_key(key);
         let read = tokio::task::spawn_blocking(move || {
             let entry = std::fs::read(&path).ok()?;
-            let copy = check_entry(Bytes::from(entry));
+            let copy = check_entry(Bytes::from(entry))
+                .filter(|c| image.is_none_or(|id| thaw_core::Manifest::id_of(c) == id));
             if copy.is_none() {
-                tracing::warn!(path = %path.display(), "a damaged copy of a pack index: fetching it again");
+                tracing::warn!(path = %path.display(), "a damaged copy of store metadata: fetching it again");
                 let _ = std::fs::remove_file(&path);
             }
             copy
@@ -64,11 +78,50 @@ impl MetaCacheStore {
         read.await.ok().flatten()
     }
 
+    /// The listing's copy, named by the store it lists (one cache directory can serve
+    /// several stores).
+    fn listing_path(&self) -> PathBuf {
+        let store = blake3::hash(self.inner.describe().as_bytes()).to_hex();
+        self.dir.join(format!("packs-{}.list", &store[..16]))
+    }
+
+    /// The listing of the packs from its copy: `NANOS SIZE KEY` lines.
+    async fn read_listing(&self) -> Option<Vec<ObjectInfo>> {
+        let copy = Self::read_copy(self.listing_path(), "").await?;
+        let text = std::str::from_utf8(&copy).ok()?;
+        text.lines()
+            .map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                let nanos: u64 = parts.next()?.parse().ok()?;
+                let size = parts.next()?.parse().ok()?;
+                let key = parts.next()?.to_string();
+                let last_modified = UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+                Some(ObjectInfo {
+                    key,
+                    size,
+                    last_modified,
+                })
+            })
+            .collect()
+    }
+
+    async fn write_listing(&self, listing: &[ObjectInfo]) {
+        let mut text = String::new();
+        for o in listing.iter().filter(|o| !o.key.contains('\n')) {
+            let nanos = o
+                .last_modified
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            text.push_str(&format!("{nanos} {} {}\n", o.size, o.key));
+        }
+        Self::write_copy(self.listing_path(), Bytes::from(text)).await;
+    }
+
     async fn write_copy(path: PathBuf, data: Bytes) {
         let written = tokio::task::spawn_blocking(move || write_atomically(&path, &data));
         if let Ok(Err(e)) = written.await {
             // Best effort: the next open fetches it again.
-            tracing::warn!(error = %e, "could not keep a copy of a pack index");
+            tracing::warn!(error = %e, "could not keep a copy of store metadata");
         }
     }
 }
@@ -85,7 +138,7 @@ impl BlobStore for MetaCacheStore {
         let Some(path) = self.path_of(key) else {
             return self.inner.get(key).await;
         };
-        if let Some(copy) = Self::read_copy(path.clone()).await {
+        if let Some(copy) = Self::read_copy(path.clone(), key).await {
             self.hits.fetch_add(1, Relaxed);
             return Ok(copy);
         }
@@ -101,7 +154,18 @@ impl BlobStore for MetaCacheStore {
         self.inner.head(key).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.inner.list(prefix).await
+        if prefix != PACKS_PREFIX {
+            return self.inner.list(prefix).await;
+        }
+        if !self.listed.swap(true, Relaxed) {
+            if let Some(listing) = self.read_listing().await {
+                self.hits.fetch_add(1, Relaxed);
+                return Ok(listing);
+            }
+        }
+        let listing = self.inner.list(prefix).await?;
+        self.write_listing(&listing).await;
+        Ok(listing)
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         if let Some(path) = self.path_of(key) {
@@ -173,5 +237,61 @@ mod tests {
         drop(counting);
         // Everything else behaves as the store does.
         crate::blob::conformance::run(&second).await;
+    }
+
+    #[tokio::test]
+    async fn manifests_and_the_first_pack_listing_come_from_copies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn BlobStore> =
+            Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
+        let manifest = Bytes::from_static(b"manifest bytes");
+        let image = thaw_core::Manifest::id_of(&manifest);
+        let image_key = crate::pack::keys::image_key(&image);
+        backend.put(&image_key, manifest.clone()).await.unwrap();
+        let first_pack = format!("packs/{}.idx", "ab".repeat(32));
+        backend
+            .put(&first_pack, Bytes::from_static(b"i"))
+            .await
+            .unwrap();
+        let open = || {
+            let counting = Arc::new(CountingStore::new(backend.clone()));
+            let meta = MetaCacheStore::new(counting.clone(), &tmp.path().join("meta")).unwrap();
+            (counting, meta)
+        };
+        let keys = |l: Vec<ObjectInfo>| l.into_iter().map(|o| o.key).collect::<Vec<_>>();
+        let (_, first) = open();
+        assert_eq!(first.get(&image_key).await.unwrap(), manifest);
+        assert_eq!(
+            keys(first.list("packs").await.unwrap()),
+            vec![first_pack.clone()]
+        );
+
+        // A new process: no request for either.
+        let (counting, second) = open();
+        assert_eq!(second.get(&image_key).await.unwrap(), manifest);
+        let listed = second.list("packs").await.unwrap();
+        assert_eq!(keys(listed), vec![first_pack.clone()]);
+        let c = counting.counters().snapshot();
+        assert_eq!((c.gets, c.lists), (0, 0), "served from the copies");
+        // A pack written since: only a later listing sees it, and it goes to the store.
+        let new_pack = format!("packs/{}.idx", "cd".repeat(32));
+        backend
+            .put(&new_pack, Bytes::from_static(b"j"))
+            .await
+            .unwrap();
+        assert_eq!(second.list("packs").await.unwrap().len(), 2);
+        assert_eq!(counting.counters().snapshot().lists, 1);
+
+        // A manifest copy that does not hash to its id is dropped and fetched again.
+        let copy = tmp.path().join("meta").join(format!("{image}.manifest"));
+        write_atomically(&copy, b"other bytes").unwrap();
+        let (counting, third) = open();
+        assert_eq!(third.get(&image_key).await.unwrap(), manifest);
+        assert_eq!(counting.counters().snapshot().gets, 1);
+        // The listing copy names its store: another store's first listing is its own.
+        let other: Arc<dyn BlobStore> =
+            Arc::new(ObjectStoreBackend::local(&tmp.path().join("other")).unwrap());
+        let meta = MetaCacheStore::new(other, &tmp.path().join("meta")).unwrap();
+        assert!(meta.list("packs").await.unwrap().is_empty());
     }
 }
