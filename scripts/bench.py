@@ -63,18 +63,30 @@ def cold_markdown(cold):
     return "\n".join(rows)
 
 
-def quick():
-    """The quick mode: the read-path figures a change to it most likely moves."""
+def cold_store():
+    """The Debian rootfs in its own store (built once, reused while complete)."""
     store = f"{WORK}/cold-store"
     if not os.path.exists(f"{store}/.bench-complete"):
         fresh(store)
         sh(f"{THAW} --store {store} build {ROOTFS} --tag base && touch {store}/.bench-complete")
+    return store
+
+
+def read_everything_markdown(store):
+    """The read-everything rows (`dpkg --verify`, lazy against the full pull)."""
+    rows = ["| read everything (`dpkg --verify`) | lazy s | full pull s | lazy / full | bytes fetched |",
+            "|---|---:|---:|---:|---:|"]
+    for label, (lazy, full, fetched) in read_everything(store).items():
+        rows.append(f"| {label} | {lazy:.3f} | {full:.3f} | {lazy / full:.2f} | {fetched:.0f} |")
+    return "\n".join(rows)
+
+
+def quick():
+    """The quick mode: the read-path figures a change to it most likely moves."""
+    store = cold_store()
     print(cold_markdown(cold_start(store, quick=True)))
     print()
-    print("| read everything (`dpkg --verify`) | lazy s | full pull s | lazy / full | bytes fetched |")
-    print("|---|---:|---:|---:|---:|")
-    for label, (lazy, full, fetched) in read_everything(store).items():
-        print(f"| {label} | {lazy:.3f} | {full:.3f} | {lazy / full:.2f} | {fetched:.0f} |")
+    print(read_everything_markdown(store))
     print()
     size, disk, ram = warm_sequential()
     for where, runs in (("VM disk", disk), ("RAM-backed ext4", ram)):
@@ -116,17 +128,10 @@ def main():
         print(run_markdown(run_start(names)))
         return
     if only == "cold":
-        store = f"{WORK}/cold-store"
-        if not os.path.exists(f"{store}/.bench-complete"):
-            fresh(store)
-            sh(f"{THAW} --store {store} build {ROOTFS} --tag base && touch {store}/.bench-complete")
-        cold = cold_start(store, quick=True)
-        print(cold_markdown(cold))
+        store = cold_store()
+        print(cold_markdown(cold_start(store, quick=True)))
         print()
-        print("| read everything (`dpkg --verify`) | lazy s | full pull s | lazy / full | bytes fetched |")
-        print("|---|---:|---:|---:|---:|")
-        for label, (lazy, full, fetched) in read_everything(store).items():
-            print(f"| {label} | {lazy:.3f} | {full:.3f} | {lazy / full:.2f} | {fetched:.0f} |")
+        print(read_everything_markdown(store))
         print()
         print(mount_start_markdown(mount_start(store)))
         return

@@ -222,44 +222,44 @@ def passthrough_runs(store, cache, out, mp, size):
     """RUNS reads of big.bin through one mount that has it whole in its whole-file cache
     (so every open is answered with FUSE passthrough and the kernel reads the local
     file), page cache dropped before each, alternating with `cat` of the export."""
-    thaw_runs, cat_runs = [], []
     m = Mount(store, "big", mp, mount_args=["--cache", cache])
     sh(f"cat {m.mountpoint}/big.bin > /dev/null")
     wait_for_whole_file(m)
 
-    def thaw_run():
+    def thaw_read():
         drop_caches()
         t, _ = timed(f"cat {m.mountpoint}/big.bin > /dev/null")
-        thaw_runs.append(size / t / 1e9)
+        return t
 
-    def cat_run():
-        drop_caches()
-        t, _ = timed(f"cat {out}/big.bin > /dev/null")
-        cat_runs.append(size / t / 1e9)
-
-    for i in range(RUNS):
-        for run in (thaw_run, cat_run) if i % 2 == 0 else (cat_run, thaw_run):
-            run()
+    runs = alternate_with_cat(thaw_read, out, size, f"passthrough GB/s ({cache})")
     st = m.stop()
     assert int(st["passthrough_opens"]) >= RUNS, st
-    print(f"  passthrough GB/s ({cache}): thaw {[round(x, 2) for x in thaw_runs]}, "
-          f"cat {[round(x, 2) for x in cat_runs]}", file=sys.stderr)
-    return thaw_runs, cat_runs
+    return runs
 
 
 def sequential_runs(store, cache, out, mp, size):
     """RUNS reads of big.bin through a fresh mount and of the export, alternating which
     goes first (on this VM the order of two back-to-back reads changed their figures
     measurably). Returns the GB/s of each run: (thaw runs, cat runs)."""
-    thaw_runs, cat_runs = [], []
 
-    def thaw_run():
+    def thaw_read():
         m = Mount(store, "big", mp, mount_args=["--cache", cache])
         drop_caches()
         t, _ = timed(f"cat {m.mountpoint}/big.bin > /dev/null")
         st = m.stop()
         assert int(st["fetched_chunks"]) == 0, "the disk cache should serve everything"
-        thaw_runs.append(size / t / 1e9)
+        return t
+
+    return alternate_with_cat(thaw_read, out, size, f"warm sequential GB/s ({cache})")
+
+
+def alternate_with_cat(thaw_read, out, size, label):
+    """RUNS of `thaw_read` (seconds for big.bin) and of `cat` of the export (page cache
+    dropped), alternating which goes first. Returns the GB/s of each: (thaw, cat)."""
+    thaw_runs, cat_runs = [], []
+
+    def thaw_run():
+        thaw_runs.append(size / thaw_read() / 1e9)
 
     def cat_run():
         drop_caches()
@@ -269,7 +269,7 @@ def sequential_runs(store, cache, out, mp, size):
     for i in range(RUNS):
         for run in (thaw_run, cat_run) if i % 2 == 0 else (cat_run, thaw_run):
             run()
-    print(f"  warm sequential GB/s ({cache}): thaw {[round(x, 2) for x in thaw_runs]}, "
+    print(f"  {label}: thaw {[round(x, 2) for x in thaw_runs]}, "
           f"cat {[round(x, 2) for x in cat_runs]}", file=sys.stderr)
     return thaw_runs, cat_runs
 
