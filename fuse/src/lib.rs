@@ -15,6 +15,7 @@ mod reads;
 pub mod registry;
 pub mod session;
 pub mod stats;
+pub mod takeover;
 mod trace;
 
 pub use fs::{FsConfig, ThawFs};

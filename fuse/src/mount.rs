@@ -2,12 +2,17 @@
 //! and cleaning up mounts whose daemon died.
 
 use crate::fs::ThawFs;
+use crate::registry::{MountRecord, ProcessId};
 use crate::stats::StatsSnapshot;
+use crate::takeover::{HolderCommand, TakeoverError};
 use fuser::{Config, MountOption, SessionACL};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+mod table;
+pub use table::{absolute, is_mounted, mount_points, unmount, Unmounted};
 
 /// A mount point resolved by the caller to a descriptor (an `O_PATH` directory opened
 /// without following symlinks), so nothing swapped into the path afterwards can redirect
@@ -44,6 +49,10 @@ pub struct MountOptions {
     /// readers. Set through the mount's `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`, which
     /// needs root; without it the default stays.
     pub kernel_readahead: u64,
+    /// Keep the FUSE connection open in a holder process started with this command, so
+    /// that the mount outlives this process and a successor can serve it again (see
+    /// [`crate::takeover`]). Auto-unmount is then off: it would end the mount with us.
+    pub holder: Option<HolderCommand>,
 }
 
 /// [`MountOptions::kernel_readahead`] unless told otherwise: measured best for sequential
@@ -59,6 +68,7 @@ impl Default for MountOptions {
             writable: None,
             target: None,
             kernel_readahead: DEFAULT_KERNEL_READAHEAD,
+            holder: None,
         }
     }
 }
@@ -82,6 +92,9 @@ pub enum MountError {
     /// Nothing is mounted there.
     #[error("{0} is not mounted")]
     NotMounted(String),
+    /// The connection could not be held for a successor, or taken over from a holder.
+    #[error(transparent)]
+    Takeover(#[from] TakeoverError),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MountError + 'a {
@@ -107,6 +120,8 @@ pub struct MountHandle {
     fuse_dir: PathBuf,
     /// An overlay or a bind mount sits on the mount point above the FUSE layer.
     top_layer: bool,
+    /// The process keeping the connection for a successor, if any.
+    holder: Option<ProcessId>,
 }
 
 /// Mounts `fs` at `mountpoint`: read-only, `nosuid`, `nodev`, and writable through
@@ -133,14 +148,29 @@ pub fn mount(
     };
     let fuse_dir = fuse_dir(&mountpoint, options)?;
     let config = fuse_config(&fs, options);
-    let session = fuser::spawn_mount(fs.clone(), &fuse_dir, &config)
+    let session = fuser::Session::new(fs.clone(), &fuse_dir, &config)
         .map_err(io("mount FUSE at", &fuse_dir))?;
+    let holder = match &options.holder {
+        Some(command) => match crate::takeover::spawn_holder(session.as_fd(), command) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                drop(session); // unmounts
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let mut handle = MountHandle {
         fs,
-        session: Some(session),
+        session: Some(
+            session
+                .spawn()
+                .map_err(io("start the FUSE threads of", &fuse_dir))?,
+        ),
         mountpoint: mountpoint.clone(),
         fuse_dir: fuse_dir.clone(),
         top_layer: false,
+        holder,
     };
     if options.kernel_readahead > 0 {
         if let Err(e) = set_kernel_readahead(&fuse_dir, options.kernel_readahead) {
@@ -209,7 +239,7 @@ fn fuse_config(fs: &ThawFs, options: &MountOptions) -> Config {
         MountOption::FSName(format!("thaw:{}", image.short())),
         MountOption::Subtype("thaw".into()),
     ];
-    if options.auto_unmount.unwrap_or_else(have_fusermount3) {
+    if options.holder.is_none() && options.auto_unmount.unwrap_or_else(have_fusermount3) {
         mount_options.push(MountOption::AutoUnmount);
     }
     let mut config = Config::default();
@@ -257,7 +287,51 @@ fn set_kernel_readahead(fuse_dir: &Path, bytes: u64) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", file.display())))
 }
 
+/// Serves again a mount whose owner died while a holder kept its connection (see
+/// [`crate::takeover`]): takes the connection from the holder, serves it with `fs` (the
+/// same image, so the same inode numbers), and has the kernel resend the requests the
+/// dead owner left unanswered. The overlay or bind mount above it is still in place.
+pub fn adopt(
+    fs: ThawFs,
+    record: &MountRecord,
+    options: &MountOptions,
+) -> Result<MountHandle, MountError> {
+    let holder = record
+        .holder
+        .ok_or(TakeoverError::HolderGone(record.owner.pid))?;
+    let fuse = crate::takeover::take(holder, crate::takeover::HOLDER_FD)?;
+    if record.passthrough {
+        fs.shared().passthrough.set_negotiated();
+    }
+    let config = fuse_config(&fs, options);
+    let session = fuser::Session::from_initialized_fd(fs.clone(), fuse, config.acl, config);
+    if let Err(e) = crate::takeover::resend_pending(session.as_fd()) {
+        tracing::warn!(mountpoint = %record.fuse_dir.display(), error = %e, "the kernel did not resend what the dead owner left unanswered: those callers wait until the mount ends");
+    }
+    let session = session
+        .spawn()
+        .map_err(io("start the FUSE threads of", &record.fuse_dir))?;
+    Ok(MountHandle {
+        fs,
+        session: Some(session),
+        mountpoint: record.mountpoint.clone(),
+        fuse_dir: record.fuse_dir.clone(),
+        top_layer: record.mountpoint != record.fuse_dir,
+        holder: Some(holder),
+    })
+}
+
 impl MountHandle {
+    /// The process keeping the connection for a successor, if any.
+    pub fn holder(&self) -> Option<ProcessId> {
+        self.holder
+    }
+
+    /// Whether the kernel agreed to passthrough at the connection's init.
+    pub fn passthrough_negotiated(&self) -> bool {
+        self.fs.shared().passthrough.negotiated()
+    }
+
     /// Where the image (or its overlay) is mounted.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
@@ -317,6 +391,10 @@ impl MountHandle {
                 session
                     .join()
                     .map_err(io("join the FUSE threads of", &self.fuse_dir))?;
+                // The connection has ended, so the holder is leaving by itself.
+                if let Some(h) = self.holder.take() {
+                    crate::takeover::stop_holder(h);
+                }
             }
         }
         Ok(())
@@ -328,108 +406,5 @@ impl Drop for MountHandle {
         if let Err(e) = self.unmount_inner() {
             tracing::warn!(error = %e, "unmount on drop failed");
         }
-    }
-}
-
-/// Reads the mount points of this mount namespace.
-pub fn mount_points() -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .collect()
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    // Spaces, tabs, newlines and backslashes are written as \ooo.
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether `path` is a mount point (compared without resolving it: a dead FUSE mount
-/// cannot be resolved).
-pub fn is_mounted(path: &Path) -> bool {
-    let path = absolute(path);
-    mount_points().contains(&path)
-}
-
-/// `path` made absolute and normalised lexically (no symlink resolution).
-pub fn absolute(path: &Path) -> PathBuf {
-    let joined = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(path)
-    };
-    let mut out = PathBuf::from("/");
-    for c in joined.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// How an unmount went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unmounted {
-    /// Gone from the mount table and not in use.
-    Clean,
-    /// Busy: detached from the tree, freed by the kernel when the last user leaves.
-    Detached,
-}
-
-/// Unmounts whatever is mounted at `path`; a busy or dead mount is detached lazily.
-pub fn unmount(path: &Path) -> Result<Unmounted, MountError> {
-    let path = absolute(path);
-    if !is_mounted(&path) {
-        return Err(MountError::NotMounted(path.display().to_string()));
-    }
-    use rustix::mount::{unmount as umount2, UnmountFlags};
-    let first = match umount2(&path, UnmountFlags::empty()) {
-        Ok(()) => return Ok(Unmounted::Clean),
-        Err(e) => e,
-    };
-    tracing::warn!(path = %path.display(), error = %first, "unmount failed; detaching lazily");
-    match umount2(&path, UnmountFlags::DETACH) {
-        Ok(()) => Ok(Unmounted::Detached),
-        Err(e) => Err(io("unmount", &path)(e.into())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/mnt/with\040space"), "/mnt/with space");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
-
-    #[test]
-    fn absolute_paths() {
-        assert_eq!(
-            absolute(Path::new("/a/b/../c/./d")),
-            PathBuf::from("/a/c/d")
-        );
-        assert!(absolute(Path::new("rel")).is_absolute());
     }
 }

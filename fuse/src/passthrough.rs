@@ -107,6 +107,11 @@ impl Passthrough {
         self.negotiated.store(true, Relaxed);
     }
 
+    /// Whether the kernel accepted passthrough at the connection's init.
+    pub(crate) fn negotiated(&self) -> bool {
+        self.negotiated.load(Relaxed)
+    }
+
     /// Whether passthrough is live on this mount.
     pub(crate) fn active(&self) -> bool {
         self.negotiated.load(Relaxed) && self.usable.load(Relaxed)

@@ -50,7 +50,11 @@ pub struct ProcessId {
 impl ProcessId {
     /// This process.
     pub fn current() -> Self {
-        let pid = std::process::id();
+        Self::of(std::process::id())
+    }
+
+    /// The process with this pid now.
+    pub fn of(pid: u32) -> Self {
         ProcessId {
             pid,
             start: start_time(pid).unwrap_or(0),
@@ -66,12 +70,16 @@ impl ProcessId {
     }
 }
 
-/// A process's start time from `/proc/PID/stat`; `None` if there is no such process.
+/// A process's start time from `/proc/PID/stat`; `None` if there is no such process, or
+/// only its zombie (it has exited and waits to be reaped).
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// One mount, as recorded.
@@ -96,6 +104,11 @@ pub struct MountRecord {
     pub daemon: Option<String>,
     /// Seconds since the epoch when the mount was made.
     pub created: u64,
+    /// The process keeping the FUSE connection open for a successor of the owner (see
+    /// [`crate::takeover`]), if the mount is to outlive its owner.
+    pub holder: Option<ProcessId>,
+    /// Whether the kernel agreed to passthrough at the connection's `FUSE_INIT`.
+    pub passthrough: bool,
 }
 
 impl MountRecord {
@@ -117,6 +130,13 @@ impl MountRecord {
         }
         if let Some(d) = &self.daemon {
             lines.push(format!("daemon={d}"));
+        }
+        if let Some(h) = &self.holder {
+            lines.push(format!("holder_pid={}", h.pid));
+            lines.push(format!("holder_start={}", h.start));
+        }
+        if self.passthrough {
+            lines.push("passthrough=1".into());
         }
         lines.join("\n") + "\n"
     }
@@ -146,6 +166,14 @@ impl MountRecord {
             requested_by: text_field("requested_by")?,
             daemon: get("daemon").map(str::to_string),
             created: number("created")?,
+            holder: match get("holder_pid") {
+                None => None,
+                Some(_) => Some(ProcessId {
+                    pid: u32::try_from(number("holder_pid")?).map_err(|e| e.to_string())?,
+                    start: number("holder_start")?,
+                }),
+            },
+            passthrough: get("passthrough") == Some("1"),
         })
     }
 }
@@ -225,13 +253,31 @@ impl MountRegistry {
     }
 
     /// Unmounts what a dead serving process left (the overlay, then the FUSE layer) and
-    /// removes its record; returns the records cleaned. Records of live processes stay.
+    /// removes its record; returns the records cleaned. Records of live processes stay,
+    /// and so do those [`MountRecord::adoptable`]: their connection waits for the owner's
+    /// successor (which adopts them or calls [`MountRegistry::clean_orphans`]).
     pub fn clean_dead(&self) -> Vec<MountRecord> {
-        let dead: Vec<MountRecord> = self
-            .list()
+        self.clean(|r| !r.owner.is_alive() && !r.adoptable())
+    }
+
+    /// The ids of mounts whose owner died while a holder keeps their connection for a
+    /// successor.
+    pub fn adoptable_ids(&self) -> std::collections::HashSet<String> {
+        self.list()
             .into_iter()
-            .filter(|r| !r.owner.is_alive())
-            .collect();
+            .filter(MountRecord::adoptable)
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Cleans up after every dead owner, held connections included (their holders are
+    /// stopped); returns the records cleaned.
+    pub fn clean_orphans(&self) -> Vec<MountRecord> {
+        self.clean(|r| !r.owner.is_alive())
+    }
+
+    fn clean(&self, which: impl Fn(&MountRecord) -> bool) -> Vec<MountRecord> {
+        let dead: Vec<MountRecord> = self.list().into_iter().filter(|r| which(r)).collect();
         for r in &dead {
             clean_up(r);
             self.remove(&r.mountpoint);
@@ -240,8 +286,19 @@ impl MountRegistry {
     }
 }
 
-/// Unmounts whatever is still mounted of a record: the overlay first, then the FUSE layer.
+impl MountRecord {
+    /// Whether its owner died and a holder keeps its connection for a successor.
+    pub fn adoptable(&self) -> bool {
+        !self.owner.is_alive() && self.holder.is_some_and(|h| h.is_alive())
+    }
+}
+
+/// Unmounts whatever is still mounted of a record (the overlay first, then the FUSE
+/// layer) and stops its holder.
 pub fn clean_up(record: &MountRecord) {
+    if let Some(h) = record.holder {
+        crate::takeover::stop_holder(h);
+    }
     let mut dirs = vec![record.mountpoint.clone()];
     if record.fuse_dir != record.mountpoint {
         dirs.push(record.fuse_dir.clone());
@@ -293,6 +350,8 @@ mod tests {
             requested_by: "thaw mount (uid 0)".into(),
             daemon: Some("http://127.0.0.1:7411".into()),
             created: 1_700_000_000,
+            holder: None,
+            passthrough: false,
         }
     }
 
@@ -341,5 +400,51 @@ mod tests {
         assert_eq!(cleaned.len(), 2);
         assert!(!cleaned.contains(&PathBuf::from("/mnt/live")));
         assert_eq!(reg.list().len(), 1);
+    }
+
+    #[test]
+    fn held_records_wait_for_a_successor_until_it_cleans_up() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let reg = MountRegistry::new(tmp.path());
+        let mut gone = std::process::Command::new("true").spawn().expect("spawn");
+        let dead = ProcessId::of(gone.id());
+        gone.wait().expect("wait");
+        let mut holder = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .expect("spawn");
+        let held = MountRecord {
+            id: "held".into(),
+            holder: Some(ProcessId::of(holder.id())),
+            passthrough: true,
+            ..record("/mnt/held", dead)
+        };
+        let unheld = MountRecord {
+            id: "unheld".into(),
+            holder: Some(dead),
+            ..record("/mnt/unheld", dead)
+        };
+        reg.write(&held).expect("write");
+        reg.write(&unheld).expect("write");
+        assert_eq!(
+            reg.find(Path::new("/mnt/held")).expect("read"),
+            Some(held.clone())
+        );
+        assert!(held.adoptable() && !unheld.adoptable());
+        let cleaned: Vec<String> = reg.clean_dead().into_iter().map(|r| r.id).collect();
+        assert_eq!(cleaned, ["unheld"], "a held record waits");
+        assert_eq!(reg.adoptable_ids(), ["held".to_string()].into());
+        let cleaned: Vec<String> = reg.clean_orphans().into_iter().map(|r| r.id).collect();
+        assert_eq!(cleaned, ["held"]);
+        assert!(reg.list().is_empty());
+        // Its holder was stopped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while holder.try_wait().expect("try_wait").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the holder still runs"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -1,0 +1,147 @@
+//! Background fetches tied to a mount session: the image's start-up trace at mount, and
+//! the rest of the image in bulk once a workload reads most of it.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use thaw_core::ImageId;
+use thaw_store::{ChunkReader, PrefetchProgress, Repository};
+use tokio_util::sync::CancellationToken;
+
+/// A background prefetch tied to a session: cancelled and awaited when it ends.
+#[derive(Debug)]
+pub struct Prefetch {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Prefetch {
+    /// Starts warming the caches with the image's pushed start-up traces (one GET for the
+    /// merged list), at prefetch priority. Starts at once: the list and the manifest are
+    /// both a round trip away.
+    pub fn trace(repo: &Repository, reader: &Arc<ChunkReader>, image: ImageId) -> Self {
+        let cancel = CancellationToken::new();
+        let (repo, reader, stop) = (repo.clone(), reader.clone(), cancel.clone());
+        let task = tokio::spawn(async move {
+            let list = match repo.prefetch_list(&image).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no prefetch: reading the image's traces failed");
+                    return;
+                }
+            };
+            if list.is_empty() {
+                return;
+            }
+            let ids: Vec<_> = list.into_iter().map(|r| r.chunk).collect();
+            let progress = PrefetchProgress::default();
+            let done = reader.prefetch(&ids, &progress, &stop).await;
+            let chunks = progress.done_chunks.load(Relaxed);
+            tracing::info!(done, chunks, "trace prefetch finished");
+        });
+        Prefetch { cancel, task }
+    }
+
+    /// Watches the mount's reads, and once it has served `fraction` of the image's file
+    /// bytes, fetches every chunk not cached yet, in file order, at prefetch priority
+    /// (large sequential requests; on-demand reads still go first). Only where a disk
+    /// cache can hold the whole image: otherwise it would evict what readers use.
+    pub fn bulk(shared: Arc<crate::fs::FsShared>, fraction: f64) -> Option<Self> {
+        let image_bytes: u64 = shared
+            .manifest
+            .chunks
+            .iter()
+            .map(|c| u64::from(c.len))
+            .sum();
+        let usage = shared.reader.cache_usage();
+        if usage.disk_capacity < image_bytes.saturating_mul(2) || image_bytes == 0 {
+            return None;
+        }
+        let trigger = BulkTrigger::new(image_bytes, fraction);
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BULK_CHECK);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let served = shared.stats.bytes_served.load(Relaxed);
+                if trigger.fires(served, shared.stats.count(crate::stats::Op::Open)) {
+                    break;
+                }
+            }
+            let ids: Vec<_> = shared.manifest.chunks.iter().map(|c| c.id).collect();
+            let progress = PrefetchProgress::default();
+            tracing::info!(image = %shared.image, chunks = ids.len(), "most of the image is being read: fetching the rest in bulk");
+            let done = shared.reader.prefetch(&ids, &progress, &stop).await;
+            let chunks = progress.done_chunks.load(Relaxed);
+            tracing::info!(done, chunks, "bulk fetch finished");
+        });
+        Some(Prefetch { cancel, task })
+    }
+
+    /// Asks the fetch to stop, without waiting (for a drop).
+    pub(super) fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    pub(super) async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// When a mount fetches the rest of its image in bulk: once it has served a fraction of
+/// the image's bytes (coverage), or once a workload walks the image: it has opened
+/// [`BulkTrigger::WALK_OPENS`] files and read [`BulkTrigger::WALK_FRACTION`] of the bytes.
+/// A package check or a full import opens thousands of files early on, long before it has
+/// read a quarter of the image; a start-up opens tens to hundreds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkTrigger {
+    coverage_bytes: u64,
+    walk_bytes: u64,
+}
+
+impl BulkTrigger {
+    /// Opens that mark a workload walking the image.
+    pub const WALK_OPENS: u64 = 300;
+    /// The fraction of the image a walk must also have read.
+    pub const WALK_FRACTION: f64 = 0.02;
+
+    /// The trigger for an image of `image_bytes` with the coverage `fraction`.
+    pub fn new(image_bytes: u64, fraction: f64) -> Self {
+        let part = |f: f64| (image_bytes as f64 * f.clamp(0.0, 1.0)) as u64;
+        BulkTrigger {
+            coverage_bytes: part(fraction),
+            walk_bytes: part(Self::WALK_FRACTION.min(fraction)),
+        }
+    }
+
+    /// Whether a mount that has served `served` bytes through `opens` opens should fetch
+    /// the rest now.
+    pub fn fires(&self, served: u64, opens: u64) -> bool {
+        served >= self.coverage_bytes || (opens >= Self::WALK_OPENS && served >= self.walk_bytes)
+    }
+}
+
+/// How often a mount checks whether to fetch the rest of its image in bulk.
+const BULK_CHECK: std::time::Duration = std::time::Duration::from_millis(25);
+
+#[cfg(test)]
+mod tests {
+    use super::BulkTrigger;
+
+    #[test]
+    fn bulk_fires_on_coverage_or_on_a_walk_of_the_image() {
+        let t = BulkTrigger::new(1000, 0.25);
+        assert!(!t.fires(249, 299), "neither");
+        assert!(t.fires(250, 0), "a quarter read");
+        assert!(t.fires(20, 300), "three hundred opens and 2% read");
+        assert!(!t.fires(19, 5000), "many opens of little (a metadata walk)");
+        assert!(!t.fires(200, 299), "a start-up: fewer opens");
+        // A lower coverage threshold than the walk's fraction wins.
+        let t = BulkTrigger::new(1000, 0.01);
+        assert!(t.fires(10, 0));
+    }
+}
