@@ -314,10 +314,11 @@ impl Filesystem for ThawFs {
     ) {
         let s = &self.shared;
         s.handles.lock().remove(&fh.0);
+        reply.ok();
+        // After the reply: a successor must never count fewer opens than the kernel has.
         if let Ok(i) = s.ino(ino) {
             s.release_passthrough(i);
         }
-        reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

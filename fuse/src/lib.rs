@@ -10,6 +10,7 @@ pub mod files;
 mod fs;
 mod inodes;
 pub mod mount;
+pub mod opens;
 pub mod passthrough;
 mod reads;
 pub mod registry;

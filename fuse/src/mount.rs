@@ -2,7 +2,7 @@
 //! and cleaning up mounts whose daemon died.
 
 use crate::fs::ThawFs;
-use crate::registry::{MountRecord, ProcessId};
+use crate::registry::ProcessId;
 use crate::stats::StatsSnapshot;
 use crate::takeover::{HolderCommand, TakeoverError};
 use fuser::{Config, MountOption, SessionACL};
@@ -11,7 +11,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod adopt;
 mod table;
+pub use adopt::adopt;
 pub use table::{absolute, is_mounted, mount_points, unmount, Unmounted};
 
 /// A mount point resolved by the caller to a descriptor (an `O_PATH` directory opened
@@ -53,6 +55,8 @@ pub struct MountOptions {
     /// that the mount outlives this process and a successor can serve it again (see
     /// [`crate::takeover`]). Auto-unmount is then off: it would end the mount with us.
     pub holder: Option<HolderCommand>,
+    /// Where a held mount records its open table for a successor ([`crate::opens`]).
+    pub open_table: Option<PathBuf>,
 }
 
 /// [`MountOptions::kernel_readahead`] unless told otherwise: measured best for sequential
@@ -69,6 +73,7 @@ impl Default for MountOptions {
             target: None,
             kernel_readahead: DEFAULT_KERNEL_READAHEAD,
             holder: None,
+            open_table: None,
         }
     }
 }
@@ -150,15 +155,12 @@ pub fn mount(
     let config = fuse_config(&fs, options);
     let session = fuser::Session::new(fs.clone(), &fuse_dir, &config)
         .map_err(io("mount FUSE at", &fuse_dir))?;
-    let holder = match &options.holder {
-        Some(command) => match crate::takeover::spawn_holder(session.as_fd(), command) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                drop(session); // unmounts
-                return Err(e.into());
-            }
-        },
-        None => None,
+    let holder = match hold(&fs, session.as_fd(), options) {
+        Ok(h) => h,
+        Err(e) => {
+            drop(session); // unmounts
+            return Err(e);
+        }
     };
     let mut handle = MountHandle {
         fs,
@@ -227,8 +229,29 @@ fn bind_read_only(source: &Path, target: &Path) -> std::io::Result<()> {
     rustix::mount::mount_bind(source, target).map_err(std::io::Error::from)
 }
 
+/// For a mount with a holder: starts it on the connection and attaches the open table
+/// that a successor will need.
+fn hold(
+    fs: &ThawFs,
+    fuse: std::os::fd::BorrowedFd<'_>,
+    options: &MountOptions,
+) -> Result<Option<ProcessId>, MountError> {
+    let Some(command) = &options.holder else {
+        return Ok(None);
+    };
+    if let Some(path) = &options.open_table {
+        let table = crate::opens::OpenTable::create(path, fs.shared().manifest.inodes.len())
+            .map_err(io("create the open table", path))?;
+        fs.shared().passthrough.attach(table);
+    }
+    Ok(Some(crate::takeover::spawn_holder(fuse, command)?))
+}
+
 /// fuser's settings for a mount: read-only, `nosuid`, `nodev`, kernel permission checks,
-/// auto-unmount when asked (or when `fusermount3` exists), `clone_fd` worker threads.
+/// auto-unmount when asked (or when `fusermount3` exists), worker threads, each on a
+/// cloned descriptor unless the mount is held: the kernel aborts the requests a cloned
+/// descriptor's reader took when it closes, while those read from the held descriptor
+/// can be resent to a successor.
 fn fuse_config(fs: &ThawFs, options: &MountOptions) -> Config {
     let image = fs.shared().image;
     let mut mount_options = vec![
@@ -250,7 +273,7 @@ fn fuse_config(fs: &ThawFs, options: &MountOptions) -> Config {
         SessionACL::Owner
     };
     config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
+    config.clone_fd = options.holder.is_none();
     config
 }
 
@@ -285,40 +308,6 @@ fn set_kernel_readahead(fuse_dir: &Path, bytes: u64) -> std::io::Result<()> {
     let file = readahead_file(fuse_dir)?;
     std::fs::write(&file, format!("{}\n", bytes.div_ceil(1024)))
         .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", file.display())))
-}
-
-/// Serves again a mount whose owner died while a holder kept its connection (see
-/// [`crate::takeover`]): takes the connection from the holder, serves it with `fs` (the
-/// same image, so the same inode numbers), and has the kernel resend the requests the
-/// dead owner left unanswered. The overlay or bind mount above it is still in place.
-pub fn adopt(
-    fs: ThawFs,
-    record: &MountRecord,
-    options: &MountOptions,
-) -> Result<MountHandle, MountError> {
-    let holder = record
-        .holder
-        .ok_or(TakeoverError::HolderGone(record.owner.pid))?;
-    let fuse = crate::takeover::take(holder, crate::takeover::HOLDER_FD)?;
-    if record.passthrough {
-        fs.shared().passthrough.set_negotiated();
-    }
-    let config = fuse_config(&fs, options);
-    let session = fuser::Session::from_initialized_fd(fs.clone(), fuse, config.acl, config);
-    if let Err(e) = crate::takeover::resend_pending(session.as_fd()) {
-        tracing::warn!(mountpoint = %record.fuse_dir.display(), error = %e, "the kernel did not resend what the dead owner left unanswered: those callers wait until the mount ends");
-    }
-    let session = session
-        .spawn()
-        .map_err(io("start the FUSE threads of", &record.fuse_dir))?;
-    Ok(MountHandle {
-        fs,
-        session: Some(session),
-        mountpoint: record.mountpoint.clone(),
-        fuse_dir: record.fuse_dir.clone(),
-        top_layer: record.mountpoint != record.fuse_dir,
-        holder: Some(holder),
-    })
 }
 
 impl MountHandle {

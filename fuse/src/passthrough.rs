@@ -11,14 +11,20 @@
 //! - passthrough reads bypass thaw, so only files written whole from verified chunks, or
 //!   found on disk and verified again, are passed through, and never while a start-up
 //!   trace is recorded (it would miss them).
+//!
+//! Because of the second rule, the opens of every file passthrough could serve are
+//! counted (plain ones too) once passthrough is negotiated, and a held mount writes them
+//! through to its open table ([`crate::opens`]) for a successor.
 
 use crate::fs::FsShared;
+use crate::opens::{OpenSlot, OpenTable};
 use crate::stats::PassthroughSnapshot;
 use fuser::{BackingId, ReplyOpen};
 use parking_lot::Mutex;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use thaw_core::manifest::FileExtent;
 use thaw_core::InodeKind;
 use thaw_store::read::cache::{FileKey, FileState};
@@ -64,6 +70,8 @@ pub(crate) struct Passthrough {
     /// Cleared after the kernel refused a backing file as no backing file could work.
     usable: AtomicBool,
     opens: Mutex<HashMap<u32, InodeOpens>>,
+    /// A held mount's record of `opens`, for a successor.
+    table: OnceLock<OpenTable>,
     jobs: Option<mpsc::Sender<Job>>,
     /// Opens answered with a backing file.
     pub(crate) opens_passed: AtomicU64,
@@ -90,6 +98,7 @@ impl Passthrough {
             negotiated: AtomicBool::new(false),
             usable: AtomicBool::new(true),
             opens: Mutex::default(),
+            table: OnceLock::new(),
             jobs,
             opens_passed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -115,6 +124,35 @@ impl Passthrough {
     /// Whether passthrough is live on this mount.
     pub(crate) fn active(&self) -> bool {
         self.negotiated.load(Relaxed) && self.usable.load(Relaxed)
+    }
+
+    /// Records this mount's opens in `table` from now on (a held mount).
+    pub(crate) fn attach(&self, table: OpenTable) {
+        let _ = self.table.set(table);
+    }
+
+    /// Takes over the opens a predecessor recorded in `table` (`live`), wrapping their
+    /// backing ids with `wrap`, and records in it from now on.
+    pub(crate) fn resume(
+        &self,
+        table: OpenTable,
+        live: Vec<OpenSlot>,
+        wrap: impl Fn(u32) -> BackingId,
+    ) {
+        let mut opens = self.opens.lock();
+        for slot in live {
+            let backing = (slot.backing != 0).then(|| Arc::new(wrap(slot.backing)));
+            let count = slot.count;
+            opens.insert(slot.ino, InodeOpens { count, backing });
+        }
+        self.attach(table);
+    }
+
+    fn record(&self, ino: u32, live: &InodeOpens) {
+        if let Some(table) = self.table.get() {
+            let backing = live.backing.as_ref().map_or(0, |b| b.raw());
+            table.store(ino, live.count, backing);
+        }
     }
 }
 
@@ -154,8 +192,17 @@ impl FsShared {
 
     /// The size of inode `ino` if its opens may be passed through.
     fn passthrough_size(&self, ino: u32) -> Option<u64> {
+        if !self.passthrough.active() || self.trace.is_some() {
+            return None;
+        }
+        self.mode_tracked(ino)
+    }
+
+    /// The size of inode `ino` if the kernel ties its opens to an I/O mode: passthrough
+    /// was negotiated and it is a file passthrough could serve (active now or not).
+    fn mode_tracked(&self, ino: u32) -> Option<u64> {
         let p = &self.passthrough;
-        if !p.active() || self.trace.is_some() {
+        if !p.negotiated() {
             return None;
         }
         match &self.manifest.inodes[ino as usize].kind {
@@ -164,51 +211,55 @@ impl FsShared {
         }
     }
 
-    /// Counts an open of `ino` and returns the backing id to answer it with, if it is to
-    /// be passed through: the inode's live one, or a new one when it has no open and is
-    /// whole in the cache.
+    /// Counts an open of `ino` (recorded before the reply) and returns the backing id to
+    /// answer it with, if it is to be passed through: the inode's live one, or a new one
+    /// when it has no open and is whole in the cache.
     pub(crate) fn open_passthrough(&self, ino: u32, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
-        let size = self.passthrough_size(ino)?;
+        self.mode_tracked(ino)?;
         let mut opens = self.passthrough.opens.lock();
-        if let Some(live) = opens.get_mut(&ino) {
-            live.count += 1;
-            return live.backing.clone();
-        }
-        let backing =
-            self.backing_file(ino, size)
-                .and_then(|file| match reply.open_backing(&file) {
-                    Ok(id) => Some(Arc::new(id)),
-                    Err(e) => {
-                        self.refused_backing(&e);
-                        None
-                    }
-                });
-        if backing.is_some() {
-            self.passthrough.opens_passed.fetch_add(1, Relaxed);
-        }
-        opens.insert(
-            ino,
-            InodeOpens {
+        let live = match opens.entry(ino) {
+            Entry::Occupied(e) => {
+                let live = e.into_mut();
+                live.count += 1;
+                live
+            }
+            Entry::Vacant(e) => e.insert(InodeOpens {
                 count: 1,
-                backing: backing.clone(),
-            },
-        );
-        backing
+                backing: self.new_backing(ino, reply),
+            }),
+        };
+        self.passthrough.record(ino, live);
+        live.backing.clone()
     }
 
-    /// Counts a release of `ino`; after its last plain open, see [`Self::queue_whole_file`].
+    /// A backing id for the first open of `ino`, if it may be passed through and is whole.
+    fn new_backing(&self, ino: u32, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        let file = self.backing_file(ino, self.passthrough_size(ino)?)?;
+        match reply.open_backing(&file) {
+            Ok(id) => {
+                self.passthrough.opens_passed.fetch_add(1, Relaxed);
+                Some(Arc::new(id))
+            }
+            Err(e) => {
+                self.refused_backing(&e);
+                None
+            }
+        }
+    }
+
+    /// Counts a release of `ino` (after its reply); after its last plain open, see
+    /// [`Self::queue_whole_file`].
     pub(crate) fn release_passthrough(&self, ino: u32) {
         let last_plain = {
             let mut opens = self.passthrough.opens.lock();
-            match opens.get_mut(&ino) {
-                Some(live) if live.count > 1 => {
-                    live.count -= 1;
-                    false
-                }
-                // Dropping a backing id closes it in the kernel.
-                Some(_) => opens.remove(&ino).is_some_and(|o| o.backing.is_none()),
-                None => false,
-            }
+            let Some(live) = opens.get_mut(&ino) else {
+                return;
+            };
+            live.count = live.count.saturating_sub(1);
+            self.passthrough.record(ino, live);
+            // Dropping a backing id closes it in the kernel: after the record, so that a
+            // successor never wraps a closed id.
+            live.count == 0 && opens.remove(&ino).is_some_and(|o| o.backing.is_none())
         };
         if last_plain && self.passthrough_size(ino).is_some() {
             self.queue_whole_file(ino);

@@ -148,7 +148,10 @@ impl MountSession {
             spec.record_trace,
             rt,
         );
-        let (target, options) = (spec.mountpoint.clone(), spec.options.clone());
+        let (target, mut options) = (spec.mountpoint.clone(), spec.options.clone());
+        if options.holder.is_some() {
+            options.open_table = Some(registry.open_table_for(&spec.id));
+        }
         let mounted =
             tokio::task::spawn_blocking(move || crate::mount::mount(fs, &target, &options));
         let handle = match mounted.await {
@@ -204,6 +207,8 @@ impl MountSession {
         let rt = tokio::runtime::Handle::current();
         let fs = ThawFs::new(image.manifest, image.id, reader, fs, None, rt);
         let r = record.clone();
+        let mut options = options;
+        options.open_table = Some(registry.open_table_for(&record.id));
         let adopted =
             tokio::task::spawn_blocking(move || crate::mount::adopt(fs, &r, &options)).await;
         let handle = match adopted {

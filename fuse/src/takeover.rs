@@ -136,10 +136,22 @@ pub fn take(holder: ProcessId, fd: RawFd) -> Result<OwnedFd, TakeoverError> {
     if !holder.is_alive() {
         return Err(gone());
     }
-    pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).map_err(|e| TakeoverError::Take {
+    let take = |source: std::io::Error| TakeoverError::Take {
         pid: holder.pid,
-        source: e.into(),
-    })
+        source,
+    };
+    let fuse = pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).map_err(|e| take(e.into()))?;
+    // Only ever serve a FUSE connection (`/dev/fuse` is character device 10:229).
+    let stat = rustix::fs::fstat(&fuse).map_err(|e| take(e.into()))?;
+    let is_fuse = rustix::fs::FileType::from_raw_mode(stat.st_mode)
+        == rustix::fs::FileType::CharacterDevice
+        && stat.st_rdev == rustix::fs::makedev(10, 229);
+    if !is_fuse {
+        return Err(take(std::io::Error::other(
+            "the holder's descriptor is not /dev/fuse",
+        )));
+    }
+    Ok(fuse)
 }
 
 /// Asks the kernel to queue again every request of the connection that was read but not

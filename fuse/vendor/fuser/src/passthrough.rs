@@ -75,6 +75,13 @@ impl BackingId {
         }
     }
 
+    /// The raw `backing_id` value, which stays owned by this reference.
+    ///
+    /// (Patched into thaw's copy of fuser 0.18.0; see PATCHED.md.)
+    pub fn raw(&self) -> u32 {
+        self.backing_id
+    }
+
     /// Converts this backing file reference into the raw `backing_id` value as returned by the kernel.
     ///
     /// This method transfers ownership of the backing file to the caller, who must invoke the

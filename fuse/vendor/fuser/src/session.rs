@@ -251,6 +251,19 @@ impl<FS: Filesystem> Session<FS> {
         }
     }
 
+    /// Wraps a backing id that an earlier server of this session's connection opened and
+    /// did not close, so that this session can answer opens with it and closes it when
+    /// the returned reference is dropped.
+    ///
+    /// # Safety
+    ///
+    /// The id must be open on this connection and wrapped only once.
+    ///
+    /// (Patched into thaw's copy of fuser 0.18.0; see PATCHED.md.)
+    pub unsafe fn wrap_backing(&self, id: u32) -> crate::BackingId {
+        unsafe { self.ch.sender().wrap_backing(id) }
+    }
+
     /// Run the session loop in a background thread. If the returned handle is dropped,
     /// the filesystem is unmounted and the given session ends.
     pub fn spawn(self) -> io::Result<BackgroundSession> {
