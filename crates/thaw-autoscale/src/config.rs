@@ -45,9 +45,9 @@ pub struct AutoscaleConfig {
     /// Seconds between two regular decisions (events decide in between).
     #[serde(default = "default_tick")]
     pub tick_seconds: f64,
-    /// At shutdown, leave process replicas running for the next daemon to adopt (else
-    /// every replica is drained and stopped). Containers always stop: their roots are
-    /// served by the daemon.
+    /// At shutdown, leave replicas running for the next daemon to adopt (else every
+    /// replica is drained and stopped): processes, and containers whose roots' FUSE
+    /// connections a holder process keeps (`thaw serve` gives them one).
     #[serde(default)]
     pub leave_running_on_exit: bool,
     /// The deployments.

@@ -180,8 +180,23 @@ async fn without_store(command: &Command) -> Option<Result<()>> {
     })
 }
 
+/// The first argument that makes this process a FUSE holder (see
+/// `thaw_fuse::takeover`): started by the daemon, never by hand.
+pub(crate) const FUSE_HOLDER_ARG: &str = "__fuse-holder";
+
+fn main() -> Result<()> {
+    // A holder only waits: no runtime, no threads, no logging.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == FUSE_HOLDER_ARG)
+    {
+        return serve_cmd::hold_fuse_connection();
+    }
+    run_main()
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn run_main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

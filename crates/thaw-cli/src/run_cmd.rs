@@ -21,9 +21,14 @@ use thaw_store::{ReaderConfig, Repository};
 /// container, the overlay and FUSE mounts, the container's directory and its record.
 /// Returns the directories of the containers cleaned up.
 pub fn clean_dead_containers() -> Vec<PathBuf> {
-    let dead = ContainerRegistry::node().clean_dead(|| {
-        MountRegistry::node().clean_dead();
-    });
+    // A daemon's containers whose roots are held for its successor are its to adopt.
+    let held = MountRegistry::node().adoptable_ids();
+    let dead = ContainerRegistry::node().clean_dead(
+        |r| held.contains(&r.id),
+        || {
+            MountRegistry::node().clean_dead();
+        },
+    );
     for r in &dead {
         eprintln!(
             "cleaned up container {} ({}) left by a process that died",

@@ -145,6 +145,10 @@ pub async fn serve(
             threads: args.threads,
             kernel_readahead: args.kernel_readahead,
             auto_unmount: args.auto_unmount,
+            holder: Some(thaw_fuse::takeover::HolderCommand {
+                program: std::env::current_exe().context("finding thaw's own binary")?,
+                args: vec![crate::FUSE_HOLDER_ARG.into()],
+            }),
         },
         ready_file: args.ready_file.clone(),
         autoscale,
@@ -164,5 +168,26 @@ pub async fn serve(
     };
     thaw_server::serve(repo, config, shutdown).await?;
     eprintln!("thaw serve: stopped");
+    Ok(())
+}
+
+/// The body of `thaw __fuse-holder`: keeps the FUSE connection the daemon left at
+/// descriptor 3 open until the connection ends (see `thaw_fuse::takeover`).
+pub fn hold_fuse_connection() -> Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::fs::FileTypeExt;
+    let fd = thaw_fuse::takeover::HOLDER_FD;
+    // SAFETY: the daemon placed the connection at this descriptor before exec; nothing
+    // else in this process owns or closes it.
+    let fuse = unsafe { OwnedFd::from_raw_fd(fd) };
+    let file = std::fs::File::from(fuse);
+    let is_device = file
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_char_device());
+    anyhow::ensure!(
+        is_device,
+        "descriptor {fd} is not a FUSE connection: started by hand?"
+    );
+    thaw_fuse::takeover::hold(file.into());
     Ok(())
 }

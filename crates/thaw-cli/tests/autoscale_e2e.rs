@@ -15,74 +15,20 @@
 mod common;
 use common::container::{debian_store, Node};
 use common::daemon::Daemon;
+use common::redis::Redis;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use thaw_api::api::DeploymentStatus;
 use thaw_tests::images::have;
 use thaw_tests::skip;
 
-/// A `redis-server` of the test's own, on a free port, in a temporary directory.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(dir: &Path) -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let redis = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while redis.cli(&["PING"]) != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        redis
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn config(redis: &Redis, max: u32) -> String {
+    config_with(redis, max, "")
+}
+
+/// The deployment `burst` with more policy parameters (`KEY = VALUE` lines).
+fn config_with(redis: &Redis, max: u32, params: &str) -> String {
     format!(
         r#"tick_seconds = 0.5
 
@@ -101,6 +47,7 @@ stop_grace_seconds = 5
 keep_warm = 3
 scale_down_delay = 1
 predictive = 0
+{params}
 
 [deployment.source]
 redis = "{}"
@@ -184,27 +131,53 @@ fn ready(test: &str) -> Option<&'static Path> {
     debian_store(test)
 }
 
+/// One test's node: Redis, the weights image, the daemon's directory and its config.
+struct Scene {
+    node: Node,
+    redis: Redis,
+    store: &'static Path,
+    cfg: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Scene {
+    /// Sets the scene over `store`, with the config `config` makes for its Redis.
+    fn new(store: &'static Path, config: impl Fn(&Redis) -> String) -> Scene {
+        let node = Node::new(store);
+        let redis = Redis::start(node.tmp.path());
+        let cfg = node.tmp.path().join("autoscale.toml");
+        std::fs::write(&cfg, config(&redis)).unwrap();
+        let dir = node.tmp.path().join("daemon");
+        std::fs::create_dir_all(&dir).unwrap();
+        weights_image(store, node.tmp.path());
+        Scene {
+            node,
+            redis,
+            store,
+            cfg,
+            dir,
+        }
+    }
+
+    /// Starts `thaw autoscale run` with resident weights and more environment `env`.
+    fn daemon(&self, env: &[(&str, &str)]) -> Daemon {
+        let flags = weights_flags(&self.dir);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let run_dir = self.node.tmp.path().join("run");
+        let mut env = env.to_vec();
+        env.push(("THAW_RUN_DIR", run_dir.to_str().unwrap()));
+        let store = self.store.to_str().unwrap();
+        Daemon::autoscale_with(&self.dir, store, &self.cfg, &flags, &env)
+    }
+}
+
 #[test]
 fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
     let test = "a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once";
     let Some(store) = ready(test) else { return };
-    let node = Node::new(store);
-    let redis = Redis::start(node.tmp.path());
-    let cfg = node.tmp.path().join("autoscale.toml");
-    std::fs::write(&cfg, config(&redis, 4)).unwrap();
-    let run_dir = node.tmp.path().join("run");
-    let dir = node.tmp.path().join("daemon");
-    std::fs::create_dir_all(&dir).unwrap();
-    weights_image(store, node.tmp.path());
-    let flags = weights_flags(&dir);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let daemon = Daemon::autoscale_with(
-        &dir,
-        store.to_str().unwrap(),
-        &cfg,
-        &flags,
-        &[("THAW_RUN_DIR", run_dir.to_str().unwrap())],
-    );
+    let scene = Scene::new(store, |redis| config(redis, 4));
+    let (node, redis, dir) = (&scene.node, &scene.redis, &scene.dir);
+    let daemon = scene.daemon(&[]);
     let idle = wait_for(&daemon, 20, "the first decision", |s| s.decisions > 0);
     assert_eq!(
         (idle.desired, idle.ready, idle.starts),
@@ -219,7 +192,7 @@ fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
     let busy = wait_for(&daemon, 60, "four ready replicas", |s| s.ready == 4);
     assert_eq!(busy.peak_replicas, 4, "never above max_replicas");
     // Kill one replica in the middle of its task.
-    let victim = busy_replica(&redis, &daemon);
+    let victim = busy_replica(redis, &daemon);
     let drained = wait_for(&daemon, 120, "every task done and back to zero", |s| {
         s.completed >= 12 && s.ready + s.starting + s.draining == 0 && s.desired == 0
     });
@@ -292,16 +265,7 @@ fn a_burst_scales_from_zero_to_max_and_back_with_every_task_done_once() {
     // heartbeat (the ready key) is gone: the next daemon requeues the task at start, and
     // takes the learned histogram back.
     redis.cli(&["LPUSH", "jobs:processing:ghost-1", "task-orphan"]);
-    let daemon = Daemon::autoscale_with(
-        &dir,
-        store.to_str().unwrap(),
-        &cfg,
-        &flags,
-        &[
-            ("THAW_RUN_DIR", run_dir.to_str().unwrap()),
-            ("RUST_LOG", "warn,thaw_server::autoscale=info"),
-        ],
-    );
+    let daemon = scene.daemon(&[("RUST_LOG", "warn,thaw_server::autoscale=info")]);
     let after = wait_for(
         &daemon,
         90,
@@ -353,4 +317,84 @@ fn busy_replica(redis: &Redis, daemon: &Daemon) -> String {
     // SAFETY: kill(2) with a pid the daemon reported and a valid signal.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     name
+}
+
+/// The daemon's containers: (name, id), sorted.
+fn containers(daemon: &Daemon) -> Vec<(String, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut all: Vec<_> = rt
+        .block_on(daemon.client().containers())
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.state == "running")
+        .map(|c| (c.name, c.id))
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn a_killed_daemon_s_successor_adopts_its_container_replicas() {
+    let test = "a_killed_daemon_s_successor_adopts_its_container_replicas";
+    let Some(store) = ready(test) else { return };
+    // Two replicas even when idle, so that they run when the daemon dies.
+    let scene = Scene::new(store, |redis| config_with(redis, 3, "min_replicas = 2"));
+    let (node, redis, dir) = (&scene.node, &scene.redis, &scene.dir);
+    let daemon = scene.daemon(&[]);
+    wait_for(&daemon, 60, "two ready replicas", |s| s.ready == 2);
+    let before = containers(&daemon);
+    assert_eq!(before.len(), 2, "{before:?}");
+    daemon.kill9();
+
+    let daemon = scene.daemon(&[]);
+    let adopted = wait_for(&daemon, 30, "the replicas adopted", |s| s.decisions > 0);
+    assert_eq!(
+        (adopted.adopted, adopted.starts),
+        (2, 0),
+        "adopted, not started again: {adopted:?}"
+    );
+    assert_eq!(containers(&daemon), before, "the same containers");
+    // They work for the new daemon: their roots are served again, and each task gets
+    // the resident weights through the new daemon's socket.
+    let tasks: Vec<String> = (0..6).map(|i| format!("task-{i}")).collect();
+    for t in &tasks {
+        redis.cli(&["LPUSH", "jobs", t]);
+    }
+    let done = wait_for(&daemon, 120, "every task done", |s| s.completed >= 6);
+    let mut finished: Vec<String> = redis
+        .cli(&["LRANGE", "jobs:done", "0", "-1"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    finished.sort();
+    assert_eq!(
+        finished,
+        tasks,
+        "every task done exactly once: {done:?} failed {}\n{}",
+        redis.cli(&["LRANGE", "jobs:failed", "0", "-1"]),
+        replica_logs(dir)
+    );
+    assert_eq!(redis.cli(&["LLEN", "jobs:failed"]), "0");
+    assert_eq!(done.crashes, 0, "{done:?}");
+    daemon.stop();
+    node.assert_clean("after the second daemon stopped");
+}
+
+/// The end of every container's log under the daemon's state directory `dir`.
+fn replica_logs(dir: &Path) -> String {
+    let containers = std::fs::read_dir(dir.join("state/containers"))
+        .into_iter()
+        .flatten();
+    containers
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("container.log")).ok())
+        .map(|log| {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        })
+        .collect::<Vec<_>>()
+        .join("\n--\n")
 }

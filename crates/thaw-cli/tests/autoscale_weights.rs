@@ -179,7 +179,7 @@ fn replicas_scaled_up_get_the_weights_their_scale_up_made_resident() {
 
     // The deployment's socket hands over its own weights only, and is reachable on the
     // host only through a directory of the daemon's user.
-    let scoped = dir.join("state/autoscale/weights/llm.sock");
+    let scoped = dir.join("state/autoscale/weights/llm/weights.sock");
     let refused = Command::new(THAW)
         .args(["weights", "get", "w", "other.safetensors", "--socket"])
         .arg(&scoped)
@@ -193,7 +193,9 @@ fn replicas_scaled_up_get_the_weights_their_scale_up_made_resident() {
     );
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(scoped.parent().unwrap()), 0o700);
+    // Its own directory is what containers bind-mount; the one above guards it.
+    assert_eq!(mode(scoped.parent().unwrap()), 0o755);
+    assert_eq!(mode(scoped.parent().unwrap().parent().unwrap()), 0o700);
     assert_eq!(mode(&scoped), 0o666);
 
     push(0);

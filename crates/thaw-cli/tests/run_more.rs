@@ -1,6 +1,5 @@
 //! `thaw run` beyond the basics, under runc and crun: an image from a registry (and its
-//! docker-archive), `thaw bundle`, GPUs from CDI specifications, containers the daemon
-//! owns (`--detach`), and a terminal.
+//! docker-archive), `thaw bundle`, GPUs from CDI specifications, and a terminal.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,7 +13,6 @@ use common::{thaw, THAW};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 use thaw_tests::images::have;
 use thaw_tests::skip;
 
@@ -237,100 +235,6 @@ fn gpus_come_from_cdi_specifications() {
         );
         node.assert_clean(runtime);
     }
-}
-
-/// Runs `thaw ARGS --server unix:SOCKET` on `node`; returns (success, stdout, stderr).
-fn client(node: &Node, daemon: &common::daemon::Daemon, args: &[&str]) -> (bool, String, String) {
-    let server = format!("unix:{}", daemon.socket.display());
-    // Right after the subcommand: `run`'s arguments after `--` are the container's.
-    let mut full = vec![args[0], "--server", &server];
-    full.extend_from_slice(&args[1..]);
-    let out = node.command(&full).output().unwrap();
-    let (o, e) = text(&out);
-    (out.status.success(), o, e)
-}
-
-#[test]
-fn a_detached_container_is_owned_by_the_daemon() {
-    let test = "a_detached_container_is_owned_by_the_daemon";
-    let Some(store) = debian_store(test) else {
-        return;
-    };
-    let node = Node::new(store);
-    let run_dir = node.tmp.path().join("run");
-    let env = [("THAW_RUN_DIR", run_dir.to_str().unwrap())];
-    let dir = node.tmp.path().join("daemon");
-    std::fs::create_dir_all(&dir).unwrap();
-    let daemon = common::daemon::Daemon::start_with(&dir, store.to_str().unwrap(), &[], &env);
-    let script = "echo hello from the daemon; exec sleep 1000";
-    let (ok, id, err) = client(
-        &node,
-        &daemon,
-        &[
-            "run", "--detach", "--name", "web", "debian", "--", "sh", "-c", script,
-        ],
-    );
-    assert!(ok && id.trim().len() == 16, "{err}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client(&node, &daemon, &["logs", "web"])
-        .1
-        .contains("hello from the daemon")
-    {
-        assert!(Instant::now() < deadline, "no output in the log");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ps = client(&node, &daemon, &["ps"]).1;
-    assert!(
-        ps.contains(id.trim()) && ps.contains("web") && ps.contains("running"),
-        "{ps}"
-    );
-    let (ok, _, err) = client(&node, &daemon, &["rm", "web"]);
-    assert!(!ok && err.contains("stop it first"), "{err}");
-    // The shell is PID 1 without a handler: SIGTERM is ignored, SIGKILL follows.
-    let (ok, out, err) = client(&node, &daemon, &["stop", "-t", "1", "web"]);
-    assert!(ok && out.contains("exited (137)"), "{out}{err}");
-    // With catatonit as init, SIGTERM reaches the program.
-    client(
-        &node,
-        &daemon,
-        &[
-            "run", "--detach", "--init", "--name", "calm", "debian", "--", "sleep", "1000",
-        ],
-    );
-    let (ok, out, err) = client(&node, &daemon, &["stop", "-t", "30", "calm"]);
-    assert!(ok && out.contains("exited (143)"), "{out}{err}");
-    for name in ["web", "calm"] {
-        assert!(client(&node, &daemon, &["rm", name]).0);
-    }
-    assert!(!client(&node, &daemon, &["ps"]).1.contains("web"));
-    // A bad request is the daemon's clear error; nothing is left.
-    let (ok, _, err) = client(
-        &node,
-        &daemon,
-        &["run", "--detach", "--user", "ghost", "debian"],
-    );
-    assert!(!ok && err.contains("\"ghost\" not found"), "{err}");
-    // A daemon killed with a container running: the next `thaw run` cleans up after it.
-    client(
-        &node,
-        &daemon,
-        &[
-            "run", "--detach", "--name", "orphan", "debian", "--", "sleep", "1000",
-        ],
-    );
-    daemon.kill9();
-    let out = node.run(&["debian", "--", "true"]);
-    assert!(
-        text(&out).1.contains("cleaned up container orphan"),
-        "{out:?}"
-    );
-    let left: Vec<_> = std::fs::read_dir(dir.join("state/containers"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
-    node.assert_clean("after the daemon");
 }
 
 #[test]

@@ -91,6 +91,16 @@ impl ContainerRecord {
         }
     }
 
+    /// The same record, owned by this process (a daemon adopting the container).
+    pub fn owned_here(&self) -> Self {
+        let pid = std::process::id();
+        ContainerRecord {
+            owner_pid: pid,
+            owner_start: start_time(pid).unwrap_or(0),
+            ..self.clone()
+        }
+    }
+
     /// Whether the owning process still runs (the same one).
     pub fn owner_alive(&self) -> bool {
         start_time(self.owner_pid).is_some_and(|s| self.owner_start == 0 || s == self.owner_start)
@@ -168,9 +178,15 @@ impl ContainerRegistry {
     /// Removes what containers of dead owners left: the runtime's container (its
     /// processes killed), then whatever `unmount_dead` unmounts (the caller's mounts of
     /// dead owners: this crate knows no mounts), then each container's directory (unless
-    /// something is still mounted in it) and its record. Returns the records cleaned.
-    pub fn clean_dead(&self, unmount_dead: impl FnOnce()) -> Vec<ContainerRecord> {
-        let dead = self.dead();
+    /// something is still mounted in it) and its record. Records `keep` holds back stay
+    /// (a container whose root a daemon's successor may still adopt). Returns the records
+    /// cleaned.
+    pub fn clean_dead(
+        &self,
+        keep: impl Fn(&ContainerRecord) -> bool,
+        unmount_dead: impl FnOnce(),
+    ) -> Vec<ContainerRecord> {
+        let dead: Vec<ContainerRecord> = self.dead().into_iter().filter(|r| !keep(r)).collect();
         if dead.is_empty() {
             return dead;
         }

@@ -139,6 +139,29 @@ impl Runtime {
         Err(self.failure("delete", out.status, text.trim().to_string()))
     }
 
+    /// The pid of container `id`'s init if the runtime says it runs; `None` if it has
+    /// stopped or the runtime does not know it.
+    pub fn running_pid(&self, id: &str) -> Result<Option<u32>, RunError> {
+        let out = self
+            .command(None)
+            .args(["state", id])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("run", &self.program))?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        #[derive(serde::Deserialize)]
+        struct State {
+            status: String,
+            #[serde(default)]
+            pid: u32,
+        }
+        let state: State = serde_json::from_slice(&out.stdout)
+            .map_err(|e| RunError::Spec(format!("{} state {id}: {e}", self.name)))?;
+        Ok((state.status == "running" && state.pid > 0).then_some(state.pid))
+    }
+
     fn quiet(&self, op: &'static str, args: &[&str], log: Option<&Path>) -> Result<(), RunError> {
         let out = self
             .command(log)

@@ -1,23 +1,29 @@
 //! Containers the daemon owns (`thaw run --detach`): each mounted through the node's one
 //! shared reader with a writable overlay of its own, run under runc or crun with its
 //! output and errors in a log file, waited for by the daemon (a child subreaper), and
-//! recorded in the node's container records so that whatever a killed daemon leaves is
-//! removed by the next daemon, `thaw run` or `thaw umount`. An exited container keeps its
-//! directory (its log, its writes) until it is removed.
+//! recorded in the node's container records. A holder process keeps each root's FUSE
+//! connection, so a container outlives a killed daemon and the next one adopts it
+//! (`adopt`); what cannot be adopted is removed by the next daemon, `thaw run` or
+//! `thaw umount`. An exited container keeps its directory (its log, its writes) until it
+//! is removed.
 
 use crate::container_request::{check_request, run_request, stop_signal};
 use crate::error::ApiError;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thaw_api::api::{self, ErrorCode};
 use thaw_core::{ImageId, Manifest};
 use thaw_fuse::session::{Image, MountSession, SessionSpec};
 use thaw_fuse::{FsConfig, MountOptions};
-use thaw_run::{ContainerRecord, ContainerRegistry, RunRequest, Runtime, Streams};
+use thaw_run::{ContainerRecord, ContainerRegistry, RunRequest, Runtime};
 use thaw_store::ChunkReader;
+
+mod adopt;
+mod life;
+use life::{create_and_start, finish, wait_then_clean};
 
 /// Containers one daemon owns at most (running or exited, until removed).
 pub const MAX_CONTAINERS: usize = 256;
@@ -37,6 +43,9 @@ pub struct ContainerSettings {
     pub mounts: thaw_fuse::registry::MountRegistry,
     /// This daemon's API address, for the mount records.
     pub api_address: Option<String>,
+    /// How to start a holder of each container root's FUSE connection, so that the
+    /// containers outlive the daemon and the next one adopts them (see `adopt`).
+    pub holder: Option<thaw_fuse::takeover::HolderCommand>,
 }
 
 /// What a container is doing.
@@ -59,6 +68,8 @@ pub struct ContainerEntry {
     stop_signal: i32,
     state: tokio::sync::watch::Sender<State>,
     session: tokio::sync::Mutex<Option<MountSession>>,
+    /// Left running for the next daemon at shutdown (see [`Containers::leave`]).
+    left: std::sync::atomic::AtomicBool,
 }
 
 impl ContainerEntry {
@@ -139,9 +150,14 @@ impl Containers {
         crate::confine::prepare_root(&settings.dir)?;
         thaw_run::process::become_subreaper().map_err(std::io::Error::other)?;
         let mounts = settings.mounts.clone();
-        for r in settings.records.clean_dead(|| {
-            mounts.clean_dead();
-        }) {
+        // Those whose roots a holder keeps are adopted (or cleaned up) by `adopt_orphans`.
+        let held = mounts.adoptable_ids();
+        for r in settings.records.clean_dead(
+            |r| held.contains(&r.id),
+            || {
+                mounts.clean_dead();
+            },
+        ) {
             tracing::info!(container = %r.id, "cleaned up after a dead owner");
         }
         Ok(Containers {
@@ -240,6 +256,7 @@ impl Containers {
                         pid: pid.as_raw_nonzero().get().unsigned_abs(),
                     }),
                     session: tokio::sync::Mutex::new(partial.session.take()),
+                    left: std::sync::atomic::AtomicBool::new(false),
                 });
                 self.live.lock().insert(entry.id.clone(), entry.clone());
                 tokio::spawn(wait_then_clean(entry.clone(), pid));
@@ -271,6 +288,7 @@ impl Containers {
             fs: FsConfig::default(),
             options: MountOptions {
                 writable: Some(p.dir.join("overlay")),
+                holder: self.settings.holder.clone(),
                 ..Default::default()
             },
             record_trace: None,
@@ -359,78 +377,23 @@ impl Containers {
         Ok(c)
     }
 
-    /// Stops and removes every container (at shutdown).
+    /// Stops and removes every container (at shutdown), except those left running for
+    /// the next daemon.
     pub async fn remove_all(&self) {
         for c in self.list() {
+            if c.left.load(std::sync::atomic::Ordering::Relaxed) {
+                // Not unmounted: the holder keeps the root's connection, and the record
+                // tells the next daemon to adopt it.
+                if let Some(session) = c.session.lock().await.take() {
+                    std::mem::forget(session);
+                }
+                tracing::info!(container = %c.id, "left running for the next daemon");
+                continue;
+            }
             let _ = self.stop(&c.id, Duration::from_secs(10)).await;
             if let Err(e) = self.remove(&c.id).await {
                 tracing::warn!(container = %c.id, error = %e.message, "removing at shutdown failed");
             }
-        }
-    }
-}
-
-/// The blocking half of a start: decide the configuration, write the bundle, then the
-/// runtime's create (output and errors to the log) and start.
-fn create_and_start(
-    dir: &Path,
-    id: &str,
-    runtime: &Runtime,
-    rootfs: &Path,
-    config: Option<&thaw_core::ImageConfig>,
-    request: &RunRequest,
-) -> Result<rustix::process::Pid, ApiError> {
-    let container = thaw_run::prepare(rootfs, config, request, &dir.join("etc"))
-        .map_err(internal("preparing"))?;
-    thaw_run::write_bundle(dir, &container).map_err(internal("writing the bundle"))?;
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(dir.join("container.log"))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let err = log
-        .try_clone()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let streams = Streams {
-        stdin: std::process::Stdio::null(),
-        stdout: log.into(),
-        stderr: err.into(),
-        console_socket: None,
-    };
-    let (pid_file, runtime_log) = (dir.join("init.pid"), dir.join("runtime.log"));
-    runtime
-        .create(id, dir, &pid_file, &runtime_log, streams)
-        .map_err(internal("creating"))?;
-    let pid = thaw_run::process::read_pid(&pid_file).map_err(internal("reading the pid"))?;
-    if let Err(e) = runtime.start(id, &runtime_log) {
-        if thaw_run::process::exited_already(pid).is_none() {
-            return Err(internal("starting")(e));
-        }
-    }
-    Ok(pid)
-}
-
-/// Waits for the init, records its exit code, then removes the runtime's container and
-/// the mount (the directory stays for the log until the container is removed).
-async fn wait_then_clean(c: Arc<ContainerEntry>, pid: rustix::process::Pid) {
-    let code = tokio::task::spawn_blocking(move || thaw_run::process::wait_exit(pid)).await;
-    let code = match code {
-        Ok(Ok(code)) => code,
-        Ok(Err(e)) => {
-            tracing::warn!(container = %c.id, error = %e, "lost the container's exit status");
-            -1
-        }
-        Err(_) => -1,
-    };
-    let mut session = c.session.lock().await;
-    c.state.send_replace(State::Exited { code });
-    tracing::info!(container = %c.id, code, "exited");
-    if let Err(e) = c.runtime.delete(&c.id) {
-        tracing::warn!(container = %c.id, error = %e, "the runtime's container stays");
-    }
-    if let Some(s) = session.take() {
-        if let Err(e) = s.end().await {
-            tracing::warn!(container = %c.id, error = %e, "unmounting the container's root failed");
         }
     }
 }

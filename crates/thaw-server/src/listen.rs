@@ -39,6 +39,11 @@ pub async fn serve(
     let mut config = config;
     config.mounts.api_address = Some(format!("unix:{}", config.socket.display()));
     let node = Node::new(repo, &config)?;
+    let adopted = node.containers.adopt_orphans(&node).await;
+    if adopted > 0 {
+        // On stderr with the listening lines: an operator should see it without tracing.
+        eprintln!("thaw serve: adopted {adopted} running container(s) left by the previous daemon");
+    }
     announce(&config, tcp.as_ref(), metrics.as_ref())?;
     let stop = CancellationToken::new();
     if let Some(listener) = handoff {

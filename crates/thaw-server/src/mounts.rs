@@ -86,6 +86,10 @@ pub struct MountSettings {
     /// an exec of `fusermount3` per mount (5 to 40 ms here), and the daemon unmounts what a
     /// dead predecessor left when it starts again.
     pub auto_unmount: bool,
+    /// How the daemon starts a holder for each of its containers' roots, so that they
+    /// outlive it and the next daemon adopts them (see `thaw_fuse::takeover`); `None`:
+    /// containers end with the daemon.
+    pub holder: Option<thaw_fuse::takeover::HolderCommand>,
 }
 
 #[derive(Debug)]

@@ -67,6 +67,7 @@ impl Node {
             records: thaw_run::ContainerRegistry::node(),
             mounts: config.mounts.registry.clone(),
             api_address: config.mounts.api_address.clone(),
+            holder: config.mounts.holder.clone(),
         })
         .map_err(io("opening the containers' directory"))?;
         Ok(Arc::new(Node {

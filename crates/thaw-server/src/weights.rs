@@ -107,8 +107,9 @@ impl ModelSource for DeploymentModels {
 
 /// Binds a deployment's hand-off socket at `path` and serves `files` of `image` on it
 /// until `stop`. The socket is open to every user (replicas may run as any user in their
-/// containers, where it is bind-mounted), inside a directory only the daemon's user can
-/// enter: on the host only that user reaches it.
+/// containers), in a directory of its own that containers bind-mount (so that a
+/// restarted daemon's new socket reaches the replicas it adopts), under a directory only
+/// the daemon's user can enter: on the host only that user reaches it.
 pub fn serve_deployment(
     node: &Arc<Node>,
     path: &Path,
@@ -118,7 +119,10 @@ pub fn serve_deployment(
 ) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        if let Some(guard) = dir.parent() {
+            std::fs::set_permissions(guard, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;

@@ -84,6 +84,7 @@ async fn the_router_serves_every_route_in_the_table() {
             threads: 1,
             kernel_readahead: 0,
             auto_unmount: false,
+            holder: None,
         },
         ready_file: None,
         autoscale: Default::default(),

@@ -8,6 +8,7 @@
 
 pub mod container;
 pub mod daemon;
+pub mod redis;
 
 use std::path::Path;
 use std::process::Command;

@@ -50,6 +50,8 @@ pub(super) trait Actuator: Send + Sync {
     async fn adopt(&self) -> Vec<(ReplicaSpec, Handle)>;
     /// Whether its replicas can outlive the daemon (and be adopted by the next one).
     fn outlives_daemon(&self) -> bool;
+    /// Leaves a replica running when the daemon stops, for the next daemon to adopt.
+    async fn leave(&self, _handle: &Handle) {}
     /// Where a replica finds `thaw autoscale worker`.
     fn worker_exe(&self) -> Result<String, String> {
         std::env::current_exe()

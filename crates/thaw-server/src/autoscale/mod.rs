@@ -108,7 +108,8 @@ fn weights_socket(
     let path = state_dir
         .join("autoscale")
         .join("weights")
-        .join(format!("{name}.sock"));
+        .join(name)
+        .join(replica::WEIGHTS_SOCKET_NAME);
     crate::weights::serve_deployment(node, &path, image, files, shutdown)
         .map_err(|e| AutoscaleStartError::WeightsSocket(name.clone(), path.clone(), e))?;
     Ok(Some(path))
@@ -126,6 +127,10 @@ fn fleet(
             node: node.clone(),
             config: d.clone(),
             weights_socket: weights_socket.map(Path::to_path_buf),
+            records_path: state_dir
+                .join("autoscale")
+                .join(format!("{name}.containers.json")),
+            records: parking_lot::Mutex::default(),
         })),
         ActuatorKind::Process => {
             let socket = weights_socket.map(|s| s.display().to_string());

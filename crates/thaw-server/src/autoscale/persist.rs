@@ -1,7 +1,9 @@
-//! A policy's learned state (thaw's idle-time histograms) in the daemon's state directory,
-//! `STATE/autoscale/DEPLOYMENT.json`, so a restarted daemon does not learn again. Written
-//! to a temporary file and renamed; read with a size limit; anything unreadable is logged
-//! and ignored (the policy then learns from scratch).
+//! What the autoscaler keeps in the daemon's state directory, so a restarted daemon does
+//! not start over: a policy's learned state (thaw's idle-time histograms),
+//! `STATE/autoscale/DEPLOYMENT.json`, and the records of the replicas it runs (for the next
+//! daemon to adopt). Written to a temporary file and renamed; read with a size limit;
+//! anything unreadable is logged and ignored (the policy then learns from scratch, the
+//! replicas are not adopted).
 
 use std::io::Read;
 use std::path::Path;
@@ -15,20 +17,23 @@ pub(super) fn save(policy: &dyn Policy, path: &Path) {
     let Some(state) = policy.saved_state() else {
         return;
     };
-    let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&state).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
+    if let Err(e) = write_json(path, &state) {
         tracing::warn!(path = %path.display(), error = %e, "could not save the autoscaler's state");
     }
+}
+
+/// Writes `value` as JSON to `path` through a temporary file and a rename, so a reader
+/// sees the old file or the new one, never half of one.
+fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(value).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Gives `policy` the state saved at `path`, if there is one that fits.
@@ -57,5 +62,31 @@ pub(super) fn restore(policy: &mut dyn Policy, path: &Path) {
         tracing::info!(path = %path.display(), "restored the autoscaler's learned state");
     } else {
         tracing::warn!(path = %path.display(), "the autoscaler's saved state does not fit this policy; learning again");
+    }
+}
+
+/// The largest replica records file read.
+const MAX_RECORDS_BYTES: u64 = 4 << 20;
+
+/// Writes a deployment's replica records to `path`.
+pub(super) fn save_records<T: serde::Serialize>(path: &Path, records: &[T]) {
+    if let Err(e) = write_json(path, records) {
+        tracing::warn!(path = %path.display(), error = %e, "could not save the replicas' records: a restarted daemon will not adopt them");
+    }
+}
+
+/// Reads the replica records at `path` (none if there are none or they are unreadable).
+pub(super) fn load_records<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    let mut text = Vec::new();
+    let read =
+        std::fs::File::open(path).and_then(|f| f.take(MAX_RECORDS_BYTES).read_to_end(&mut text));
+    let unreadable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(path = %path.display(), error = %e, "unreadable replica records ignored");
+        Vec::new()
+    };
+    match read {
+        Ok(_) => serde_json::from_slice(&text).unwrap_or_else(|e| unreadable(&e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => unreadable(&e),
     }
 }

@@ -13,9 +13,6 @@ use std::path::PathBuf;
 use thaw_core::ImageId;
 use tokio::process::Child;
 
-/// The largest records file read.
-const MAX_RECORDS_BYTES: u64 = 4 << 20;
-
 /// One running replica, as kept on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
@@ -61,38 +58,11 @@ impl ProcessActuator {
 
     fn save(&self) {
         let records: Vec<Record> = self.records.lock().values().cloned().collect();
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = self.records_path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = self.records_path.with_extension("json.tmp");
-            std::fs::write(
-                &tmp,
-                serde_json::to_vec(&records).map_err(std::io::Error::other)?,
-            )?;
-            std::fs::rename(&tmp, &self.records_path)
-        };
-        if let Err(e) = write() {
-            tracing::warn!(path = %self.records_path.display(), error = %e, "could not save the replicas' records: a restarted daemon will not adopt them");
-        }
+        super::persist::save_records(&self.records_path, &records);
     }
 
     fn load(&self) -> Vec<Record> {
-        use std::io::Read;
-        let mut text = Vec::new();
-        let read = std::fs::File::open(&self.records_path)
-            .and_then(|f| f.take(MAX_RECORDS_BYTES).read_to_end(&mut text));
-        match read {
-            Ok(_) => serde_json::from_slice(&text).unwrap_or_else(|e| {
-                tracing::warn!(path = %self.records_path.display(), error = %e, "unreadable replica records ignored");
-                Vec::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                tracing::warn!(path = %self.records_path.display(), error = %e, "unreadable replica records ignored");
-                Vec::new()
-            }
-        }
+        super::persist::load_records(&self.records_path)
     }
 
     fn open_log(&self, name: &str) -> std::io::Result<std::fs::File> {

@@ -7,6 +7,9 @@ use super::actuator::{replica_env, Actuator, Handle, ReplicaSpec};
 use crate::error::ApiError;
 use crate::Node;
 use async_trait::async_trait;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use thaw_api::api::{self, NamedScope, Scope};
 use thaw_autoscale::config::DeploymentConfig;
@@ -21,8 +24,14 @@ pub(super) async fn resolve(node: &Node, reference: &str) -> Result<ImageId, Api
     Ok(node.repo.resolve(r).await?)
 }
 
-/// Where a container replica finds the node's weights socket.
-pub(super) const WEIGHTS_SOCKET_PATH: &str = "/run/thaw/weights.sock";
+/// Where a container replica finds its deployment's weights socket: in a directory
+/// bind-mounted from the host (a bind of the socket itself would keep the old socket
+/// after a daemon restart).
+pub(super) const WEIGHTS_SOCKET_PATH: &str = "/run/thaw/weights/weights.sock";
+/// The directory the deployment's socket directory is bind-mounted on.
+const WEIGHTS_SOCKET_DIR: &str = "/run/thaw/weights";
+/// The socket's name in its directory, on the host and in the container.
+pub(super) const WEIGHTS_SOCKET_NAME: &str = "weights.sock";
 
 /// Starts prewarms of the deployment's image (the trace's chunks where the image has a
 /// start-up trace, else every chunk) and of its weights: with `weights_files` and a
@@ -93,6 +102,27 @@ pub(super) struct ContainerActuator {
     pub config: DeploymentConfig,
     /// The deployment's weights socket on the host, bind-mounted into each replica.
     pub weights_socket: Option<std::path::PathBuf>,
+    /// `STATE/autoscale/DEPLOYMENT.containers.json`: the replicas running, for the next
+    /// daemon to adopt (with the containers themselves, see `Containers::adopt_orphans`).
+    pub records_path: std::path::PathBuf,
+    pub records: Mutex<BTreeMap<String, ContainerReplica>>,
+}
+
+/// One container replica, as kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ContainerReplica {
+    name: String,
+    slot: u32,
+    gpus: Option<String>,
+    port: Option<u16>,
+    container: String,
+}
+
+impl ContainerActuator {
+    fn save(&self) {
+        let records: Vec<ContainerReplica> = self.records.lock().values().cloned().collect();
+        super::persist::save_records(&self.records_path, &records);
+    }
 }
 
 #[async_trait]
@@ -115,8 +145,8 @@ impl Actuator for ContainerActuator {
         let socket = self.weights_socket.as_ref().map(|_| WEIGHTS_SOCKET_PATH);
         let weights = weights_env(d, socket);
         let mut mounts = vec![format!("{}:{WORKER_PATH}:ro", exe.display())];
-        if let Some(host) = &self.weights_socket {
-            mounts.push(format!("{}:{WEIGHTS_SOCKET_PATH}:ro", host.display()));
+        if let Some(dir) = self.weights_socket.as_ref().and_then(|s| s.parent()) {
+            mounts.push(format!("{}:{WEIGHTS_SOCKET_DIR}:ro", dir.display()));
         }
         let req = api::ContainerRequest {
             image: reference,
@@ -139,6 +169,17 @@ impl Actuator for ContainerActuator {
             .await
             .map_err(|e| e.to_string())?;
         let view = c.view();
+        self.records.lock().insert(
+            spec.name.clone(),
+            ContainerReplica {
+                name: spec.name.clone(),
+                slot: spec.slot,
+                gpus: spec.gpus.clone(),
+                port: spec.port,
+                container: view.id.clone(),
+            },
+        );
+        self.save();
         Ok(Handle {
             id: view.id,
             pid: view.pid,
@@ -167,10 +208,18 @@ impl Actuator for ContainerActuator {
         if let Err(e) = self.node.containers.remove(id).await {
             tracing::warn!(container = id, error = %e, "could not remove a replica's container");
         }
+        self.records.lock().retain(|_, r| r.container != handle.id);
+        self.save();
     }
 
     fn outlives_daemon(&self) -> bool {
-        false
+        self.node.containers.outlive_daemon()
+    }
+
+    async fn leave(&self, handle: &Handle) {
+        if !self.node.containers.leave(&handle.id).await {
+            tracing::warn!(container = %handle.id, "this replica cannot outlive the daemon: it stops with it");
+        }
     }
 
     fn worker_exe(&self) -> Result<String, String> {
@@ -178,9 +227,36 @@ impl Actuator for ContainerActuator {
     }
 
     async fn adopt(&self) -> Vec<(ReplicaSpec, Handle)> {
-        // A container's root is a FUSE mount served by the daemon that made it, so it
-        // cannot outlive that daemon: the node's container records let the next daemon
-        // remove what is left (at its start), and the loop starts fresh replicas.
-        Vec::new()
+        // The node adopted the containers themselves at its start (their roots' FUSE
+        // connections were held); those still running are this deployment's replicas.
+        let saved: Vec<ContainerReplica> = super::persist::load_records(&self.records_path);
+        let mut adopted = Vec::new();
+        let mut records = BTreeMap::new();
+        for r in saved {
+            let Ok(c) = self.node.containers.get(&r.container) else {
+                continue;
+            };
+            let view = c.view();
+            if view.state != "running" {
+                continue;
+            }
+            let spec = ReplicaSpec {
+                name: r.name.clone(),
+                slot: r.slot,
+                gpus: r.gpus.clone(),
+                port: r.port,
+            };
+            adopted.push((
+                spec,
+                Handle {
+                    id: view.id,
+                    pid: view.pid,
+                },
+            ));
+            records.insert(r.name.clone(), r);
+        }
+        *self.records.lock() = records;
+        self.save();
+        adopted
     }
 }

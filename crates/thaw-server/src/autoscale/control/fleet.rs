@@ -373,6 +373,9 @@ impl Loop {
         let grace = *self.parts.config.stop_grace_seconds.get_ref();
         if self.parts.leave_running && actuator.outlives_daemon() {
             tracing::info!(deployment = %self.status.name, replicas = self.replicas.len(), "leaving replicas running for the next daemon");
+            for h in self.replicas.values().filter_map(|r| r.handle.as_ref()) {
+                actuator.leave(h).await;
+            }
             return;
         }
         let names: Vec<String> = self.replicas.keys().cloned().collect();
