@@ -118,6 +118,8 @@ impl Loop {
             },
             ..DeploymentStatus::default()
         };
+        // Listed from the start: the API answers before the loop's first decision.
+        parts.board.publish(status.clone());
         Loop {
             free_slots: (0..parts.slots).collect(),
             parts,
