@@ -5,7 +5,9 @@
 # containers under runc with its own configuration, warm a node
 # daemon's cache from that trace, rebuild to show dedup, list what garbage collection
 # would remove, and end with the autoscaler: a burst of queued work scaled from zero to
-# several lazily started replicas and back to zero, with the cold starts it measured.
+# several lazily started replicas, the cold starts it measured, the daemon killed and
+# restarted (it adopts the running replicas and their mounts), a second burst on the
+# adopted replicas, and back to zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STORE=${THAW_STORE:-./thaw-data}
@@ -155,7 +157,7 @@ $THAW gc
 
 if [ -n "${RUN_DETACHED:-}" ] && { command -v redis-server >/dev/null || { apt-get update -qq && \
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }; }; then
-  step "thaw autoscale: a burst of 24 queued tasks, scaled from zero to several replicas (containers started lazily from demo:rootfs) and back to zero"
+  step "thaw autoscale: a burst of 24 queued tasks, scaled from zero to several replicas (containers started lazily from demo:rootfs); the daemon crashes and its successor adopts them; back to zero"
   scripts/demo_autoscale.sh "$PWD/target/release/thaw" "$STORE" "$WORK"
 else
   step "skipping the autoscaler: it needs root, /dev/fuse, runc and redis-server"
