@@ -15,6 +15,7 @@ from bench_mount import (WORKLOAD, THROTTLE, FETCH_AROUND_CHOSEN, cold_start, wa
 from bench_daemon import prefetch_cold_start, wrk_load
 import bench_weights
 from bench_run import run_start, markdown as run_markdown
+import bench_ml
 
 
 def plot_cold_start(cold):
@@ -108,6 +109,24 @@ def mount_start_markdown(runs):
     return "\n".join(rows)
 
 
+def ml_results():
+    """The machine-learning image's rows (issue 14), written to docs/ml-results.md, which
+    the full run includes."""
+    started = time.time()
+    table = bench_ml.markdown(os.environ["THAW_GPU_ROOTFS"])
+    text = "\n".join([
+        "## Lazy mount: the machine-learning image (issue 14)",
+        "",
+        f"`RUNS={RUNS} THAW_BENCH_ONLY=ml scripts/bench.sh` on {datetime.date.today()} ({machine()}), "
+        f"{(time.time() - started) / 60:.0f} minutes. " + bench_ml.__doc__.split(': ', 1)[1].replace('\n', ' '),
+        "",
+        table,
+    ])
+    with open(os.path.join(os.path.dirname(OUT), "ml-results.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
 def main():
     os.makedirs(WORK, exist_ok=True)
     # Stores made by an earlier version of thaw are not reused.
@@ -137,6 +156,9 @@ def main():
         return
     if only == "weights":
         bench_weights.main()
+        return
+    if only == "ml":
+        ml_results()
         return
     if only == "autoscale":
         import bench_autoscale
@@ -333,9 +355,10 @@ def main():
     w("")
     w(run_markdown(starts))
     # Sections measured by other scripts, not by this run: the GPU check on a lent GPU
-    # machine (scripts/gpu-bench.sh), the weights (bench_weights.py, THAW_BENCH_ONLY=weights), side-by-side binary comparisons (bench_ab.sh) and
+    # machine (scripts/gpu-bench.sh), the weights (bench_weights.py, THAW_BENCH_ONLY=weights), the
+    # machine-learning image (bench_ml.py, THAW_BENCH_ONLY=ml), side-by-side binary comparisons (bench_ab.sh) and
     # the autoscaler's (THAW_BENCH_ONLY=autoscale, bench_autoscale.py).
-    for extra in ("weights-results.md", "gpu-results.md", "ab-results.md", "autoscale-results.md"):
+    for extra in ("weights-results.md", "ml-results.md", "gpu-results.md", "ab-results.md", "autoscale-results.md"):
         path = os.path.join(os.path.dirname(OUT), extra)
         if os.path.exists(path):
             with open(path) as f:
