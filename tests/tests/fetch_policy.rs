@@ -107,6 +107,8 @@ async fn neighbours_fetched_around_do_not_evict_what_was_read() {
             memory_bytes: 64 << 10,
             disk: Some((tmp.path().join("cache"), 1 << 30)),
             fetch_around: FetchAround::Fixed(4 << 20),
+            // The disk cache keeps what memory cannot, as it would for a remote store.
+            copy_local_store: true,
             ..Default::default()
         },
     )

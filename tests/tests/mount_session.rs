@@ -144,6 +144,9 @@ async fn read_then_end(
         repo.packs().clone(),
         ReaderConfig {
             disk: Some((tmp.path().join("cache"), 1 << 30)),
+            // The bulk fetch needs a disk cache that keeps what it fetches, as it does
+            // for a remote store (from a local one it would not run at all).
+            copy_local_store: true,
             ..Default::default()
         },
     )

@@ -69,6 +69,7 @@ async fn throttled_reader(store: Arc<dyn BlobStore>, disk: &std::path::Path) -> 
                 prefetch_bandwidth: None,
             },
             whole_files: 0,
+            copy_local_store: false,
         },
     )
     .unwrap()

@@ -135,3 +135,48 @@ async fn a_chunk_that_reached_memory_after_a_miss_is_not_fetched_again() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// A local-directory store on the disk cache's filesystem is read in place: fetched chunks
+/// are not copied into the cache (a second write of every byte on the same disk), unless
+/// asked; a store that is not a plain local directory is copied as before.
+#[tokio::test]
+async fn a_local_store_on_the_cache_s_filesystem_is_not_copied_into_it() {
+    let (tmp, image) = built_small_store().await;
+    let local = Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
+    let repo = Repository::open(local.clone()).await.unwrap();
+    let m = repo.get_manifest(&image).await.unwrap();
+    let ids: Vec<ChunkId> = m.chunks.iter().map(|c| c.id).collect();
+    let reader_with = |copy: bool, store: Arc<dyn thaw_store::BlobStore>, cache: &str| {
+        let dir = tmp.path().join(cache);
+        async move {
+            let repo = Repository::open(store).await.unwrap();
+            let config = ReaderConfig {
+                disk: Some((dir, 1 << 30)),
+                copy_local_store: copy,
+                ..Default::default()
+            };
+            ChunkReader::new(repo.packs().clone(), config).unwrap()
+        }
+    };
+    let plain = reader_with(false, local.clone(), "cache-plain").await;
+    let copying = reader_with(true, local.clone(), "cache-copying").await;
+    // Counting passes the store's directory on; a throttle models a remote store.
+    let link = thaw_store::blob::wrap::ThrottleConfig::parse("0,100000").unwrap();
+    let remote = Arc::new(thaw_store::blob::wrap::ThrottledStore::new(local, link));
+    let throttled = reader_with(false, remote, "cache-throttled").await;
+    assert!(!plain.copies_fetched());
+    assert!(copying.copies_fetched() && throttled.copies_fetched());
+    for reader in [&plain, &copying, &throttled] {
+        for id in &ids {
+            assert_eq!(ChunkId::of(&reader.read(*id).await.unwrap()), *id);
+        }
+    }
+    assert_eq!(plain.disk().unwrap().len(), 0, "nothing copied");
+    for reader in [&copying, &throttled] {
+        let disk = reader.disk().unwrap();
+        thaw_tests::eventually("the chunks written to the disk cache", || {
+            disk.len() == ids.len()
+        })
+        .await;
+    }
+}

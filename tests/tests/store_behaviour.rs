@@ -45,6 +45,8 @@ async fn a_flipped_byte_in_a_pack_is_an_integrity_error_and_never_cached() {
             memory_bytes: 1 << 30,
             disk: Some((cache.clone(), 1 << 30)),
             fetch_around: thaw_store::FetchAround::Fixed(0),
+            // The disk cache keeps chunks as it would for a remote store.
+            copy_local_store: true,
             ..Default::default()
         },
     )

@@ -32,6 +32,11 @@ pub struct MountArgs {
     /// off.
     #[arg(long, default_value_t = 10 << 30)]
     pub whole_file_cache: u64,
+    /// Copy chunks into the disk cache even when the store is a local directory on the
+    /// cache's filesystem (by default they are read from the store there: a copy would
+    /// write every byte a second time on the same disk).
+    #[arg(long)]
+    pub copy_local_store: bool,
     /// Put an overlayfs on top, with its upper and work directories in this directory.
     #[arg(long, value_name = "UPPER_DIR")]
     pub writable: Option<PathBuf>,
@@ -106,6 +111,7 @@ pub async fn mount(repo: &Repository, args: &MountArgs, print_stats: bool) -> Re
         disk: args.cache.clone().map(|c| (c, args.cache_size)),
         fetch_around: args.fetch_around,
         whole_files: args.whole_file_cache,
+        copy_local_store: args.copy_local_store,
         ..Default::default()
     });
     let spec = SessionSpec {

@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// (see `thaw mount --whole-file-cache`); 0 turns passthrough off.
     #[arg(long, default_value_t = 10 << 30)]
     pub whole_file_cache: u64,
+    /// Copy chunks into the disk cache even when the store is a local directory on the
+    /// cache's filesystem (by default they are read from the store there: a copy would
+    /// write every byte a second time on the same disk).
+    #[arg(long)]
+    pub copy_local_store: bool,
     /// Where containers' directories go (bundle, overlay); `$THAW_CONTAINERS_DIR`, or
     /// `/var/lib/thaw/containers`.
     #[arg(

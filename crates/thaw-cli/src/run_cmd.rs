@@ -92,6 +92,7 @@ async fn mount_root(
     let reader = ReaderSource::Own(ReaderConfig {
         disk: args.cache.clone().map(|c| (c, args.cache_size)),
         whole_files: args.whole_file_cache,
+        copy_local_store: args.copy_local_store,
         ..Default::default()
     });
     let spec = SessionSpec {

@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// passthrough (see `thaw mount --whole-file-cache`); 0 turns passthrough off.
     #[arg(long, default_value_t = 20 << 30)]
     pub whole_file_cache: u64,
+    /// Copy chunks into the disk cache even when the store is a local directory on the
+    /// cache's filesystem (by default they are read from the store there: a copy would
+    /// write every byte a second time on the same disk).
+    #[arg(long)]
+    pub copy_local_store: bool,
     /// A file holding an admin token for TCP (else THAW_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -129,6 +134,7 @@ pub async fn serve(
             disk: Some((args.cache.clone(), args.cache_size)),
             fetch_around: args.fetch_around,
             whole_files: args.whole_file_cache,
+            copy_local_store: args.copy_local_store,
             scheduler: SchedulerConfig {
                 prefetch_in_flight: args.prefetch_concurrency.max(1),
                 prefetch_bandwidth: (args.prefetch_mbps > 0.0)

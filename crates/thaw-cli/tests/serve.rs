@@ -257,7 +257,8 @@ async fn kill_9_during_a_prewarm_keeps_verified_entries_and_never_serves_torn_on
         .unwrap();
     std::fs::write(torn.with_extension("tmp123"), b"partial").unwrap();
 
-    let d = Daemon::start(tmp.path(), &[]);
+    // Unthrottled, the store is local: have the disk cache keep what the prewarm fetches.
+    let d = Daemon::start(tmp.path(), &["--copy-local-store"]);
     let c = d.client();
     let done = wait_done(&c, &c.prewarm(&all("big")).await.unwrap().id).await;
     assert_eq!(done.state, JobState::Done, "{done:?}");

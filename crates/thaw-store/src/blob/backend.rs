@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 pub struct ObjectStoreBackend {
     inner: Arc<dyn ObjectStore>,
     description: String,
+    /// The directory, for a local-directory store.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl ObjectStoreBackend {
@@ -25,6 +27,7 @@ impl ObjectStoreBackend {
         ObjectStoreBackend {
             inner,
             description: description.into(),
+            local_dir: None,
         }
     }
 
@@ -43,7 +46,10 @@ impl ObjectStoreBackend {
         let dir = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
             .map_err(|e| bad(e.to_string()))?;
-        Ok(Self::new(Arc::new(fs), format!("file://{}", dir.display())))
+        Ok(ObjectStoreBackend {
+            local_dir: Some(dir.clone()),
+            ..Self::new(Arc::new(fs), format!("file://{}", dir.display()))
+        })
     }
 }
 
@@ -183,6 +189,10 @@ impl BlobStore for ObjectStoreBackend {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.local_dir.clone()
     }
 }
 

@@ -49,4 +49,10 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// A human-readable description, e.g. `file:///var/lib/thaw`.
     fn describe(&self) -> String;
+    /// The directory holding the objects, for a plain local-directory store (wrappers
+    /// that only count, retry or cache pass it on; one that models a remote or failing
+    /// store does not). A reader then knows its chunks are already on a local disk.
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }

@@ -129,7 +129,7 @@ impl Fetcher {
             }
         };
         let fetched = self.fetch_from_store(&guard, runs, &around).await;
-        if self.caches.disk.is_some() && !fetched.is_empty() {
+        if self.caches.disk.is_some() && self.caches.copy_fetched && !fetched.is_empty() {
             // After the waiters have their bytes; the entries stay in flight (so late
             // readers join instead of fetching again) until the files are written.
             let caches = self.caches.clone();

@@ -36,6 +36,10 @@ pub struct ReaderConfig {
     /// `files/` directory) for FUSE passthrough; 0, or no disk cache: none. See
     /// [`crate::read::cache::FileCache`].
     pub whole_files: u64,
+    /// Copy chunks into the disk cache even when the store is a local directory on the
+    /// disk cache's filesystem (off by default: reading the store there is as local as
+    /// reading the cache, and the copy doubled the time of reading a whole image).
+    pub copy_local_store: bool,
 }
 
 impl Default for ReaderConfig {
@@ -46,6 +50,7 @@ impl Default for ReaderConfig {
             fetch_around: FetchAround::Fixed(0),
             scheduler: SchedulerConfig::default(),
             whole_files: 0,
+            copy_local_store: false,
         }
     }
 }
@@ -104,10 +109,19 @@ impl ChunkReader {
             }
             _ => None,
         };
+        let copy_fetched = config.copy_local_store
+            || !config
+                .disk
+                .as_ref()
+                .is_some_and(|(dir, _)| same_filesystem(packs.store().local_dir(), dir));
+        if disk.is_some() && !copy_fetched {
+            tracing::info!(store = %packs.store().describe(), "the store is a local directory on the disk cache's filesystem: chunks are not copied into the cache");
+        }
         let caches = Arc::new(Caches {
             memory: MemoryCache::new(config.memory_bytes),
             disk,
             files,
+            copy_fetched,
         });
         let counters = Arc::new(Counters::default());
         let fetcher = Arc::new(Fetcher::new(
@@ -138,6 +152,12 @@ impl ChunkReader {
     /// The whole-file cache (for FUSE passthrough), if any.
     pub fn files(&self) -> Option<&FileCache> {
         self.caches.files.as_ref()
+    }
+
+    /// Whether chunks fetched from the store are kept in the disk cache (not from a local
+    /// directory on its filesystem; see [`ReaderConfig::copy_local_store`]).
+    pub fn copies_fetched(&self) -> bool {
+        self.caches.disk.is_some() && self.caches.copy_fetched
     }
 
     pub(crate) fn caches(&self) -> &Caches {
@@ -236,5 +256,16 @@ impl ChunkReader {
     pub async fn read(&self, id: ChunkId) -> Result<Bytes, SharedReadError> {
         let mut v = self.read_many(&[id]).await?;
         v.pop().ok_or_else(|| Arc::new(ReadError::Abandoned(id)))
+    }
+}
+
+/// Whether the local store directory `store` (if any) is on the same filesystem as the
+/// disk cache directory `cache` (compared by device; false if either cannot be read).
+fn same_filesystem(store: Option<PathBuf>, cache: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| m.dev());
+    match (store, dev(cache)) {
+        (Some(store), Some(cache)) => dev(&store) == Some(cache),
+        _ => false,
     }
 }

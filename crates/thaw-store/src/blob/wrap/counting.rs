@@ -145,4 +145,8 @@ impl BlobStore for CountingStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.local_dir()
+    }
 }

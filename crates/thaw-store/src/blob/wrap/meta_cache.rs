@@ -176,6 +176,10 @@ impl BlobStore for MetaCacheStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.local_dir()
+    }
 }
 
 #[cfg(test)]

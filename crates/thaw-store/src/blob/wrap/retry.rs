@@ -122,4 +122,8 @@ impl BlobStore for RetryStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.local_dir()
+    }
 }
