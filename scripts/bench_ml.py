@@ -66,7 +66,9 @@ def rows(tree):
         ("start-up, local store, trace pushed", [], [], START),
         (f"start-up, {where}, no trace", throttle, ["--prefetch", "none"], START),
         (f"start-up, {where}, trace pushed", throttle, [], START),
-        ("read every file of /opt/venv, local store (bulk fetch on)", [], ["--prefetch", "none", "--cache", cache], READ_ALL),
+        ("read every file of /opt/venv, local store read in place (default)", [], ["--prefetch", "none", "--cache", cache], READ_ALL),
+        ("read every file of /opt/venv, local store copied into the disk cache (`--copy-local-store --cache-size 20G`: bulk fetch on)",
+         [], ["--prefetch", "none", "--cache", cache, "--copy-local-store", "--cache-size", str(20 << 30)], READ_ALL),
     ]
     out = {}
     for label, extra, mount_args, workload in configs:

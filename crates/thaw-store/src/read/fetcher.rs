@@ -129,7 +129,10 @@ impl Fetcher {
             }
         };
         let fetched = self.fetch_from_store(&guard, runs, &around).await;
-        if self.caches.disk.is_some() && self.caches.copy_fetched && !fetched.is_empty() {
+        // From a local store on the cache's disk only a prefetch is kept on disk: its
+        // chunks wait there for readers that have not asked yet.
+        let keep = self.caches.copy_fetched || guard.priority().is_prefetch();
+        if self.caches.disk.is_some() && keep && !fetched.is_empty() {
             // After the waiters have their bytes; the entries stay in flight (so late
             // readers join instead of fetching again) until the files are written.
             let caches = self.caches.clone();
@@ -384,8 +387,8 @@ impl Fetcher {
     }
 
     /// Counts a fetched chunk and puts it in memory. A prefetch nobody waits for, and a
-    /// neighbour fetch-around added, fill free memory but never evict: guesses must not
-    /// push the working set out (they still land on disk).
+    /// neighbour fetch-around added, fill free memory but never evict when they also land
+    /// on disk: guesses must not push the working set out.
     fn keep(&self, id: ChunkId, data: &Bytes, priority: &Priority, guessed: bool) {
         let c = &self.counters;
         let len = data.len() as u64;
@@ -395,7 +398,11 @@ impl Fetcher {
             Counters::add(&c.prefetched_chunks, 1);
             Counters::add(&c.prefetched_bytes, len);
         }
-        if self.caches.disk.is_none() || !(priority.is_prefetch() || guessed) {
+        // Without a disk cache that keeps them, memory is the only place a prefetched
+        // chunk can wait for its reader: it is kept as any other.
+        let on_disk =
+            self.caches.disk.is_some() && (self.caches.copy_fetched || priority.is_prefetch());
+        if !on_disk || !(priority.is_prefetch() || guessed) {
             self.caches.memory.insert(id, data.clone());
         } else {
             self.caches.memory.insert_if_room(id, data.clone());

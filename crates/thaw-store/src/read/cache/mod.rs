@@ -24,9 +24,10 @@ pub struct Caches {
     pub disk: Option<DiskCache>,
     /// Whole files for FUSE passthrough, next to the disk cache, if configured.
     pub files: Option<FileCache>,
-    /// Whether chunks fetched from the store are written to the disk cache: not when the
+    /// Whether chunks fetched on demand are written to the disk cache: not when the
     /// store is a local directory on the disk cache's filesystem, where a copy would only
-    /// cost a second write of every byte (see `ReaderConfig::copy_local_store`).
+    /// cost a second write of every byte (see `ReaderConfig::copy_local_store`). A
+    /// prefetch's chunks are written either way: they wait there for their readers.
     pub copy_fetched: bool,
 }
 
