@@ -44,8 +44,7 @@ impl Prefetch {
     /// Watches the mount's reads, and once it has served `fraction` of the image's file
     /// bytes, fetches every chunk not cached yet, in file order, at prefetch priority
     /// (large sequential requests; on-demand reads still go first). Only where a disk
-    /// cache keeps fetched chunks and can hold the whole image: otherwise it would evict
-    /// what readers use.
+    /// cache can hold the whole image: otherwise it would evict what readers use.
     pub fn bulk(shared: Arc<crate::fs::FsShared>, fraction: f64) -> Option<Self> {
         let image_bytes: u64 = shared
             .manifest
@@ -54,9 +53,9 @@ impl Prefetch {
             .map(|c| u64::from(c.len))
             .sum();
         let usage = shared.reader.cache_usage();
-        // Not from a local store the disk cache does not copy: the rest is local already.
-        let room = usage.disk_capacity >= image_bytes.saturating_mul(2);
-        if !room || image_bytes == 0 || !shared.reader.copies_fetched() {
+        // From a local store too: decoding the rest ahead of a sequential reader, on every
+        // core, is what beats it (`dpkg --verify`: 1.6-1.9 s with, 2.6-3.2 s without).
+        if usage.disk_capacity < image_bytes.saturating_mul(2) || image_bytes == 0 {
             return None;
         }
         let trigger = BulkTrigger::new(image_bytes, fraction);
