@@ -22,12 +22,9 @@ use thaw_store::{ReaderConfig, Repository};
 /// Returns the directories of the containers cleaned up.
 pub fn clean_dead_containers() -> Vec<PathBuf> {
     // A daemon's containers whose roots are held for its successor are its to adopt.
-    let held = MountRegistry::node().adoptable_ids();
-    let dead = ContainerRegistry::node().clean_dead(
-        |r| held.contains(&r.id),
-        || {
-            MountRegistry::node().clean_dead();
-        },
+    let dead = thaw_server::containers::clean_dead_unheld(
+        &ContainerRegistry::node(),
+        &MountRegistry::node(),
     );
     for r in &dead {
         eprintln!(

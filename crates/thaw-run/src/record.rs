@@ -91,6 +91,12 @@ impl ContainerRecord {
         }
     }
 
+    /// The runtime the record names, with its state root.
+    pub fn runtime(&self) -> Result<crate::Runtime, crate::RunError> {
+        let root = self.runtime_root.parent().unwrap_or(Path::new("/"));
+        crate::Runtime::find(&self.runtime.to_string_lossy(), root)
+    }
+
     /// The same record, owned by this process (a daemon adopting the container).
     pub fn owned_here(&self) -> Self {
         let pid = std::process::id();
@@ -191,9 +197,7 @@ impl ContainerRegistry {
             return dead;
         }
         for r in &dead {
-            let root = r.runtime_root.parent().unwrap_or(Path::new("/"));
-            let deleted = crate::Runtime::find(&r.runtime.to_string_lossy(), root)
-                .and_then(|rt| rt.delete(&r.id));
+            let deleted = r.runtime().and_then(|rt| rt.delete(&r.id));
             if let Err(e) = deleted {
                 tracing::warn!(id = %r.id, error = %e, "a dead owner's container stays");
             }

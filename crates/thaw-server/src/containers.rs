@@ -25,6 +25,22 @@ mod adopt;
 mod life;
 use life::{create_and_start, finish, wait_then_clean};
 
+/// Cleans up after containers whose owner died (`ContainerRegistry::clean_dead`), except
+/// those whose roots a holder keeps for the owner's successor to adopt; returns the
+/// records cleaned.
+pub fn clean_dead_unheld(
+    records: &ContainerRegistry,
+    mounts: &thaw_fuse::registry::MountRegistry,
+) -> Vec<ContainerRecord> {
+    let held = mounts.adoptable_ids();
+    records.clean_dead(
+        |r| held.contains(&r.id),
+        || {
+            mounts.clean_dead();
+        },
+    )
+}
+
 /// Containers one daemon owns at most (running or exited, until removed).
 pub const MAX_CONTAINERS: usize = 256;
 /// The most of a container's log `GET .../logs` returns: its end.
@@ -149,15 +165,8 @@ impl Containers {
     pub fn open(settings: ContainerSettings) -> std::io::Result<Self> {
         crate::confine::prepare_root(&settings.dir)?;
         thaw_run::process::become_subreaper().map_err(std::io::Error::other)?;
-        let mounts = settings.mounts.clone();
         // Those whose roots a holder keeps are adopted (or cleaned up) by `adopt_orphans`.
-        let held = mounts.adoptable_ids();
-        for r in settings.records.clean_dead(
-            |r| held.contains(&r.id),
-            || {
-                mounts.clean_dead();
-            },
-        ) {
+        for r in clean_dead_unheld(&settings.records, &settings.mounts) {
             tracing::info!(container = %r.id, "cleaned up after a dead owner");
         }
         Ok(Containers {

@@ -8,7 +8,7 @@ use thaw_autoscale::config::DeploymentConfig;
 use thaw_core::ImageId;
 
 /// What one replica is started with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct ReplicaSpec {
     /// Its name, unique on the node.
     pub name: String,

@@ -111,10 +111,8 @@ pub(super) struct ContainerActuator {
 /// One container replica, as kept on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct ContainerReplica {
-    name: String,
-    slot: u32,
-    gpus: Option<String>,
-    port: Option<u16>,
+    #[serde(flatten)]
+    spec: ReplicaSpec,
     container: String,
 }
 
@@ -169,16 +167,11 @@ impl Actuator for ContainerActuator {
             .await
             .map_err(|e| e.to_string())?;
         let view = c.view();
-        self.records.lock().insert(
-            spec.name.clone(),
-            ContainerReplica {
-                name: spec.name.clone(),
-                slot: spec.slot,
-                gpus: spec.gpus.clone(),
-                port: spec.port,
-                container: view.id.clone(),
-            },
-        );
+        let record = ContainerReplica {
+            spec: spec.clone(),
+            container: view.id.clone(),
+        };
+        self.records.lock().insert(spec.name.clone(), record);
         self.save();
         Ok(Handle {
             id: view.id,
@@ -240,20 +233,12 @@ impl Actuator for ContainerActuator {
             if view.state != "running" {
                 continue;
             }
-            let spec = ReplicaSpec {
-                name: r.name.clone(),
-                slot: r.slot,
-                gpus: r.gpus.clone(),
-                port: r.port,
+            let handle = Handle {
+                id: view.id,
+                pid: view.pid,
             };
-            adopted.push((
-                spec,
-                Handle {
-                    id: view.id,
-                    pid: view.pid,
-                },
-            ));
-            records.insert(r.name.clone(), r);
+            adopted.push((r.spec.clone(), handle));
+            records.insert(r.spec.name.clone(), r);
         }
         *self.records.lock() = records;
         self.save();

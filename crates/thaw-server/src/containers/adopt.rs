@@ -11,7 +11,7 @@ use thaw_core::ImageId;
 use thaw_fuse::registry::MountRecord;
 use thaw_fuse::session::{Image, MountSession};
 use thaw_fuse::{FsConfig, MountOptions};
-use thaw_run::{ContainerRecord, Runtime};
+use thaw_run::ContainerRecord;
 
 /// The exit code recorded for an adopted container: the daemon is not its init's parent,
 /// so the real status went to whoever reaped it.
@@ -77,7 +77,7 @@ impl Containers {
             .into_iter()
             .find(|m| m.id == record.id && m.adoptable())
             .ok_or("no holder kept its root's connection")?;
-        let runtime = runtime_of(record).map_err(|e| e.to_string())?;
+        let runtime = record.runtime().map_err(|e| e.to_string())?;
         let pid = runtime
             .running_pid(&record.id)
             .map_err(|e| e.to_string())?
@@ -148,7 +148,7 @@ impl Containers {
     /// Removes what a dead daemon's container left: the runtime's container, its held
     /// mount (stopping the holder), its directory and its record.
     fn clean_orphan(&self, record: &ContainerRecord) {
-        if let Ok(rt) = runtime_of(record) {
+        if let Ok(rt) = record.runtime() {
             if let Err(e) = rt.delete(&record.id) {
                 tracing::warn!(container = %record.id, error = %e, "a dead daemon's container stays");
             }
@@ -164,15 +164,6 @@ impl Containers {
         }
         self.settings.records.remove(&record.id);
     }
-}
-
-/// The runtime a record names, with its state root.
-fn runtime_of(record: &ContainerRecord) -> Result<Runtime, thaw_run::RunError> {
-    let root = record
-        .runtime_root
-        .parent()
-        .unwrap_or(std::path::Path::new("/"));
-    Runtime::find(&record.runtime.to_string_lossy(), root)
 }
 
 /// Waits for an adopted container's init (not this process's child) to exit, through a

@@ -129,10 +129,8 @@ impl Fetcher {
             }
         };
         let fetched = self.fetch_from_store(&guard, runs, &around).await;
-        // From a local store on the cache's disk only a prefetch is kept on disk: its
-        // chunks wait there for readers that have not asked yet.
-        let keep = self.caches.copy_fetched || guard.priority().is_prefetch();
-        if self.caches.disk.is_some() && keep && !fetched.is_empty() {
+        let keep = self.caches.keeps_on_disk(guard.priority().is_prefetch());
+        if keep && !fetched.is_empty() {
             // After the waiters have their bytes; the entries stay in flight (so late
             // readers join instead of fetching again) until the files are written.
             let caches = self.caches.clone();
@@ -400,9 +398,9 @@ impl Fetcher {
         }
         // Without a disk cache that keeps them, memory is the only place a prefetched
         // chunk can wait for its reader: it is kept as any other.
-        let on_disk =
-            self.caches.disk.is_some() && (self.caches.copy_fetched || priority.is_prefetch());
-        if !on_disk || !(priority.is_prefetch() || guessed) {
+        if !self.caches.keeps_on_disk(priority.is_prefetch())
+            || !(priority.is_prefetch() || guessed)
+        {
             self.caches.memory.insert(id, data.clone());
         } else {
             self.caches.memory.insert_if_room(id, data.clone());

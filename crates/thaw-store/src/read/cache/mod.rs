@@ -32,6 +32,12 @@ pub struct Caches {
 }
 
 impl Caches {
+    /// Whether a chunk fetched from the store is written to the disk cache: always with
+    /// `copy_fetched`, else only a prefetch's (its chunks wait there for their readers).
+    pub fn keeps_on_disk(&self, prefetch: bool) -> bool {
+        self.disk.is_some() && (self.copy_fetched || prefetch)
+    }
+
     /// Whether either tier holds `id` (index lookups only: no I/O, no verification).
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.memory.contains(id) || self.disk.as_ref().is_some_and(|d| d.contains(id))
