@@ -1,0 +1,18 @@
+//! Generates the containerd snapshots service from its `.proto` files with `protox`, a
+//! pure-Rust protobuf compiler, so building thaw needs no `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/containerd/snapshots.proto",
+        "proto/containerd/mount.proto",
+    ];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
