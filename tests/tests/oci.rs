@@ -79,12 +79,36 @@ const LAYER_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// An image manifest blob over `layers` (media type, bytes); returns its descriptor.
+/// A layer's `diff_id`: the digest of its uncompressed tar (of its bytes as they are
+/// when they do not decompress, as in the corrupt-layer cases).
+fn diff_id(media_type: &str, data: &[u8]) -> String {
+    use std::io::Read;
+    let plain = match media_type {
+        LAYER_GZ => {
+            let mut out = Vec::new();
+            flate2::read::MultiGzDecoder::new(data)
+                .read_to_end(&mut out)
+                .map(|_| out)
+                .ok()
+        }
+        LAYER_ZSTD => zstd::decode_all(data).ok(),
+        _ => None,
+    };
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(plain.as_deref().unwrap_or(data)))
+    )
+}
+
+/// An image manifest blob over `layers` (media type, bytes), with a config that lists
+/// their `diff_ids`; returns its descriptor.
 fn image(layout: &Path, layers: &[(&str, Vec<u8>)], extra: serde_json::Value) -> serde_json::Value {
+    let diff_ids: Vec<_> = layers.iter().map(|(t, d)| diff_id(t, d)).collect();
+    let config_json = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": diff_ids}});
     let config = blob(
         layout,
         "application/vnd.oci.image.config.v1+json",
-        b"{}",
+        config_json.to_string().as_bytes(),
         serde_json::json!({}),
     );
     let layers: Vec<_> = layers
@@ -249,6 +273,103 @@ async fn assert_fails(repo: &Repository, arg: &str, needle: &str) {
         "no manifest stored"
     );
     assert!(repo.resolve("t").await.is_err(), "no tag stored");
+}
+
+#[tokio::test]
+async fn a_containerd_build_tags_every_layer_prefix_by_its_chain_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let layout = tmp.path().join("layout");
+    let d = three_layers(&layout);
+    write_index(&layout, vec![d]);
+    let arg = format!("oci:{}", layout.display());
+    let plain = build(&repo, BuildSource::from_arg(&arg), BuildOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (plain.layers.len(), plain.chain_tags),
+        (3, 0),
+        "diff ids always, tags only when asked"
+    );
+    let opts = BuildOptions {
+        containerd: true,
+        ..Default::default()
+    };
+    let report = build(&repo, BuildSource::from_arg(&arg), opts)
+        .await
+        .unwrap();
+    assert_eq!(report.chain_tags, 3);
+    assert_eq!(report.layers[0].chain_id, report.layers[0].diff_id);
+    assert_eq!(
+        report.layers[1].chain_id,
+        thaw_image::chain_id(Some(&report.layers[0].chain_id), &report.layers[1].diff_id)
+    );
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
+    let mut trees = Vec::new();
+    for (i, layer) in report.layers.iter().enumerate() {
+        let tag = thaw_core::tag::chain_tag(&layer.chain_id).unwrap();
+        let id = repo.resolve(&tag).await.unwrap();
+        let out = tmp.path().join(format!("prefix-{i}"));
+        export(&reader, &repo.get_manifest(&id).await.unwrap(), &out)
+            .await
+            .unwrap();
+        trees.push(out);
+    }
+    // Layers 1..=1: the base as it was; 1..=2: the second layer's whiteouts applied.
+    assert_eq!(
+        std::fs::read(trees[0].join("etc/a")).unwrap(),
+        b"a from the base"
+    );
+    assert!(trees[0].join("gone/file").exists());
+    assert!(!trees[1].join("etc/a").exists() && !trees[1].join("gone").exists());
+    assert_eq!(
+        std::fs::read(trees[1].join("usr/bin/tool")).unwrap(),
+        b"tool v2"
+    );
+    // The whole chain is the image itself.
+    let whole = tmp.path().join("whole");
+    export(
+        &reader,
+        &repo.get_manifest(&report.image).await.unwrap(),
+        &whole,
+    )
+    .await
+    .unwrap();
+    assert_eq!(list(&trees[2]), list(&whole));
+    assert_eq!(std::fs::read(trees[2].join("etc/a")).unwrap(), b"a again");
+}
+
+#[tokio::test]
+async fn a_layer_that_is_not_its_config_s_diff_id_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let layout = tmp.path().join("lying");
+    let layer = gzip(&layer_tar(&[E::File("f", b"real")]));
+    let config_json = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [
+        diff_id(LAYER_GZ, &gzip(&layer_tar(&[E::File("f", b"claimed")])))
+    ]}});
+    let config = blob(
+        &layout,
+        "application/vnd.oci.image.config.v1+json",
+        config_json.to_string().as_bytes(),
+        serde_json::json!({}),
+    );
+    // The blob's own digest is right: only the uncompressed digest tells.
+    let layers = vec![blob(&layout, LAYER_GZ, &layer, serde_json::json!({}))];
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": layers});
+    let d = blob(
+        &layout,
+        MANIFEST,
+        manifest.to_string().as_bytes(),
+        serde_json::json!({}),
+    );
+    write_index(&layout, vec![d]);
+    assert_fails(
+        &repo,
+        &format!("oci:{}", layout.display()),
+        "does not match its diff_id",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -27,6 +27,11 @@ pub struct BuildArgs {
     /// zstd level for chunks that compress.
     #[arg(long, default_value_t = 3)]
     pub zstd_level: i32,
+    /// For a layered source (registry, OCI layout, docker archive): also store the tree
+    /// of every layer prefix, tagged by its containerd chain id, so that
+    /// `thaw serve --snapshotter-socket` serves each layer to containerd lazily.
+    #[arg(long)]
+    pub containerd: bool,
     /// Chunk sizes in bytes: MIN,AVG,MAX.
     #[arg(long, value_name = "MIN,AVG,MAX")]
     pub chunk_sizes: Option<String>,
@@ -115,6 +120,7 @@ pub async fn build(repo: &Repository, args: &BuildArgs) -> Result<()> {
         progress: Some(progress),
         first_access,
         config: config_edits(args)?,
+        containerd: args.containerd,
     };
     let start = Instant::now();
     // A registry image is pulled (every blob checked) into a temporary OCI layout, which
@@ -209,6 +215,12 @@ fn print_build(r: &BuildReport, tag: Option<&str>, secs: f64) {
     );
     println!("chunks_dedup: {}", w.chunks_dedup);
     println!("packs: {}", w.packs);
+    for layer in &r.layers {
+        println!("layer: {} chain {}", layer.diff_id, layer.chain_id);
+    }
+    if r.chain_tags > 0 {
+        println!("chain_tags: {}", r.chain_tags);
+    }
     println!(
         "seconds: {secs:.3} ({:.1} MB/s)",
         r.bytes_read as f64 / secs / 1e6

@@ -95,6 +95,14 @@ pub struct ServeArgs {
     /// Hand resident weights to serving processes on this unix socket.
     #[arg(long)]
     pub weights_socket: Option<PathBuf>,
+    /// Serve containerd's snapshots API on this unix socket (root only), for a
+    /// `[proxy_plugins.thaw]` entry of containerd's configuration.
+    #[arg(long)]
+    pub snapshotter_socket: Option<PathBuf>,
+    /// The snapshotter's snapshot directories and metadata (on a disk: containerd unpacks
+    /// the layers thaw does not serve here).
+    #[arg(long, default_value = "/var/lib/thaw/snapshotter")]
+    pub snapshotter_root: PathBuf,
 }
 
 /// The tokens TCP callers may present: an admin token (`--token-file` or `THAW_TOKEN`)
@@ -162,6 +170,12 @@ pub async fn serve(
             resident_bytes: args.resident_weights,
             socket: args.weights_socket.clone(),
         },
+        snapshotter: args.snapshotter_socket.as_ref().map(|socket| {
+            thaw_server::snapshots::SnapshotterSettings {
+                socket: socket.clone(),
+                root: args.snapshotter_root.clone(),
+            }
+        }),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -32,6 +32,18 @@ pub fn validate_tag(name: &str) -> Result<(), FormatError> {
     Ok(())
 }
 
+/// The tag that names the flattened image of a containerd layer chain (`sha256:HEX`, a
+/// chain id computed from the layers' `diff_ids`), for the containerd snapshotter; `None`
+/// for anything that is not a sha256 chain id.
+pub fn chain_tag(chain_id: &str) -> Option<String> {
+    let hex = chain_id.strip_prefix("sha256:")?;
+    let ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    ok.then(|| format!("{CHAIN_TAG_PREFIX}{hex}"))
+}
+
+/// Tags under this prefix are the snapshotter's chain references, not users' names.
+pub const CHAIN_TAG_PREFIX: &str = "containerd/chain/sha256/";
+
 #[cfg(test)]
 mod tests {
     use super::*;

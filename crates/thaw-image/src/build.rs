@@ -91,6 +91,10 @@ pub struct BuildOptions {
     /// Changes to the image's run configuration (or a configuration for a tree that has
     /// none).
     pub config: ConfigEdits,
+    /// For a layered source: also store the tree of every layer prefix and tag it by its
+    /// chain id ([`thaw_core::tag::chain_tag`]), so the containerd snapshotter can serve
+    /// each layer lazily. Costs manifests only: the chunks are shared.
+    pub containerd: bool,
 }
 
 /// What a build did.
@@ -110,6 +114,10 @@ pub struct BuildReport {
     pub others: u64,
     /// What the pack writer stored.
     pub writer: WriterStats,
+    /// The layers of a layered source, in order (trees dropped).
+    pub layers: Vec<crate::LayerPrefix>,
+    /// The chain-id tags written (`containerd` builds).
+    pub chain_tags: usize,
 }
 
 /// Builds an image into `repo` and tags it. A failed build stores no manifest and no tag;
@@ -129,16 +137,20 @@ pub async fn build(
         .with_first_access(&options.first_access);
     let bytes_read = options.progress.clone().unwrap_or_default();
     let chunker = options.chunker;
-    let (tree, writer) = {
+    let containerd = options.containerd;
+    let (tree, writer, mut layers) = {
         let bytes_read = bytes_read.clone();
         tokio::task::spawn_blocking(move || {
             let ingest = Ingest {
                 writer: &writer,
                 chunker,
                 bytes_read,
+                layers: crate::layers::LayerLog::new(containerd),
             };
             let tree = build_from(source, &ingest);
-            (tree, writer)
+            let layers = ingest.layers.take();
+            drop(ingest);
+            (tree, writer, layers)
         })
         .await
         .map_err(|e| BuildError::Internal(e.to_string()))?
@@ -152,6 +164,7 @@ pub async fn build(
         BuildError::Format(thaw_core::FormatError::invalid("image config", reason))
     })?;
     let (image, manifest_bytes) = repo.commit_manifest(&ticket, &manifest).await?;
+    let chain_tags = tag_chains(repo, &ticket, &mut layers).await?;
     if let Some(tag) = &options.tag {
         repo.set_tag(tag, &image).await?;
     }
@@ -164,7 +177,34 @@ pub async fn build(
         directories,
         others,
         writer: writer_stats,
+        layers,
+        chain_tags,
     })
+}
+
+/// Stores the tree of each recorded layer prefix and tags it by its chain id; drops the
+/// trees from `layers`. Returns how many tags were written.
+async fn tag_chains(
+    repo: &Repository,
+    ticket: &thaw_store::repo::BuildTicket,
+    layers: &mut [crate::LayerPrefix],
+) -> Result<usize, BuildError> {
+    let mut tagged = 0;
+    for layer in layers {
+        let Some(manifest) = layer.manifest.take() else {
+            continue;
+        };
+        let tag = thaw_core::tag::chain_tag(&layer.chain_id).ok_or_else(|| {
+            BuildError::Format(thaw_core::FormatError::invalid(
+                "layer chain id",
+                format!("{:?} is not a sha256 digest", layer.chain_id),
+            ))
+        })?;
+        let (id, _) = repo.commit_manifest(ticket, &manifest).await?;
+        repo.set_tag(&tag, &id).await?;
+        tagged += 1;
+    }
+    Ok(tagged)
 }
 
 /// Reads `source` into a tree, with the run configuration its format carries.

@@ -124,6 +124,7 @@ fn build_legacy(
                 format!("layer {layer}: digest {got} does not match its diff_id {want}"),
             ));
         }
+        ingest.layers.layer_done(&tree, want);
     }
     Ok((tree, config))
 }

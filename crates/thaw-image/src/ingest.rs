@@ -21,6 +21,8 @@ pub struct Ingest<'a> {
     pub chunker: ChunkerConfig,
     /// File content bytes read so far (also the progress counter).
     pub bytes_read: Arc<AtomicU64>,
+    /// The layers applied so far, for a layered source.
+    pub(crate) layers: crate::layers::LayerLog,
 }
 
 fn is_zero(data: &[u8]) -> bool {

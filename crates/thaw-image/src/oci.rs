@@ -120,25 +120,67 @@ pub fn build_tree(
             format!("config {}: {reason}", manifest.config.digest),
         )
     })?;
+    let diff_ids = crate::layers::config_diff_ids(&config_json).map_err(|reason| {
+        oci_err(
+            layout,
+            format!("config {}: rootfs: {reason}", manifest.config.digest),
+        )
+    })?;
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(oci_err(
+            layout,
+            format!(
+                "the manifest has {} layers but the config {} diff_ids",
+                manifest.layers.len(),
+                diff_ids.len()
+            ),
+        ));
+    }
     let mut tree = Tree::new(crate::tree::dir_meta_default());
-    for layer in &manifest.layers {
-        if !LAYER_TYPES.contains(&layer.media_type.as_str()) {
-            return Err(oci_err(
-                layout,
-                format!(
-                    "layer {}: unsupported media type {}",
-                    layer.digest, layer.media_type
-                ),
-            ));
-        }
-        let rel = blob_rel(layout, &layer.digest)?;
-        let mut checked = Checked::new(layout.open(&rel)?);
-        apply_layer(&mut tree, &mut checked, ingest, Whiteouts::Apply)?;
-        // A tar stream may end before its blob does (padding): hash all of it.
-        drain(layout, &rel, &mut checked)?;
-        checked.verify(layout, layer)?;
+    for (layer, want) in manifest.layers.iter().zip(&diff_ids) {
+        apply_checked(layout, layer, want, &mut tree, ingest)?;
     }
     Ok((tree, config))
+}
+
+/// Applies one layer blob: its digest checked against its descriptor, and the digest of
+/// its uncompressed tar against the config's `diff_id`.
+fn apply_checked(
+    layout: &dyn LayoutFiles,
+    layer: &Descriptor,
+    diff_id: &str,
+    tree: &mut Tree,
+    ingest: &Ingest<'_>,
+) -> Result<(), BuildError> {
+    if !LAYER_TYPES.contains(&layer.media_type.as_str()) {
+        return Err(oci_err(
+            layout,
+            format!(
+                "layer {}: unsupported media type {}",
+                layer.digest, layer.media_type
+            ),
+        ));
+    }
+    let rel = blob_rel(layout, &layer.digest)?;
+    let mut checked = Checked::new(layout.open(&rel)?);
+    let mut plain = Checked::new(crate::source_tar::open_stream(&mut checked)?);
+    apply_layer(tree, &mut plain, ingest, Whiteouts::Apply)?;
+    // A tar stream may end before its blob does (padding): hash all of both.
+    drain(layout, &rel, &mut plain)?;
+    let got = plain.digest();
+    drain(layout, &rel, &mut checked)?;
+    checked.verify(layout, layer)?;
+    if got != diff_id {
+        return Err(oci_err(
+            layout,
+            format!(
+                "layer {}: uncompressed digest {got} does not match its diff_id {diff_id}",
+                layer.digest
+            ),
+        ));
+    }
+    ingest.layers.layer_done(tree, diff_id);
+    Ok(())
 }
 
 /// Reads what is left of a blob, so that its digest covers all of it.

@@ -19,6 +19,7 @@ mod listen;
 mod metrics;
 pub mod mounts;
 pub mod node;
+pub mod snapshots;
 pub mod validate;
 pub mod weights;
 
@@ -65,6 +66,8 @@ pub struct ServerConfig {
     pub autoscale: thaw_autoscale::config::AutoscaleConfig,
     /// Weights kept resident and handed to serving processes.
     pub weights: weights::WeightsSettings,
+    /// Serve containerd's snapshots API, if set.
+    pub snapshotter: Option<snapshots::SnapshotterSettings>,
 }
 
 /// Why the daemon could not start (or stopped serving).

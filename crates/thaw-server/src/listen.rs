@@ -32,6 +32,10 @@ pub async fn serve(
         Some(addr) => Some(bind_tcp(addr).await?),
         None => None,
     };
+    let snapshots = match &config.snapshotter {
+        Some(s) => Some(crate::snapshots::bind(&s.socket)?),
+        None => None,
+    };
     let metrics = match config.metrics_listen {
         Some(addr) => Some(bind_tcp(addr).await?),
         None => None,
@@ -39,13 +43,20 @@ pub async fn serve(
     let mut config = config;
     config.mounts.api_address = Some(format!("unix:{}", config.socket.display()));
     let node = Node::new(repo, &config)?;
+    let stop = CancellationToken::new();
+    // Before the containers' adoption, which removes held mounts nobody claims.
+    let snapshotter = match (&config.snapshotter, snapshots) {
+        (Some(s), Some(listener)) => {
+            Some(crate::snapshots::start(&node, s, listener, &stop).await?)
+        }
+        _ => None,
+    };
     let adopted = node.containers.adopt_orphans(&node).await;
     if adopted > 0 {
         // On stderr with the listening lines: an operator should see it without tracing.
         eprintln!("thaw serve: adopted {adopted} running container(s) left by the previous daemon");
     }
     announce(&config, tcp.as_ref(), metrics.as_ref())?;
-    let stop = CancellationToken::new();
     if let Some(listener) = handoff {
         crate::weights::spawn(&node, listener, &stop);
     }
@@ -54,12 +65,18 @@ pub async fn serve(
     let served = run_all(&node, unix, tcp, metrics, &stop, shutdown).await;
     stop.cancel();
     while loops.join_next().await.is_some() {}
+    if let Some(task) = snapshotter {
+        let _ = task.await;
+    }
     node.jobs.cancel_all();
     node.containers.remove_all().await;
     node.mounts.remove_all().await;
     let _ = std::fs::remove_file(&config.socket);
     if let Some(path) = &config.weights.socket {
         let _ = std::fs::remove_file(path);
+    }
+    if let Some(s) = &config.snapshotter {
+        let _ = std::fs::remove_file(&s.socket);
     }
     served
 }

@@ -117,6 +117,11 @@ impl Mounts {
         })
     }
 
+    /// How this daemon mounts.
+    pub fn settings(&self) -> &MountSettings {
+        &self.settings
+    }
+
     /// Every live mount.
     pub fn list(&self) -> Vec<Arc<MountEntry>> {
         self.live.lock().values().cloned().collect()

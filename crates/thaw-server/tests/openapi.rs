@@ -89,6 +89,7 @@ async fn the_router_serves_every_route_in_the_table() {
         ready_file: None,
         autoscale: Default::default(),
         weights: Default::default(),
+        snapshotter: None,
     };
     let router = thaw_server::router(Node::new(repo, &config).unwrap());
     for (method, path) in ROUTES {

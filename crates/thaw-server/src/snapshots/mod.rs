@@ -1,0 +1,97 @@
+//! The containerd snapshotter (`thaw serve --snapshotter-socket`): the snapshots service
+//! of `thaw-snapshotter` on a root-only unix socket, with lazy layers that the daemon
+//! mounts from its shared reader and keeps across restarts.
+
+mod layers;
+
+pub use layers::LazyLayers;
+
+use crate::{Node, ServeError};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Where the snapshotter listens and keeps its snapshots.
+#[derive(Debug, Clone)]
+pub struct SnapshotterSettings {
+    /// The gRPC socket containerd's `proxy_plugins` entry names (mode 0600: root only).
+    pub socket: PathBuf,
+    /// Snapshot directories and metadata: on a disk, not a tmpfs, since containerd
+    /// unpacks the layers thaw does not serve here.
+    pub root: PathBuf,
+}
+
+/// Binds the snapshotter's socket: root only, a stale socket replaced.
+pub(crate) fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+    let err = |source| ServeError::Bind {
+        addr: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServeError::SocketInUse(path.display().to_string()));
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    // Created with the umask narrowed so the socket is never reachable by others,
+    // not even between bind and chmod.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = bound.map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Opens the snapshotter, adopts the lazy layers a predecessor left mounted and serves
+/// it until `stop`.
+pub(crate) async fn start(
+    node: &Arc<Node>,
+    settings: &SnapshotterSettings,
+    listener: tokio::net::UnixListener,
+    stop: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let io = |what| {
+        move |source| ServeError::Io {
+            what,
+            path: settings.root.display().to_string(),
+            source,
+        }
+    };
+    std::fs::create_dir_all(&settings.root).map_err(io("creating the snapshotter root"))?;
+    std::fs::set_permissions(&settings.root, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("securing the snapshotter root"))?;
+    let layers = Arc::new(LazyLayers::new(node.clone(), &settings.root.join("layers")));
+    let adopted = layers.adopt().await;
+    if adopted > 0 {
+        eprintln!("thaw serve: adopted {adopted} lazy layer mount(s) left by the previous daemon");
+    }
+    let snapshotter =
+        thaw_snapshotter::Snapshotter::open(&settings.root, layers.clone()).map_err(|e| {
+            ServeError::Io {
+                what: "opening the snapshotter",
+                path: settings.root.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+    eprintln!(
+        "thaw serve: containerd snapshotter on unix:{}",
+        settings.socket.display()
+    );
+    let stop = stop.clone();
+    Ok(tokio::spawn(async move {
+        let served =
+            thaw_snapshotter::serve(Arc::new(snapshotter), listener, stop.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!("the snapshotter stopped: {e}");
+        }
+        // The layers stay mounted and held: running containers use them, and the next
+        // daemon adopts them.
+        layers.detach_all().await;
+    }))
+}
