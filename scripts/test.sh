@@ -34,7 +34,7 @@ export CARGO_INCREMENTAL=0
 # --- Debian packages -------------------------------------------------------------
 missing=()
 for pkg in debootstrap zstd fuse3 attr tar umoci skopeo docker-registry runc crun catatonit \
-           busybox-static golang-github-containers-common redis-server; do
+           busybox-static golang-github-containers-common redis-server containerd stargz-snapshotter; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,7 +1,7 @@
 //! Container image fixtures: a layout made by `umoci`, and Debian's `docker-registry` on
 //! a loopback port (the real tools; tests skip where they are missing).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Whether `tool` is on the PATH.
 pub fn have(tool: &str) -> bool {
@@ -110,4 +110,38 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A two-layer image made by umoci from busybox: the second layer changes a file and
+/// deletes another (a whiteout); its configuration runs a script that shows both.
+pub fn busybox_layout(tmp: &Path) -> PathBuf {
+    let layout = tmp.join("layout");
+    let bundle = tmp.join("bundle");
+    let (l, b) = (layout.display(), bundle.display());
+    sh(&format!(
+        "umoci init --layout {l} && umoci new --image {l}:img && umoci unpack --image {l}:img {b}"
+    ));
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for tool in ["sh", "cat", "test", "echo"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/msg"), "from layer one\n").unwrap();
+    std::fs::write(rootfs.join("etc/gone"), "deleted by layer two\n").unwrap();
+    sh(&format!("umoci repack --image {l}:img {b}"));
+    // Unpacked again, so that the next repack is a layer of its own over the first (a
+    // repack of the same bundle would replace the first layer with the whole tree).
+    std::fs::remove_dir_all(&bundle).unwrap();
+    sh(&format!("umoci unpack --image {l}:img {b}"));
+    std::fs::write(rootfs.join("etc/msg"), "from layer two\n").unwrap();
+    std::fs::remove_file(rootfs.join("etc/gone")).unwrap();
+    sh(&format!("umoci repack --image {l}:img {b}"));
+    sh(&format!(
+        "umoci config --image {l}:img --config.entrypoint /bin/sh --config.entrypoint -c \
+         --config.cmd 'cat /etc/msg; test -e /etc/gone || echo \"whiteout applied in $PWD\"' \
+         --config.workingdir /etc"
+    ));
+    layout
 }

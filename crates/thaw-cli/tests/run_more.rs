@@ -11,40 +11,9 @@ mod common;
 use common::container::{code, debian_store, runtimes, text, Node};
 use common::{thaw, THAW};
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use thaw_tests::images::have;
+use thaw_tests::images::{busybox_layout, have};
 use thaw_tests::skip;
-
-/// A two-layer image made by umoci from busybox: the second layer changes a file and
-/// deletes another (a whiteout); its configuration runs a script that shows both.
-fn busybox_layout(tmp: &Path) -> PathBuf {
-    let layout = tmp.join("layout");
-    let bundle = tmp.join("bundle");
-    let (l, b) = (layout.display(), bundle.display());
-    thaw_tests::images::sh(&format!(
-        "umoci init --layout {l} && umoci new --image {l}:img && umoci unpack --image {l}:img {b}"
-    ));
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for tool in ["sh", "cat", "test", "echo"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
-    }
-    std::fs::write(rootfs.join("etc/msg"), "from layer one\n").unwrap();
-    std::fs::write(rootfs.join("etc/gone"), "deleted by layer two\n").unwrap();
-    thaw_tests::images::sh(&format!("umoci repack --image {l}:img {b}"));
-    std::fs::write(rootfs.join("etc/msg"), "from layer two\n").unwrap();
-    std::fs::remove_file(rootfs.join("etc/gone")).unwrap();
-    thaw_tests::images::sh(&format!("umoci repack --image {l}:img {b}"));
-    thaw_tests::images::sh(&format!(
-        "umoci config --image {l}:img --config.entrypoint /bin/sh --config.entrypoint -c \
-         --config.cmd 'cat /etc/msg; test -e /etc/gone || echo \"whiteout applied in $PWD\"' \
-         --config.workingdir /etc"
-    ));
-    layout
-}
 
 #[test]
 fn an_image_pushed_to_a_registry_runs_its_entrypoint_and_its_docker_archive_is_the_same_image() {

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod container;
+pub mod containerd;
 pub mod daemon;
 pub mod redis;
 

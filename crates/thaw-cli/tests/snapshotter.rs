@@ -1,0 +1,319 @@
+//! thaw as containerd's snapshotter, end to end with Debian's containerd 1.6 and
+//! stargz-snapshotter's `ctr-remote`: a lazy pull that downloads no layer, a container
+//! run on it, its root against the overlayfs snapshotter's, and a restart of the daemon
+//! under a running container.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "end-to-end scenarios: a failed step panics with its message, and a scenario reads top to bottom"
+)]
+
+mod common;
+use common::containerd::Containerd;
+use common::daemon::Daemon;
+use common::thaw;
+
+use std::path::Path;
+use thaw_tests::images::{busybox_layout, have, Registry};
+use thaw_tests::skip;
+
+/// The layer blob digests of the layout's only image.
+fn layer_digests(layout: &Path) -> Vec<String> {
+    let read = |rel: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(layout.join(rel)).unwrap()).unwrap()
+    };
+    let blob = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let index = read("index.json");
+    let manifest = read(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn requirements(test: &str) -> bool {
+    let tools = [
+        "containerd",
+        "ctr",
+        "ctr-remote",
+        "umoci",
+        "skopeo",
+        "docker-registry",
+    ];
+    if !tools.iter().all(|t| have(t)) || !Path::new("/bin/busybox").exists() {
+        skip(test, "needs containerd, ctr-remote (stargz-snapshotter), umoci, skopeo, docker-registry and busybox-static");
+        return false;
+    }
+    thaw_tests::can_mount(test)
+}
+
+/// Mounts snapshot `key`'s view of `parent` from `snapshotter` at `target`.
+fn view(ctd: &Containerd, snapshotter: &str, key: &str, parent: &str, target: &Path) {
+    std::fs::create_dir_all(target).unwrap();
+    let t = target.to_str().unwrap();
+    let cmd = ctd.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        snapshotter,
+        "view",
+        "--target",
+        t,
+        key,
+        parent,
+    ]);
+    thaw_tests::images::sh(cmd.trim());
+}
+
+/// Whether a treediff line is about a directory.
+fn is_directory(line: &str) -> bool {
+    let mode = line
+        .split("mode: ")
+        .nth(1)
+        .and_then(|m| m.split(',').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    mode.is_some_and(|m| m & 0o170_000 == 0o040_000)
+}
+
+/// Whether a treediff line differs in the mtime alone.
+fn same_but_mtime(line: &str) -> bool {
+    let Some((a, b)) = line
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split_once(" != "))
+    else {
+        return false;
+    };
+    let strip = |e: &str| {
+        let start = e.find("mtime: (").unwrap_or(0);
+        let end = e[start..].find(')').map_or(start, |i| start + i + 1);
+        format!("{}{}", &e[..start], &e[end..])
+    };
+    strip(a) == strip(b)
+}
+
+#[test]
+fn containerd_pulls_lazily_through_thaw_runs_the_image_and_survives_a_restart() {
+    let test = "containerd_pulls_lazily_through_thaw_runs_the_image_and_survives_a_restart";
+    if !requirements(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(tmp.path());
+    let registry = Registry::start(tmp.path());
+    let image = format!("{}/thaw/busy:v1", registry.addr);
+    thaw_tests::images::sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:img docker://{image}",
+        layout.display()
+    ));
+    let store = tmp.path().join("store");
+    let built = thaw(
+        &store,
+        &["build", "--containerd", &format!("docker://{image}")],
+    );
+    assert!(built.contains("chain_tags: 2"), "{built}");
+    let top_chain = built
+        .lines()
+        .filter_map(|l| l.split(" chain ").nth(1))
+        .next_back()
+        .unwrap()
+        .to_string();
+
+    let node = tmp.path().join("node");
+    std::fs::create_dir_all(&node).unwrap();
+    let socket = node.join("snapshotter.sock");
+    let root = node.join("snapshotter");
+    let args = [
+        "--snapshotter-socket",
+        socket.to_str().unwrap(),
+        "--snapshotter-root",
+        root.to_str().unwrap(),
+    ];
+    let daemon = Daemon::start_on(&node, store.to_str().unwrap(), &args);
+    let mut ctd = Containerd::start(&tmp.path().join("containerd"), &socket, "");
+    ctd.also_unmount.push(root.clone());
+
+    // The lazy pull: manifest and config only, no layer blob.
+    ctd.ctr_remote_ok(&[
+        "images",
+        "rpull",
+        "--plain-http",
+        "--snapshotter",
+        "thaw",
+        &image,
+    ]);
+    let content = ctd.ctr_ok(&["content", "ls"]);
+    let stored: Vec<&str> = content
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for layer in layer_digests(&layout) {
+        assert!(
+            !stored.contains(&layer.as_str()),
+            "layer {layer} was downloaded:\n{content}"
+        );
+    }
+    assert_eq!(
+        content.lines().count(),
+        3,
+        "a header, the manifest and the config:\n{content}"
+    );
+    let snapshots = ctd.ctr_ok(&["snapshots", "--snapshotter", "thaw", "ls"]);
+    assert!(snapshots.contains(&top_chain), "{snapshots}");
+
+    // A container on it: the image's own entrypoint and command, and an exit code.
+    // The runtime's state under the test's directory, never the host's default.
+    let runc_root = tmp.path().join("runc");
+    let runc_root = runc_root.to_str().unwrap();
+    let out = ctd.ctr(&[
+        "run",
+        "--runc-root",
+        runc_root,
+        "--rm",
+        "--snapshotter",
+        "thaw",
+        &image,
+        "c1",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from layer two\nwhiteout applied in /etc\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctd.ctr(&[
+        "run",
+        "--runc-root",
+        runc_root,
+        "--rm",
+        "--snapshotter",
+        "thaw",
+        &image,
+        "c2",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+
+    // The same tree as containerd's own overlayfs snapshotter gives after a full pull.
+    ctd.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "overlayfs",
+        &image,
+    ]);
+    let (a, b) = (
+        tmp.path().join("view-thaw"),
+        tmp.path().join("view-overlayfs"),
+    );
+    view(&ctd, "thaw", "v-thaw", &top_chain, &a);
+    view(&ctd, "overlayfs", "v-overlayfs", &top_chain, &b);
+    // All but directories' mtimes: where a layer's tar has no entry for a directory it
+    // writes into (`.` and `etc` in the second layer here), containerd creates it in its
+    // layer directory at unpack time, and overlayfs shows the top layer's copy; thaw keeps
+    // the directory the image defined. Files must match exactly.
+    let diffs: Vec<_> = thaw_tests::treediff::compare(&a, &b, &[])
+        .into_iter()
+        .filter(|d| !(same_but_mtime(d) && is_directory(d)))
+        .collect();
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    let compared = thaw_tests::treediff::scan(&a, &[]).len();
+    assert!(compared >= 8, "only {compared} entries compared");
+    for t in [&a, &b] {
+        thaw_tests::images::sh(&format!("umount {}", t.display()));
+    }
+
+    // Restart the daemon (SIGKILL) under a running container: it keeps reading.
+    ctd.ctr_ok(&[
+        "run",
+        "--runc-root",
+        runc_root,
+        "-d",
+        "--snapshotter",
+        "thaw",
+        &image,
+        "c3",
+        "sh",
+        "-c",
+        "while true; do sleep 1; done",
+    ]);
+    daemon.kill9();
+    let daemon = Daemon::start_on(&node, store.to_str().unwrap(), &args);
+    assert!(
+        daemon.log().contains("adopted 1 lazy layer"),
+        "{}",
+        daemon.log()
+    );
+    let out = ctd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "c3",
+        "sh",
+        "-c",
+        "cat /etc/msg; cd /bin && echo *",
+    ]);
+    assert_eq!(out, "from layer two\nbusybox cat echo sh test\n");
+    // containerd reconnects to a restarted snapshotter after a backoff; until then its
+    // calls fail (a garbage collection in that window is only retried at the next one).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ctd
+        .ctr(&["snapshots", "--snapshotter", "thaw", "usage", &top_chain])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd did not reconnect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "c3"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ctd.ctr(&["task", "rm", "c3"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ctd.ctr_ok(&["containers", "rm", "c3"]);
+
+    // Removing the image from containerd removes thaw's snapshots and unmounts the layer.
+    // (The views went already: `ctr` made them under a lease that ended with it.)
+    ctd.ctr_ok(&["images", "rm", "--sync", &image]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = ctd.ctr_ok(&["snapshots", "--snapshotter", "thaw", "ls"]);
+        if left.lines().count() <= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshots left: {left}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let left: Vec<_> = mounts
+        .lines()
+        .filter(|l| l.contains(root.to_str().unwrap()))
+        .collect();
+    let errors: Vec<String> = ctd
+        .log()
+        .lines()
+        .filter(|l| l.contains("garbage"))
+        .map(String::from)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a lazy layer is still mounted: {left:#?}\n{}\n{errors:#?}",
+        daemon.log()
+    );
+    drop(daemon);
+}
