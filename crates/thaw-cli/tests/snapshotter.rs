@@ -317,3 +317,244 @@ fn containerd_pulls_lazily_through_thaw_runs_the_image_and_survives_a_restart() 
     );
     drop(daemon);
 }
+
+/// A private S3 endpoint (moto), so that the test can stop it.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start(test: &str) -> Option<Moto> {
+        let python = std::env::var("THAW_PYTHON").ok();
+        let server = python
+            .as_ref()
+            .map(|p| Path::new(p).with_file_name("moto_server"));
+        let Some(server) = server.filter(|s| s.exists()) else {
+            skip(
+                test,
+                "needs THAW_PYTHON, a venv with moto[server] (scripts/test.sh makes one)",
+            );
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        thaw_tests::images::sh(&format!("curl -sf -X PUT {endpoint}/down-test >/dev/null"));
+        Some(Moto { child, endpoint })
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "thaw-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "thaw-test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn a_pull_while_the_store_is_down_fails_clearly_and_downloads_nothing() {
+    let test = "a_pull_while_the_store_is_down_fails_clearly_and_downloads_nothing";
+    if !requirements(test) {
+        return;
+    }
+    let Some(mut moto) = Moto::start(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(tmp.path());
+    let registry = Registry::start(tmp.path());
+    let image = format!("{}/thaw/busy:v1", registry.addr);
+    thaw_tests::images::sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:img docker://{image}",
+        layout.display()
+    ));
+    let env = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let store = "s3://down-test";
+    let built = std::process::Command::new(common::THAW)
+        .args([
+            "--store",
+            store,
+            "build",
+            "--containerd",
+            &format!("docker://{image}"),
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let node = tmp.path().join("node");
+    std::fs::create_dir_all(&node).unwrap();
+    let socket = node.join("snapshotter.sock");
+    let root = node.join("snapshotter");
+    let args = [
+        "--snapshotter-socket",
+        socket.to_str().unwrap(),
+        "--snapshotter-root",
+        root.to_str().unwrap(),
+    ];
+    let _daemon = Daemon::start_with(&node, store, &args, &env);
+    let mut ctd = Containerd::start(&tmp.path().join("containerd"), &socket, "");
+    ctd.also_unmount.push(root);
+
+    moto.stop();
+    let out = std::process::Command::new("ctr-remote")
+        .arg("--address")
+        .arg(&ctd.address)
+        .args([
+            "images",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "thaw",
+            &image,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the pull succeeded with the store down"
+    );
+    assert!(
+        stderr.contains("lazy layer sha256:"),
+        "not a clear error: {stderr}"
+    );
+    let content = ctd.ctr_ok(&["content", "ls"]);
+    let stored: Vec<&str> = content
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for layer in layer_digests(&layout) {
+        assert!(
+            !stored.contains(&layer.as_str()),
+            "layer {layer} was downloaded: a silent fall-back"
+        );
+    }
+    let snapshots = ctd.ctr_ok(&["snapshots", "--snapshotter", "thaw", "ls"]);
+    assert_eq!(
+        snapshots.lines().count(),
+        1,
+        "nothing committed: {snapshots}"
+    );
+}
+
+#[test]
+fn two_images_sharing_base_layers_both_run_lazily() {
+    let test = "two_images_sharing_base_layers_both_run_lazily";
+    if !requirements(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(tmp.path());
+    // A third layer over the same two: a second image sharing both base layers.
+    let (l, b) = (layout.display(), tmp.path().join("bundle2"));
+    thaw_tests::images::sh(&format!("umoci unpack --image {l}:img {}", b.display()));
+    std::fs::write(b.join("rootfs/etc/msg"), "from layer three\n").unwrap();
+    thaw_tests::images::sh(&format!("umoci repack --image {l}:img2 {}", b.display()));
+    let registry = Registry::start(tmp.path());
+    let store = tmp.path().join("store");
+    let mut images = Vec::new();
+    for (tag, version) in [("img", "v1"), ("img2", "v2")] {
+        let image = format!("{}/thaw/busy:{version}", registry.addr);
+        thaw_tests::images::sh(&format!(
+            "skopeo copy --quiet --dest-tls-verify=false oci:{l}:{tag} docker://{image}"
+        ));
+        let built = thaw(
+            &store,
+            &["build", "--containerd", &format!("docker://{image}")],
+        );
+        assert!(
+            built.contains(&format!(
+                "chain_tags: {}",
+                if version == "v1" { 2 } else { 3 }
+            )),
+            "{built}"
+        );
+        images.push(image);
+    }
+    let node = tmp.path().join("node");
+    std::fs::create_dir_all(&node).unwrap();
+    let socket = node.join("snapshotter.sock");
+    let root = node.join("snapshotter");
+    let args = [
+        "--snapshotter-socket",
+        socket.to_str().unwrap(),
+        "--snapshotter-root",
+        root.to_str().unwrap(),
+    ];
+    let _daemon = Daemon::start_on(&node, store.to_str().unwrap(), &args);
+    let mut ctd = Containerd::start(&tmp.path().join("containerd"), &socket, "");
+    ctd.also_unmount.push(root);
+    let runc_root = tmp.path().join("runc");
+    for (i, (image, want)) in images
+        .iter()
+        .zip(["from layer two\n", "from layer three\n"])
+        .enumerate()
+    {
+        ctd.ctr_remote_ok(&[
+            "images",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "thaw",
+            image,
+        ]);
+        let id = format!("shared-{i}");
+        let out = ctd.ctr_ok(&[
+            "run",
+            "--runc-root",
+            runc_root.to_str().unwrap(),
+            "--rm",
+            "--snapshotter",
+            "thaw",
+            image,
+            &id,
+            "cat",
+            "/etc/msg",
+        ]);
+        assert_eq!(out, want);
+    }
+    // Three layer chains, the first two shared: three snapshots, not five.
+    let snapshots = ctd.ctr_ok(&["snapshots", "--snapshotter", "thaw", "ls"]);
+    assert_eq!(snapshots.lines().count(), 4, "{snapshots}");
+    let content = ctd.ctr_ok(&["content", "ls"]);
+    assert_eq!(
+        content.lines().count(),
+        5,
+        "two manifests and two configs, no layer:\n{content}"
+    );
+}
