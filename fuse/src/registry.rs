@@ -279,10 +279,12 @@ impl MountRegistry {
             .collect()
     }
 
-    /// Cleans up after every dead owner, held connections included (their holders are
-    /// stopped); returns the records cleaned.
-    pub fn clean_orphans(&self) -> Vec<MountRecord> {
-        self.clean(|r| !r.owner.is_alive())
+    /// Cleans up after every dead owner, and after the held connections of the daemon
+    /// `daemon` (its API address) that its successor did not adopt: their holders are
+    /// stopped. Another daemon's held mounts on the same node wait for that daemon's
+    /// successor. Returns the records cleaned.
+    pub fn clean_orphans(&self, daemon: Option<&str>) -> Vec<MountRecord> {
+        self.clean(|r| !r.owner.is_alive() && (!r.adoptable() || r.daemon.as_deref() == daemon))
     }
 
     fn clean(&self, which: impl Fn(&MountRecord) -> bool) -> Vec<MountRecord> {

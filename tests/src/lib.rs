@@ -7,6 +7,16 @@
     reason = "test support: a failed setup step panics the test with its message"
 )]
 
+/// The Kubernetes CRI API (`runtime.v1`): its generated client, for the CRI test.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
+pub mod cri {
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+}
 pub mod fixtures;
 pub mod images;
 pub mod treediff;

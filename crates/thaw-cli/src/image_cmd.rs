@@ -250,7 +250,7 @@ fn spawn_progress(read: Arc<AtomicU64>) -> (tokio::task::JoinHandle<()>, Arc<Ato
 pub async fn images(repo: &Repository) -> Result<()> {
     let mut by_image: HashMap<_, Vec<String>> = HashMap::new();
     for (name, id) in repo.list_tags().await? {
-        by_image.entry(id).or_default().push(name);
+        by_image.entry(id).or_default().push(shown_tag(&name));
     }
     println!("{:<64}  {:>10}  TAGS", "IMAGE", "MANIFEST");
     for (id, bytes) in repo.list_images().await? {
@@ -261,6 +261,18 @@ pub async fn images(repo: &Repository) -> Result<()> {
         println!("{id}  {:>10}  {} (missing manifest)", "-", names.join(", "));
     }
     Ok(())
+}
+
+/// A tag as `thaw images` shows it: the containerd snapshotter's chain references (one per
+/// layer prefix of a `--containerd` build) in short, as what they are.
+fn shown_tag(name: &str) -> String {
+    match name.strip_prefix(thaw_core::tag::CHAIN_TAG_PREFIX) {
+        Some(hex) => format!(
+            "[containerd layer chain sha256:{}]",
+            hex.get(..12).unwrap_or(hex)
+        ),
+        None => name.to_string(),
+    }
 }
 
 /// `thaw inspect`.

@@ -12,27 +12,11 @@
 mod common;
 use common::containerd::Containerd;
 use common::daemon::Daemon;
-use common::thaw;
+use common::{layer_digests, thaw};
 
 use std::path::Path;
 use thaw_tests::images::{busybox_layout, have, Registry};
 use thaw_tests::skip;
-
-/// The layer blob digests of the layout's only image.
-fn layer_digests(layout: &Path) -> Vec<String> {
-    let read = |rel: &str| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(layout.join(rel)).unwrap()).unwrap()
-    };
-    let blob = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
-    let index = read("index.json");
-    let manifest = read(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect()
-}
 
 fn requirements(test: &str) -> bool {
     let tools = [
@@ -130,7 +114,8 @@ fn containerd_pulls_lazily_through_thaw_runs_the_image_and_survives_a_restart() 
         "--snapshotter-root",
         root.to_str().unwrap(),
     ];
-    let daemon = Daemon::start_on(&node, store.to_str().unwrap(), &args);
+    let debug = [("RUST_LOG", "thaw_fuse=debug,thaw_server=debug")];
+    let daemon = Daemon::start_with(&node, store.to_str().unwrap(), &args, &debug);
     let mut ctd = Containerd::start(&tmp.path().join("containerd"), &socket, "");
     ctd.also_unmount.push(root.clone());
 
@@ -242,13 +227,13 @@ fn containerd_pulls_lazily_through_thaw_runs_the_image_and_survives_a_restart() 
         "while true; do sleep 1; done",
     ]);
     daemon.kill9();
-    let daemon = Daemon::start_on(&node, store.to_str().unwrap(), &args);
+    let daemon = Daemon::start_with(&node, store.to_str().unwrap(), &args, &debug);
     assert!(
         daemon.log().contains("adopted 1 lazy layer"),
         "{}",
         daemon.log()
     );
-    let out = ctd.ctr_ok(&[
+    let exec = ctd.ctr(&[
         "task",
         "exec",
         "--exec-id",
@@ -258,6 +243,20 @@ fn containerd_pulls_lazily_through_thaw_runs_the_image_and_survives_a_restart() 
         "-c",
         "cat /etc/msg; cd /bin && echo *",
     ]);
+    if !exec.status.success() {
+        let mut logs = String::new();
+        for e in std::fs::read_dir(&node).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "log") {
+                logs += &std::fs::read_to_string(&p).unwrap_or_default();
+            }
+        }
+        panic!(
+            "exec after the restart: {}\n{logs}",
+            String::from_utf8_lossy(&exec.stderr)
+        );
+    }
+    let out = String::from_utf8_lossy(&exec.stdout).into_owned();
     assert_eq!(out, "from layer two\nbusybox cat echo sh test\n");
     // containerd reconnects to a restarted snapshotter after a backoff; until then its
     // calls fail (a garbage collection in that window is only retried at the next one).

@@ -97,7 +97,20 @@ fn held_records_wait_for_a_successor_until_it_cleans_up() {
     let cleaned: Vec<String> = reg.clean_dead().into_iter().map(|r| r.id).collect();
     assert_eq!(cleaned, ["unheld"], "a held record waits");
     assert_eq!(reg.adoptable_ids(), ["held".to_string()].into());
-    let cleaned: Vec<String> = reg.clean_orphans().into_iter().map(|r| r.id).collect();
+    let cleaned: Vec<String> = reg
+        .clean_orphans(Some("unix:/run/another-daemon.sock"))
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(
+        cleaned.is_empty(),
+        "another daemon's held mount waits for its successor"
+    );
+    let cleaned: Vec<String> = reg
+        .clean_orphans(held.daemon.as_deref())
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(cleaned, ["held"]);
     assert!(reg.list().is_empty());
     // Its holder was stopped.

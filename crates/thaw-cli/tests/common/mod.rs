@@ -57,3 +57,19 @@ pub fn stat_value(text: &str, key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")?.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {text}"))
 }
+
+/// The layer blob digests of the layout's only image.
+pub fn layer_digests(layout: &Path) -> Vec<String> {
+    let read = |rel: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(layout.join(rel)).unwrap()).unwrap()
+    };
+    let blob = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let index = read("index.json");
+    let manifest = read(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}

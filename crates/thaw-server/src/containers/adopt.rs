@@ -36,7 +36,8 @@ impl Containers {
                 }
             }
         }
-        for m in self.settings.mounts.clean_orphans() {
+        let ours = self.settings.api_address.as_deref();
+        for m in self.settings.mounts.clean_orphans(ours) {
             tracing::info!(mount = %m.id, mountpoint = %m.mountpoint.display(), "cleaned up a held mount no container claims");
         }
         adopted

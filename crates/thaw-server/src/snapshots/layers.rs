@@ -168,7 +168,12 @@ impl RemoteLayers for LazyLayers {
         let mountpoint = self.dir.join(hex).join("root");
         std::fs::create_dir_all(&mountpoint).map_err(|e| Self::remote_err(&layer.chain_id, e))?;
         let spec = SessionSpec {
-            id: format!("{RECORD_PREFIX}{}", &hex[..16]),
+            // Unique per mount point: another daemon's snapshotter on this node may
+            // serve the same chain, and the id names the mount's open table.
+            id: format!(
+                "{RECORD_PREFIX}{}",
+                &blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex()[..16]
+            ),
             mountpoint,
             fs: FsConfig::default(),
             options: self.options(),
