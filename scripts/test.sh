@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs the whole suite:
 #   Debian packages (debootstrap, zstd, fuse3, attr, umoci, skopeo, docker-registry,
-#   runc, crun, redis-server: the autoscaler test starts its own on a free port), a
+#   runc, crun, redis-server: the autoscaler test starts its own on a free port;
+#   containerd, stargz-snapshotter's ctr-remote, and Go with containerd's sources for
+#   containerd's own snapshotter test suite: the snapshotter tests start their own), a
 #   Python venv with moto[server] as the S3 endpoint, a cached debootstrap root
 #   filesystem; then fmt, clippy and
 #   cargo test over the workspace with the S3 and rootfs tests enabled.
@@ -34,7 +36,8 @@ export CARGO_INCREMENTAL=0
 # --- Debian packages -------------------------------------------------------------
 missing=()
 for pkg in debootstrap zstd fuse3 attr tar umoci skopeo docker-registry runc crun catatonit \
-           busybox-static golang-github-containers-common redis-server containerd stargz-snapshotter; do
+           busybox-static golang-github-containers-common redis-server containerd stargz-snapshotter \
+           golang-go golang-github-containerd-containerd-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -11,6 +11,7 @@ mod run_cmd;
 mod run_io;
 mod run_tty;
 mod serve_cmd;
+mod snapshotter_cmd;
 mod trace_cmd;
 mod weights_cmd;
 
@@ -89,6 +90,10 @@ enum Command {
     Weights(weights_cmd::WeightsCommand),
     /// Run the node daemon: shared caches, mounts and prewarm jobs behind an HTTP API.
     Serve(serve_cmd::ServeArgs),
+    /// containerd's snapshotter without the daemon (`thaw serve --snapshotter-socket`
+    /// serves it with lazy layers).
+    #[command(subcommand)]
+    Snapshotter(snapshotter_cmd::SnapshotterCommand),
     /// Ask the node daemon to warm its cache with an image (waits unless --detach).
     Prewarm(client_cmd::PrewarmArgs),
     /// List the node daemon's prewarm jobs.
@@ -176,6 +181,7 @@ async fn without_store(command: &Command) -> Option<Result<()>> {
         Command::Jobs(server) => client_cmd::jobs(server).await,
         Command::Cache(CacheCommand::Stats(server)) => client_cmd::cache_stats(server).await,
         Command::Weights(weights_cmd::WeightsCommand::Get(args)) => weights_cmd::get_cmd(args),
+        Command::Snapshotter(s) => snapshotter_cmd::run(s).await,
         _ => return None,
     })
 }
@@ -259,6 +265,7 @@ async fn run_main() -> Result<()> {
         | Command::Ps(_)
         | Command::Stop(_)
         | Command::Logs(_)
+        | Command::Snapshotter(_)
         | Command::Rm(_) => {
             bail!("internal: this command needs no store")
         }

@@ -557,3 +557,48 @@ fn two_images_sharing_base_layers_both_run_lazily() {
         "two manifests and two configs, no layer:\n{content}"
     );
 }
+
+#[test]
+fn containerd_s_own_snapshotter_test_suite_passes_against_thaw() {
+    let test = "containerd_s_own_snapshotter_test_suite_passes_against_thaw";
+    let packages = ["golang-go", "golang-github-containerd-containerd-dev"];
+    let installed = packages.iter().all(|p| {
+        std::process::Command::new("dpkg")
+            .args(["-s", p])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !installed {
+        return skip(
+            test,
+            "needs Debian's golang-go and golang-github-containerd-containerd-dev",
+        );
+    }
+    if !thaw_tests::is_root() {
+        return skip(
+            test,
+            "containerd's suite mounts what the snapshotter returns: needs root",
+        );
+    }
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/containerd-testsuite.sh");
+    let out = std::process::Command::new(script)
+        .arg(common::THAW)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every subtest but Rename, which containerd 1.6 itself skips on every snapshotter.
+    let passed = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--- PASS: TestThawSnapshotter/"))
+        .count();
+    assert_eq!(passed, 20, "{text}");
+    assert!(!text.contains("--- FAIL"), "{text}");
+}

@@ -23,7 +23,7 @@ pub struct SnapshotterSettings {
 }
 
 /// Binds the snapshotter's socket: root only, a stale socket replaced.
-pub(crate) fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     let err = |source| ServeError::Bind {
         addr: path.display().to_string(),
         source,
