@@ -127,6 +127,25 @@ def ml_results():
     print(text)
 
 
+def containerd_results():
+    """The containerd rows (issue 15), written to docs/containerd-results.md, which the
+    full run includes."""
+    import bench_containerd
+    started = time.time()
+    lazy, full = bench_containerd.containerd_rows()
+    text = "\n".join([
+        "## containerd: pull + create + run with thaw's snapshotter (issue 15)",
+        "",
+        f"`RUNS={RUNS} THAW_BENCH_ONLY=containerd scripts/bench.sh` on {datetime.date.today()} ({machine()}), "
+        f"{(time.time() - started) / 60:.0f} minutes. " + " ".join(bench_containerd.__doc__.split()),
+        "",
+        bench_containerd.markdown(lazy, full),
+    ])
+    with open(os.path.join(os.path.dirname(OUT), "containerd-results.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
 def main():
     os.makedirs(WORK, exist_ok=True)
     # Stores made by an earlier version of thaw are not reused.
@@ -153,6 +172,9 @@ def main():
         print(read_everything_markdown(store))
         print()
         print(mount_start_markdown(mount_start(store)))
+        return
+    if only == "containerd":
+        containerd_results()
         return
     if only == "build":
         tree_bytes, rows = build_throughput()
@@ -363,8 +385,10 @@ def main():
     # Sections measured by other scripts, not by this run: the GPU check on a lent GPU
     # machine (scripts/gpu-bench.sh), the weights (bench_weights.py, THAW_BENCH_ONLY=weights), the
     # machine-learning image (bench_ml.py, THAW_BENCH_ONLY=ml), side-by-side binary comparisons (bench_ab.sh) and
-    # the autoscaler's (THAW_BENCH_ONLY=autoscale, bench_autoscale.py).
-    for extra in ("weights-results.md", "ml-results.md", "gpu-results.md", "ab-results.md", "autoscale-results.md"):
+    # the autoscaler's (THAW_BENCH_ONLY=autoscale, bench_autoscale.py) and containerd's
+    # (THAW_BENCH_ONLY=containerd, bench_containerd.py).
+    for extra in ("weights-results.md", "ml-results.md", "gpu-results.md", "ab-results.md", "autoscale-results.md",
+                  "containerd-results.md"):
         path = os.path.join(os.path.dirname(OUT), extra)
         if os.path.exists(path):
             with open(path) as f:

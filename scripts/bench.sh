@@ -11,7 +11,7 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 cd "$(dirname "$0")/.."
 CACHE=${THAW_CACHE:-/var/cache/thaw}
-for pkg in debootstrap zstd hyperfine wrk fuse3 umoci skopeo docker-registry runc containerd; do
+for pkg in debootstrap zstd hyperfine wrk fuse3 umoci skopeo docker-registry runc containerd stargz-snapshotter; do
   dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null; }
 done
 cargo build --release -p thaw-cli -p thaw-benches
