@@ -4,7 +4,8 @@
 # mount it lazily and run programs from it (recording their start-up trace), run it as
 # containers under runc with its own configuration, warm a node
 # daemon's cache from that trace, rebuild to show dedup, list what garbage collection
-# would remove, and end with the autoscaler: a burst of queued work scaled from zero to
+# would remove, run it under containerd with thaw as the snapshotter (a lazy pull next to
+# containerd's full pull), and end with the autoscaler: a burst of queued work scaled from zero to
 # several lazily started replicas, the cold starts it measured, the daemon killed and
 # restarted (it adopts the running replicas and their mounts), a second burst on the
 # adopted replicas, and back to zero.
@@ -154,6 +155,15 @@ $THAW build "$SRC" --tag demo:again | grep -E 'image|bytes_stored|chunks'
 
 step "thaw gc (dry run)"
 $THAW gc
+
+if [ -n "${RUN_DETACHED:-}" ] && { command -v ctr-remote >/dev/null || { apt-get update -qq && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd stargz-snapshotter umoci skopeo \
+    docker-registry >/dev/null; }; }; then
+  step "containerd: thaw as its snapshotter; a lazy pull downloads no layer, next to containerd's own full pull"
+  scripts/demo_containerd.sh "$PWD/target/release/thaw" "$STORE" "$WORK" "$SRC"
+else
+  step "skipping containerd: it needs root, /dev/fuse, runc and Debian's containerd and stargz-snapshotter"
+fi
 
 if [ -n "${RUN_DETACHED:-}" ] && { command -v redis-server >/dev/null || { apt-get update -qq && \
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }; }; then
