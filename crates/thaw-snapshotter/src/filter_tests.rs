@@ -100,3 +100,14 @@ fn malformed_filters_are_errors() {
         assert!(Filter::parse(bad).is_err(), "{bad:?} parsed");
     }
 }
+
+proptest::proptest! {
+    /// Any text (containerd passes the filters its clients send) parses or is an error,
+    /// never a panic; what parses matches without panicking too.
+    #[test]
+    fn arbitrary_filters_never_panic(text in "([a-z.\"'/|,=!~ \\\\x0-9()*^$-]|\\PC){0,40}") {
+        if let Ok(f) = Filter::parse(&text) {
+            let _ = f.matches(&info("n", "p", Kind::View, &[("k", "v")]));
+        }
+    }
+}

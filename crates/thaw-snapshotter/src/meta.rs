@@ -155,3 +155,7 @@ fn temp_path(path: &Path) -> PathBuf {
     name.push(".tmp");
     path.with_file_name(name)
 }
+
+#[cfg(test)]
+#[path = "meta_tests.rs"]
+mod tests;
