@@ -132,14 +132,14 @@ def containerd_results():
     full run includes."""
     import bench_containerd
     started = time.time()
-    lazy, full = bench_containerd.containerd_rows()
+    rows = bench_containerd.containerd_rows()
     text = "\n".join([
         "## containerd: pull + create + run with thaw's snapshotter (issue 15)",
         "",
         f"`RUNS={RUNS} THAW_BENCH_ONLY=containerd scripts/bench.sh` on {datetime.date.today()} ({machine()}), "
         f"{(time.time() - started) / 60:.0f} minutes. " + " ".join(bench_containerd.__doc__.split()),
         "",
-        bench_containerd.markdown(lazy, full),
+        bench_containerd.markdown(rows),
     ])
     with open(os.path.join(os.path.dirname(OUT), "containerd-results.md"), "w") as f:
         f.write(text + "\n")

@@ -21,7 +21,7 @@ export THAW_ROOTFS=${roots[0]} THAW_ROOTFS_PLUS=${roots[1]}
 # The GPU-style image (several GB, built once) for the thaw run benchmark.
 # Only the full run and THAW_BENCH_ONLY=run or ml use it.
 case "${THAW_BENCH_ONLY:-}" in
-  ""|run|ml) export THAW_GPU_ROOTFS=${THAW_GPU_ROOTFS:-$(THAW_ROOTFS_CACHE=$CACHE scripts/gpu_image.sh)} ;;
+  ""|run|ml|containerd) export THAW_GPU_ROOTFS=${THAW_GPU_ROOTFS:-$(THAW_ROOTFS_CACHE=$CACHE scripts/gpu_image.sh)} ;;
 esac
 # matplotlib draws the plots; a venv keeps it off the system Python.
 VENV=$CACHE/bench-venv

@@ -3,7 +3,8 @@ ready line through containerd, from a cold node, with thaw's snapshotter (a lazy
 `ctr-remote images rpull`) against containerd's overlayfs snapshotter with a full pull
 (`ctr images pull`), both from the same loopback registry. Before each timed run
 containerd (and thaw) are restarted on fresh roots, thaw's cache is emptied and the page
-cache dropped. The Debian image only: the machine-learning image is not on this machine."""
+cache dropped. The Debian image, and the machine-learning image of the `thaw run`
+benchmark when THAW_GPU_ROOTFS names it (its start-up imports torch, numpy and pandas)."""
 
 import os
 import signal
@@ -13,7 +14,11 @@ import time
 
 from bench_common import RUNS, THAW, ROOTFS, WORK, sh, drop_caches, fresh, med
 
-READY = "apt-get --version >/dev/null && dpkg -l >/dev/null && echo ready"
+# Each image: a label, its tree, and the command that prints the ready line.
+IMAGES = [("Debian minbase", ROOTFS, "apt-get --version >/dev/null && dpkg -l >/dev/null && echo ready")]
+if os.environ.get("THAW_GPU_ROOTFS"):
+    IMAGES.append(("machine-learning image", os.environ["THAW_GPU_ROOTFS"],
+                   "/usr/local/bin/start >/dev/null && echo ready"))
 
 
 def free_port():
@@ -32,17 +37,17 @@ def wait_for(check, what, timeout=60):
         time.sleep(0.05)
 
 
-def debian_layout():
-    """The Debian rootfs as a one-layer OCI image, made once with umoci."""
-    layout = f"{WORK}/ctd-debian-layout"
+def oci_layout(name, tree):
+    """`tree` as a one-layer OCI image, made once with umoci."""
+    layout = f"{WORK}/ctd-{name}-layout"
     if not os.path.exists(f"{layout}/.complete"):
         fresh(layout)
-        bundle = f"{WORK}/ctd-debian-bundle"
+        bundle = f"{WORK}/ctd-{name}-bundle"
         fresh(bundle)
-        sh(f"umoci init --layout {layout} && umoci new --image {layout}:debian "
-           f"&& umoci unpack --image {layout}:debian {bundle}")
-        sh(f"tar -C {ROOTFS} -cf - . | tar -C {bundle}/rootfs -xf -")
-        sh(f"umoci repack --image {layout}:debian {bundle} && rm -rf {bundle}")
+        sh(f"umoci init --layout {layout} && umoci new --image {layout}:{name} "
+           f"&& umoci unpack --image {layout}:{name} {bundle}")
+        sh(f"tar -C {tree} -cf - . | tar -C {bundle}/rootfs -xf -")
+        sh(f"umoci repack --image {layout}:{name} {bundle} && rm -rf {bundle}")
         sh(f"touch {layout}/.complete")
     return layout
 
@@ -112,7 +117,7 @@ class Node:
         sh(f"for m in $(grep -o ' {self.dir}[^ ]*' /proc/self/mounts | sort -r); do umount -l $m; done; true")
 
 
-def one_run(store, image, lazy):
+def one_run(store, image, ready, lazy):
     node = Node(store, with_thaw=lazy)
     try:
         drop_caches()
@@ -125,7 +130,7 @@ def one_run(store, image, lazy):
             node.ctr("ctr", f"images pull --plain-http {image}")
             flags = ""
         out = node.ctr("ctr", f"run --rm --runc-root {runc_root} {flags} {image} bench "
-                              f"sh -c '{READY}'")
+                              f"sh -c '{ready}'")
         took = time.perf_counter() - start
         assert out.strip().endswith("ready"), out
         return took
@@ -134,29 +139,34 @@ def one_run(store, image, lazy):
 
 
 def containerd_rows():
-    """Median seconds of the lazy and the full pull, every run, alternating."""
-    layout = debian_layout()
+    """Per image: its label, and the lazy and full pulls' seconds, alternating."""
     registry = Registry()
+    rows = []
     try:
-        image = f"{registry.addr}/thaw/debian:bench"
-        sh(f"skopeo copy --quiet --dest-tls-verify=false oci:{layout}:debian docker://{image}")
-        store = f"{WORK}/ctd-store"
-        fresh(store)
-        sh(f"{THAW} --store {store} build --containerd docker://{image}")
-        lazy, full = [], []
-        for _ in range(RUNS):
-            lazy.append(one_run(store, image, lazy=True))
-            full.append(one_run(store, image, lazy=False))
-        return lazy, full
+        for i, (label, tree, ready) in enumerate(IMAGES):
+            name = f"img{i}"
+            layout = oci_layout(name, tree)
+            image = f"{registry.addr}/thaw/{name}:bench"
+            sh(f"skopeo copy --quiet --dest-tls-verify=false oci:{layout}:{name} docker://{image}")
+            store = f"{WORK}/ctd-store-{name}"
+            fresh(store)
+            sh(f"{THAW} --store {store} build --containerd docker://{image}")
+            lazy, full = [], []
+            for _ in range(RUNS):
+                lazy.append(one_run(store, image, ready, lazy=True))
+                full.append(one_run(store, image, ready, lazy=False))
+            rows.append((label, lazy, full))
+        return rows
     finally:
         registry.stop()
 
 
-def markdown(lazy, full):
-    rows = ["| Debian minbase, pull + create + run to a ready line | median s | / full pull | runs s |",
-            "|---|---:|---:|---|"]
-    for label, xs in (("thaw snapshotter, lazy pull (`ctr-remote images rpull`)", lazy),
-                      ("overlayfs snapshotter, full pull (`ctr images pull`)", full)):
-        rows.append(f"| {label} | {med(xs):.3f} | {med(xs) / med(full):.2f} | "
-                    f"{', '.join(f'{x:.2f}' for x in xs)} |")
-    return "\n".join(rows)
+def markdown(rows):
+    out = ["| pull + create + run to a ready line | median s | / full pull | runs s |",
+           "|---|---:|---:|---|"]
+    for image, lazy, full in rows:
+        for label, xs in ((f"{image}: thaw snapshotter, lazy pull (`ctr-remote images rpull`)", lazy),
+                          (f"{image}: overlayfs snapshotter, full pull (`ctr images pull`)", full)):
+            out.append(f"| {label} | {med(xs):.3f} | {med(xs) / med(full):.2f} | "
+                       f"{', '.join(f'{x:.2f}' for x in xs)} |")
+    return "\n".join(out)
