@@ -25,17 +25,17 @@ use thaw_api::api::{DeploymentStatus, Signals};
 use thaw_tests::images::have;
 use thaw_tests::skip;
 
-/// A base port with `n` free ports after it.
+/// A base port with `n` free ports after it, below the kernel's ephemeral range
+/// (32768 and up here): ports other tests and services get from `bind(0)` or `connect`
+/// come from that range, so none can take a slot's port between this check and the
+/// replica's start.
 fn free_ports(n: u16) -> u16 {
-    for _ in 0..50 {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base > 65_000 {
-            continue;
-        }
+    // Distinct for each call: tests of this file run in parallel in one process.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = u64::from(std::process::id()) * 7919 + call * 1_009;
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed + attempt * 104_729) % 12_000) as u16;
         if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
