@@ -36,9 +36,14 @@ pub fn validate_tag(name: &str) -> Result<(), FormatError> {
 /// chain id computed from the layers' `diff_ids`), for the containerd snapshotter; `None`
 /// for anything that is not a sha256 chain id.
 pub fn chain_tag(chain_id: &str) -> Option<String> {
+    chain_hex(chain_id).map(|hex| format!("{CHAIN_TAG_PREFIX}{hex}"))
+}
+
+/// The 64 lowercase hex digits of a sha256 chain id (`sha256:HEX`), or `None`.
+pub fn chain_hex(chain_id: &str) -> Option<&str> {
     let hex = chain_id.strip_prefix("sha256:")?;
     let ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    ok.then(|| format!("{CHAIN_TAG_PREFIX}{hex}"))
+    ok.then_some(hex)
 }
 
 /// Tags under this prefix are the snapshotter's chain references, not users' names.

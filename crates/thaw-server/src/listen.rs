@@ -135,7 +135,7 @@ async fn run_all(
 /// The socket: a stale file of a dead daemon is replaced, a live daemon's is not. Mode
 /// 0600, or 0660 and the group's when members of a group may use it; the kernel's peer
 /// credentials are checked on every request as well.
-fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener, ServeError> {
+pub(crate) fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener, ServeError> {
     let bind_err = |source| ServeError::Bind {
         addr: path.display().to_string(),
         source,

@@ -113,9 +113,7 @@ impl Snapshotter {
             remote: None,
             usage: None,
         };
-        meta.snapshots.insert(key.to_string(), record);
-        if let Err(e) = meta.save(&self.meta_path()) {
-            meta.snapshots.remove(key);
+        if let Err(e) = self.insert_saved(&mut meta, key, record) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -158,25 +156,37 @@ impl Snapshotter {
         meta.next_id += 1;
         let now = now_ns();
         let usage = Some((layer.size, layer.inodes));
-        meta.snapshots.insert(
-            target.to_string(),
-            Record {
-                id,
-                kind: Kind::Committed,
-                parent,
-                labels,
-                created_ns: now,
-                updated_ns: now,
-                remote: Some(layer),
-                usage,
-            },
-        );
-        if let Err(e) = meta.save(&self.meta_path()) {
-            meta.snapshots.remove(target);
+        let record = Record {
+            id,
+            kind: Kind::Committed,
+            parent,
+            labels,
+            created_ns: now,
+            updated_ns: now,
+            remote: Some(layer),
+            usage,
+        };
+        if let Err(e) = self.insert_saved(&mut meta, target, record) {
             return e;
         }
         tracing::info!(target, "committed a lazy layer");
         SnapshotError::AlreadyExists(target.into())
+    }
+
+    /// Records `record` as `name` and saves the metadata; on a failed save the record is
+    /// taken back, so memory and file never disagree.
+    fn insert_saved(
+        &self,
+        meta: &mut Meta,
+        name: &str,
+        record: Record,
+    ) -> Result<(), SnapshotError> {
+        meta.snapshots.insert(name.to_string(), record);
+        let saved = meta.save(&self.meta_path());
+        if saved.is_err() {
+            meta.snapshots.remove(name);
+        }
+        saved
     }
 
     /// The mounts of an active snapshot or a view.

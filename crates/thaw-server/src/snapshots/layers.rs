@@ -6,15 +6,11 @@ use crate::Node;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use thaw_core::tag::chain_hex;
 use thaw_core::ImageId;
 use thaw_fuse::session::{Image, MountSession, SessionSpec};
 use thaw_fuse::{FsConfig, MountOptions};
 use thaw_snapshotter::{RemoteLayer, RemoteLayers, SnapshotError};
-
-fn chain_hex(chain_id: &str) -> Option<&str> {
-    let hex = chain_id.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
-}
 
 /// Mount records of lazy layers carry ids with this prefix.
 const RECORD_PREFIX: &str = "layer-";

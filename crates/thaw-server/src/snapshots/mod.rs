@@ -22,30 +22,10 @@ pub struct SnapshotterSettings {
     pub root: PathBuf,
 }
 
-/// Binds the snapshotter's socket: root only, a stale socket replaced.
+/// Binds the snapshotter's socket as the API's is bound: a stale socket replaced, a live
+/// daemon's refused, mode 0600 (root only: containerd).
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
-    let err = |source| ServeError::Bind {
-        addr: path.display().to_string(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ServeError::SocketInUse(path.display().to_string()));
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
-        _ => {}
-    }
-    // Created with the umask narrowed so the socket is never reachable by others,
-    // not even between bind and chmod.
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let bound = tokio::net::UnixListener::bind(path);
-    rustix::process::umask(old);
-    let listener = bound.map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(listener)
+    crate::listen::bind_socket(path, None)
 }
 
 /// Opens the snapshotter, adopts the lazy layers a predecessor left mounted and serves
