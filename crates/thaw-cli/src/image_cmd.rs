@@ -1,4 +1,4 @@
-//! The image commands: `build`, `images`, `inspect`, `export`, `tag`, `rmi` and `gc`.
+//! The image commands: `build`, `images`, `inspect`, `tag`, `rmi` and `gc`.
 //! The figures they print are computed by the libraries; this module only formats them.
 
 use anyhow::{bail, Context, Result};
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thaw_core::ChunkerConfig;
 use thaw_image::{BuildOptions, BuildReport, BuildSource, ConfigEdits};
-use thaw_store::{ChunkReader, ReaderConfig, Repository, WriterConfig};
+use thaw_store::{Repository, WriterConfig};
 
 /// Arguments of `thaw build`. The configuration flags edit the source's own configuration
 /// (a registry, OCI or docker-archive image) as a Dockerfile's instructions would, or make
@@ -61,22 +61,7 @@ pub struct BuildArgs {
     pub user: Option<String>,
 }
 
-/// Arguments of `thaw export`.
-#[derive(Debug, clap::Args)]
-pub struct ExportArgs {
-    /// The image.
-    pub image: String,
-    /// Where to write it (missing, or an empty directory).
-    pub dir: PathBuf,
-    /// Disk cache directory for chunks.
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
-    /// Disk cache size in bytes.
-    #[arg(long, default_value_t = 10 << 30)]
-    pub cache_size: u64,
-}
-
-fn size(n: u64) -> String {
+pub(crate) fn size(n: u64) -> String {
     format_size(n, BINARY)
 }
 
@@ -263,16 +248,18 @@ pub async fn images(repo: &Repository) -> Result<()> {
     Ok(())
 }
 
-/// A tag as `thaw images` shows it: the containerd snapshotter's chain references (one per
-/// layer prefix of a `--containerd` build) in short, as what they are.
+/// A tag as `thaw images` shows it: the containerd snapshotter's references (a chain per
+/// layer prefix, and the manifest digest, of a `--containerd` build) in short, as what
+/// they are.
 fn shown_tag(name: &str) -> String {
-    match name.strip_prefix(thaw_core::tag::CHAIN_TAG_PREFIX) {
-        Some(hex) => format!(
-            "[containerd layer chain sha256:{}]",
-            hex.get(..12).unwrap_or(hex)
-        ),
-        None => name.to_string(),
+    let short = |hex: &str| hex.get(..12).unwrap_or(hex).to_string();
+    if let Some(hex) = name.strip_prefix(thaw_core::tag::CHAIN_TAG_PREFIX) {
+        return format!("[containerd layer chain sha256:{}]", short(hex));
     }
+    if let Some(hex) = name.strip_prefix(thaw_core::tag::MANIFEST_TAG_PREFIX) {
+        return format!("[OCI manifest sha256:{}]", short(hex));
+    }
+    name.to_string()
 }
 
 /// `thaw inspect`.
@@ -344,37 +331,6 @@ fn print_config(config: Option<&thaw_core::ImageConfig>) {
     println!("  exposed_ports: {}", serde_json::json!(c.exposed_ports));
     println!("  labels: {}", serde_json::json!(c.labels));
     println!("  stop_signal: {}", serde_json::json!(c.stop_signal));
-}
-
-/// `thaw export`.
-pub async fn export(repo: &Repository, args: &ExportArgs) -> Result<()> {
-    let id = repo.resolve(&args.image).await?;
-    let manifest = repo.get_manifest(&id).await?;
-    let config = ReaderConfig {
-        disk: args.cache.clone().map(|c| (c, args.cache_size)),
-        ..Default::default()
-    };
-    let reader = ChunkReader::new(repo.packs().clone(), config)?;
-    let start = Instant::now();
-    let r = thaw_image::export(&reader, &manifest, &args.dir)
-        .await
-        .with_context(|| format!("exporting {id} to {}", args.dir.display()))?;
-    let secs = start.elapsed().as_secs_f64();
-    let s = reader.stats();
-    println!("image: {id}");
-    println!(
-        "inodes: {} files: {} bytes: {} ({})",
-        r.inodes,
-        r.files,
-        r.bytes,
-        size(r.bytes)
-    );
-    println!(
-        "fetched_chunks: {} fetched_bytes: {} disk_hits: {} memory_hits: {}",
-        s.fetched_chunks, s.fetched_bytes, s.disk_hits, s.memory_hits
-    );
-    println!("seconds: {secs:.3}");
-    Ok(())
 }
 
 /// `thaw tag`.

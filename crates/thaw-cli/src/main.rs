@@ -4,6 +4,7 @@
 mod autoscale_cmd;
 mod client_cmd;
 mod container_cmd;
+mod export_cmd;
 mod image_cmd;
 mod mount_cmd;
 mod run_args;
@@ -62,7 +63,7 @@ enum Command {
     /// Describe an image: its tree and how it is stored.
     Inspect { image: String },
     /// Write an image out as a directory tree.
-    Export(image_cmd::ExportArgs),
+    Export(export_cmd::ExportArgs),
     /// Name an image.
     Tag { image: String, name: String },
     /// Remove an image and its tags (its chunks go at the next `gc --apply`).
@@ -181,7 +182,9 @@ async fn without_store(command: &Command) -> Option<Result<()>> {
         Command::Jobs(server) => client_cmd::jobs(server).await,
         Command::Cache(CacheCommand::Stats(server)) => client_cmd::cache_stats(server).await,
         Command::Weights(weights_cmd::WeightsCommand::Get(args)) => weights_cmd::get_cmd(args),
-        Command::Snapshotter(s) => snapshotter_cmd::run(s).await,
+        Command::Snapshotter(snapshotter_cmd::SnapshotterCommand::Serve(args)) => {
+            snapshotter_cmd::serve(args).await
+        }
         _ => return None,
     })
 }
@@ -238,7 +241,7 @@ async fn run_main() -> Result<()> {
         Command::Build(args) => image_cmd::build(&repo, args).await?,
         Command::Images => image_cmd::images(&repo).await?,
         Command::Inspect { image } => image_cmd::inspect(&repo, image).await?,
-        Command::Export(args) => image_cmd::export(&repo, args).await?,
+        Command::Export(args) => export_cmd::export(&repo, args).await?,
         Command::Tag { image, name } => image_cmd::tag(&repo, image, name).await?,
         Command::Rmi { image } => image_cmd::rmi(&repo, image).await?,
         Command::Mount(args) => mount_cmd::mount(&repo, args, cli.stats).await?,
@@ -249,6 +252,9 @@ async fn run_main() -> Result<()> {
         Command::Bundle(args) => run_cmd::bundle(&repo, args).await?,
         Command::Trace(t) => trace_cmd::run(&repo, t).await?,
         Command::Weights(w) => weights_cmd::run(&repo, w).await?,
+        Command::Snapshotter(snapshotter_cmd::SnapshotterCommand::Import(args)) => {
+            snapshotter_cmd::import(&repo, args).await?;
+        }
         Command::Serve(args) => serve_cmd::serve(repo.clone(), args, Default::default()).await?,
         Command::Autoscale(autoscale_cmd::AutoscaleCommand::Run(args)) => {
             autoscale_cmd::run(repo.clone(), args).await?;
@@ -265,7 +271,7 @@ async fn run_main() -> Result<()> {
         | Command::Ps(_)
         | Command::Stop(_)
         | Command::Logs(_)
-        | Command::Snapshotter(_)
+        | Command::Snapshotter(snapshotter_cmd::SnapshotterCommand::Serve(_))
         | Command::Rm(_) => {
             bail!("internal: this command needs no store")
         }

@@ -39,18 +39,7 @@ async fn cri_clients(
     cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
     cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
 ) {
-    let socket = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .unwrap();
+    let channel = thaw_snapshotter::unix_channel(socket).await.unwrap();
     (
         cri::runtime_service_client::RuntimeServiceClient::new(channel.clone()),
         cri::image_service_client::ImageServiceClient::new(channel),

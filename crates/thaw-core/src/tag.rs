@@ -49,6 +49,14 @@ pub fn chain_hex(chain_id: &str) -> Option<&str> {
 /// Tags under this prefix are the snapshotter's chain references, not users' names.
 pub const CHAIN_TAG_PREFIX: &str = "containerd/chain/sha256/";
 
+/// Tags under this prefix name a layered image by its OCI manifest's digest.
+pub const MANIFEST_TAG_PREFIX: &str = "containerd/manifest/sha256/";
+
+/// The tag that names an image by the sha256 of its OCI manifest (64 hex digits).
+pub fn manifest_tag(hex: &str) -> String {
+    format!("{MANIFEST_TAG_PREFIX}{hex}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

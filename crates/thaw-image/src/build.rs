@@ -4,6 +4,7 @@ use crate::image_config::ConfigEdits;
 use crate::ingest::Ingest;
 use crate::layout::DirFiles;
 use crate::{docker_archive, oci, source_dir, source_tar, BuildError};
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -138,7 +139,7 @@ pub async fn build(
     let bytes_read = options.progress.clone().unwrap_or_default();
     let chunker = options.chunker;
     let containerd = options.containerd;
-    let (tree, writer, mut layers) = {
+    let (tree, writer, mut layers, documents) = {
         let bytes_read = bytes_read.clone();
         tokio::task::spawn_blocking(move || {
             let ingest = Ingest {
@@ -149,8 +150,9 @@ pub async fn build(
             };
             let tree = build_from(source, &ingest);
             let layers = ingest.layers.take();
+            let documents = ingest.layers.take_documents();
             drop(ingest);
-            (tree, writer, layers)
+            (tree, writer, layers, documents)
         })
         .await
         .map_err(|e| BuildError::Internal(e.to_string()))?
@@ -160,11 +162,16 @@ pub async fn build(
     let (tree, config) = tree?;
     let writer_stats = finished?;
     let mut manifest = tree.to_manifest();
+    // Edited, the source's config no longer describes the image: keep no documents.
+    let documents = documents.filter(|_| options.config.is_empty());
     manifest.config = options.config.apply(config).map_err(|reason| {
         BuildError::Format(thaw_core::FormatError::invalid("image config", reason))
     })?;
     let (image, manifest_bytes) = repo.commit_manifest(&ticket, &manifest).await?;
     let chain_tags = tag_chains(repo, &ticket, &mut layers).await?;
+    if let Some(documents) = documents {
+        record_documents(repo, &image, &documents, containerd).await?;
+    }
     if let Some(tag) = &options.tag {
         repo.set_tag(tag, &image).await?;
     }
@@ -205,6 +212,23 @@ async fn tag_chains(
         tagged += 1;
     }
     Ok(tagged)
+}
+
+/// Keeps a layered image's OCI manifest and config with it and, for the containerd
+/// snapshotter, tags it by its manifest digest as well.
+async fn record_documents(
+    repo: &Repository,
+    image: &ImageId,
+    documents: &thaw_store::ImageDocuments,
+    containerd: bool,
+) -> Result<(), BuildError> {
+    repo.put_documents(image, documents).await?;
+    if containerd {
+        let digest = Sha256::digest(documents.manifest.as_bytes());
+        let tag = thaw_core::tag::manifest_tag(&hex::encode(digest));
+        repo.set_tag(&tag, image).await?;
+    }
+    Ok(())
 }
 
 /// Reads `source` into a tree, with the run configuration its format carries.

@@ -6,6 +6,7 @@ use crate::tree::Tree;
 use sha2::{Digest, Sha256};
 use std::sync::Mutex;
 use thaw_core::Manifest;
+use thaw_store::ImageDocuments;
 
 /// One layer prefix of a built image: layers 1..=i.
 #[derive(Debug, Clone)]
@@ -50,6 +51,7 @@ pub(crate) struct LayerLog {
     /// Keep each prefix's tree (for the containerd snapshotter).
     pub record_trees: bool,
     prefixes: Mutex<Vec<LayerPrefix>>,
+    documents: Mutex<Option<ImageDocuments>>,
 }
 
 impl LayerLog {
@@ -58,15 +60,34 @@ impl LayerLog {
         LayerLog {
             record_trees,
             prefixes: Mutex::default(),
+            documents: Mutex::default(),
         }
+    }
+
+    /// The source's manifest (of `media_type`) and config, kept when both are UTF-8 (JSON
+    /// always is; anything else cannot be handed on).
+    pub fn set_documents(&self, media_type: &str, manifest: &[u8], config: &[u8]) {
+        let (Ok(manifest), Ok(config)) = (
+            String::from_utf8(manifest.to_vec()),
+            String::from_utf8(config.to_vec()),
+        ) else {
+            return;
+        };
+        *lock(&self.documents) = Some(ImageDocuments {
+            manifest_media_type: media_type.to_string(),
+            manifest,
+            config,
+        });
+    }
+
+    /// The documents recorded, if the source had them.
+    pub fn take_documents(&self) -> Option<ImageDocuments> {
+        lock(&self.documents).take()
     }
 
     /// Layer `diff_id` was applied, giving `tree`.
     pub fn layer_done(&self, tree: &Tree, diff_id: &str) {
-        let mut prefixes = self
-            .prefixes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut prefixes = lock(&self.prefixes);
         let chain = chain_id(prefixes.last().map(|p| p.chain_id.as_str()), diff_id);
         prefixes.push(LayerPrefix {
             diff_id: diff_id.to_string(),
@@ -77,13 +98,12 @@ impl LayerLog {
 
     /// The prefixes recorded, in layer order.
     pub fn take(&self) -> Vec<LayerPrefix> {
-        std::mem::take(
-            &mut *self
-                .prefixes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        std::mem::take(&mut *lock(&self.prefixes))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! uploads in the background) and finally stores the manifest and tag.
 
 mod build;
+pub mod containerd_image;
 mod docker_archive;
 mod error;
 mod export;
@@ -18,6 +19,7 @@ pub mod oci;
 mod source_dir;
 mod source_tar;
 mod sys;
+mod tar_layer;
 mod tree;
 
 pub use build::{build, BuildOptions, BuildReport, BuildSource};
@@ -25,3 +27,4 @@ pub use error::{BuildError, ExportError};
 pub use export::{export, ExportReport};
 pub use image_config::ConfigEdits;
 pub use layers::{chain_id, LayerPrefix};
+pub use tar_layer::{write_layer_tar, LayerTar};

@@ -112,8 +112,11 @@ pub fn build_tree(
     }
     let index: Index = parse(layout, "index.json", &read_document(layout, "index.json")?)?;
     let chosen = choose(layout, &index.manifests, reference)?;
-    let manifest = resolve_manifest(layout, chosen, 0)?;
+    let (manifest, media_type, manifest_json) = resolve_manifest(layout, chosen, 0)?;
     let config_json = read_blob_document(layout, &manifest.config)?;
+    ingest
+        .layers
+        .set_documents(&media_type, &manifest_json, &config_json);
     let config = crate::image_config::from_json(&config_json).map_err(|reason| {
         oci_err(
             layout,
@@ -219,18 +222,22 @@ fn choose<'a>(
     }
 }
 
-/// Follows nested indexes (multi-platform images) to the image manifest for this host.
+/// Follows nested indexes (multi-platform images) to the image manifest for this host;
+/// returns it parsed, with its media type and bytes.
 fn resolve_manifest(
     layout: &dyn LayoutFiles,
     d: &Descriptor,
     depth: u32,
-) -> Result<ImageManifest, BuildError> {
+) -> Result<(ImageManifest, String, Vec<u8>), BuildError> {
     if depth > 4 {
         return Err(oci_err(layout, "indexes nested too deep"));
     }
     let bytes = read_blob_document(layout, d)?;
     match d.media_type.as_str() {
-        MEDIA_MANIFEST | MEDIA_DOCKER_MANIFEST => parse(layout, &d.digest, &bytes),
+        MEDIA_MANIFEST | MEDIA_DOCKER_MANIFEST => {
+            let manifest = parse(layout, &d.digest, &bytes)?;
+            Ok((manifest, d.media_type.clone(), bytes))
+        }
         MEDIA_INDEX | MEDIA_DOCKER_LIST => {
             let index: Index = parse(layout, &d.digest, &bytes)?;
             let entry = for_this_host(&index).ok_or_else(|| {

@@ -85,7 +85,7 @@ fn components(raw: &[u8], shown: &str, whiteouts: Whiteouts) -> Result<Vec<Vec<u
     Ok(out)
 }
 
-fn pax_time(v: &str) -> Option<Timestamp> {
+pub(crate) fn pax_time(v: &str) -> Option<Timestamp> {
     let (s, frac) = v.split_once('.').unwrap_or((v, ""));
     let sec: i64 = s.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
@@ -94,8 +94,8 @@ fn pax_time(v: &str) -> Option<Timestamp> {
     } else {
         digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32)
     };
-    // A negative time with a fraction counts back from the whole second.
-    if sec < 0 && nsec > 0 {
+    // A negative time with a fraction counts back from the whole second ("-0.5" too).
+    if s.starts_with('-') && nsec > 0 {
         return Some(Timestamp {
             sec: sec - 1,
             nsec: 1_000_000_000 - nsec,
@@ -399,6 +399,13 @@ mod tests {
             pax_time("-1.25"),
             Some(Timestamp {
                 sec: -2,
+                nsec: 750_000_000
+            })
+        );
+        assert_eq!(
+            pax_time("-0.25"),
+            Some(Timestamp {
+                sec: -1,
                 nsec: 750_000_000
             })
         );

@@ -2,6 +2,9 @@
 //! unix socket, snapshot metadata kept in the state directory, the overlay layout for
 //! layers containerd unpacks itself, and lazy layers that a thaw mount serves.
 //!
+//! [`register`] is the other direction: a client that makes an image known to a
+//! containerd (`thaw snapshotter import`).
+//!
 //! The crate knows containerd's snapshot semantics and nothing of how a lazy layer is
 //! mounted: that is behind [`RemoteLayers`], which the daemon implements with its mounts.
 
@@ -9,6 +12,7 @@ mod error;
 mod filter;
 mod meta;
 mod mounts;
+mod register;
 mod remote;
 mod service;
 mod snapshotter;
@@ -18,6 +22,7 @@ pub use error::SnapshotError;
 pub use filter::{Filter, FilterError};
 pub use meta::{Info, Kind};
 pub use mounts::Mount;
+pub use register::{register, unix_channel, ImageRecord, RegisterError, Registered, Target};
 pub use remote::{NoRemoteLayers, RemoteLayer, RemoteLayers};
 pub use service::{serve, SnapshotsService};
 pub use snapshotter::{Snapshotter, Usage};
@@ -44,6 +49,36 @@ pub mod proto {
         }
         /// `containerd.services`.
         pub mod services {
+            /// `containerd.services.content`.
+            pub mod content {
+                /// `containerd.services.content.v1`.
+                pub mod v1 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/containerd.services.content.v1.rs"
+                    ));
+                }
+            }
+            /// `containerd.services.images`.
+            pub mod images {
+                /// `containerd.services.images.v1`.
+                pub mod v1 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/containerd.services.images.v1.rs"
+                    ));
+                }
+            }
+            /// `containerd.services.leases`.
+            pub mod leases {
+                /// `containerd.services.leases.v1`.
+                pub mod v1 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/containerd.services.leases.v1.rs"
+                    ));
+                }
+            }
             /// `containerd.services.snapshots`.
             pub mod snapshots {
                 /// `containerd.services.snapshots.v1`.

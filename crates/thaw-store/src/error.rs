@@ -185,6 +185,14 @@ pub enum RepoError {
         /// The file the trace says it was read from.
         path: String,
     },
+    /// An image's stored OCI documents are damaged or too large.
+    #[error("OCI documents of image {image}: {reason}")]
+    BadDocuments {
+        /// The image.
+        image: ImageId,
+        /// What is wrong.
+        reason: String,
+    },
     /// An image has as many traces as are kept.
     #[error("image {image} has {count} traces; at most {max} are kept")]
     TooManyTraces {

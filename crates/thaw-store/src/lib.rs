@@ -27,4 +27,4 @@ pub use read::policy::{FetchAround, FetchPolicyStats};
 pub use read::reader::{ChunkReader, ReaderConfig};
 pub use read::schedule::{FetchClass, SchedulerConfig};
 pub use read::stats::{CacheUsage, PrefetchProgress, ReaderStats};
-pub use repo::Repository;
+pub use repo::{ImageDocuments, Repository};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use thaw_snapshotter::proto::containerd::services::snapshots::v1 as pb;
 use thaw_snapshotter::proto::containerd::types::Mount;
 use thaw_snapshotter::{RemoteLayer, RemoteLayers, SnapshotError, Snapshotter};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub type Client = pb::snapshots_client::SnapshotsClient<Channel>;
 
@@ -63,18 +63,7 @@ impl Harness {
     }
 
     pub async fn client(&self) -> Client {
-        let socket = self.socket.clone();
-        let channel = Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .unwrap();
+        let channel = thaw_snapshotter::unix_channel(&self.socket).await.unwrap();
         pb::snapshots_client::SnapshotsClient::new(channel)
     }
 

@@ -16,6 +16,10 @@ pub const TRACES_PREFIX: &str = "traces";
 /// costs one GET.
 pub const PREFETCH_PREFIX: &str = "prefetch";
 
+/// Each layered image's OCI manifest and config, as its source gave them (or as
+/// `thaw snapshotter import` made them), under the image's id.
+pub const DOCUMENTS_PREFIX: &str = "oci";
+
 /// gc's deletion marks (`gc/marks/<pack>`) and its clock object.
 pub const GC_PREFIX: &str = "gc";
 /// Deletion marks, one per pack gc found unreferenced.
@@ -74,6 +78,11 @@ pub fn traces_dir(image: &ImageId) -> String {
 /// One trace of an image, named by a hash of its content.
 pub fn trace_key(image: &ImageId, hash: &str) -> String {
     format!("{TRACES_PREFIX}/{image}/{hash}")
+}
+
+/// An image's OCI documents.
+pub fn documents_key(image: &ImageId) -> String {
+    format!("{DOCUMENTS_PREFIX}/{image}")
 }
 
 /// An image's merged prefetch list.

@@ -51,7 +51,7 @@ impl Repository {
             .collect())
     }
 
-    /// Removes an image, its traces and every tag that names it. Its chunks stay until
+    /// Removes an image, its traces, its OCI documents and every tag that names it. Its chunks stay until
     /// `gc`.
     pub async fn remove_image(&self, id: &ImageId) -> Result<Vec<String>, RepoError> {
         for key in self.trace_keys(id).await? {
@@ -61,6 +61,7 @@ impl Repository {
             Ok(()) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        self.remove_documents(id).await?;
         let mut removed = Vec::new();
         for (name, tagged) in self.list_tags().await? {
             if tagged == *id {

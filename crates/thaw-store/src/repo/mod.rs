@@ -1,13 +1,15 @@
 //! A repository: the packs of a store plus its images (manifests), tags and start-up
 //! traces, and the garbage collector that removes packs no image needs. One file per
-//! concern: [`images`], [`tags`], [`traces`], [`gc`].
+//! concern: [`images`], [`tags`], [`traces`], [`documents`], [`gc`].
 
+mod documents;
 mod gc;
 mod images;
 mod marks;
 mod tags;
 mod traces;
 
+pub use documents::{ImageDocuments, MAX_DOCUMENTS_BYTES};
 pub use gc::GcReport;
 pub use marks::BuildTicket;
 pub use traces::{MAX_TRACES_PER_IMAGE, MAX_TRACE_BYTES};
