@@ -114,6 +114,7 @@ async fn every_read_succeeds_with_twenty_percent_of_requests_failing() {
         FaultConfig {
             fail_rate: 0.2,
             seed: 7,
+            ..FaultConfig::default()
         },
     ));
     let store = Arc::new(RetryStore::new(
@@ -146,6 +147,7 @@ async fn a_down_store_gives_eio_within_the_deadline_and_cached_files_stay_readab
         FaultConfig {
             fail_rate: 0.0,
             seed: 1,
+            ..FaultConfig::default()
         },
     ));
     let deadline = Duration::from_millis(1500);

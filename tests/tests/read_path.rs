@@ -21,6 +21,7 @@ async fn faulty_reader(
     let config = FaultConfig {
         fail_rate: 0.0,
         seed: 1,
+        ..FaultConfig::default()
     };
     let faulty = Arc::new(FaultyStore::new(local, config));
     let repo = Repository::open(faulty.clone()).await.expect("repo");

@@ -135,6 +135,7 @@ async fn reads_survive_twenty_percent_failures() {
         FaultConfig {
             fail_rate: 0.2,
             seed: 42,
+            ..FaultConfig::default()
         },
     ));
     let retry = Arc::new(RetryStore::new(
@@ -178,6 +179,7 @@ async fn a_down_store_fails_within_the_deadline_and_cached_chunks_still_read() {
         FaultConfig {
             fail_rate: 0.0,
             seed: 1,
+            ..FaultConfig::default()
         },
     ));
     let deadline = Duration::from_millis(800);

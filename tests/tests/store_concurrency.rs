@@ -173,6 +173,7 @@ fn as_seen(store: &Arc<dyn BlobStore>, faults: bool, seed: u64) -> Arc<dyn BlobS
     let config = FaultConfig {
         fail_rate: 0.2,
         seed,
+        ..FaultConfig::default()
     };
     let faulty = Arc::new(FaultyStore::new(store.clone(), config));
     let retry = RetryConfig {

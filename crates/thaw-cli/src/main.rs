@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use thaw_store::blob::wrap::{
-    CountingStore, CrashStore, RetryConfig, RetryStore, StoreCounters, ThrottleConfig,
-    ThrottledStore,
+    CountingStore, CrashStore, FaultConfig, FaultyStore, RetryConfig, RetryStore, StoreCounters,
+    ThrottleConfig, ThrottledStore,
 };
 use thaw_store::{open_store, BlobStore, Repository};
 
@@ -43,6 +43,17 @@ struct Cli {
     /// Print store request counts when done.
     #[arg(long, global = true)]
     stats: bool,
+    /// Testing only (`scripts/soak.sh`): make the store fail, corrupt and delay requests,
+    /// `fail=F,corrupt=F,latency-ms=N,seed=N`. Below the retries, as a real store's faults
+    /// are; thaw must still never serve a wrong byte.
+    #[arg(
+        long,
+        global = true,
+        env = "THAW_INJECT_FAULTS",
+        hide = true,
+        value_name = "SPEC"
+    )]
+    inject_faults: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,6 +141,11 @@ fn open(cli: &Cli, retry: RetryConfig) -> Result<(Arc<dyn BlobStore>, Arc<StoreC
         // The crash tests' hook (tests/crash.rs): die before store request n + 1.
         let n: u64 = n.to_string_lossy().parse().context(CRASH_VAR)?;
         store = Arc::new(CrashStore::new(store, n));
+    }
+    if let Some(spec) = &cli.inject_faults {
+        let config = FaultConfig::parse(spec)
+            .map_err(|e| anyhow::anyhow!("--inject-faults {spec:?}: {e}"))?;
+        store = Arc::new(FaultyStore::new(store, config));
     }
     if let Some(t) = &cli.throttle {
         let config = ThrottleConfig::parse(t).map_err(anyhow::Error::msg)?;

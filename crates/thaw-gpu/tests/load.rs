@@ -315,6 +315,7 @@ async fn a_faulty_store_gives_the_right_bytes_and_a_dead_one_a_clean_error() {
         FaultConfig {
             fail_rate: 0.2,
             seed: 7,
+            ..FaultConfig::default()
         },
     ));
     let retrying = Arc::new(RetryStore::new(faulty.clone(), RetryConfig::default()));
@@ -328,6 +329,7 @@ async fn a_faulty_store_gives_the_right_bytes_and_a_dead_one_a_clean_error() {
         FaultConfig {
             fail_rate: 0.0,
             seed: 1,
+            ..FaultConfig::default()
         },
     ));
     let reader = reader_over(dead.clone()).await;
@@ -409,6 +411,7 @@ async fn weights_reach_gpu_memory_intact_and_a_failed_load_frees_the_device() {
         FaultConfig {
             fail_rate: 0.0,
             seed: 1,
+            ..FaultConfig::default()
         },
     ));
     let cold = reader_over(dead.clone()).await;

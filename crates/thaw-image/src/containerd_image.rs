@@ -100,7 +100,7 @@ async fn all_chains_tagged(repo: &Repository, chain_ids: &[String]) -> Result<bo
 }
 
 /// The image as its stored documents describe it, after checking that they agree.
-fn from_documents(
+pub fn from_documents(
     image: ImageId,
     documents: &ImageDocuments,
 ) -> Result<ContainerdImage, ContainerdImageError> {

@@ -46,6 +46,12 @@ pub fn image_path(p: &str) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
+/// Checks a `POST /v1/containers` body's limits and names, as the handler does before it
+/// resolves anything on the host.
+pub fn container_request(req: &crate::api::ContainerRequest) -> Result<(), ApiError> {
+    crate::container_request::check_request(req)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,11 +89,7 @@ pub fn load(spec: &str, concurrency: u32) -> Result<Trace, TraceError> {
         path: path.to_owned(),
         source,
     })?;
-    let requests = if text.starts_with("TIMESTAMP") {
-        parse_azure(path, &text, concurrency)?
-    } else {
-        parse_plain(path, &text)?
-    };
+    let requests = parse_requests(path, &text, concurrency)?;
     if requests.is_empty() {
         return Err(TraceError::Empty(path.to_owned()));
     }
@@ -104,6 +100,20 @@ pub fn load(spec: &str, concurrency: u32) -> Result<Trace, TraceError> {
         name,
         tenants: vec![requests],
     })
+}
+
+/// A trace file's text, read from `path`: the Azure CSV (its header is
+/// `TIMESTAMP,ContextTokens,GeneratedTokens`) or `arrival,service` seconds per line.
+pub fn parse_requests(
+    path: &Path,
+    text: &str,
+    concurrency: u32,
+) -> Result<Vec<Request>, TraceError> {
+    if text.starts_with("TIMESTAMP") {
+        parse_azure(path, text, concurrency)
+    } else {
+        parse_plain(path, text)
+    }
 }
 
 /// `arrival,service` seconds per line; `#` comments and blank lines are skipped.
