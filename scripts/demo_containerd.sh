@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo's containerd act: the Debian tree pushed to a loopback registry as an OCI image,
 # built into thaw by layer chain, pulled by containerd through thaw's snapshotter (no
-# layer downloaded) and run, next to containerd's own full pull. Everything on temporary
+# layer downloaded) and run, next to containerd's own full pull; then an image already in
+# the store imported into containerd without a registry. Everything on temporary
 # roots, sockets and ports. Usage: demo_containerd.sh THAW_BIN STORE WORK SRC
 set -euo pipefail
 BIN=$1 STORE=$2 WORK=$3 SRC=$4
@@ -69,3 +70,10 @@ $CTR run --rm --runc-root "$D/runc" --snapshotter overlayfs "$IMAGE" full \
 full=$(echo "$(date +%s.%N) - $start" | bc)
 printf -- '-- pull + run: thaw snapshotter %.2f s, overlayfs with a full pull %.2f s (%.2fx)\n' \
   "$lazy" "$full" "$(echo "$lazy / $full" | bc -l)"
+
+echo "-- thaw snapshotter import demo:rootfs: an image already in the store made known to containerd,"
+echo "   with no registry and no layer download (a tree with no layers becomes one, thaw export --tar's)"
+"$BIN" --store "$STORE" snapshotter import demo:rootfs --containerd-address "$D/containerd.sock" \
+  --name thaw.local/demo:rootfs | grep -E '^(layers|containerd)'
+$CTR run --rm --runc-root "$D/runc" --snapshotter thaw thaw.local/demo:rootfs imported \
+  sh -c 'echo "in a container on the imported image: $(dpkg -l | grep -c ^ii) packages"'

@@ -178,6 +178,18 @@ fn caches(o: &mut Out, node: &Node) {
         "Capacity of a cache tier.",
         &[(MEMORY, u.memory_capacity), (DISK, u.disk_capacity)],
     );
+    o.labelled(
+        "thaw_cache_write_errors_total",
+        "counter",
+        "Disk cache writes that failed; each chunk was still served.",
+        &[(DISK, u.disk_write_errors)],
+    );
+    o.labelled(
+        "thaw_cache_full",
+        "gauge",
+        "1 while the disk cache's file system is full (its last write failed with ENOSPC).",
+        &[(DISK, u64::from(u.disk_full))],
+    );
 }
 
 /// GETs of chunk data from the object store, by priority class, and their latency.

@@ -428,10 +428,18 @@ pub fn decode_chunk(pack: &PackId, e: &PackEntry, stored: Bytes) -> Result<Bytes
         pack: *pack,
         reason,
     };
+    // The index decoder refuses longer chunks; checked here too, because the length
+    // sizes an allocation (found by fuzzing the decoder on its own).
+    if e.raw_len > thaw_core::MAX_CHUNK_LEN {
+        return Err(integrity(format!(
+            "raw length {} is above the largest chunk, {}",
+            e.raw_len,
+            thaw_core::MAX_CHUNK_LEN
+        )));
+    }
     let raw = match e.compression {
         Compression::None => stored,
         Compression::Zstd => {
-            // The capacity is the index's raw length, validated to be at most 16 MiB.
             let v = zstd::bulk::decompress(&stored, e.raw_len as usize)
                 .map_err(|err| integrity(format!("zstd: {err}")))?;
             Bytes::from(v)
@@ -450,3 +458,7 @@ pub fn decode_chunk(pack: &PackId, e: &PackEntry, stored: Bytes) -> Result<Bytes
     }
     Ok(raw)
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

@@ -57,6 +57,10 @@ pub struct CacheUsage {
     pub disk_capacity: u64,
     /// Chunks held on disk.
     pub disk_entries: usize,
+    /// Disk cache writes that failed (the chunk was still served).
+    pub disk_write_errors: u64,
+    /// Whether the last disk cache write failed because its file system is full.
+    pub disk_full: bool,
 }
 
 /// The live counters behind [`ReaderStats`].

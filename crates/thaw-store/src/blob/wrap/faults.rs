@@ -129,6 +129,8 @@ impl FaultyStore {
         let bit = rng.random_range(0..8u32);
         drop(rng);
         self.corrupted.fetch_add(1, Relaxed);
+        // Logged so a soak can count what it injected into a daemon.
+        tracing::warn!(byte = at, bit, "injected corruption");
         let mut copy = bytes.to_vec();
         copy[at] ^= 1 << bit;
         Bytes::from(copy)
@@ -143,6 +145,7 @@ impl FaultyStore {
             self.down.load(Relaxed) || self.rng.lock().random::<f64>() < self.config.fail_rate;
         if fail {
             self.injected.fetch_add(1, Relaxed);
+            tracing::warn!(op, key, "injected fault");
             return Err(StoreError::Injected {
                 op,
                 key: key.to_string(),

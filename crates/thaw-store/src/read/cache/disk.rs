@@ -15,6 +15,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use thaw_core::ChunkId;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -37,6 +38,8 @@ pub struct DiskCache {
     dir: PathBuf,
     capacity: u64,
     inner: Mutex<Inner>,
+    write_errors: AtomicU64,
+    full: AtomicBool,
 }
 
 impl DiskCache {
@@ -74,6 +77,8 @@ impl DiskCache {
                 lru: LruCache::unbounded(),
                 bytes: 0,
             }),
+            write_errors: AtomicU64::new(0),
+            full: AtomicBool::new(false),
         };
         {
             let mut g = cache.inner.lock();
@@ -158,9 +163,11 @@ impl DiskCache {
         }
         let path = self.path_of(id);
         if let Err(e) = write_atomically(&path, data) {
+            self.write_failed(&e);
             tracing::warn!(chunk = %id, path = %path.display(), error = %e, "disk cache write failed");
             return;
         }
+        self.full.store(false, Relaxed);
         {
             let mut g = self.inner.lock();
             if g.lru.put(*id, stored_len).is_none() {
@@ -168,6 +175,27 @@ impl DiskCache {
             }
         }
         self.evict();
+    }
+
+    /// Counts a failed write; a full file system is remembered until a write succeeds.
+    fn write_failed(&self, e: &std::io::Error) {
+        self.write_errors.fetch_add(1, Relaxed);
+        // By kind: the temporary file's errors carry their path, not a raw errno.
+        let full = matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        );
+        self.full.store(full, Relaxed);
+    }
+
+    /// Writes that failed since the cache opened (each chunk was still served).
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Relaxed)
+    }
+
+    /// Whether the last write failed because the cache's file system is full.
+    pub fn is_full(&self) -> bool {
+        self.full.load(Relaxed)
     }
 
     fn remove(&self, id: &ChunkId) {
@@ -279,6 +307,21 @@ mod tests {
 
     fn entry_path(dir: &Path, id: &ChunkId) -> PathBuf {
         dir.join(&id.to_hex()[..2]).join(id.to_hex())
+    }
+
+    #[test]
+    fn a_failed_write_is_counted_and_the_chunk_is_not_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let data = b"chunk that cannot be written".to_vec();
+        let id = ChunkId::of(&data);
+        // A file where the entry's shard directory should be: the write fails.
+        std::fs::write(dir.path().join(&id.to_hex()[..2]), b"in the way").unwrap();
+        cache.insert(&id, &data);
+        assert_eq!(cache.write_errors(), 1);
+        assert!(!cache.is_full(), "not a full disk");
+        assert!(!cache.contains(&id));
+        assert_eq!(cache.bytes(), 0);
     }
 
     #[test]

@@ -53,6 +53,8 @@ impl Caches {
             disk_bytes: disk.map_or(0, DiskCache::bytes),
             disk_capacity: disk.map_or(0, DiskCache::capacity),
             disk_entries: disk.map_or(0, DiskCache::len),
+            disk_write_errors: disk.map_or(0, DiskCache::write_errors),
+            disk_full: disk.is_some_and(DiskCache::is_full),
         }
     }
 }
