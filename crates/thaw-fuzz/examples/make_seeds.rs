@@ -266,11 +266,19 @@ queue = "tasks"
 /// of the API.
 fn snapshot_seeds() {
     let mut out = Vec::new();
-    let mut call = |method: u8, body: Vec<u8>| {
+    for (method, body) in snapshot_calls() {
         out.push(method);
         out.push(u8::try_from(body.len()).unwrap());
         out.extend_from_slice(&body);
-    };
+    }
+    seed("snapshot_requests", "lifecycle", &out);
+    let _ = std::io::stdout().flush();
+}
+
+/// The calls of [`snapshot_seeds`], each as its method number and protobuf encoding.
+fn snapshot_calls() -> Vec<(u8, Vec<u8>)> {
+    let mut calls = Vec::new();
+    let mut call = |method: u8, body: Vec<u8>| calls.push((method, body));
     let prepare = |key: &str, parent: &str| {
         pb::PrepareSnapshotRequest {
             snapshotter: "thaw".into(),
@@ -353,6 +361,5 @@ fn snapshot_seeds() {
         }
         .encode_to_vec(),
     );
-    seed("snapshot_requests", "lifecycle", &out);
-    let _ = std::io::stdout().flush();
+    calls
 }

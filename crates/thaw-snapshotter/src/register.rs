@@ -174,10 +174,19 @@ struct Session {
 impl Session {
     /// A request in the namespace, under the lease.
     fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = self.request_outside_lease(message);
+        request
+            .metadata_mut()
+            .insert("containerd-lease", self.lease.clone());
+        request
+    }
+
+    /// A request in the namespace alone: the lease's own creation and deletion.
+    fn request_outside_lease<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
-        let headers = request.metadata_mut();
-        headers.insert("containerd-namespace", self.namespace.clone());
-        headers.insert("containerd-lease", self.lease.clone());
+        request
+            .metadata_mut()
+            .insert("containerd-namespace", self.namespace.clone());
         request
     }
 
@@ -185,13 +194,10 @@ impl Session {
         let expires =
             humantime::format_rfc3339_seconds(std::time::SystemTime::now() + LEASE_EXPIRY)
                 .to_string();
-        let mut request = Request::new(leases::CreateRequest {
+        let request = self.request_outside_lease(leases::CreateRequest {
             id: id.to_string(),
             labels: HashMap::from([("containerd.io/gc.expire".to_string(), expires)]),
         });
-        request
-            .metadata_mut()
-            .insert("containerd-namespace", self.namespace.clone());
         leases::leases_client::LeasesClient::new(self.channel.clone())
             .create(request)
             .await
@@ -200,13 +206,10 @@ impl Session {
     }
 
     async fn delete_lease(&self, id: &str) -> Result<(), RegisterError> {
-        let mut request = Request::new(leases::DeleteRequest {
+        let request = self.request_outside_lease(leases::DeleteRequest {
             id: id.to_string(),
             sync: false,
         });
-        request
-            .metadata_mut()
-            .insert("containerd-namespace", self.namespace.clone());
         leases::leases_client::LeasesClient::new(self.channel.clone())
             .delete(request)
             .await
