@@ -109,41 +109,47 @@ def mount_start_markdown(runs):
     return "\n".join(rows)
 
 
-def ml_results():
-    """The machine-learning image's rows (issue 14), written to docs/ml-results.md, which
-    the full run includes."""
-    started = time.time()
-    table = bench_ml.markdown(os.environ["THAW_GPU_ROOTFS"])
+def write_section(title, only, filename, started, about, table):
+    """A section measured apart from the full run: written to docs/FILENAME (which the full
+    run includes) and printed. `about` says what it measures."""
     text = "\n".join([
-        "## Lazy mount: the machine-learning image (issue 14)",
+        f"## {title}",
         "",
-        f"`RUNS={RUNS} THAW_BENCH_ONLY=ml scripts/bench.sh` on {datetime.date.today()} ({machine()}), "
-        f"{(time.time() - started) / 60:.0f} minutes. " + bench_ml.__doc__.split(': ', 1)[1].replace('\n', ' '),
+        f"`RUNS={RUNS} THAW_BENCH_ONLY={only} scripts/bench.sh` on {datetime.date.today()} ({machine()}), "
+        f"{(time.time() - started) / 60:.0f} minutes. " + about,
         "",
         table,
     ])
-    with open(os.path.join(os.path.dirname(OUT), "ml-results.md"), "w") as f:
+    with open(os.path.join(os.path.dirname(OUT), filename), "w") as f:
         f.write(text + "\n")
     print(text)
+
+
+def ml_results():
+    """The machine-learning image's rows (issue 14)."""
+    started = time.time()
+    table = bench_ml.markdown(os.environ["THAW_GPU_ROOTFS"])
+    write_section("Lazy mount: the machine-learning image (issue 14)", "ml", "ml-results.md", started,
+                  bench_ml.__doc__.split(': ', 1)[1].replace('\n', ' '), table)
 
 
 def containerd_results():
-    """The containerd rows (issue 15), written to docs/containerd-results.md, which the
-    full run includes."""
+    """The containerd rows (issue 15)."""
     import bench_containerd
     started = time.time()
-    rows = bench_containerd.containerd_rows()
-    text = "\n".join([
-        "## containerd: pull + create + run with thaw's snapshotter (issue 15)",
-        "",
-        f"`RUNS={RUNS} THAW_BENCH_ONLY=containerd scripts/bench.sh` on {datetime.date.today()} ({machine()}), "
-        f"{(time.time() - started) / 60:.0f} minutes. " + " ".join(bench_containerd.__doc__.split()),
-        "",
-        bench_containerd.markdown(rows),
-    ])
-    with open(os.path.join(os.path.dirname(OUT), "containerd-results.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    table = bench_containerd.markdown(bench_containerd.containerd_rows())
+    write_section("containerd: pull + create + run with thaw's snapshotter (issue 15)", "containerd",
+                  "containerd-results.md", started, " ".join(bench_containerd.__doc__.split()), table)
+
+
+def large_results():
+    """The large images' memory (issue 16); the full run does not measure it (it needs
+    about 25 GB of disk) but includes its last figures."""
+    import bench_large
+    started = time.time()
+    table = bench_large.markdown(bench_large.measure())
+    write_section("Large images: memory per file (issue 16)", "large", "large-results.md", started,
+                  " ".join(bench_large.__doc__.split()), table)
 
 
 def main():
@@ -186,6 +192,9 @@ def main():
         return
     if only == "ml":
         ml_results()
+        return
+    if only == "large":
+        large_results()
         return
     if only == "autoscale":
         import bench_autoscale
@@ -386,9 +395,10 @@ def main():
     # machine (scripts/gpu-bench.sh), the weights (bench_weights.py, THAW_BENCH_ONLY=weights), the
     # machine-learning image (bench_ml.py, THAW_BENCH_ONLY=ml), side-by-side binary comparisons (bench_ab.sh) and
     # the autoscaler's (THAW_BENCH_ONLY=autoscale, bench_autoscale.py) and containerd's
-    # (THAW_BENCH_ONLY=containerd, bench_containerd.py).
+    # (THAW_BENCH_ONLY=containerd, bench_containerd.py), and the large images' memory
+    # (THAW_BENCH_ONLY=large, bench_large.py: about 25 GB of disk).
     for extra in ("weights-results.md", "ml-results.md", "gpu-results.md", "ab-results.md", "autoscale-results.md",
-                  "containerd-results.md"):
+                  "containerd-results.md", "large-results.md"):
         path = os.path.join(os.path.dirname(OUT), extra)
         if os.path.exists(path):
             with open(path) as f:

@@ -135,8 +135,8 @@ impl FsShared {
         from_fuse(ino, self.manifest.inodes.len()).ok_or(FsError::NotFound)
     }
 
-    fn attr(&self, ino: u32) -> &FileAttr {
-        &self.table.attrs[ino as usize]
+    fn attr(&self, ino: u32) -> FileAttr {
+        self.table.attr(&self.manifest, ino)
     }
 
     /// A directory's listing from `offset` on: `.`, `..`, then its entries, each with the
@@ -216,7 +216,7 @@ impl Filesystem for ThawFs {
                 _ => Err(FsError::NotADirectory),
             });
         match found {
-            Ok(ino) => reply.entry(&s.config.ttl, s.attr(ino), Generation(0)),
+            Ok(ino) => reply.entry(&s.config.ttl, &s.attr(ino), Generation(0)),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
@@ -225,7 +225,7 @@ impl Filesystem for ThawFs {
         let s = &self.shared;
         let _timer = s.stats.start(Op::Getattr);
         match s.ino(ino) {
-            Ok(i) => reply.attr(&s.config.ttl, s.attr(i)),
+            Ok(i) => reply.attr(&s.config.ttl, &s.attr(i)),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
@@ -375,7 +375,7 @@ impl Filesystem for ThawFs {
                         next,
                         OsStr::from_bytes(name),
                         &s.config.ttl,
-                        s.attr(child),
+                        &s.attr(child),
                         Generation(0),
                     ) {
                         break;

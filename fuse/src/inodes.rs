@@ -43,74 +43,90 @@ pub fn file_type(kind: &InodeKind) -> FileType {
     }
 }
 
-/// Everything derived from the manifest once, at mount time.
+/// Everything derived from the manifest once, at mount time. Kept small: a mount holds
+/// one per image, for as long as it runs, and it grows with the image's file count
+/// (attributes are computed from the manifest on each call rather than stored).
 #[derive(Debug)]
 pub struct InodeTable {
-    pub attrs: Vec<FileAttr>,
+    /// Link count of every inode.
+    links: Vec<u32>,
     pub parents: Vec<u32>,
-    pub extents: Vec<Vec<FileExtent>>,
+    /// Where each inode's extents start in `extents` (one more entry than inodes).
+    extent_starts: Vec<usize>,
+    /// Every regular file's resolved extents, one after another.
+    extents: Vec<FileExtent>,
     /// Total bytes of regular files (for statfs).
     pub total_bytes: u64,
 }
 
 impl InodeTable {
     pub fn new(m: &Manifest) -> Self {
-        let links = m.link_counts();
         let mut parents = vec![0u32; m.inodes.len()];
         let mut total_bytes = 0;
+        let mut extent_starts = Vec::with_capacity(m.inodes.len() + 1);
+        let mut extents = Vec::new();
         for (ino, inode) in m.inodes.iter().enumerate() {
-            if let InodeKind::Directory { entries } = &inode.kind {
-                for e in entries {
-                    parents[e.inode as usize] = ino as u32;
+            extent_starts.push(extents.len());
+            match &inode.kind {
+                InodeKind::Directory { entries } => {
+                    for e in entries {
+                        parents[e.inode as usize] = ino as u32;
+                    }
                 }
+                InodeKind::File { size, .. } => {
+                    total_bytes += size;
+                    extents.extend(m.file_extents(ino as u32));
+                }
+                _ => {}
             }
         }
-        let attrs = m
-            .inodes
-            .iter()
-            .enumerate()
-            .map(|(ino, inode)| {
-                let (size, rdev) = match &inode.kind {
-                    InodeKind::File { size, .. } => (*size, 0),
-                    InodeKind::Symlink { target } => (target.len() as u64, 0),
-                    InodeKind::Directory { entries } => (4096 + 32 * entries.len() as u64, 0),
-                    InodeKind::CharDevice { rdev } | InodeKind::BlockDevice { rdev } => {
-                        (0, kernel_rdev(*rdev))
-                    }
-                    InodeKind::Fifo | InodeKind::Socket => (0, 0),
-                };
-                if let InodeKind::File { size, .. } = &inode.kind {
-                    total_bytes += size;
-                }
-                let t = time(inode.meta.mtime);
-                FileAttr {
-                    ino: to_fuse(ino as u32),
-                    size,
-                    blocks: size.div_ceil(512),
-                    atime: t,
-                    mtime: t,
-                    ctime: t,
-                    crtime: t,
-                    kind: file_type(&inode.kind),
-                    perm: (inode.meta.mode & 0o7777) as u16,
-                    nlink: links[ino],
-                    uid: inode.meta.uid,
-                    gid: inode.meta.gid,
-                    rdev,
-                    // Large enough that `cat` and friends read in big requests.
-                    blksize: 128 * 1024,
-                    flags: 0,
-                }
-            })
-            .collect();
-        let extents = (0..m.inodes.len() as u32)
-            .map(|ino| m.file_extents(ino))
-            .collect();
+        extent_starts.push(extents.len());
+        extents.shrink_to_fit();
         InodeTable {
-            attrs,
+            links: m.link_counts(),
             parents,
+            extent_starts,
             extents,
             total_bytes,
+        }
+    }
+
+    /// The resolved extents of `ino` (empty unless it is a regular file).
+    pub fn extents(&self, ino: u32) -> &[FileExtent] {
+        let i = ino as usize;
+        &self.extents[self.extent_starts[i]..self.extent_starts[i + 1]]
+    }
+
+    /// The attributes FUSE reports for `ino` of `m` (the manifest this table was made from).
+    pub fn attr(&self, m: &Manifest, ino: u32) -> FileAttr {
+        let inode = &m.inodes[ino as usize];
+        let (size, rdev) = match &inode.kind {
+            InodeKind::File { size, .. } => (*size, 0),
+            InodeKind::Symlink { target } => (target.len() as u64, 0),
+            InodeKind::Directory { entries } => (4096 + 32 * entries.len() as u64, 0),
+            InodeKind::CharDevice { rdev } | InodeKind::BlockDevice { rdev } => {
+                (0, kernel_rdev(*rdev))
+            }
+            InodeKind::Fifo | InodeKind::Socket => (0, 0),
+        };
+        let t = time(inode.meta.mtime);
+        FileAttr {
+            ino: to_fuse(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: file_type(&inode.kind),
+            perm: (inode.meta.mode & 0o7777) as u16,
+            nlink: self.links[ino as usize],
+            uid: inode.meta.uid,
+            gid: inode.meta.gid,
+            rdev,
+            // Large enough that `cat` and friends read in big requests.
+            blksize: 128 * 1024,
+            flags: 0,
         }
     }
 }

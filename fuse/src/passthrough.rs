@@ -269,7 +269,7 @@ impl FsShared {
     /// The whole file of `ino`, opened, if the cache holds it trusted.
     fn backing_file(&self, ino: u32, size: u64) -> Option<std::fs::File> {
         let files = self.reader.files()?;
-        let key = FileKey::of(&self.table.extents[ino as usize]);
+        let key = FileKey::of(self.table.extents(ino));
         files.open_ready(&key, size)
     }
 
@@ -280,7 +280,7 @@ impl FsShared {
         let (Some(jobs), Some(files)) = (&self.passthrough.jobs, self.reader.files()) else {
             return;
         };
-        let extents = &self.table.extents[ino as usize];
+        let extents = self.table.extents(ino);
         let key = FileKey::of(extents);
         let size = extents.last().map_or(0, |e| e.offset + e.len);
         let kind = match files.state(&key) {
@@ -295,7 +295,7 @@ impl FsShared {
                 kind,
                 key,
                 size,
-                extents: extents.clone(),
+                extents: extents.to_vec(),
             };
             // A full queue drops the job: the file's next release asks again.
             let _ = jobs.try_send(job);

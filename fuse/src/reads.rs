@@ -137,7 +137,7 @@ impl FsShared {
             return Ok(ReadData::Chunk(Bytes::new()));
         }
         let end = (offset + u64::from(size)).min(file_size);
-        let extents = &self.table.extents[ino as usize];
+        let extents = self.table.extents(ino);
         let needed = overlapping(extents, offset, end);
         self.read_ahead(fh, extents, needed, (offset, end, file_size));
         let ids: Vec<ChunkId> = needed.iter().filter_map(|e| e.chunk).collect();
