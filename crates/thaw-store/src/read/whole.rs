@@ -22,8 +22,9 @@ pub enum WholeFileError {
     /// The file is larger than the whole cache.
     #[error("a file of {0} bytes is larger than the whole-file cache")]
     TooLarge(u64),
-    /// Another task is writing or checking this file.
-    #[error("file {0} is being written or checked by another task")]
+    /// Another task is writing or checking this file, or the files being written leave no
+    /// room for it yet.
+    #[error("file {0} is being written or checked by another task, or has no room yet")]
     Busy(FileKey),
     /// A chunk of the file left the memory and disk caches.
     #[error("chunk {0} is no longer cached")]
@@ -81,7 +82,7 @@ impl ChunkReader {
         if !files.fits(size) {
             return Err(WholeFileError::TooLarge(size));
         }
-        if !files.claim(&key) {
+        if !files.claim_space(&key, size) {
             return Err(WholeFileError::Busy(key));
         }
         let written = self.write_whole(files, &key, size, extents);

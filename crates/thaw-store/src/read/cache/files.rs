@@ -14,12 +14,13 @@
 //!   with its chunk id, and zero runs checked; one that fails is deleted.
 //!
 //! The directory holds at most `capacity` bytes (file sizes), evicting the least recently
-//! opened. Deleting an entry a passthrough open still uses is safe: the kernel holds the
+//! opened; a file being written counts from its claim on, so the bound holds while it is
+//! written too. Deleting an entry a passthrough open still uses is safe: the kernel holds the
 //! file until its last user closes it.
 
 use lru::LruCache;
 use parking_lot::Mutex;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -105,8 +106,12 @@ struct Entry {
 #[derive(Debug)]
 struct Inner {
     lru: LruCache<FileKey, Entry>,
+    /// Bytes of the entries in `lru`.
     bytes: u64,
-    busy: HashSet<FileKey>,
+    /// Claimed keys, with the bytes each one's writer reserved (0 for a check).
+    busy: HashMap<FileKey, u64>,
+    /// The sum of the reservations in `busy`.
+    reserved: u64,
 }
 
 #[derive(Debug, Default)]
@@ -152,7 +157,8 @@ impl FileCache {
         let mut inner = Inner {
             lru: LruCache::unbounded(),
             bytes: 0,
-            busy: HashSet::new(),
+            busy: HashMap::new(),
+            reserved: 0,
         };
         for (_, key, len) in found {
             inner.lru.put(
@@ -186,7 +192,7 @@ impl FileCache {
     /// Where `key` stands.
     pub fn state(&self, key: &FileKey) -> FileState {
         let g = self.inner.lock();
-        if g.busy.contains(key) {
+        if g.busy.contains_key(key) {
             return FileState::Busy;
         }
         match g.lru.peek(key) {
@@ -202,7 +208,7 @@ impl FileCache {
     pub fn open_ready(&self, key: &FileKey, size: u64) -> Option<File> {
         {
             let mut g = self.inner.lock();
-            let ready = !g.busy.contains(key) && g.lru.get(key).is_some_and(|e| e.verified);
+            let ready = !g.busy.contains_key(key) && g.lru.get(key).is_some_and(|e| e.verified);
             if !ready {
                 return None;
             }
@@ -218,17 +224,40 @@ impl FileCache {
         }
     }
 
-    /// Marks `key` busy for one writer or checker; `false` if it is busy or ready already.
+    /// Marks `key` busy for one checker of an entry already on disk; `false` if it is busy
+    /// or ready already.
     pub(crate) fn claim(&self, key: &FileKey) -> bool {
+        self.claim_reserving(key, 0)
+    }
+
+    /// Marks `key` busy for one writer of `size` bytes and reserves them, evicting older
+    /// entries to make room; `false` if it is busy or ready already, or if the writes in
+    /// progress leave no room for it.
+    pub(crate) fn claim_space(&self, key: &FileKey, size: u64) -> bool {
+        if !self.claim_reserving(key, size) {
+            return false;
+        }
+        self.evict();
+        true
+    }
+
+    fn claim_reserving(&self, key: &FileKey, size: u64) -> bool {
         let mut g = self.inner.lock();
         let ready = g.lru.peek(key).is_some_and(|e| e.verified);
-        !ready && g.busy.insert(*key)
+        let room = g.reserved.saturating_add(size) <= self.capacity;
+        if ready || !room || g.busy.contains_key(key) {
+            return false;
+        }
+        g.busy.insert(*key, size);
+        g.reserved += size;
+        true
     }
 
     /// Ends a claim: `Some(len)` records a trusted entry of that size, `None` forgets it.
     pub(crate) fn settle(&self, key: &FileKey, trusted: Option<u64>) {
         let mut g = self.inner.lock();
-        g.busy.remove(key);
+        let reserved = g.busy.remove(key).unwrap_or(0);
+        g.reserved -= reserved;
         let old = match trusted {
             Some(len) => g.lru.put(
                 *key,
@@ -265,7 +294,7 @@ impl FileCache {
         loop {
             let victim = {
                 let mut g = self.inner.lock();
-                if g.bytes <= self.capacity {
+                if g.bytes + g.reserved <= self.capacity {
                     return;
                 }
                 // Busy entries are not in the index yet (or are being checked): skip none
@@ -399,5 +428,32 @@ mod tests {
         let s = c.stats();
         assert_eq!((s.files, s.bytes, s.evicted), (2, 20, 1));
         assert!(!c.fits(26));
+    }
+
+    #[test]
+    fn a_file_being_written_counts_against_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileCache::open(dir.path(), 30).unwrap();
+        let (a, b, w, x) = (key(6), key(7), key(8), key(9));
+        put(&c, &a, 10);
+        put(&c, &b, 10);
+        // 20 held + 15 reserved > 30: the oldest goes before a byte is written.
+        assert!(c.claim_space(&w, 15));
+        assert_eq!(c.state(&a), FileState::Absent, "a made room");
+        assert_eq!(c.state(&b), FileState::Ready);
+        // 15 already reserved: no room for 20 more, whatever is evicted.
+        assert!(!c.claim_space(&x, 20), "refused while the first write runs");
+        assert_eq!(c.state(&b), FileState::Ready, "and nothing evicted for it");
+        std::fs::write(c.path_of(&w), vec![1u8; 15]).unwrap();
+        c.settle(&w, Some(15));
+        let s = c.stats();
+        assert_eq!((s.files, s.bytes), (2, 25));
+        // A failed write gives its reservation back: 25 held + 5 fit, twice.
+        assert!(c.claim_space(&x, 5));
+        c.settle(&x, None);
+        assert!(c.claim_space(&x, 5));
+        assert_eq!(c.state(&b), FileState::Ready, "nothing evicted: 5 were given back");
+        c.settle(&x, None);
+        assert_eq!(c.stats().bytes, 25);
     }
 }
