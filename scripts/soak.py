@@ -288,7 +288,8 @@ def sample_loop(stop, daemon, readers, samples, start):
         except Exception:
             m = {}
         reads, nbytes, wrong, eio, errors = readers.snapshot()
-        samples.append(dict(t=round(t, 2), pid=daemon.proc.pid, rss=rss, fds=fds, cache_du=du(CACHE), fs_used=fs_used(CACHE_FS),
+        samples.append(dict(t=round(t, 2), pid=daemon.proc.pid, rss=rss, fds=fds, cache_du=du(CACHE),
+                            files_du=du(f"{CACHE}/files"), fs_used=fs_used(CACHE_FS),
                             cache_bytes=m.get("thaw_cache_bytes", -1), cache_full=m.get("thaw_cache_full", -1),
                             write_errors=m.get("thaw_cache_write_errors_total", -1), reads=reads,
                             bytes=nbytes, wrong=wrong, eio=eio, errors=errors))
@@ -421,6 +422,12 @@ def verdict(daemon, readers, samples, events, churn_stats):
     over = [s for s in samples if s["cache_du"] > bound]
     if over:
         failures.append(f"the cache held {max(s['cache_du'] for s in over)} bytes, above {bound}")
+    # The whole-file tier alone, files being written included; 1 MiB for rounding to
+    # blocks (4 KiB each for at most 256 files: only files of 128 KiB or more go there).
+    files_bound = WHOLE_FILE_BOUND + MIB
+    over = [s for s in samples if s["files_du"] > files_bound]
+    if over:
+        failures.append(f"the whole-file cache held {max(s['files_du'] for s in over)} bytes, above {files_bound}")
     growth, judged = memory_growth(samples, dict(events)["restart"])
     if judged and growth >= 0.05:
         failures.append(f"resident memory grew {growth:.1%} over the second half")
@@ -436,7 +443,8 @@ def verdict(daemon, readers, samples, events, churn_stats):
                    wrong_bytes=wrong, eio_errors=eio, other_read_errors=nerrors,
                    faults_injected=injected, corruptions_injected=corrupted,
                    rss_growth_second_half=round(growth, 4), rss_growth_judged=judged, events=events, churn=churn_stats,
-                   peak_cache_bytes=max(s["cache_du"] for s in samples), cache_bound=bound)
+                   peak_cache_bytes=max(s["cache_du"] for s in samples), cache_bound=bound,
+                   peak_whole_file_bytes=max(s["files_du"] for s in samples), whole_file_bound=files_bound)
     return summary, failures
 
 
@@ -468,6 +476,8 @@ def plot(samples, events):
 
 
 def main():
+    # A soak stopped with SIGTERM still stops its containers and daemon (the `finally`).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("soak: stopped by SIGTERM"))
     files = setup()
     daemon = Daemon()
     daemon.start()

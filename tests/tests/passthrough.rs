@@ -2,7 +2,8 @@
 //! whole-file cache after their last open, and later opens are answered with the local
 //! file, so the kernel reads it without one `read` request reaching thaw; under an
 //! overlay too (copy-up included); an entry left by an earlier process is verified before
-//! it is used and a damaged one is deleted; and no passthrough while a trace is recorded.
+//! it is used and a damaged one is deleted; the cache's directory removed under a mount
+//! is made again; and no passthrough while a trace is recorded.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -296,6 +297,42 @@ async fn entries_of_an_earlier_process_are_verified_and_damaged_ones_deleted() {
     let stats = second.stats();
     assert!(stats.passthrough.opens >= 1, "{}", stats.render());
     second.end().await.expect("end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_files_are_written_again_after_their_directory_is_removed() {
+    let test = "whole_files_are_written_again_after_their_directory_is_removed";
+    if !can_mount(test) {
+        return;
+    }
+    let s = setup().await;
+    let reader = s.reader();
+    let (session, mnt) = s.mount(&reader, "mnt", None, None).await;
+    assert_eq!(read(mnt.join("d/random")).await, s.source("d/random"));
+    if !kernel_has_passthrough(&session.stats(), test) {
+        return;
+    }
+    eventually("d/random written whole", || {
+        session.stats().passthrough.files.materialised == 1
+    })
+    .await;
+    // An operator clears the cache under the running mount.
+    std::fs::remove_dir_all(s.tmp.path().join("cache/files")).expect("rm");
+    assert_eq!(read(mnt.join("text")).await, s.source("text"));
+    eventually("text written whole into a new directory", || {
+        session.stats().passthrough.files.materialised == 2
+    })
+    .await;
+    assert!(s.entry("text").exists());
+    // The vanished entry is dropped, served through reads, and written whole again.
+    assert_eq!(read(mnt.join("d/random")).await, s.source("d/random"));
+    eventually("d/random written whole again", || {
+        session.stats().passthrough.files.materialised == 3
+    })
+    .await;
+    let stats = session.stats();
+    assert_eq!(stats.passthrough.files.failed, 0, "{}", stats.render());
+    session.end().await.expect("end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,10 +104,7 @@ impl ChunkReader {
         extents: &[FileExtent],
     ) -> Result<(), WholeFileError> {
         let dir = files.dir();
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp.")
-            .tempfile_in(dir)
-            .map_err(io("create a file in", dir))?;
+        let tmp = temp_file_in(dir).map_err(io("create a file in", dir))?;
         let path = tmp.path().to_path_buf();
         let file = tmp.as_file();
         // Zero runs stay holes.
@@ -183,6 +180,19 @@ impl ChunkReader {
             files.settle(&key, None);
         }
         checked
+    }
+}
+
+/// A temporary file in `dir`, which is made again if it was removed under the running
+/// process (an operator clearing the cache must not end whole files for good).
+fn temp_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let make = || tempfile::Builder::new().prefix(".tmp.").tempfile_in(dir);
+    match make() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            make()
+        }
+        other => other,
     }
 }
 

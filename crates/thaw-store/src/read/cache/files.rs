@@ -452,7 +452,11 @@ mod tests {
         assert!(c.claim_space(&x, 5));
         c.settle(&x, None);
         assert!(c.claim_space(&x, 5));
-        assert_eq!(c.state(&b), FileState::Ready, "nothing evicted: 5 were given back");
+        assert_eq!(
+            c.state(&b),
+            FileState::Ready,
+            "nothing evicted: 5 were given back"
+        );
         c.settle(&x, None);
         assert_eq!(c.stats().bytes, 25);
     }
