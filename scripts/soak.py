@@ -13,11 +13,13 @@ Timeline (fractions of the run): 0.35 the daemon is killed with SIGKILL and rest
 (the containers' mounts are held and adopted: readers carry on); 0.55 the cache
 directory is removed under the running daemon; 0.70 it is emptied again and its file
 system filled, until 0.85. Checks at the end: zero wrong bytes, no panic in any daemon log, the disk cache
-within its bound, resident memory growing less than 5% over the second half, the
-daemon's open file descriptors back to where the second half started, the cache stopped
-growing while the disk was full and a metric said so. (Memory is judged from the later of
-the second half and 30 s after the restart, when that leaves at least a minute: long
-runs; the one-minute CI run reports it.) Samples go to OUT/samples.tsv,
+within its bound and the whole-file cache within its own, resident memory growing less
+than 5% over the second half, the daemon's open file descriptors back to where the
+second half started, the cache stopped growing while the disk was full and a metric said
+so, and both tiers back in use after the directory was removed. (Memory and the tiers'
+return are judged in long runs only: memory from the later of the second half and 30 s
+after the restart, when that leaves at least a minute; the one-minute CI run reports
+it.) Samples go to OUT/samples.tsv,
 the summary to OUT/summary.json, a plot to OUT/soak.png when matplotlib is there.
 
 Usage: soak.py MINUTES (as root; THAW_BIN names the binary)."""
@@ -439,6 +441,15 @@ def verdict(daemon, readers, samples, events, churn_stats):
             failures.append(f"the cache grew {grew} bytes while its disk was full")
         if not any(s["cache_full"] == 1 for s in window):
             failures.append("no metric said the cache's disk was full")
+    # Both tiers come back after the cache directory was removed (judged where a minute
+    # or more passed before the disk was filled: the long runs).
+    removed = dict(events)["cache removed"]
+    after = [s for s in samples if removed + 5 <= s["t"] < full]
+    if full - removed >= 60:
+        if not any(s["cache_du"] - s["files_du"] > 0 for s in after):
+            failures.append("the disk cache did not come back after its directory was removed")
+        if not any(s["files_du"] > 0 for s in after):
+            failures.append("no file was written whole after the cache directory was removed")
     summary = dict(minutes=MINUTES, faults=FAULTS, reads_checked=reads, bytes_compared=nbytes,
                    wrong_bytes=wrong, eio_errors=eio, other_read_errors=nerrors,
                    faults_injected=injected, corruptions_injected=corrupted,
