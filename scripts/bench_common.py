@@ -35,6 +35,12 @@ def timed(cmd):
     return time.perf_counter() - start, out
 
 
+def rss(pid):
+    """Resident bytes of process `pid`."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(l for l in f if l.startswith("VmRSS:")).split()[1]) * 1024
+
+
 def drop_caches():
     sh("sync; echo 3 > /proc/sys/vm/drop_caches")
 

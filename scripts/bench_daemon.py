@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.request
 
-from bench_common import (RUNS, THAW, WORK, sh, drop_caches, fresh, med)
+from bench_common import (RUNS, THAW, WORK, sh, drop_caches, fresh, med, rss)
 from bench_mount import THROTTLE, chroot_workload, full_pull, trace_stores
 
 BENCH_TOKEN = "bench-token-0123456789"
@@ -135,9 +135,9 @@ def wrk_load():
     cache = f"{WORK}/serve-cache"
     d = Daemon(store, cache)
     try:
-        rss0 = int(sh(f"awk '/VmRSS/ {{print $2}}' /proc/{d.proc.pid}/status"))
+        rss0 = rss(d.proc.pid) // 1024
         out = sh(f"wrk -t2 -c100 -d10s {d.url}/v1/cache")
-        rss1 = int(sh(f"awk '/VmRSS/ {{print $2}}' /proc/{d.proc.pid}/status"))
+        rss1 = rss(d.proc.pid) // 1024
     finally:
         d.stop()
     rps = float(out.split("Requests/sec:")[1].split()[0])

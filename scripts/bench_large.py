@@ -9,12 +9,11 @@ trees are kept there for the next run."""
 
 import os
 import random
-import re
 import subprocess
 import time
 
 import bench_mount
-from bench_common import RUNS, THAW, WORK, drop_caches, fresh, med, sh
+from bench_common import RUNS, THAW, WORK, drop_caches, fresh, med, rss, sh
 
 SIZES = [(2_000, 100 * 10**6), (20_000, 10**9), (200_000, 10**10)]
 FILES_PER_DIR = 1_000
@@ -51,11 +50,6 @@ def timed_peak(cmd):
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode()[-2000:]}")
     return took, usage.ru_maxrss * 1024
-
-
-def rss(pid):
-    status = open(f"/proc/{pid}/status").read()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024
 
 
 def build(files, total):

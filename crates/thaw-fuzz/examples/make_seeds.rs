@@ -275,10 +275,16 @@ fn snapshot_seeds() {
     let _ = std::io::stdout().flush();
 }
 
-/// The calls of [`snapshot_seeds`], each as its method number and protobuf encoding.
+/// The calls of [`snapshot_seeds`], each as its method number and protobuf encoding:
+/// the layers made, then every other call on them.
 fn snapshot_calls() -> Vec<(u8, Vec<u8>)> {
-    let mut calls = Vec::new();
-    let mut call = |method: u8, body: Vec<u8>| calls.push((method, body));
+    let mut calls = snapshot_layer_calls();
+    calls.extend(snapshot_query_calls());
+    calls
+}
+
+/// Prepare and commit a layer, prepare a container on it and a view of it.
+fn snapshot_layer_calls() -> Vec<(u8, Vec<u8>)> {
     let prepare = |key: &str, parent: &str| {
         pb::PrepareSnapshotRequest {
             snapshotter: "thaw".into(),
@@ -292,74 +298,77 @@ fn snapshot_calls() -> Vec<(u8, Vec<u8>)> {
         }
         .encode_to_vec()
     };
-    call(0, prepare("extract-1", ""));
-    call(
-        3,
-        pb::CommitSnapshotRequest {
-            snapshotter: "thaw".into(),
-            name: "l1".into(),
-            key: "extract-1".into(),
-            labels: Default::default(),
-        }
-        .encode_to_vec(),
-    );
-    call(0, prepare("c1", "l1"));
-    call(
-        1,
-        pb::ViewSnapshotRequest {
-            snapshotter: "thaw".into(),
-            key: "v1".into(),
-            parent: "l1".into(),
-            labels: Default::default(),
-        }
-        .encode_to_vec(),
-    );
-    call(
-        2,
-        pb::MountsRequest {
-            snapshotter: "thaw".into(),
-            key: "c1".into(),
-        }
-        .encode_to_vec(),
-    );
-    call(
-        5,
-        pb::StatSnapshotRequest {
-            snapshotter: "thaw".into(),
-            key: "l1".into(),
-        }
-        .encode_to_vec(),
-    );
-    call(
-        7,
-        pb::ListSnapshotsRequest {
-            snapshotter: "thaw".into(),
-            filters: vec!["parent==l1".into()],
-        }
-        .encode_to_vec(),
-    );
-    call(
-        8,
-        pb::UsageRequest {
-            snapshotter: "thaw".into(),
-            key: "c1".into(),
-        }
-        .encode_to_vec(),
-    );
-    call(
-        4,
-        pb::RemoveSnapshotRequest {
-            snapshotter: "thaw".into(),
-            key: "c1".into(),
-        }
-        .encode_to_vec(),
-    );
-    call(
-        9,
-        pb::CleanupRequest {
-            snapshotter: "thaw".into(),
-        }
-        .encode_to_vec(),
-    );
-    calls
+    let commit = pb::CommitSnapshotRequest {
+        snapshotter: "thaw".into(),
+        name: "l1".into(),
+        key: "extract-1".into(),
+        labels: Default::default(),
+    };
+    let view = pb::ViewSnapshotRequest {
+        snapshotter: "thaw".into(),
+        key: "v1".into(),
+        parent: "l1".into(),
+        labels: Default::default(),
+    };
+    vec![
+        (0, prepare("extract-1", "")),
+        (3, commit.encode_to_vec()),
+        (0, prepare("c1", "l1")),
+        (1, view.encode_to_vec()),
+    ]
+}
+
+/// Mounts, stat, list, usage, remove and cleanup on the snapshots the layer calls made.
+fn snapshot_query_calls() -> Vec<(u8, Vec<u8>)> {
+    let snapshotter = || "thaw".to_string();
+    let key = |k: &str| k.to_string();
+    vec![
+        (
+            2,
+            pb::MountsRequest {
+                snapshotter: snapshotter(),
+                key: key("c1"),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            5,
+            pb::StatSnapshotRequest {
+                snapshotter: snapshotter(),
+                key: key("l1"),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            7,
+            pb::ListSnapshotsRequest {
+                snapshotter: snapshotter(),
+                filters: vec!["parent==l1".into()],
+            }
+            .encode_to_vec(),
+        ),
+        (
+            8,
+            pb::UsageRequest {
+                snapshotter: snapshotter(),
+                key: key("c1"),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            4,
+            pb::RemoveSnapshotRequest {
+                snapshotter: snapshotter(),
+                key: key("c1"),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            9,
+            pb::CleanupRequest {
+                snapshotter: snapshotter(),
+            }
+            .encode_to_vec(),
+        ),
+    ]
 }

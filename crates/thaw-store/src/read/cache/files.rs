@@ -110,8 +110,13 @@ struct Inner {
     bytes: u64,
     /// Claimed keys, with the bytes each one's writer reserved (0 for a check).
     busy: HashMap<FileKey, u64>,
-    /// The sum of the reservations in `busy`.
-    reserved: u64,
+}
+
+impl Inner {
+    /// Bytes reserved by the writes in progress (a handful at most).
+    fn reserved(&self) -> u64 {
+        self.busy.values().sum()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -158,7 +163,6 @@ impl FileCache {
             lru: LruCache::unbounded(),
             bytes: 0,
             busy: HashMap::new(),
-            reserved: 0,
         };
         for (_, key, len) in found {
             inner.lru.put(
@@ -244,20 +248,18 @@ impl FileCache {
     fn claim_reserving(&self, key: &FileKey, size: u64) -> bool {
         let mut g = self.inner.lock();
         let ready = g.lru.peek(key).is_some_and(|e| e.verified);
-        let room = g.reserved.saturating_add(size) <= self.capacity;
+        let room = g.reserved().saturating_add(size) <= self.capacity;
         if ready || !room || g.busy.contains_key(key) {
             return false;
         }
         g.busy.insert(*key, size);
-        g.reserved += size;
         true
     }
 
     /// Ends a claim: `Some(len)` records a trusted entry of that size, `None` forgets it.
     pub(crate) fn settle(&self, key: &FileKey, trusted: Option<u64>) {
         let mut g = self.inner.lock();
-        let reserved = g.busy.remove(key).unwrap_or(0);
-        g.reserved -= reserved;
+        g.busy.remove(key);
         let old = match trusted {
             Some(len) => g.lru.put(
                 *key,
@@ -294,7 +296,7 @@ impl FileCache {
         loop {
             let victim = {
                 let mut g = self.inner.lock();
-                if g.bytes + g.reserved <= self.capacity {
+                if g.bytes + g.reserved() <= self.capacity {
                     return;
                 }
                 // Busy entries are not in the index yet (or are being checked): skip none
