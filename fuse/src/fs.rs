@@ -313,11 +313,11 @@ impl Filesystem for ThawFs {
         reply: ReplyEmpty,
     ) {
         let s = &self.shared;
-        s.handles.lock().remove(&fh.0);
+        let served = s.handles.lock().remove(&fh.0).map_or(0, |r| r.served());
         reply.ok();
         // After the reply: a successor must never count fewer opens than the kernel has.
         if let Ok(i) = s.ino(ino) {
-            s.release_passthrough(i);
+            s.release_passthrough(i, served);
         }
     }
 

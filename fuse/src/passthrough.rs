@@ -70,6 +70,10 @@ pub(crate) struct Passthrough {
     /// Cleared after the kernel refused a backing file as no backing file could work.
     usable: AtomicBool,
     opens: Mutex<HashMap<u32, InodeOpens>>,
+    /// Bytes served through `read` so far to the released opens of files passthrough
+    /// could serve that are not whole yet (the page cache means a file read whole in
+    /// two opens may be served in parts of each).
+    served: Mutex<HashMap<u32, u64>>,
     /// A held mount's record of `opens`, for a successor.
     table: OnceLock<OpenTable>,
     jobs: Option<mpsc::Sender<Job>>,
@@ -98,6 +102,7 @@ impl Passthrough {
             negotiated: AtomicBool::new(false),
             usable: AtomicBool::new(true),
             opens: Mutex::default(),
+            served: Mutex::default(),
             table: OnceLock::new(),
             jobs,
             opens_passed: AtomicU64::new(0),
@@ -146,6 +151,17 @@ impl Passthrough {
             opens.insert(slot.ino, InodeOpens { count, backing });
         }
         self.attach(table);
+    }
+
+    /// Adds `n` bytes served to the released opens of `ino`; returns their total.
+    fn add_served(&self, ino: u32, n: u64) -> u64 {
+        let mut all = self.served.lock();
+        if n == 0 {
+            return all.get(&ino).copied().unwrap_or(0);
+        }
+        let total = all.entry(ino).or_default();
+        *total = total.saturating_add(n);
+        *total
     }
 
     fn record(&self, ino: u32, live: &InodeOpens) {
@@ -247,9 +263,9 @@ impl FsShared {
         }
     }
 
-    /// Counts a release of `ino` (after its reply); after its last plain open, see
-    /// [`Self::queue_whole_file`].
-    pub(crate) fn release_passthrough(&self, ino: u32) {
+    /// Counts a release of an open of `ino` that was served `served` bytes (after its
+    /// reply); after its last plain open, see [`Self::queue_whole_file`].
+    pub(crate) fn release_passthrough(&self, ino: u32, served: u64) {
         let last_plain = {
             let mut opens = self.passthrough.opens.lock();
             let Some(live) = opens.get_mut(&ino) else {
@@ -261,8 +277,12 @@ impl FsShared {
             // successor never wraps a closed id.
             live.count == 0 && opens.remove(&ino).is_some_and(|o| o.backing.is_none())
         };
-        if last_plain && self.passthrough_size(ino).is_some() {
-            self.queue_whole_file(ino);
+        let Some(size) = self.passthrough_size(ino) else {
+            return;
+        };
+        let served = self.passthrough.add_served(ino, served);
+        if last_plain {
+            self.queue_whole_file(ino, served >= size);
         }
     }
 
@@ -273,10 +293,11 @@ impl FsShared {
         files.open_ready(&key, size)
     }
 
-    /// After the last plain open of `ino`: queues writing it whole if all its chunks are
-    /// cached, or checking the entry an earlier process left. Not while it is open, so
-    /// the job never competes with the reads it would replace.
-    fn queue_whole_file(&self, ino: u32) {
+    /// After the last plain open of `ino`: queues writing it whole if it can be (all its
+    /// chunks cached, or `read_whole` from a local store read in place: see
+    /// [`ChunkReader::can_make_whole`]), or checking the entry an earlier process left.
+    /// Not while it is open, so the job never competes with the reads it would replace.
+    fn queue_whole_file(&self, ino: u32, read_whole: bool) {
         let (Some(jobs), Some(files)) = (&self.passthrough.jobs, self.reader.files()) else {
             return;
         };
@@ -284,7 +305,9 @@ impl FsShared {
         let key = FileKey::of(extents);
         let size = extents.last().map_or(0, |e| e.offset + e.len);
         let kind = match files.state(&key) {
-            FileState::Absent if files.fits(size) && self.reader.all_cached(extents) => {
+            FileState::Absent
+                if files.fits(size) && self.reader.can_make_whole(extents, read_whole) =>
+            {
                 Some(JobKind::Write)
             }
             FileState::Unverified => Some(JobKind::Verify),
@@ -298,7 +321,9 @@ impl FsShared {
                 extents: extents.to_vec(),
             };
             // A full queue drops the job: the file's next release asks again.
-            let _ = jobs.try_send(job);
+            if jobs.try_send(job).is_ok() {
+                self.passthrough.served.lock().remove(&ino);
+            }
         }
     }
 

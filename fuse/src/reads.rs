@@ -12,18 +12,26 @@ use thaw_core::{ChunkId, InodeKind};
 /// Readahead starts at this window once a reader looks sequential.
 pub const MIN_READAHEAD: u64 = 1 << 20;
 
-/// Per open file: where the last read ended and how far ahead we have fetched.
+/// Per open file: where the last read ended, how far ahead we have fetched, and how many
+/// bytes it was served.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReadState {
     next: u64,
     window: u64,
     prefetched_until: u64,
+    served: u64,
 }
 
 impl ReadState {
+    /// Bytes served through this open so far (a file re-read counts twice).
+    pub fn served(&self) -> u64 {
+        self.served
+    }
+
     /// Updates the state for a read of `[offset, end)` and returns the range to read
     /// ahead, if any. Sequential readers double their window up to `max`; a seek resets it.
     pub fn plan(&mut self, offset: u64, end: u64, max: u64) -> Option<(u64, u64)> {
+        self.served += end - offset;
         let sequential = offset == self.next;
         self.next = end;
         if !sequential || max == 0 {

@@ -1,5 +1,6 @@
-//! FUSE passthrough: files whose chunks are all cached are written whole into the
-//! whole-file cache after their last open, and later opens are answered with the local
+//! FUSE passthrough: files whose chunks are all cached, or read whole from a local store
+//! read in place, are written whole into the whole-file cache after their last open, and
+//! later opens are answered with the local
 //! file, so the kernel reads it without one `read` request reaching thaw; under an
 //! overlay too (copy-up included); an entry left by an earlier process is verified before
 //! it is used and a damaged one is deleted; the cache's directory removed under a mount
@@ -52,6 +53,29 @@ impl Setup {
             },
         )
         .expect("reader")
+    }
+
+    /// A reader like [`Self::reader`] whose memory tier keeps nothing: chunks of the local
+    /// store (on the cache's filesystem, read in place) are then cached nowhere.
+    fn reader_without_memory(&self) -> Arc<ChunkReader> {
+        ChunkReader::new(
+            self.repo.packs().clone(),
+            ReaderConfig {
+                memory_bytes: 1,
+                disk: Some((self.tmp.path().join("cache"), 1 << 30)),
+                whole_files: 1 << 30,
+                ..Default::default()
+            },
+        )
+        .expect("reader")
+    }
+
+    fn extents(&self, file: &str) -> Vec<thaw_core::manifest::FileExtent> {
+        let ino = file
+            .split('/')
+            .try_fold(0, |dir, name| self.manifest.lookup(dir, name.as_bytes()))
+            .expect("in the image");
+        self.manifest.file_extents(ino)
     }
 
     async fn mount(
@@ -115,12 +139,7 @@ impl Setup {
 
     /// The whole-file cache entry of `file` (a path in the image).
     fn entry(&self, file: &str) -> PathBuf {
-        let ino = file
-            .split('/')
-            .try_fold(0, |dir, name| self.manifest.lookup(dir, name.as_bytes()))
-            .expect("in the image");
-        let extents = self.manifest.file_extents(ino);
-        let key = FileKey::of(&extents);
+        let key = FileKey::of(&self.extents(file));
         let name = self
             .tmp
             .path()
@@ -202,6 +221,69 @@ async fn cached_files_are_read_by_the_kernel_without_reaching_thaw() {
     assert_eq!(both, s.source("d/random"));
     assert_eq!(second.stats().passthrough.opens, 2);
     assert_eq!(second.stats().passthrough.refused, 0);
+    second.end().await.expect("end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_read_whole_from_a_local_store_read_in_place_are_passed_through() {
+    let test = "files_read_whole_from_a_local_store_read_in_place_are_passed_through";
+    if !can_mount(test) {
+        return;
+    }
+    let s = setup().await;
+    let reader = s.reader_without_memory();
+    assert!(
+        reader.reads_store_in_place(),
+        "store and cache share a disk"
+    );
+    let (first, mnt) = s.mount(&reader, "mnt1", None, None).await;
+    // A part of d/random only, as a program reads a library: not worth a whole copy.
+    let part = tokio::task::spawn_blocking({
+        let path = mnt.join("d/random");
+        move || {
+            use std::io::Read;
+            let mut buf = vec![0; 4096];
+            std::fs::File::open(path)
+                .and_then(|mut f| f.read_exact(&mut buf))
+                .expect("read a part");
+            buf
+        }
+    });
+    assert_eq!(part.await.expect("task"), s.source("d/random")[..4096]);
+    // `text` read whole; whole-file jobs run in order, so once it is whole any job the
+    // partial read had queued is done too.
+    assert_eq!(read(mnt.join("text")).await, s.source("text"));
+    if !kernel_has_passthrough(&first.stats(), test) {
+        return;
+    }
+    eventually("text written whole", || {
+        first.stats().passthrough.files.materialised == 1
+    })
+    .await;
+    assert!(s.entry("text").exists());
+    assert_eq!(
+        first.stats().passthrough.files.files,
+        1,
+        "d/random was only read in part"
+    );
+    // Read whole, d/random is written whole from the store: its chunks are cached nowhere.
+    assert_eq!(read(mnt.join("d/random")).await, s.source("d/random"));
+    eventually("d/random written whole", || {
+        first.stats().passthrough.files.materialised == 2
+    })
+    .await;
+    assert!(!reader.all_cached(&s.extents("d/random")));
+    assert_eq!(
+        std::fs::read(s.entry("d/random")).expect("entry"),
+        s.source("d/random")
+    );
+    first.end().await.expect("end");
+
+    let (second, mnt) = s.mount(&reader, "mnt2", None, None).await;
+    assert_eq!(read(mnt.join("d/random")).await, s.source("d/random"));
+    let stats = second.stats();
+    assert_eq!(stats.passthrough.opens, 1, "{}", stats.render());
+    assert_eq!(reads(&stats), 0, "no read reached thaw: {}", stats.render());
     second.end().await.expect("end");
 }
 

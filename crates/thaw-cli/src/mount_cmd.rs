@@ -26,8 +26,9 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 512 << 20)]
     pub memory_cache: u64,
     /// Bound in bytes of the whole-file cache, `CACHE/files/`: a file whose chunks are
-    /// all cached is copied there whole after its last open, and later opens are answered
-    /// with FUSE passthrough (the kernel reads the local file; no request reaches thaw).
+    /// all cached, or that was read whole from a local store read in place, is copied
+    /// there whole after its last open, and later opens are answered with FUSE
+    /// passthrough (the kernel reads the local file; no request reaches thaw).
     /// Needs `--cache`, root and a kernel with FUSE passthrough (Linux 6.9+); 0 turns it
     /// off.
     #[arg(long, default_value_t = 10 << 30)]

@@ -101,6 +101,48 @@ impl Fetcher {
         futures::future::join_all(claim.waiters.into_iter().map(|w| w.wait_settled())).await
     }
 
+    /// Fetches and verifies chunks for a caller that keeps them itself (the whole-file
+    /// writer): at prefetch priority, in coalesced GETs, bypassing the caches and the
+    /// single-flight table, and counted as prefetched. Every chunk in order, or the first
+    /// error. Decoding runs on the calling thread: call it from a blocking one.
+    pub async fn fetch_uncached(&self, ids: &[ChunkId]) -> Result<Vec<Bytes>, ReadError> {
+        let options = PlanOptions {
+            fetch_around: 0,
+            max_run: MAX_COALESCED,
+        };
+        let plan = self.packs.plan(ids, options, |_| false);
+        if let Some(id) = plan.unknown.first() {
+            return Err(ReadError::UnknownChunk(*id));
+        }
+        let priority = Priority::prefetch();
+        let mut got = std::collections::HashMap::with_capacity(ids.len());
+        for run in &plan.runs {
+            let Some(first) = run.entries.first() else {
+                continue;
+            };
+            let range = run.range();
+            let permit = self
+                .scheduler
+                .acquire(&priority, range.end - range.start)
+                .await;
+            let fetched = self.packs.get_run(run).await;
+            drop(permit);
+            let bytes = fetched.map_err(|e| ReadError::Fetch {
+                chunk: first.id,
+                pack: run.pack,
+                source: Arc::new(e),
+            })?;
+            for (id, outcome) in decode_run_where(run, &bytes, |_| true) {
+                let data = outcome?;
+                self.count_fetched(&data, &priority);
+                got.insert(id, data);
+            }
+        }
+        ids.iter()
+            .map(|id| got.get(id).cloned().ok_or(ReadError::UnknownChunk(*id)))
+            .collect()
+    }
+
     fn claim(&self, ids: &[ChunkId], class: FetchClass) -> crate::read::flight::Claim {
         let priority = match class {
             FetchClass::OnDemand => Priority::on_demand(),
@@ -388,14 +430,7 @@ impl Fetcher {
     /// neighbour fetch-around added, fill free memory but never evict when they also land
     /// on disk: guesses must not push the working set out.
     fn keep(&self, id: ChunkId, data: &Bytes, priority: &Priority, guessed: bool) {
-        let c = &self.counters;
-        let len = data.len() as u64;
-        Counters::add(&c.fetched_chunks, 1);
-        Counters::add(&c.fetched_bytes, len);
-        if priority.is_prefetch() {
-            Counters::add(&c.prefetched_chunks, 1);
-            Counters::add(&c.prefetched_bytes, len);
-        }
+        self.count_fetched(data, priority);
         // Without a disk cache that keeps them, memory is the only place a prefetched
         // chunk can wait for its reader: it is kept as any other.
         if !self.caches.keeps_on_disk(priority.is_prefetch())
@@ -404,6 +439,17 @@ impl Fetcher {
             self.caches.memory.insert(id, data.clone());
         } else {
             self.caches.memory.insert_if_room(id, data.clone());
+        }
+    }
+
+    fn count_fetched(&self, data: &Bytes, priority: &Priority) {
+        let c = &self.counters;
+        let len = data.len() as u64;
+        Counters::add(&c.fetched_chunks, 1);
+        Counters::add(&c.fetched_bytes, len);
+        if priority.is_prefetch() {
+            Counters::add(&c.prefetched_chunks, 1);
+            Counters::add(&c.prefetched_bytes, len);
         }
     }
 }

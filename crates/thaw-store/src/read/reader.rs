@@ -160,6 +160,13 @@ impl ChunkReader {
         self.caches.disk.is_some() && self.caches.copy_fetched
     }
 
+    /// Whether chunks fetched on demand stay out of the disk cache because the store is a
+    /// local directory on its filesystem, read in place (see
+    /// [`ReaderConfig::copy_local_store`]).
+    pub fn reads_store_in_place(&self) -> bool {
+        self.caches.disk.is_some() && !self.caches.copy_fetched
+    }
+
     pub(crate) fn caches(&self) -> &Caches {
         &self.caches
     }

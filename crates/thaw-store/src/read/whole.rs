@@ -1,7 +1,9 @@
 //! Writing and checking the entries of the whole-file cache ([`FileCache`]) from the
-//! chunk caches. Both are blocking file I/O and hashing: callers run them off the async
-//! workers (`spawn_blocking`), one at a time, below any on-demand read.
+//! chunk caches, or from a local store read in place. Both are blocking file I/O and
+//! hashing: callers run them on the runtime's blocking pool (`spawn_blocking`), one at a
+//! time, below any on-demand read.
 
+use crate::error::ReadError;
 use crate::read::cache::{FileCache, FileKey};
 use crate::read::reader::ChunkReader;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -12,6 +14,8 @@ use thaw_core::{ChunkId, MAX_CHUNK_LEN};
 
 /// Zero runs are checked this many bytes at a time (a run can be as long as the file).
 const ZERO_CHECK: u64 = 1 << 20;
+/// Chunks read again from a local store are fetched this many bytes at a time.
+const STORE_BATCH: u64 = 16 << 20;
 
 /// Why a whole file was not written or not trusted.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,9 @@ pub enum WholeFileError {
     /// A chunk of the file left the memory and disk caches.
     #[error("chunk {0} is no longer cached")]
     NotCached(ChunkId),
+    /// Reading a chunk again from the store failed (or its bytes failed verification).
+    #[error("reading a chunk from the store: {0}")]
+    Store(#[source] ReadError),
     /// A chunk extent is longer than any chunk can be (a bad manifest).
     #[error("an extent of {0} bytes is longer than a chunk can be")]
     BadExtent(u64),
@@ -69,9 +76,17 @@ impl ChunkReader {
             .all(|id| self.is_cached(&id))
     }
 
+    /// Whether the file with these extents can be written whole now: every chunk is
+    /// cached, or the store is a local directory read in place (whose chunks are not
+    /// copied into the disk cache) and `read_whole` says its last open read every byte:
+    /// a file read whole is worth a local copy, a library a program read a part of is not.
+    pub fn can_make_whole(&self, extents: &[FileExtent], read_whole: bool) -> bool {
+        (read_whole && self.reads_store_in_place()) || self.all_cached(extents)
+    }
+
     /// Writes the file of `size` bytes with these extents into the whole-file cache from
-    /// the memory and disk caches (never from the store: a file is made whole only once
-    /// its chunks were read and verified). Blocking.
+    /// the memory and disk caches; chunks neither holds are read again from a local store
+    /// read in place, and verified. Blocking; on the runtime's blocking pool.
     pub fn materialise(
         &self,
         key: FileKey,
@@ -109,22 +124,75 @@ impl ChunkReader {
         let file = tmp.as_file();
         // Zero runs stay holes.
         file.set_len(size).map_err(io("size", &path))?;
-        let mut buf = Vec::new();
-        for e in extents {
-            let Some(id) = e.chunk else { continue };
-            if e.len > u64::from(MAX_CHUNK_LEN) {
-                return Err(WholeFileError::BadExtent(e.len));
-            }
-            let bytes = self.cached_chunk(&id, e.len as usize, &mut buf)?;
-            file.write_all_at(bytes, e.offset)
-                .map_err(io("write", &path))?;
-        }
+        self.write_chunks(file, &path, extents)?;
         // Read-only: nothing should write an entry in place.
         file.set_permissions(std::fs::Permissions::from_mode(0o444))
             .map_err(io("chmod", &path))?;
         let target = files.path_of(key);
         tmp.persist(&target)
             .map_err(|e| io("rename into place", &target)(e.error))?;
+        Ok(())
+    }
+
+    /// Writes every chunk extent into `file`: from the caches, else (a local store read
+    /// in place) from the store, a batch at a time.
+    fn write_chunks(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+        extents: &[FileExtent],
+    ) -> Result<(), WholeFileError> {
+        let mut buf = Vec::new();
+        let mut from_store: Vec<FileExtent> = Vec::new();
+        let mut batch = 0;
+        for e in extents {
+            let Some(id) = e.chunk else { continue };
+            if e.len > u64::from(MAX_CHUNK_LEN) {
+                return Err(WholeFileError::BadExtent(e.len));
+            }
+            match self.cached_chunk(&id, e.len as usize, &mut buf) {
+                Ok(bytes) => file
+                    .write_all_at(bytes, e.offset)
+                    .map_err(io("write", path))?,
+                Err(WholeFileError::NotCached(_)) if self.reads_store_in_place() => {
+                    from_store.push(*e);
+                    batch += e.len;
+                    if batch >= STORE_BATCH {
+                        self.write_from_store(file, path, &from_store)?;
+                        from_store.clear();
+                        batch = 0;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.write_from_store(file, path, &from_store)
+    }
+
+    /// Reads these chunk extents from the store (verified) and writes them into `file`.
+    fn write_from_store(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+        extents: &[FileExtent],
+    ) -> Result<(), WholeFileError> {
+        let ids: Vec<ChunkId> = extents.iter().filter_map(|e| e.chunk).collect();
+        let Some(first) = ids.first() else {
+            return Ok(());
+        };
+        // Only ever called on the runtime's blocking pool; elsewhere the chunk is missing.
+        let rt =
+            tokio::runtime::Handle::try_current().map_err(|_| WholeFileError::NotCached(*first))?;
+        let chunks = rt
+            .block_on(self.fetcher().fetch_uncached(&ids))
+            .map_err(WholeFileError::Store)?;
+        for (e, data) in extents.iter().zip(&chunks) {
+            if data.len() as u64 != e.len {
+                return Err(WholeFileError::BadExtent(e.len));
+            }
+            file.write_all_at(data, e.offset)
+                .map_err(io("write", path))?;
+        }
         Ok(())
     }
 
