@@ -287,6 +287,50 @@ async fn files_read_whole_from_a_local_store_read_in_place_are_passed_through() 
     second.end().await.expect("end");
 }
 
+/// No mount needed: the whole-file writer itself, with a chunk that left the disk cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_gone_from_the_disk_cache_is_read_from_the_store_again() {
+    let s = setup().await;
+    let reader = ChunkReader::new(
+        s.repo.packs().clone(),
+        ReaderConfig {
+            memory_bytes: 1,
+            disk: Some((s.tmp.path().join("cache"), 1 << 30)),
+            whole_files: 1 << 30,
+            copy_local_store: true,
+            ..Default::default()
+        },
+    )
+    .expect("reader");
+    let extents = s.extents("d/random");
+    let ids: Vec<_> = extents.iter().filter_map(|e| e.chunk).collect();
+    assert!(ids.len() > 1, "d/random is several chunks");
+    reader.read_many(&ids).await.expect("read");
+    eventually("the chunks in the disk cache", || {
+        reader.all_cached(&extents)
+    })
+    .await;
+    assert!(reader.can_make_whole(&extents, false));
+    let hex = ids[0].to_string();
+    std::fs::remove_file(s.tmp.path().join("cache").join(&hex[..2]).join(&hex)).expect("rm");
+    let key = FileKey::of(&extents);
+    let size = s.source("d/random").len() as u64;
+    let (r, e) = (reader.clone(), extents.clone());
+    tokio::task::spawn_blocking(move || r.materialise(key, size, &e))
+        .await
+        .expect("task")
+        .expect("written whole");
+    assert_eq!(
+        std::fs::read(s.entry("d/random")).expect("entry"),
+        s.source("d/random")
+    );
+    assert_eq!(
+        reader.stats().fetched_chunks,
+        ids.len() as u64 + 1,
+        "one chunk again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_works_under_an_overlay_with_copy_up() {
     let test = "passthrough_works_under_an_overlay_with_copy_up";

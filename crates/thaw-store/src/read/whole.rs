@@ -1,5 +1,5 @@
 //! Writing and checking the entries of the whole-file cache ([`FileCache`]) from the
-//! chunk caches, or from a local store read in place. Both are blocking file I/O and
+//! chunk caches, or from the store again. Both are blocking file I/O and
 //! hashing: callers run them on the runtime's blocking pool (`spawn_blocking`), one at a
 //! time, below any on-demand read.
 
@@ -77,16 +77,25 @@ impl ChunkReader {
     }
 
     /// Whether the file with these extents can be written whole now: every chunk is
-    /// cached, or the store is a local directory read in place (whose chunks are not
-    /// copied into the disk cache) and `read_whole` says its last open read every byte:
-    /// a file read whole is worth a local copy, a library a program read a part of is not.
+    /// cached; or `read_whole` (its opens were served every byte: a file read whole is
+    /// worth a local copy, a library a program read a part of is not) and the chunks
+    /// missing can be read from the store again cheaply: a local store read in place
+    /// (whose chunks are not copied into the disk cache), or at most an eighth of the
+    /// file (chunks still on their way to the disk cache, or evicted).
     pub fn can_make_whole(&self, extents: &[FileExtent], read_whole: bool) -> bool {
-        (read_whole && self.reads_store_in_place()) || self.all_cached(extents)
+        let missing: u64 = extents
+            .iter()
+            .filter(|e| e.chunk.is_some_and(|id| !self.is_cached(&id)))
+            .map(|e| e.len)
+            .sum();
+        let size = extents.last().map_or(0, |e| e.offset + e.len);
+        missing == 0 || (read_whole && (self.reads_store_in_place() || missing <= size / 8))
     }
 
     /// Writes the file of `size` bytes with these extents into the whole-file cache from
-    /// the memory and disk caches; chunks neither holds are read again from a local store
-    /// read in place, and verified. Blocking; on the runtime's blocking pool.
+    /// the memory and disk caches; chunks neither holds are read again from the store,
+    /// and verified (see [`Self::can_make_whole`] for when that is worth it). Blocking;
+    /// on the runtime's blocking pool.
     pub fn materialise(
         &self,
         key: FileKey,
@@ -134,8 +143,8 @@ impl ChunkReader {
         Ok(())
     }
 
-    /// Writes every chunk extent into `file`: from the caches, else (a local store read
-    /// in place) from the store, a batch at a time.
+    /// Writes every chunk extent into `file`: from the caches, else from the store, a
+    /// batch at a time.
     fn write_chunks(
         &self,
         file: &std::fs::File,
@@ -154,7 +163,7 @@ impl ChunkReader {
                 Ok(bytes) => file
                     .write_all_at(bytes, e.offset)
                     .map_err(io("write", path))?,
-                Err(WholeFileError::NotCached(_)) if self.reads_store_in_place() => {
+                Err(WholeFileError::NotCached(_)) => {
                     from_store.push(*e);
                     batch += e.len;
                     if batch >= STORE_BATCH {
