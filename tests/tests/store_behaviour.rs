@@ -125,6 +125,35 @@ async fn thirty_two_concurrent_readers_of_a_cold_chunk_cause_one_get() {
     assert_eq!(reader.stats().fetched_chunks, 1);
 }
 
+/// An on-demand read of neighbouring chunks is one GET whose chunks are decoded in parts
+/// side by side (one per core): every chunk still arrives, verified, each to its reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_neighbouring_chunks_is_one_get_decoded_in_parts() {
+    let (tmp, image) = built_small_store().await;
+    let local: Arc<dyn BlobStore> =
+        Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
+    let counting = Arc::new(CountingStore::new(local));
+    let counters = counting.counters();
+    let repo = Repository::open(counting).await.unwrap();
+    let m = repo.get_manifest(&image).await.unwrap();
+    let pack = repo.packs().location(&m.chunks[0].id).unwrap().pack;
+    let ids: Vec<ChunkId> = m
+        .chunks
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| repo.packs().location(id).unwrap().pack == pack)
+        .take(7)
+        .collect();
+    assert!(ids.len() >= 3, "several chunks in one pack");
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).unwrap();
+    let before = counters.snapshot().gets;
+    let got = reader.read_many(&ids).await.unwrap();
+    assert_eq!(counters.snapshot().gets - before, 1, "one GET");
+    let got: Vec<ChunkId> = got.iter().map(|b| ChunkId::of(b)).collect();
+    assert_eq!(got, ids, "every chunk, in order");
+    assert_eq!(reader.stats().fetched_chunks, ids.len() as u64);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_twenty_percent_failures() {
     let (tmp, image) = built_small_store().await;

@@ -19,6 +19,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use thaw_core::ChunkId;
 
+mod uncached;
+
+/// The cores this process may use (read once).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, usize::from))
+}
+
 /// GETs one flight runs at once (each still needs a scheduler slot).
 const GETS_PER_FLIGHT: usize = 8;
 /// Disk cache reads one flight runs at once: one file per chunk gets no readahead across
@@ -99,48 +107,6 @@ impl Fetcher {
             tokio::spawn(self.clone().fly(guard, Some(run)));
         }
         futures::future::join_all(claim.waiters.into_iter().map(|w| w.wait_settled())).await
-    }
-
-    /// Fetches and verifies chunks for a caller that keeps them itself (the whole-file
-    /// writer): at prefetch priority, in coalesced GETs, bypassing the caches and the
-    /// single-flight table, and counted as prefetched. Every chunk in order, or the first
-    /// error. Decoding runs on the calling thread: call it from a blocking one.
-    pub async fn fetch_uncached(&self, ids: &[ChunkId]) -> Result<Vec<Bytes>, ReadError> {
-        let options = PlanOptions {
-            fetch_around: 0,
-            max_run: MAX_COALESCED,
-        };
-        let plan = self.packs.plan(ids, options, |_| false);
-        if let Some(id) = plan.unknown.first() {
-            return Err(ReadError::UnknownChunk(*id));
-        }
-        let priority = Priority::prefetch();
-        let mut got = std::collections::HashMap::with_capacity(ids.len());
-        for run in &plan.runs {
-            let Some(first) = run.entries.first() else {
-                continue;
-            };
-            let range = run.range();
-            let permit = self
-                .scheduler
-                .acquire(&priority, range.end - range.start)
-                .await;
-            let fetched = self.packs.get_run(run).await;
-            drop(permit);
-            let bytes = fetched.map_err(|e| ReadError::Fetch {
-                chunk: first.id,
-                pack: run.pack,
-                source: Arc::new(e),
-            })?;
-            for (id, outcome) in decode_run_where(run, &bytes, |_| true) {
-                let data = outcome?;
-                self.count_fetched(&data, &priority);
-                got.insert(id, data);
-            }
-        }
-        ids.iter()
-            .map(|id| got.get(id).cloned().ok_or(ReadError::UnknownChunk(*id)))
-            .collect()
     }
 
     fn claim(&self, ids: &[ChunkId], class: FetchClass) -> crate::read::flight::Claim {
@@ -315,12 +281,19 @@ impl Fetcher {
                     break;
                 }
             }
-            let extra = Arc::new(extra.clone());
-            let decoded = self
-                .decode(run.clone(), bytes.clone(), move |id| {
-                    extra.contains(id) == stage_is_extra
-                })
-                .await;
+            let ids: Vec<ChunkId> = run
+                .entries
+                .iter()
+                .map(|e| e.id)
+                .filter(|id| extra.contains(id) == stage_is_extra)
+                .collect();
+            // A reader waits for the chunks it asked for: decode them on every core.
+            let parts = if stage_is_extra || guard.priority().is_prefetch() {
+                1
+            } else {
+                cores()
+            };
+            let decoded = self.decode(&run, &bytes, ids, parts).await;
             for (id, outcome) in decoded {
                 if let Ok(data) = &outcome {
                     self.keep(id, data, guard.priority(), stage_is_extra);
@@ -338,8 +311,7 @@ impl Fetcher {
     /// one later fetches it. The asked chunks were delivered before this.
     fn drop_guesses_under_pressure(&self, guard: &FlightGuard, extra: &mut HashSet<ChunkId>) {
         let s = self.scheduler_stats();
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        if s.waiting_on_demand == 0 && s.active_on_demand < cores {
+        if s.waiting_on_demand == 0 && s.active_on_demand < cores() {
             return;
         }
         let ids: Vec<ChunkId> = extra.iter().copied().collect();
@@ -382,38 +354,48 @@ impl Fetcher {
         }
     }
 
-    /// Decodes and verifies the chunks of `run` that `keep` accepts, timed for the fetch
-    /// policy. Decompression and hashing are CPU work, done off the async workers; if the
-    /// task dies, its chunks get no outcome and the flight's guard releases their waiters.
+    /// Decodes and verifies the chunks `ids` of `run` in up to `parts` tasks side by side
+    /// (a read spanning several chunks then waits for the slowest part, not for their
+    /// sum), timed for the fetch policy. Decompression and hashing are CPU work, done off
+    /// the async workers; if a task dies, its chunks get no outcome and the flight's guard
+    /// releases their waiters.
     async fn decode(
         &self,
-        run: Arc<FetchRun>,
-        bytes: Bytes,
-        keep: impl Fn(&ChunkId) -> bool + Send + 'static,
+        run: &Arc<FetchRun>,
+        bytes: &Bytes,
+        ids: Vec<ChunkId>,
+        parts: usize,
     ) -> Vec<(ChunkId, Outcome)> {
-        let decoded = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let decoded = decode_run_where(&run, &bytes, keep);
-            (decoded, started.elapsed().as_secs_f64())
-        })
-        .await;
-        let decoded = match decoded {
-            Ok((decoded, seconds)) => {
-                let raw: usize = decoded
-                    .iter()
-                    .filter_map(|(_, r)| r.as_ref().ok())
-                    .map(Bytes::len)
-                    .sum();
-                self.policy.observe_decode(raw as u64, seconds);
-                decoded
+        let per_part = ids.len().div_ceil(parts.max(1)).max(1);
+        let tasks = ids.chunks(per_part).map(|part| {
+            let part: HashSet<ChunkId> = part.iter().copied().collect();
+            let (run, bytes) = (run.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let decoded = decode_run_where(&run, &bytes, |id| part.contains(id));
+                (decoded, started.elapsed().as_secs_f64())
+            })
+        });
+        let (mut raw, mut seconds) = (0u64, 0.0);
+        let mut out = Vec::with_capacity(ids.len());
+        for done in futures::future::join_all(tasks).await {
+            match done {
+                Ok((decoded, took)) => {
+                    raw += decoded
+                        .iter()
+                        .filter_map(|(_, r)| r.as_ref().ok())
+                        .map(|b| b.len() as u64)
+                        .sum::<u64>();
+                    seconds += took;
+                    out.extend(decoded);
+                }
+                Err(e) => tracing::error!(error = %e, "decoding a fetched run failed"),
             }
-            Err(e) => {
-                tracing::error!(error = %e, "decoding a fetched run failed");
-                Vec::new()
-            }
-        };
-        decoded
-            .into_iter()
+        }
+        if !out.is_empty() {
+            self.policy.observe_decode(raw, seconds);
+        }
+        out.into_iter()
             .map(|(id, r)| (id, r.map_err(|e| self.shared(e))))
             .collect()
     }
@@ -439,17 +421,6 @@ impl Fetcher {
             self.caches.memory.insert(id, data.clone());
         } else {
             self.caches.memory.insert_if_room(id, data.clone());
-        }
-    }
-
-    fn count_fetched(&self, data: &Bytes, priority: &Priority) {
-        let c = &self.counters;
-        let len = data.len() as u64;
-        Counters::add(&c.fetched_chunks, 1);
-        Counters::add(&c.fetched_bytes, len);
-        if priority.is_prefetch() {
-            Counters::add(&c.prefetched_chunks, 1);
-            Counters::add(&c.prefetched_bytes, len);
         }
     }
 }
