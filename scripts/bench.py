@@ -319,7 +319,10 @@ def main():
       "each open is answered with FUSE passthrough and the kernel reads the local file. Targets (issue 14): at "
       "least 0.9× on the VM disk and 0.7× on the RAM-backed disk. The RAM rows put the caches and the export on a "
       "RAM-backed ext4 (a loop device on tmpfs): this VM's disk swings between about 1 and 2.7 GB/s from one "
-      "minute to the next, and those rows show what each path itself sustains on 2 cores.")
+      "minute to the next, and those rows show what each path itself sustains on 2 cores. The loop device gets the "
+      "VM disk's readahead: `cat` advises sequential reads, which doubles the plain file's readahead window but is "
+      "not passed on to a passthrough backing file, so with a loop device's 128 KiB the passthrough row measured "
+      "that default (0.58×), not the path (see the notes at the end).")
     w("")
     w("| where | how | thaw mount, median GB/s | cat of the export, median GB/s | ratio | runs (thaw; cat) |")
     w("|---|---|---:|---:|---:|---|")
@@ -397,8 +400,10 @@ def main():
     # the autoscaler's (THAW_BENCH_ONLY=autoscale, bench_autoscale.py) and containerd's
     # (THAW_BENCH_ONLY=containerd, bench_containerd.py), and the large images' memory
     # (THAW_BENCH_ONLY=large, bench_large.py: about 25 GB of disk).
+    # Last, the hand-written analyses and earlier runs (docs/benchmarks-notes.md), which a full
+    # run must not erase.
     for extra in ("weights-results.md", "ml-results.md", "gpu-results.md", "ab-results.md", "autoscale-results.md",
-                  "containerd-results.md", "large-results.md"):
+                  "containerd-results.md", "large-results.md", "benchmarks-notes.md"):
         path = os.path.join(os.path.dirname(OUT), extra)
         if os.path.exists(path):
             with open(path) as f:
