@@ -24,7 +24,8 @@ enum Command {
         #[arg(long)]
         store: String,
         image: String,
-        /// Disk cache directory (reads are served from it when it is warm).
+        /// Disk cache directory (reads are served from it when it is warm; chunks read
+        /// from the store are kept there, a local store too).
         #[arg(long)]
         cache: Option<PathBuf>,
         /// Chunk bytes per batch request.
@@ -88,6 +89,9 @@ async fn main() -> Result<()> {
                 memory_bytes: 64 << 20,
                 disk: cache.map(|c| (c, 100 << 30)),
                 fetch_around: thaw_store::FetchAround::Fixed(0),
+                // `--cache` measures a disk cache, as a remote store fills it: keep the
+                // chunks there even from a local store on the same filesystem.
+                copy_local_store: true,
                 ..Default::default()
             };
             let reader = ChunkReader::new(repo.packs().clone(), config)?;
