@@ -413,12 +413,12 @@ def main():
     if plot:
         w(f"![Cold start: lazy mount vs full pull]({os.path.relpath(plot, os.path.dirname(OUT))})")
         w("")
-    with open(OUT + ".json", "w") as f:
-        json.dump({"build": build_rows, "reads": reads, "cold_start": cold, "warm_sequential": {"bytes": big_size, "disk": big_disk, "ram": big_ram},
-                   "metadata_walk": walk, "prefetch_cold_start": prefetch, "wrk": load,
-                   "weights_host": weights}, f, indent=1)
+    # The Markdown first: a full run's figures must not be lost to a failure after them.
     with open(OUT, "w") as f:
         f.write("\n".join(lines))
+    with open(OUT + ".json", "w") as f:
+        json.dump({"build": build_rows, "reads": reads, "cold_start": cold, "warm_sequential": {"bytes": big_size, "disk": big_disk, "ram": big_ram},
+                   "metadata_walk": walk, "prefetch_cold_start": prefetch, "wrk": load}, f, indent=1)
     print("\n".join(lines))
 
 
