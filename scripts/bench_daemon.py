@@ -136,7 +136,8 @@ def wrk_load():
     d = Daemon(store, cache)
     try:
         rss0 = rss(d.proc.pid) // 1024
-        out = sh(f"wrk -t2 -c100 -d10s {d.url}/v1/cache")
+        # Authenticated, as a client would be: without the token every answer is a 401.
+        out = sh(f"wrk -t2 -c100 -d10s -H 'Authorization: Bearer {BENCH_TOKEN}' {d.url}/v1/cache")
         rss1 = rss(d.proc.pid) // 1024
     finally:
         d.stop()
@@ -144,4 +145,5 @@ def wrk_load():
     total = int(out.split(" requests in ")[0].split()[-1])
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = int(out.split("Non-2xx or 3xx responses:")[1].split()[0]) if "Non-2xx" in out else 0
+    assert non2xx == 0, f"{non2xx} answers were not 2xx: the load measured errors"
     return {"requests": total, "rps": rps, "socket_errors": errors, "non_2xx": non2xx, "rss_kb": (rss0, rss1)}
