@@ -401,7 +401,9 @@ def main():
     w("## Node daemon: HTTP load (issue 4)")
     w("")
     if load:
-        w(f"`wrk -t2 -c100 -d10s` against `GET /v1/cache` on loopback: {load['requests']} requests, "
+        w(f"`wrk -t2 -c100 -d10s` with the daemon's token against `GET /v1/cache` on loopback, the daemon "
+          f"started with `--rate-limit 0` (its default, 200 a second per caller, would answer 429 past that): "
+          f"{load['requests']} requests, "
           f"{load['rps']:.0f} requests/s, {load['socket_errors']} socket errors, {load['non_2xx']} non-2xx; "
           f"daemon RSS {load['rss_kb'][0]} kB before, {load['rss_kb'][1]} kB after.")
     else:
