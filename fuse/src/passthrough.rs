@@ -25,6 +25,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use thaw_core::manifest::FileExtent;
 use thaw_core::InodeKind;
 use thaw_store::read::cache::{FileKey, FileState};
@@ -37,6 +38,16 @@ pub const DEFAULT_PASSTHROUGH_MIN: u64 = 128 << 10;
 
 /// Whole-file jobs waiting at most; more are dropped (the next release asks again).
 const QUEUE: usize = 256;
+
+/// A whole-file job starts once no `read` has reached the mount for this long: the copy
+/// serves later opens, so it must not take CPU and disk from the reads of this one (a
+/// workload reading every file of a 5.5 GB image took 24–26 s with the copies written
+/// beside it, 15–18 s with none; docs/benchmarks-notes.md).
+const QUIET: Duration = Duration::from_millis(100);
+
+/// A job waits for quiet at most this long, so a mount that is never quiet still gets
+/// its whole files, one job per wait.
+const MOST_DEFERRED: Duration = Duration::from_secs(60);
 
 /// The live opens of one inode and, if they are passthrough opens, their backing id.
 #[derive(Debug)]
@@ -77,6 +88,8 @@ pub(crate) struct Passthrough {
     /// A held mount's record of `opens`, for a successor.
     table: OnceLock<OpenTable>,
     jobs: Option<mpsc::Sender<Job>>,
+    /// `read` requests served so far, which the job worker watches to wait for quiet.
+    reads: Arc<AtomicU64>,
     /// Opens answered with a backing file.
     pub(crate) opens_passed: AtomicU64,
     /// Backing files the kernel refused (the open was then served through `read`).
@@ -93,9 +106,10 @@ impl Passthrough {
         reader: &Arc<ChunkReader>,
         rt: &tokio::runtime::Handle,
     ) -> Self {
+        let reads = Arc::new(AtomicU64::new(0));
         let jobs = (wanted && reader.files().is_some()).then(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            rt.spawn(run_jobs(rx, reader.clone()));
+            rt.spawn(run_jobs(rx, reader.clone(), reads.clone()));
             tx
         });
         Passthrough {
@@ -105,6 +119,7 @@ impl Passthrough {
             served: Mutex::default(),
             table: OnceLock::new(),
             jobs,
+            reads,
             opens_passed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             min_size,
@@ -153,6 +168,11 @@ impl Passthrough {
         self.attach(table);
     }
 
+    /// Counts a `read` request: whole-file jobs wait until these stop for a while.
+    pub(crate) fn note_read(&self) {
+        self.reads.fetch_add(1, Relaxed);
+    }
+
     /// Adds `n` bytes served to the released opens of `ino`; returns their total.
     fn add_served(&self, ino: u32, n: u64) -> u64 {
         let mut all = self.served.lock();
@@ -172,9 +192,29 @@ impl Passthrough {
     }
 }
 
-/// Runs whole-file jobs one at a time on the blocking pool, until the mount goes.
-async fn run_jobs(mut rx: mpsc::Receiver<Job>, reader: Arc<ChunkReader>) {
+/// Waits until no `read` has been counted in `reads` for `quiet`, or `most` has passed.
+/// Returns whether it found quiet.
+async fn wait_for_quiet(reads: &AtomicU64, quiet: Duration, most: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + most;
+    loop {
+        let before = reads.load(Relaxed);
+        tokio::time::sleep(quiet).await;
+        if reads.load(Relaxed) == before {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// Runs whole-file jobs one at a time on the blocking pool, each once the mount's reads
+/// have paused, until the mount goes.
+async fn run_jobs(mut rx: mpsc::Receiver<Job>, reader: Arc<ChunkReader>, reads: Arc<AtomicU64>) {
     while let Some(job) = rx.recv().await {
+        if !wait_for_quiet(&reads, QUIET, MOST_DEFERRED).await {
+            tracing::debug!(file = %job.key, "whole-file job runs beside reads that never paused");
+        }
         let reader = reader.clone();
         let done = tokio::task::spawn_blocking(move || {
             let result = match job.kind {
@@ -342,5 +382,51 @@ impl FsShared {
         } else {
             tracing::debug!(error = %e, "FUSE passthrough refused for one file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads counted every 50 ms for a second: the wait ends only after they stop.
+    #[tokio::test(start_paused = true)]
+    async fn a_job_waits_until_reads_pause() {
+        let reads = Arc::new(AtomicU64::new(0));
+        let reader = reads.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                reader.fetch_add(1, Relaxed);
+            }
+        });
+        let start = tokio::time::Instant::now();
+        let quiet = wait_for_quiet(&reads, QUIET, MOST_DEFERRED).await;
+        assert!(quiet);
+        assert_eq!(
+            reads.load(Relaxed),
+            20,
+            "the wait ended while reads went on"
+        );
+        assert!(start.elapsed() >= Duration::from_secs(1) + QUIET);
+    }
+
+    /// Reads that never pause: the job runs after the longest deferral.
+    #[tokio::test(start_paused = true)]
+    async fn a_job_waits_at_most_its_deferral() {
+        let reads = Arc::new(AtomicU64::new(0));
+        let reader = reads.clone();
+        let busy = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                reader.fetch_add(1, Relaxed);
+            }
+        });
+        let start = tokio::time::Instant::now();
+        let quiet = wait_for_quiet(&reads, QUIET, MOST_DEFERRED).await;
+        busy.abort();
+        assert!(!quiet);
+        let waited = start.elapsed();
+        assert!(waited >= MOST_DEFERRED && waited < MOST_DEFERRED + 2 * QUIET);
     }
 }
