@@ -68,7 +68,7 @@ pub struct FsShared {
     pub manifest: Arc<Manifest>,
     pub image: ImageId,
     pub reader: Arc<ChunkReader>,
-    pub stats: FsStats,
+    pub stats: Arc<FsStats>,
     pub trace: Option<TraceRecorder>,
     pub(crate) table: InodeTable,
     pub(crate) config: FsConfig,
@@ -100,10 +100,12 @@ impl ThawFs {
         let has_xattrs = manifest.inodes.iter().any(|i| !i.meta.xattrs.is_empty());
         let trace = trace.map(|p| TraceRecorder::new(image, p));
         // A trace must see every read, and passthrough reads bypass thaw.
+        let stats = Arc::new(FsStats::default());
         let passthrough = Passthrough::new(
             config.passthrough && trace.is_none(),
             config.passthrough_min,
             &reader,
+            &stats,
             &rt,
         );
         ThawFs {
@@ -111,7 +113,7 @@ impl ThawFs {
                 manifest,
                 image,
                 reader,
-                stats: FsStats::default(),
+                stats,
                 trace,
                 table,
                 config,

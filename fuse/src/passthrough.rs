@@ -18,7 +18,7 @@
 
 use crate::fs::FsShared;
 use crate::opens::{OpenSlot, OpenTable};
-use crate::stats::PassthroughSnapshot;
+use crate::stats::{FsStats, Op, PassthroughSnapshot};
 use fuser::{BackingId, ReplyOpen};
 use parking_lot::Mutex;
 use std::collections::hash_map::Entry;
@@ -88,8 +88,6 @@ pub(crate) struct Passthrough {
     /// A held mount's record of `opens`, for a successor.
     table: OnceLock<OpenTable>,
     jobs: Option<mpsc::Sender<Job>>,
-    /// `read` requests served so far, which the job worker watches to wait for quiet.
-    reads: Arc<AtomicU64>,
     /// Opens answered with a backing file.
     pub(crate) opens_passed: AtomicU64,
     /// Backing files the kernel refused (the open was then served through `read`).
@@ -99,17 +97,18 @@ pub(crate) struct Passthrough {
 
 impl Passthrough {
     /// Passthrough for a mount reading through `reader`: off (`wanted` false, or no
-    /// whole-file cache) or ready to be negotiated at init, with its job worker on `rt`.
+    /// whole-file cache) or ready to be negotiated at init, with its job worker on `rt`
+    /// (which watches the mount's `stats` to wait for its reads to pause).
     pub(crate) fn new(
         wanted: bool,
         min_size: u64,
         reader: &Arc<ChunkReader>,
+        stats: &Arc<FsStats>,
         rt: &tokio::runtime::Handle,
     ) -> Self {
-        let reads = Arc::new(AtomicU64::new(0));
         let jobs = (wanted && reader.files().is_some()).then(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            rt.spawn(run_jobs(rx, reader.clone(), reads.clone()));
+            rt.spawn(run_jobs(rx, reader.clone(), stats.clone()));
             tx
         });
         Passthrough {
@@ -119,7 +118,6 @@ impl Passthrough {
             served: Mutex::default(),
             table: OnceLock::new(),
             jobs,
-            reads,
             opens_passed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             min_size,
@@ -168,11 +166,6 @@ impl Passthrough {
         self.attach(table);
     }
 
-    /// Counts a `read` request: whole-file jobs wait until these stop for a while.
-    pub(crate) fn note_read(&self) {
-        self.reads.fetch_add(1, Relaxed);
-    }
-
     /// Adds `n` bytes served to the released opens of `ino`; returns their total.
     fn add_served(&self, ino: u32, n: u64) -> u64 {
         let mut all = self.served.lock();
@@ -192,14 +185,14 @@ impl Passthrough {
     }
 }
 
-/// Waits until no `read` has been counted in `reads` for `quiet`, or `most` has passed.
+/// Waits until the count `reads` gives has not moved for `quiet`, or `most` has passed.
 /// Returns whether it found quiet.
-async fn wait_for_quiet(reads: &AtomicU64, quiet: Duration, most: Duration) -> bool {
+async fn wait_for_quiet(reads: impl Fn() -> u64, quiet: Duration, most: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + most;
     loop {
-        let before = reads.load(Relaxed);
+        let before = reads();
         tokio::time::sleep(quiet).await;
-        if reads.load(Relaxed) == before {
+        if reads() == before {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -210,9 +203,9 @@ async fn wait_for_quiet(reads: &AtomicU64, quiet: Duration, most: Duration) -> b
 
 /// Runs whole-file jobs one at a time on the blocking pool, each once the mount's reads
 /// have paused, until the mount goes.
-async fn run_jobs(mut rx: mpsc::Receiver<Job>, reader: Arc<ChunkReader>, reads: Arc<AtomicU64>) {
+async fn run_jobs(mut rx: mpsc::Receiver<Job>, reader: Arc<ChunkReader>, stats: Arc<FsStats>) {
     while let Some(job) = rx.recv().await {
-        if !wait_for_quiet(&reads, QUIET, MOST_DEFERRED).await {
+        if !wait_for_quiet(|| stats.count(Op::Read), QUIET, MOST_DEFERRED).await {
             tracing::debug!(file = %job.key, "whole-file job runs beside reads that never paused");
         }
         let reader = reader.clone();
@@ -401,7 +394,7 @@ mod tests {
             }
         });
         let start = tokio::time::Instant::now();
-        let quiet = wait_for_quiet(&reads, QUIET, MOST_DEFERRED).await;
+        let quiet = wait_for_quiet(|| reads.load(Relaxed), QUIET, MOST_DEFERRED).await;
         assert!(quiet);
         assert_eq!(
             reads.load(Relaxed),
@@ -423,7 +416,7 @@ mod tests {
             }
         });
         let start = tokio::time::Instant::now();
-        let quiet = wait_for_quiet(&reads, QUIET, MOST_DEFERRED).await;
+        let quiet = wait_for_quiet(|| reads.load(Relaxed), QUIET, MOST_DEFERRED).await;
         busy.abort();
         assert!(!quiet);
         let waited = start.elapsed();

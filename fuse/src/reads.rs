@@ -144,7 +144,6 @@ impl FsShared {
         if offset >= file_size || size == 0 {
             return Ok(ReadData::Chunk(Bytes::new()));
         }
-        self.passthrough.note_read();
         let end = (offset + u64::from(size)).min(file_size);
         let extents = self.table.extents(ino);
         let needed = overlapping(extents, offset, end);
