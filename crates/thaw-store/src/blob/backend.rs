@@ -1,6 +1,7 @@
 //! Backends: the `object_store` crate's stores (local directory, memory, S3, GCS, Azure)
 //! behind [`BlobStore`], and parsing of `--store` locations.
 
+use crate::blob::open_files::OpenFiles;
 use crate::blob::{BlobStore, ObjectInfo};
 use crate::error::StoreError;
 use async_trait::async_trait;
@@ -19,6 +20,64 @@ pub struct ObjectStoreBackend {
     description: String,
     /// The directory, for a local-directory store.
     local_dir: Option<std::path::PathBuf>,
+    /// For a local-directory store: its range reads, through files kept open.
+    local: Option<LocalFiles>,
+}
+
+/// A local-directory store's own range reads: object_store's local store opens the file
+/// for every read, which costs an `open` and a `close` and hides a run of reads along a
+/// pack from the kernel's readahead.
+#[derive(Debug)]
+struct LocalFiles {
+    fs: Arc<object_store::local::LocalFileSystem>,
+    open: Arc<OpenFiles>,
+}
+
+impl LocalFiles {
+    fn path(&self, key: &str) -> Result<std::path::PathBuf, StoreError> {
+        self.fs
+            .path_to_filesystem(&path(key)?)
+            .map_err(|e| map_err("get_range", key, e))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let file = self.path(key)?;
+        let open = Arc::clone(&self.open);
+        let want = range.end.saturating_sub(range.start);
+        let read = tokio::task::spawn_blocking(move || open.read_range(&file, range)).await;
+        let key = key.to_string();
+        match read {
+            Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound { key })
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(StoreError::ShortRead {
+                    op: "get_range",
+                    key,
+                    want,
+                    got: 0,
+                })
+            }
+            Ok(Err(e)) => Err(StoreError::Transient {
+                op: "get_range",
+                key,
+                source: Box::new(e),
+            }),
+            Err(e) => Err(StoreError::Transient {
+                op: "get_range",
+                key,
+                source: Box::new(e),
+            }),
+        }
+    }
+
+    /// The object of `key` was written or deleted: its open file, if any, is stale.
+    fn forget(&self, key: &str) {
+        if let Ok(file) = self.path(key) {
+            self.open.forget(&file);
+        }
+    }
 }
 
 impl ObjectStoreBackend {
@@ -28,6 +87,7 @@ impl ObjectStoreBackend {
             inner,
             description: description.into(),
             local_dir: None,
+            local: None,
         }
     }
 
@@ -46,10 +106,23 @@ impl ObjectStoreBackend {
         let dir = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
             .map_err(|e| bad(e.to_string()))?;
+        let fs = Arc::new(fs);
         Ok(ObjectStoreBackend {
             local_dir: Some(dir.clone()),
-            ..Self::new(Arc::new(fs), format!("file://{}", dir.display()))
+            local: Some(LocalFiles {
+                fs: Arc::clone(&fs),
+                open: Arc::new(OpenFiles::default()),
+            }),
+            ..Self::new(fs, format!("file://{}", dir.display()))
         })
+    }
+}
+
+impl ObjectStoreBackend {
+    fn forget(&self, key: &str) {
+        if let Some(local) = &self.local {
+            local.forget(key);
+        }
     }
 }
 
@@ -107,6 +180,7 @@ fn info(meta: object_store::ObjectMeta, strip: &str) -> ObjectInfo {
 #[async_trait]
 impl BlobStore for ObjectStoreBackend {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.forget(key);
         self.inner
             .put(&path(key)?, data.into())
             .await
@@ -115,6 +189,7 @@ impl BlobStore for ObjectStoreBackend {
     }
 
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        self.forget(key);
         let options = object_store::PutOptions::from(object_store::PutMode::Create);
         match self.inner.put_opts(&path(key)?, data.into(), options).await {
             Ok(_) => Ok(true),
@@ -136,6 +211,9 @@ impl BlobStore for ObjectStoreBackend {
         let want = range.end.saturating_sub(range.start);
         if want == 0 {
             return Ok(Bytes::new());
+        }
+        if let Some(local) = &self.local {
+            return local.get_range(key, range).await;
         }
         let b = self
             .inner
@@ -180,6 +258,7 @@ impl BlobStore for ObjectStoreBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.forget(key);
         match self.inner.delete(&path(key)?).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),

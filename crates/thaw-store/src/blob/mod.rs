@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod conformance;
+pub mod open_files;
 pub mod wrap;
 
 use crate::error::StoreError;
