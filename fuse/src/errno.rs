@@ -44,6 +44,11 @@ pub enum FsError {
     /// kernel so (ENOSYS) makes it stop sending one on every close.
     #[error("nothing to flush on a read-only image")]
     NothingToFlush,
+    /// An opendir: a directory's listing needs no per-open state (it is read by offset
+    /// from the immutable manifest), and telling the kernel so (ENOSYS) makes it open
+    /// directories itself, with no opendir or releasedir round trip, from then on.
+    #[error("directories are listed without an open")]
+    StatelessDirectories,
     #[error("unknown file handle")]
     /// A read through a handle or inode that cannot be read (EBADF).
     BadHandle,
@@ -80,6 +85,7 @@ pub fn errno_of(err: &FsError) -> fuser::Errno {
         FsError::BadHandle => libc::EBADF,
         FsError::NoIoctl => libc::ENOTTY,
         FsError::NothingToFlush => libc::ENOSYS,
+        FsError::StatelessDirectories => libc::ENOSYS,
         FsError::Timeout(_) | FsError::ShortChunk { .. } => libc::EIO,
         FsError::Read(_) => libc::EIO,
     };
@@ -132,6 +138,7 @@ mod tests {
             ),
             (FsError::ReadOnly, libc::EROFS),
             (FsError::NothingToFlush, libc::ENOSYS),
+            (FsError::StatelessDirectories, libc::ENOSYS),
             (FsError::BadHandle, libc::EBADF),
             (FsError::Timeout(Duration::from_secs(1)), libc::EIO),
             (FsError::ShortChunk { extent: 0 }, libc::EIO),

@@ -325,11 +325,13 @@ impl Filesystem for ThawFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let s = &self.shared;
+        let _timer = s.stats.start(Op::Opendir);
         match s.ino(ino).map(|i| &s.manifest.inodes[i as usize].kind) {
-            Ok(InodeKind::Directory { .. }) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
+            // The kernel then keeps listings cached (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR,
+            // its default without opendir) and sends readdir with no handle.
+            Ok(InodeKind::Directory { .. }) => {
+                reply.error(errno_of(&FsError::StatelessDirectories))
+            }
             Ok(_) => reply.error(errno_of(&FsError::NotADirectory)),
             Err(e) => reply.error(errno_of(&e)),
         }

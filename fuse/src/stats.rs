@@ -32,9 +32,11 @@ pub enum Op {
     Access,
     /// `flush` (answered once: the kernel then stops sending it)
     Flush,
+    /// `opendir` (answered once: the kernel then opens directories itself)
+    Opendir,
 }
 
-const OPS: [(&str, Op); 12] = [
+const OPS: [(&str, Op); 13] = [
     ("lookup", Op::Lookup),
     ("getattr", Op::Getattr),
     ("readlink", Op::Readlink),
@@ -47,13 +49,14 @@ const OPS: [(&str, Op); 12] = [
     ("statfs", Op::Statfs),
     ("access", Op::Access),
     ("flush", Op::Flush),
+    ("opendir", Op::Opendir),
 ];
 
 /// Live counters of one mount.
 #[derive(Debug, Default)]
 pub struct FsStats {
-    ops: [AtomicU64; 12],
-    latency: [LatencyHistogram; 12],
+    ops: [AtomicU64; 13],
+    latency: [LatencyHistogram; 13],
     /// Bytes returned by reads.
     pub bytes_served: AtomicU64,
     /// Bytes served from zero extents (no fetch).

@@ -307,3 +307,38 @@ async fn the_mount_asks_the_kernel_for_its_readahead_window() {
     );
     blocking(move || handle.unmount().unwrap()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_are_listed_with_one_opendir_for_the_whole_mount() {
+    if !can_mount("directories_are_listed_with_one_opendir_for_the_whole_mount") {
+        return;
+    }
+    let f = fixture().await;
+    let (handle, mp) = mount(&f, local(&f), Duration::from_secs(10), "mnt").await;
+    let listings = blocking(move || {
+        let list = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        let mut all = Vec::new();
+        for _ in 0..3 {
+            all.push(list(&mp));
+            all.push(list(&mp.join("sub")));
+        }
+        all
+    })
+    .await;
+    assert_eq!(listings[0], ["small", "sub"]);
+    assert_eq!(listings[1].len(), 12);
+    assert!(listings.chunks(2).all(|pair| pair == &listings[0..2]));
+    // The first opendir is answered "not implemented": the kernel then opens
+    // directories itself, so six listings cost one opendir, not six.
+    let stats = handle.stats();
+    let opendirs = stats.ops.iter().find(|(op, _)| *op == "opendir").unwrap().1;
+    assert_eq!(opendirs, 1);
+    blocking(move || handle.unmount().unwrap()).await;
+}
