@@ -130,7 +130,8 @@ mod tests {
         let files = OpenFiles::new(4);
         let e = files.read_range(&p, 2..u64::MAX).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
-        let e = files.read_range(&p, 3..2).unwrap_err();
+        let reversed = std::ops::Range { start: 3, end: 2 };
+        let e = files.read_range(&p, reversed).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
