@@ -190,3 +190,49 @@ async fn a_reader_joining_a_paced_prefetch_promotes_it() {
     cancel.cancel();
     assert!(!job.await.unwrap());
 }
+
+/// A local-directory store on the disk cache's filesystem, read in place, with a memory
+/// cache of `memory_bytes`: prefetches all its chunks; returns the reader (and its
+/// directory).
+async fn local_prefetch(memory_bytes: u64) -> (tempfile::TempDir, Arc<ChunkReader>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (memory_store, ids) = one_chunk_per_pack().await;
+    let local: Arc<dyn BlobStore> =
+        Arc::new(ObjectStoreBackend::local(&tmp.path().join("store")).unwrap());
+    for o in memory_store.list("").await.unwrap() {
+        let bytes = memory_store.get(&o.key).await.unwrap();
+        local.put(&o.key, bytes).await.unwrap();
+    }
+    let reader = ChunkReader::new(
+        PackStore::open(local).await.unwrap(),
+        ReaderConfig {
+            memory_bytes,
+            disk: Some((tmp.path().join("cache"), 1 << 30)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(reader.reads_store_in_place());
+    let progress = PrefetchProgress::default();
+    assert!(
+        reader
+            .prefetch(&ids, &progress, &CancellationToken::new())
+            .await
+    );
+    assert_eq!(progress.done_chunks.load(Relaxed), CHUNKS as u64);
+    assert!(ids.iter().all(|id| reader.is_cached(id)));
+    (tmp, reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_stores_prefetch_waits_in_memory_while_it_has_room() {
+    // 120 chunks of 64 KiB (7.5 MiB): with 64 MiB of memory, none is also written to
+    // the disk cache (a new file each); with 4 MiB, most must wait on disk.
+    let (_tmp, roomy) = local_prefetch(64 << 20).await;
+    assert_eq!(roomy.disk().unwrap().len(), 0);
+    let (_tmp, tight) = local_prefetch(4 << 20).await;
+    thaw_tests::eventually("most chunks on disk", || {
+        tight.disk().unwrap().len() >= CHUNKS / 2
+    })
+    .await;
+}

@@ -136,7 +136,16 @@ impl Fetcher {
                 self.plan(&mut guard, &misses)
             }
         };
-        let fetched = self.fetch_from_store(&guard, runs, &around).await;
+        let mut fetched = self.fetch_from_store(&guard, runs, &around).await;
+        let memory = &self.caches.memory;
+        if !self.caches.copy_fetched && memory.bytes().saturating_mul(2) <= memory.capacity() {
+            // A local store read in place, and memory at most half full: a prefetched
+            // chunk memory holds waits there (the other half leaves room for on-demand
+            // reads before it is used); evicted, it is read from the store's pack again,
+            // as local as the cache. Writing it too cost a third of the CPU of a bulk
+            // fetch (a new cache file, so a new inode, per chunk).
+            fetched.retain(|(id, _)| !memory.contains(id));
+        }
         let keep = self.caches.keeps_on_disk(guard.priority().is_prefetch());
         if keep && !fetched.is_empty() {
             // After the waiters have their bytes; the entries stay in flight (so late

@@ -27,7 +27,8 @@ pub struct Caches {
     /// Whether chunks fetched on demand are written to the disk cache: not when the
     /// store is a local directory on the disk cache's filesystem, where a copy would only
     /// cost a second write of every byte (see `ReaderConfig::copy_local_store`). A
-    /// prefetch's chunks are written either way: they wait there for their readers.
+    /// prefetch's chunks are written either way unless memory holds them: they wait
+    /// there for their readers.
     pub copy_fetched: bool,
 }
 
