@@ -49,6 +49,11 @@ pub enum FsError {
     /// directories itself, with no opendir or releasedir round trip, from then on.
     #[error("directories are listed without an open")]
     StatelessDirectories,
+    /// An open once the mount serves a workload reading most of the image from the
+    /// kernel's caches: telling the kernel (ENOSYS) makes it open files itself, with no
+    /// open or release round trip, for the rest of the mount's life.
+    #[error("files are read without an open")]
+    OpensNotNeeded,
     #[error("unknown file handle")]
     /// A read through a handle or inode that cannot be read (EBADF).
     BadHandle,
@@ -86,6 +91,7 @@ pub fn errno_of(err: &FsError) -> fuser::Errno {
         FsError::NoIoctl => libc::ENOTTY,
         FsError::NothingToFlush => libc::ENOSYS,
         FsError::StatelessDirectories => libc::ENOSYS,
+        FsError::OpensNotNeeded => libc::ENOSYS,
         FsError::Timeout(_) | FsError::ShortChunk { .. } => libc::EIO,
         FsError::Read(_) => libc::EIO,
     };
@@ -139,6 +145,7 @@ mod tests {
             (FsError::ReadOnly, libc::EROFS),
             (FsError::NothingToFlush, libc::ENOSYS),
             (FsError::StatelessDirectories, libc::ENOSYS),
+            (FsError::OpensNotNeeded, libc::ENOSYS),
             (FsError::BadHandle, libc::EBADF),
             (FsError::Timeout(Duration::from_secs(1)), libc::EIO),
             (FsError::ShortChunk { extent: 0 }, libc::EIO),

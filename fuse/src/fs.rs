@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use thaw_core::{ImageId, InodeKind, Manifest};
@@ -75,6 +75,8 @@ pub struct FsShared {
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) handles: Mutex<HashMap<u64, ReadState>>,
     next_handle: AtomicU64,
+    /// Set once opens are answered "not implemented" (see [`FsShared::stop_open_requests`]).
+    opens_stopped: AtomicBool,
     /// Whether any inode has an extended attribute.
     has_xattrs: bool,
     pub(crate) passthrough: Passthrough,
@@ -120,6 +122,7 @@ impl ThawFs {
                 rt,
                 handles: Mutex::default(),
                 next_handle: AtomicU64::new(1),
+                opens_stopped: AtomicBool::new(false),
                 has_xattrs,
                 passthrough,
             }),
@@ -133,6 +136,12 @@ impl ThawFs {
 }
 
 impl FsShared {
+    /// From now on, opens are answered "not implemented", which the kernel remembers for
+    /// the connection: it opens files itself, and sends reads with no handle.
+    pub(crate) fn stop_open_requests(&self) {
+        self.opens_stopped.store(true, Relaxed);
+    }
+
     fn ino(&self, ino: INodeNo) -> Result<u32, FsError> {
         from_fuse(ino, self.manifest.inodes.len()).ok_or(FsError::NotFound)
     }
@@ -251,6 +260,9 @@ impl Filesystem for ThawFs {
         };
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(errno_of(&FsError::ReadOnly));
+        }
+        if s.opens_stopped.load(Relaxed) {
+            return reply.error(errno_of(&FsError::OpensNotNeeded));
         }
         let fh = s.next_handle.fetch_add(1, Relaxed);
         s.handles.lock().insert(fh, ReadState::default());

@@ -195,6 +195,11 @@ impl FsShared {
         span: (u64, u64, u64),
     ) {
         let (offset, end, file_size) = span;
+        if fh == 0 {
+            // No open: the mount stopped asking for them because a bulk fetch is reading
+            // the whole image already, and there is no per-open state to plan with.
+            return;
+        }
         let ahead =
             self.handles
                 .lock()

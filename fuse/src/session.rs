@@ -16,7 +16,9 @@ use thaw_core::{ImageId, Manifest};
 use thaw_store::{ChunkReader, ReadError, ReaderConfig, RepoError, Repository};
 
 mod prefetch;
+mod warm;
 pub use prefetch::{BulkTrigger, Prefetch};
+pub use warm::{opens_to_warm, WARM_OPENED_SHARE, WARM_THREADS};
 
 /// Why a session could not start or end cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -174,10 +176,10 @@ impl MountSession {
             holder: handle.holder(),
             passthrough: handle.passthrough_negotiated(),
         };
-        let bulk = spec
-            .fs
-            .bulk_after
-            .and_then(|f| Prefetch::bulk(handle.fs().shared().clone(), f));
+        let bulk = spec.fs.bulk_after.and_then(|f| {
+            let root = handle.fuse_dir().to_path_buf();
+            Prefetch::bulk(handle.fs().shared().clone(), f, root)
+        });
         let session = MountSession {
             handle: Some(handle),
             record,

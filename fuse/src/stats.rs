@@ -65,6 +65,8 @@ pub struct FsStats {
     pub read_errors: AtomicU64,
     /// Chunks asked for by readahead.
     pub readahead_chunks: AtomicU64,
+    /// Files the mount read through itself into the kernel's caches.
+    pub warmed_files: AtomicU64,
 }
 
 /// What FUSE passthrough did on a mount, with the node's whole-file cache.
@@ -109,6 +111,8 @@ pub struct StatsSnapshot {
     pub read_errors: u64,
     /// Chunks readahead asked for.
     pub readahead_chunks: u64,
+    /// Files the mount read through itself into the kernel's caches.
+    pub warmed_files: u64,
     /// The reader's counters (shared by every mount of the reader).
     pub reader: ReaderStats,
     /// FUSE passthrough.
@@ -147,6 +151,7 @@ impl FsStats {
             zero_bytes_served: self.zero_bytes_served.load(Relaxed),
             read_errors: self.read_errors.load(Relaxed),
             readahead_chunks: self.readahead_chunks.load(Relaxed),
+            warmed_files: self.warmed_files.load(Relaxed),
             reader,
             passthrough,
         }
@@ -168,6 +173,7 @@ impl StatsSnapshot {
             r.prefetched_chunks, r.prefetched_bytes
         ));
         s.push_str(&format!("dropped_around: {}\n", r.dropped_around));
+        s.push_str(&format!("kernel_warmed_files: {}\n", self.warmed_files));
         s.push_str(&format!(
             "fetch_around_bytes: {}\nstore_latency_us: {}\nstore_bytes_per_second: {}\ndecode_bytes_per_second: {}\n",
             r.fetch_around_bytes, r.store_latency_us, r.store_bytes_per_second, r.decode_bytes_per_second

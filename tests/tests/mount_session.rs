@@ -200,3 +200,89 @@ async fn reading_most_of_an_image_fetches_the_rest_in_bulk() {
     let reader = read_then_end(&["d/random"], None, false).await;
     assert_eq!(reader.stats().prefetched_chunks, 0, "{:?}", reader.stats());
 }
+
+/// 400 small files in ten directories (and one empty file), built into a local store.
+async fn built_many_files() -> (tempfile::TempDir, thaw_core::ImageId) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    for i in 0..400u64 {
+        let dir = src.join(format!("dir{}", i % 10));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let data = thaw_tests::pseudo_random(2_000 + i as usize * 7, i);
+        std::fs::write(dir.join(format!("file{i}")), data).expect("write");
+    }
+    std::fs::write(src.join("empty"), b"").expect("write");
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let r = thaw_image::build(
+        &repo,
+        thaw_image::BuildSource::Directory(src),
+        thaw_image::BuildOptions::default(),
+    )
+    .await
+    .expect("build");
+    (tmp, r.image)
+}
+
+fn op(session: &MountSession, name: &str) -> u64 {
+    session
+        .stats()
+        .ops
+        .iter()
+        .find(|(op, _)| *op == name)
+        .expect("op")
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
+    if !can_mount("a_workload_opening_most_files_is_then_served_by_the_kernels_caches") {
+        return;
+    }
+    let (tmp, image) = built_many_files().await;
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let manifest = Arc::new(repo.get_manifest(&image).await.expect("manifest"));
+    let config = ReaderConfig {
+        disk: Some((tmp.path().join("cache"), 1 << 30)),
+        ..Default::default()
+    };
+    let reader = ChunkReader::new(repo.packs().clone(), config).expect("reader");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let image = Image {
+        id: image,
+        manifest,
+    };
+    let registry = MountRegistry::new(tmp.path().join("mounts"));
+    let session = MountSession::start(reader, image, spec(&mnt, None), registry, None)
+        .await
+        .expect("mount");
+    let src = tmp.path().join("src");
+    let read_range = |range: std::ops::Range<u64>| {
+        let (src, mnt) = (src.clone(), mnt.clone());
+        tokio::task::spawn_blocking(move || {
+            for i in range {
+                let rel = format!("dir{}/file{i}", i % 10);
+                let got = std::fs::read(mnt.join(&rel)).expect("read");
+                assert_eq!(got, std::fs::read(src.join(&rel)).expect("source"), "{rel}");
+            }
+        })
+    };
+    // 320 of 400 files: past the 300 opens (and a tenth of the files) that mark a
+    // workload reading most of the image.
+    assert_eq!(thaw_fuse::session::opens_to_warm(401), 300);
+    read_range(0..320).await.expect("first reads");
+    thaw_tests::eventually("every non-empty file read into the kernel's caches", || {
+        session.stats().warmed_files == 400
+    })
+    .await;
+    // From then on the kernel opens files itself: the last 80 cost no open request,
+    // and their bytes are right.
+    // (The warming threads' first opens, up to one each, are answered "not implemented"
+    // before the kernel stops sending them.)
+    let opens = op(&session, "open");
+    let warming = thaw_fuse::session::WARM_THREADS as u64;
+    assert!((321..=320 + warming).contains(&opens), "{opens} opens");
+    read_range(320..400).await.expect("last reads");
+    assert_eq!(op(&session, "open"), opens);
+    session.end().await.expect("end");
+}

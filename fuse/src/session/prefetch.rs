@@ -45,7 +45,15 @@ impl Prefetch {
     /// bytes, fetches every chunk not cached yet, in file order, at prefetch priority
     /// (large sequential requests; on-demand reads still go first). Only where a disk
     /// cache can hold the whole image: otherwise it would evict what readers use.
-    pub fn bulk(shared: Arc<crate::fs::FsShared>, fraction: f64) -> Option<Self> {
+    ///
+    /// Once the workload has also opened a large part of the image's files, the mount
+    /// reads the image through `root` (its FUSE layer) into the kernel's caches too
+    /// ([`super::warm`]).
+    pub fn bulk(
+        shared: Arc<crate::fs::FsShared>,
+        fraction: f64,
+        root: std::path::PathBuf,
+    ) -> Option<Self> {
         let image_bytes: u64 = shared
             .manifest
             .chunks
@@ -76,9 +84,13 @@ impl Prefetch {
             let ids: Vec<_> = shared.manifest.chunks.iter().map(|c| c.id).collect();
             let progress = PrefetchProgress::default();
             tracing::info!(image = %shared.image, chunks = ids.len(), "most of the image is being read: fetching the rest in bulk");
-            let done = shared.reader.prefetch(&ids, &progress, &stop).await;
-            let chunks = progress.done_chunks.load(Relaxed);
-            tracing::info!(done, chunks, "bulk fetch finished");
+            let fetch = async {
+                let done = shared.reader.prefetch(&ids, &progress, &stop).await;
+                let chunks = progress.done_chunks.load(Relaxed);
+                tracing::info!(done, chunks, "bulk fetch finished");
+            };
+            let warm = super::warm::when_opened(shared.clone(), root, stop.clone());
+            tokio::join!(fetch, warm);
         });
         Some(Prefetch { cancel, task })
     }

@@ -1,0 +1,167 @@
+//! The kernel's side of a bulk fetch: once a workload is opening a large part of the
+//! image's files (a package check, a full import), the mount stops asking for `open`
+//! requests and reads every file through itself, a few at a time, so that the workload
+//! finds names and bytes in the kernel's caches instead of paying a FUSE round trip for
+//! each lookup, open, read and release.
+
+use crate::fs::FsShared;
+use crate::stats::Op;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use thaw_core::manifest::InodeKind;
+use thaw_core::ChunkId;
+use thaw_store::PrefetchProgress;
+use tokio_util::sync::CancellationToken;
+
+/// Files read at once: enough requests in flight to hide a round trip each, few enough
+/// to leave the workload most of the FUSE threads.
+pub const WARM_THREADS: usize = 4;
+
+/// The share of the image's files a workload must have opened (with at least
+/// [`super::BulkTrigger::WALK_OPENS`]) before the mount warms the kernel's caches: a
+/// package check opens nearly every file early on, a model server's start-up a few
+/// percent of a large image.
+pub const WARM_OPENED_SHARE: u64 = 10;
+
+/// How often the trigger is checked.
+const WARM_CHECK: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// How many opens mark a workload that reads most of an image of `files` regular files.
+pub fn opens_to_warm(files: u64) -> u64 {
+    (files / WARM_OPENED_SHARE).max(super::BulkTrigger::WALK_OPENS)
+}
+
+/// Waits until the workload has opened [`opens_to_warm`] files, then warms the kernel's
+/// caches from `root` (the FUSE layer's own directory). Not while a trace is recorded
+/// (the trace would record the warming's reads, and miss the workload's that the kernel
+/// then serves itself).
+pub(super) async fn when_opened(shared: Arc<FsShared>, root: PathBuf, stop: CancellationToken) {
+    if shared.trace.is_some() {
+        return;
+    }
+    let files = shared
+        .manifest
+        .inodes
+        .iter()
+        .filter(|i| matches!(i.kind, InodeKind::File { .. }))
+        .count() as u64;
+    let wanted = opens_to_warm(files);
+    let mut tick = tokio::time::interval(WARM_CHECK);
+    while shared.stats.count(Op::Open) < wanted {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+    }
+    // Opens answered with a backing file mean this node's whole-file cache serves the
+    // image: those opens must keep coming. Otherwise no open needs an answer any more.
+    if shared.passthrough.opens_passed.load(Relaxed) == 0 {
+        shared.stop_open_requests();
+    }
+    tracing::info!(image = %shared.image, "a workload is opening most of the image: reading it into the kernel's caches");
+    let _ = tokio::task::spawn_blocking(move || warm(&root, &shared, &stop)).await;
+}
+
+/// Walks the image's directories in the manifest's order (each listing gives the kernel
+/// every entry's name and attributes), and has [`WARM_THREADS`] readers read each
+/// regular file once its chunks are cached.
+fn warm(root: &Path, shared: &FsShared, stop: &CancellationToken) {
+    let (tx, rx) = sync_channel::<(PathBuf, u32)>(1024);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        for _ in 0..WARM_THREADS {
+            scope.spawn(|| read_files(&rx, shared, stop));
+        }
+        walk(root, shared, &tx, stop);
+        drop(tx);
+    });
+}
+
+/// Lists every directory and sends every regular file (each inode once) to the readers.
+/// Skips what is no longer this mount (a directory something else is mounted on).
+fn walk(root: &Path, shared: &FsShared, tx: &SyncSender<(PathBuf, u32)>, stop: &CancellationToken) {
+    let Ok(dev) = std::fs::metadata(root).map(|m| m.dev()) else {
+        return;
+    };
+    let mut seen = vec![false; shared.manifest.inodes.len()];
+    let mut entries = Vec::new();
+    shared.manifest.walk(|path, ino| {
+        let kind = &shared.manifest.inodes[ino as usize].kind;
+        let wanted = matches!(kind, InodeKind::Directory { .. })
+            || matches!(kind, InodeKind::File { size, .. } if *size > 0);
+        if wanted && !std::mem::replace(&mut seen[ino as usize], true) {
+            let mut p = root.to_path_buf();
+            p.extend(path.iter().map(|c| std::ffi::OsStr::from_bytes(c)));
+            entries.push((p, ino));
+        }
+    });
+    for (path, ino) in entries {
+        if stop.is_cancelled() {
+            return;
+        }
+        if matches!(
+            shared.manifest.inodes[ino as usize].kind,
+            InodeKind::Directory { .. }
+        ) {
+            let same = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.dev() == dev);
+            if same {
+                if let Ok(listing) = std::fs::read_dir(&path) {
+                    listing.for_each(drop);
+                }
+            }
+        } else if tx.send((path, ino)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads files as they come: first makes sure their chunks are cached (at prefetch
+/// priority, joining the bulk fetch), then reads them through the mount. After a stop,
+/// drains the queue without reading so the walk ends too.
+fn read_files(rx: &Mutex<Receiver<(PathBuf, u32)>>, shared: &FsShared, stop: &CancellationToken) {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let next = rx.lock().map(|r| r.recv());
+        let Ok(Ok((path, ino))) = next else {
+            return;
+        };
+        if stop.is_cancelled() {
+            continue;
+        }
+        let ids: Vec<ChunkId> = shared
+            .table
+            .extents(ino)
+            .iter()
+            .filter_map(|e| e.chunk)
+            .collect();
+        let progress = PrefetchProgress::default();
+        if !shared
+            .rt
+            .block_on(shared.reader.prefetch(&ids, &progress, stop))
+        {
+            continue;
+        }
+        if read_through(&path, &mut buf, stop) {
+            shared.stats.warmed_files.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Reads `path` to its end (or to a stop); whether it was read whole.
+fn read_through(path: &Path, buf: &mut [u8], stop: &CancellationToken) -> bool {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    loop {
+        match file.read(buf) {
+            Ok(0) => return true,
+            Ok(_) if !stop.is_cancelled() => {}
+            _ => return false,
+        }
+    }
+}
