@@ -92,19 +92,27 @@ impl Fetcher {
     pub async fn fetch(self: &Arc<Self>, ids: &[ChunkId], class: FetchClass) -> Vec<Outcome> {
         let claim = self.claim(ids, class);
         if let Some(guard) = claim.guard {
-            tokio::spawn(self.clone().fly(guard, None));
+            tokio::spawn(self.clone().fly(guard, None, false));
         }
         futures::future::join_all(claim.waiters.into_iter().map(|w| w.wait())).await
     }
 
     /// Fetches one planned run of a prefetch (its chunks known to be neither in memory nor
     /// on disk), joining fetches already in flight for some of them. Returns once every
-    /// chunk's fetch has settled, its disk-cache write included.
-    pub async fn fetch_run(self: &Arc<Self>, run: FetchRun, class: FetchClass) -> Vec<Outcome> {
+    /// chunk's fetch has settled, its disk-cache write included. `to_memory`: the whole
+    /// prefetch fits in half of memory, so from a local store read in place its chunks
+    /// wait in memory alone (a disk-cache file per chunk costs a new inode each, and the
+    /// store's pack is as local as the cache if one is evicted).
+    pub async fn fetch_run(
+        self: &Arc<Self>,
+        run: FetchRun,
+        class: FetchClass,
+        to_memory: bool,
+    ) -> Vec<Outcome> {
         let ids: Vec<ChunkId> = run.entries.iter().map(|e| e.id).collect();
         let claim = self.claim(&ids, class);
         if let Some(guard) = claim.guard {
-            tokio::spawn(self.clone().fly(guard, Some(run)));
+            tokio::spawn(self.clone().fly(guard, Some(run), to_memory));
         }
         futures::future::join_all(claim.waiters.into_iter().map(|w| w.wait_settled())).await
     }
@@ -123,7 +131,8 @@ impl Fetcher {
 
     /// One flight: the disk cache (unless the run was planned already), then the store.
     /// Every path out of here drops `guard`, which releases whoever still waits.
-    async fn fly(self: Arc<Self>, mut guard: FlightGuard, run: Option<FetchRun>) {
+    /// `to_memory`: a prefetch that fits in half of memory (see [`Fetcher::fetch_run`]).
+    async fn fly(self: Arc<Self>, mut guard: FlightGuard, run: Option<FetchRun>, to_memory: bool) {
         let missing = self.serve_from_memory(&guard);
         let (runs, around) = match run {
             Some(mut run) => {
@@ -137,13 +146,13 @@ impl Fetcher {
             }
         };
         let mut fetched = self.fetch_from_store(&guard, runs, &around).await;
-        let memory = &self.caches.memory;
-        if !self.caches.copy_fetched && memory.bytes().saturating_mul(2) <= memory.capacity() {
-            // A local store read in place, and memory at most half full: a prefetched
-            // chunk memory holds waits there (the other half leaves room for on-demand
-            // reads before it is used); evicted, it is read from the store's pack again,
-            // as local as the cache. Writing it too cost a third of the CPU of a bulk
-            // fetch (a new cache file, so a new inode, per chunk).
+        if to_memory && !self.caches.copy_fetched {
+            // A local store read in place, and a prefetch that fits in half of memory:
+            // a chunk memory holds waits there; evicted, it is read from the store's pack
+            // again, as local as the cache. Writing it too cost a third of the CPU of a
+            // bulk fetch (a new cache file, so a new inode, per chunk). A larger prefetch
+            // is written: in memory alone a start-up trace of 0.7 GB was fetched twice.
+            let memory = &self.caches.memory;
             fetched.retain(|(id, _)| !memory.contains(id));
         }
         let keep = self.caches.keeps_on_disk(guard.priority().is_prefetch());

@@ -64,10 +64,12 @@ impl ChunkReader {
         for id in plan.unknown {
             progress.error(&crate::error::ReadError::UnknownChunk(id));
         }
+        let pending_bytes: u64 = pending.iter().map(|id| self.raw_len(id)).sum();
+        let to_memory = pending_bytes.saturating_mul(2) <= self.cache_usage().memory_capacity;
         let slots = self.fetcher().scheduler_config().prefetch_in_flight.max(1);
         let fetcher = self.fetcher().clone();
         let work = futures::stream::iter(plan.runs)
-            .map(|run| fetcher.fetch_run(run, FetchClass::Prefetch))
+            .map(|run| fetcher.fetch_run(run, FetchClass::Prefetch, to_memory))
             .buffered(slots)
             .for_each(|outcomes| async move {
                 for outcome in outcomes {
