@@ -236,3 +236,29 @@ async fn a_local_stores_prefetch_waits_in_memory_while_it_has_room() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_disk_cache_a_prefetch_stops_at_half_of_memory() {
+    let (store, ids) = one_chunk_per_pack().await;
+    // 120 chunks of 64 KiB through 2 MiB of memory and no disk cache: chunks past the
+    // first megabyte would evict earlier ones before anyone reads them.
+    let reader = ChunkReader::new(
+        PackStore::open(store).await.unwrap(),
+        ReaderConfig {
+            memory_bytes: 2 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let progress = PrefetchProgress::default();
+    assert!(
+        reader
+            .prefetch(&ids, &progress, &CancellationToken::new())
+            .await
+    );
+    let half = (1 << 20) / CHUNK as u64;
+    assert_eq!(progress.total_chunks.load(Relaxed), half);
+    assert_eq!(reader.stats().prefetched_chunks, half);
+    assert!(ids[..half as usize].iter().all(|id| reader.is_cached(id)));
+    assert!(!reader.is_cached(&ids[half as usize]));
+}

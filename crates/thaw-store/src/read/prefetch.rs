@@ -24,6 +24,28 @@ impl ChunkReader {
             .map_or(0, |l| u64::from(l.entry.raw_len))
     }
 
+    /// The part of a prefetch that can wait for its readers: all of it with a disk cache;
+    /// without one, memory is the only place, and chunks beyond half of it would evict
+    /// earlier ones before their readers come (a 0.7 GB start-up trace through 512 MiB of
+    /// memory was fetched almost twice), so the list stops there and the rest is read on
+    /// demand.
+    fn fitting(&self, ids: &[ChunkId]) -> Vec<ChunkId> {
+        if self.disk().is_some() {
+            return ids.to_vec();
+        }
+        let room = self.cache_usage().memory_capacity / 2;
+        let mut seen = HashSet::new();
+        let mut used = 0u64;
+        ids.iter()
+            .copied()
+            .filter(|id| seen.insert(*id))
+            .take_while(|id| {
+                used = used.saturating_add(self.raw_len(id));
+                used <= room
+            })
+            .collect()
+    }
+
     /// Sets a prefetch's totals (distinct chunks and their bytes) before it starts;
     /// returns the distinct chunks in order.
     pub fn count_prefetch(&self, ids: &[ChunkId], progress: &PrefetchProgress) -> Vec<ChunkId> {
@@ -45,7 +67,7 @@ impl ChunkReader {
         progress: &PrefetchProgress,
         cancel: &CancellationToken,
     ) -> bool {
-        let ids = self.count_prefetch(ids, progress);
+        let ids = self.count_prefetch(&self.fitting(ids), progress);
         let pending: Vec<ChunkId> = ids
             .into_iter()
             .filter(|id| {
