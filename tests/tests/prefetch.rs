@@ -191,10 +191,8 @@ async fn a_reader_joining_a_paced_prefetch_promotes_it() {
     assert!(!job.await.unwrap());
 }
 
-/// A local-directory store on the disk cache's filesystem, read in place, with a memory
-/// cache of `memory_bytes`: prefetches all its chunks; returns the reader (and its
-/// directory).
-async fn local_prefetch(memory_bytes: u64) -> (tempfile::TempDir, Arc<ChunkReader>) {
+/// [`one_chunk_per_pack`] copied into a local-directory store in a fresh directory.
+async fn local_chunks() -> (tempfile::TempDir, Arc<dyn BlobStore>, Vec<ChunkId>) {
     let tmp = tempfile::tempdir().unwrap();
     let (memory_store, ids) = one_chunk_per_pack().await;
     let local: Arc<dyn BlobStore> =
@@ -203,6 +201,14 @@ async fn local_prefetch(memory_bytes: u64) -> (tempfile::TempDir, Arc<ChunkReade
         let bytes = memory_store.get(&o.key).await.unwrap();
         local.put(&o.key, bytes).await.unwrap();
     }
+    (tmp, local, ids)
+}
+
+/// A local-directory store on the disk cache's filesystem, read in place, with a memory
+/// cache of `memory_bytes`: prefetches all its chunks; returns the reader (and its
+/// directory).
+async fn local_prefetch(memory_bytes: u64) -> (tempfile::TempDir, Arc<ChunkReader>) {
+    let (tmp, local, ids) = local_chunks().await;
     let reader = ChunkReader::new(
         PackStore::open(local).await.unwrap(),
         ReaderConfig {
@@ -237,11 +243,12 @@ async fn a_local_stores_prefetch_waits_in_memory_while_it_has_room() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_disk_cache_a_prefetch_stops_at_half_of_memory() {
-    let (store, ids) = one_chunk_per_pack().await;
-    // 120 chunks of 64 KiB through 2 MiB of memory and no disk cache: chunks past the
-    // first megabyte would evict earlier ones before anyone reads them.
+/// Prefetches every chunk of `store` through 2 MiB of memory and no disk cache; returns
+/// how many chunks the prefetch took on, and the reader.
+async fn memory_only_prefetch(
+    store: Arc<dyn BlobStore>,
+    ids: &[ChunkId],
+) -> (u64, Arc<ChunkReader>) {
     let reader = ChunkReader::new(
         PackStore::open(store).await.unwrap(),
         ReaderConfig {
@@ -253,12 +260,28 @@ async fn without_a_disk_cache_a_prefetch_stops_at_half_of_memory() {
     let progress = PrefetchProgress::default();
     assert!(
         reader
-            .prefetch(&ids, &progress, &CancellationToken::new())
+            .prefetch(ids, &progress, &CancellationToken::new())
             .await
     );
+    assert_eq!(
+        reader.stats().prefetched_chunks,
+        progress.total_chunks.load(Relaxed)
+    );
+    (progress.total_chunks.load(Relaxed), reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_disk_cache_a_local_stores_prefetch_stops_at_half_of_memory() {
+    // 120 chunks of 64 KiB through 2 MiB of memory: from a local store, chunks past the
+    // first megabyte would evict earlier ones and be decoded again.
+    let (_tmp, local, ids) = local_chunks().await;
+    let (taken, reader) = memory_only_prefetch(local, &ids).await;
     let half = (1 << 20) / CHUNK as u64;
-    assert_eq!(progress.total_chunks.load(Relaxed), half);
-    assert_eq!(reader.stats().prefetched_chunks, half);
+    assert_eq!(taken, half);
     assert!(ids[..half as usize].iter().all(|id| reader.is_cached(id)));
     assert!(!reader.is_cached(&ids[half as usize]));
+    // From a store that is not a local directory, fetching ahead pays even so.
+    let (remote, ids) = one_chunk_per_pack().await;
+    let (taken, _) = memory_only_prefetch(remote, &ids).await;
+    assert_eq!(taken, CHUNKS as u64);
 }
