@@ -233,12 +233,8 @@ fn op(session: &MountSession, name: &str) -> u64 {
         .1
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
-    if !can_mount("a_workload_opening_most_files_is_then_served_by_the_kernels_caches") {
-        return;
-    }
-    let (tmp, image) = built_many_files().await;
+/// Starts a session over [`built_many_files`] with a disk cache (so the bulk fetch runs).
+async fn many_files_session(tmp: &tempfile::TempDir, image: thaw_core::ImageId) -> MountSession {
     let (_, repo) = local_repo(&tmp.path().join("store")).await;
     let manifest = Arc::new(repo.get_manifest(&image).await.expect("manifest"));
     let config = ReaderConfig {
@@ -253,20 +249,36 @@ async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
         manifest,
     };
     let registry = MountRegistry::new(tmp.path().join("mounts"));
-    let session = MountSession::start(reader, image, spec(&mnt, None), registry, None)
+    MountSession::start(reader, image, spec(&mnt, None), registry, None)
         .await
-        .expect("mount");
-    let src = tmp.path().join("src");
-    let read_range = |range: std::ops::Range<u64>| {
-        let (src, mnt) = (src.clone(), mnt.clone());
-        tokio::task::spawn_blocking(move || {
-            for i in range {
-                let rel = format!("dir{}/file{i}", i % 10);
-                let got = std::fs::read(mnt.join(&rel)).expect("read");
-                assert_eq!(got, std::fs::read(src.join(&rel)).expect("source"), "{rel}");
-            }
-        })
-    };
+        .expect("mount")
+}
+
+/// Reads the files numbered `range` (but those in `dir{skip}`) through the mount under
+/// `tmp` and checks their bytes against the source.
+fn read_files(
+    tmp: &tempfile::TempDir,
+    range: std::ops::Range<u64>,
+    skip: Option<u64>,
+) -> tokio::task::JoinHandle<()> {
+    let (src, mnt) = (tmp.path().join("src"), tmp.path().join("mnt"));
+    tokio::task::spawn_blocking(move || {
+        for i in range.filter(|i| Some(i % 10) != skip) {
+            let rel = format!("dir{}/file{i}", i % 10);
+            let got = std::fs::read(mnt.join(&rel)).expect("read");
+            assert_eq!(got, std::fs::read(src.join(&rel)).expect("source"), "{rel}");
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
+    if !can_mount("a_workload_opening_most_files_is_then_served_by_the_kernels_caches") {
+        return;
+    }
+    let (tmp, image) = built_many_files().await;
+    let session = many_files_session(&tmp, image).await;
+    let read_range = |range| read_files(&tmp, range, None);
     // 320 of 400 files: past the 300 opens (and a tenth of the files) that mark a
     // workload reading most of the image.
     assert_eq!(thaw_fuse::session::opens_to_warm(401), 300);
@@ -284,5 +296,36 @@ async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
     assert!((321..=320 + warming).contains(&opens), "{opens} opens");
     read_range(320..400).await.expect("last reads");
     assert_eq!(op(&session, "open"), opens);
+    session.end().await.expect("end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_warming_leaves_a_directory_mounted_over_alone() {
+    if !can_mount("the_kernel_warming_leaves_a_directory_mounted_over_alone") {
+        return;
+    }
+    let (tmp, image) = built_many_files().await;
+    let session = many_files_session(&tmp, image).await;
+    // Another filesystem over dir3, holding a regular file and a FIFO under names of
+    // the image's files there: the warming must neither read them nor block on the FIFO.
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("mkdir");
+    std::fs::write(host.join("file3"), b"not the image").expect("write");
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(host.join("file13"))
+        .status();
+    assert!(mkfifo.expect("mkfifo").success());
+    let over = tmp.path().join("mnt/dir3");
+    let bind = std::process::Command::new("mount")
+        .args(["--bind".as_ref(), host.as_os_str(), over.as_os_str()])
+        .status();
+    assert!(bind.expect("mount --bind").success());
+    read_files(&tmp, 0..350, Some(3)).await.expect("reads");
+    thaw_tests::eventually("the 360 files outside dir3 warmed", || {
+        session.stats().warmed_files == 360
+    })
+    .await;
+    let unbind = std::process::Command::new("umount").arg(&over).status();
+    assert!(unbind.expect("umount").success());
     session.end().await.expect("end");
 }

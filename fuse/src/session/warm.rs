@@ -71,23 +71,29 @@ pub(super) async fn when_opened(shared: Arc<FsShared>, root: PathBuf, stop: Canc
 /// every entry's name and attributes), and has [`WARM_THREADS`] readers read each
 /// regular file once its chunks are cached.
 fn warm(root: &Path, shared: &FsShared, stop: &CancellationToken) {
+    let Ok(dev) = std::fs::metadata(root).map(|m| m.dev()) else {
+        return;
+    };
     let (tx, rx) = sync_channel::<(PathBuf, u32)>(1024);
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
         for _ in 0..WARM_THREADS {
-            scope.spawn(|| read_files(&rx, shared, stop));
+            scope.spawn(|| read_files(&rx, dev, shared, stop));
         }
-        walk(root, shared, &tx, stop);
+        walk(root, dev, shared, &tx, stop);
         drop(tx);
     });
 }
 
 /// Lists every directory and sends every regular file (each inode once) to the readers.
 /// Skips what is no longer this mount (a directory something else is mounted on).
-fn walk(root: &Path, shared: &FsShared, tx: &SyncSender<(PathBuf, u32)>, stop: &CancellationToken) {
-    let Ok(dev) = std::fs::metadata(root).map(|m| m.dev()) else {
-        return;
-    };
+fn walk(
+    root: &Path,
+    dev: u64,
+    shared: &FsShared,
+    tx: &SyncSender<(PathBuf, u32)>,
+    stop: &CancellationToken,
+) {
     let mut seen = vec![false; shared.manifest.inodes.len()];
     let mut entries = Vec::new();
     shared.manifest.walk(|path, ino| {
@@ -123,7 +129,12 @@ fn walk(root: &Path, shared: &FsShared, tx: &SyncSender<(PathBuf, u32)>, stop: &
 /// Reads files as they come: first makes sure their chunks are cached (at prefetch
 /// priority, joining the bulk fetch), then reads them through the mount. After a stop,
 /// drains the queue without reading so the walk ends too.
-fn read_files(rx: &Mutex<Receiver<(PathBuf, u32)>>, shared: &FsShared, stop: &CancellationToken) {
+fn read_files(
+    rx: &Mutex<Receiver<(PathBuf, u32)>>,
+    dev: u64,
+    shared: &FsShared,
+    stop: &CancellationToken,
+) {
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let next = rx.lock().map(|r| r.recv());
@@ -146,17 +157,27 @@ fn read_files(rx: &Mutex<Receiver<(PathBuf, u32)>>, shared: &FsShared, stop: &Ca
         {
             continue;
         }
-        if read_through(&path, &mut buf, stop) {
+        if read_through(&path, dev, &mut buf, stop) {
             shared.stats.warmed_files.fetch_add(1, Relaxed);
         }
     }
 }
 
-/// Reads `path` to its end (or to a stop); whether it was read whole.
-fn read_through(path: &Path, buf: &mut [u8], stop: &CancellationToken) -> bool {
-    let Ok(mut file) = std::fs::File::open(path) else {
+/// Reads `path` to its end (or to a stop); whether it was read whole. Only a regular
+/// file of this mount (`dev`) is read: a path that something mounted over leads
+/// elsewhere is left alone, and never blocks (`O_NONBLOCK`: a FIFO there).
+fn read_through(path: &Path, dev: u64, buf: &mut [u8], stop: &CancellationToken) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path);
+    let Ok(mut file) = opened else {
         return false;
     };
+    if !file.metadata().is_ok_and(|m| m.is_file() && m.dev() == dev) {
+        return false;
+    }
     loop {
         match file.read(buf) {
             Ok(0) => return true,
