@@ -57,8 +57,15 @@ queue = "jobs"
     )
 }
 
-/// Builds a small safetensors file into `store` as `burst-weights`.
+/// Builds a small safetensors file into `store` as `burst-weights`, once per test
+/// process: the tests share the store, and a second build (new file times, so a new
+/// image id) would move the tag under a daemon already running with the first.
 fn weights_image(store: &Path, dir: &Path) {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| build_weights_image(store, dir));
+}
+
+fn build_weights_image(store: &Path, dir: &Path) {
     let data: Vec<u8> = (0..(1u32 << 20))
         .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
         .collect();
