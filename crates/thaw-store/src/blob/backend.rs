@@ -44,25 +44,18 @@ impl LocalFiles {
         let file = self.path(key)?;
         let open = Arc::clone(&self.open);
         let want = range.end.saturating_sub(range.start);
-        let read = tokio::task::spawn_blocking(move || open.read_range(&file, range)).await;
+        let read = tokio::task::spawn_blocking(move || open.read_range(&file, range))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let key = key.to_string();
         match read {
-            Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StoreError::NotFound { key })
-            }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Err(StoreError::ShortRead {
-                    op: "get_range",
-                    key,
-                    want,
-                    got: 0,
-                })
-            }
-            Ok(Err(e)) => Err(StoreError::Transient {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound { key }),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoreError::ShortRead {
                 op: "get_range",
                 key,
-                source: Box::new(e),
+                want,
+                got: 0,
             }),
             Err(e) => Err(StoreError::Transient {
                 op: "get_range",
@@ -116,9 +109,9 @@ impl ObjectStoreBackend {
             ..Self::new(fs, format!("file://{}", dir.display()))
         })
     }
-}
 
-impl ObjectStoreBackend {
+    /// The object of `key` is being written or deleted: a local store's open file of it
+    /// is stale.
     fn forget(&self, key: &str) {
         if let Some(local) = &self.local {
             local.forget(key);
