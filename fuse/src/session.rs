@@ -17,7 +17,7 @@ use thaw_store::{ChunkReader, ReadError, ReaderConfig, RepoError, Repository};
 
 mod prefetch;
 mod warm;
-pub use prefetch::{BulkTrigger, Prefetch};
+pub use prefetch::{BulkPlan, BulkTrigger, Prefetch};
 pub use warm::{opens_to_warm, WARM_OPENED_SHARE, WARM_THREADS};
 
 /// Why a session could not start or end cleanly.

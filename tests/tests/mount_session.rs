@@ -233,15 +233,31 @@ fn op(session: &MountSession, name: &str) -> u64 {
         .1
 }
 
-/// Starts a session over [`built_many_files`] with a disk cache (so the bulk fetch runs).
+/// Starts a session over [`built_many_files`] with a disk cache and the default memory
+/// cache (so the bulk fetch runs).
 async fn many_files_session(tmp: &tempfile::TempDir, image: thaw_core::ImageId) -> MountSession {
-    let (_, repo) = local_repo(&tmp.path().join("store")).await;
-    let manifest = Arc::new(repo.get_manifest(&image).await.expect("manifest"));
     let config = ReaderConfig {
         disk: Some((tmp.path().join("cache"), 1 << 30)),
         ..Default::default()
     };
-    let reader = ChunkReader::new(repo.packs().clone(), config).expect("reader");
+    let reader = reader_for(tmp, config).await;
+    many_files_session_with(tmp, image, reader).await
+}
+
+/// A reader of the local store under `tmp`.
+async fn reader_for(tmp: &tempfile::TempDir, config: ReaderConfig) -> Arc<ChunkReader> {
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    ChunkReader::new(repo.packs().clone(), config).expect("reader")
+}
+
+/// Starts a session over [`built_many_files`] reading through `reader`.
+async fn many_files_session_with(
+    tmp: &tempfile::TempDir,
+    image: thaw_core::ImageId,
+    reader: Arc<ChunkReader>,
+) -> MountSession {
+    let (_, repo) = local_repo(&tmp.path().join("store")).await;
+    let manifest = Arc::new(repo.get_manifest(&image).await.expect("manifest"));
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     let image = Image {
@@ -296,6 +312,43 @@ async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
     assert!((321..=320 + warming).contains(&opens), "{opens} opens");
     read_range(320..400).await.expect("last reads");
     assert_eq!(op(&session, "open"), opens);
+    session.end().await.expect("end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_image_larger_than_half_of_memory_is_warmed_without_a_copy_in_the_disk_cache() {
+    let name =
+        "a_local_image_larger_than_half_of_memory_is_warmed_without_a_copy_in_the_disk_cache";
+    if !can_mount(name) {
+        return;
+    }
+    let (tmp, image) = built_many_files().await;
+    // The 400 files hold about 2 MB: a 1 MiB memory cache cannot keep a bulk fetch, and
+    // the disk cache is on the store's filesystem (read in place), so a bulk fetch could
+    // only copy the store into it.
+    let config = ReaderConfig {
+        disk: Some((tmp.path().join("cache"), 1 << 30)),
+        memory_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let reader = reader_for(&tmp, config).await;
+    assert!(reader.reads_local_store());
+    let session = many_files_session_with(&tmp, image, reader.clone()).await;
+    read_files(&tmp, 0..320, None).await.expect("first reads");
+    thaw_tests::eventually("every non-empty file read into the kernel's caches", || {
+        session.stats().warmed_files == 400
+    })
+    .await;
+    let opens = op(&session, "open");
+    read_files(&tmp, 320..400, None).await.expect("last reads");
+    assert_eq!(op(&session, "open"), opens, "the kernel opens files itself");
+    let stats = reader.stats();
+    assert_eq!(stats.prefetched_chunks, 0, "no bulk fetch: {stats:?}");
+    assert_eq!(
+        reader.cache_usage().disk_entries,
+        0,
+        "nothing copied to the disk cache"
+    );
     session.end().await.expect("end");
 }
 

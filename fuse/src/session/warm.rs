@@ -37,10 +37,16 @@ pub fn opens_to_warm(files: u64) -> u64 {
 }
 
 /// Waits until the workload has opened [`opens_to_warm`] files, then warms the kernel's
-/// caches from `root` (the FUSE layer's own directory). Not while a trace is recorded
-/// (the trace would record the warming's reads, and miss the workload's that the kernel
-/// then serves itself).
-pub(super) async fn when_opened(shared: Arc<FsShared>, root: PathBuf, stop: CancellationToken) {
+/// caches from `root` (the FUSE layer's own directory); `join_bulk`: a bulk fetch runs,
+/// and each file is read once its chunks are cached (otherwise its reads fetch on
+/// demand). Not while a trace is recorded (the trace would record the warming's reads,
+/// and miss the workload's that the kernel then serves itself).
+pub(super) async fn when_opened(
+    shared: Arc<FsShared>,
+    root: PathBuf,
+    stop: CancellationToken,
+    join_bulk: bool,
+) {
     if shared.trace.is_some() {
         return;
     }
@@ -64,13 +70,13 @@ pub(super) async fn when_opened(shared: Arc<FsShared>, root: PathBuf, stop: Canc
         shared.stop_open_requests();
     }
     tracing::info!(image = %shared.image, "a workload is opening most of the image: reading it into the kernel's caches");
-    let _ = tokio::task::spawn_blocking(move || warm(&root, &shared, &stop)).await;
+    let _ = tokio::task::spawn_blocking(move || warm(&root, &shared, &stop, join_bulk)).await;
 }
 
 /// Walks the image's directories in the manifest's order (each listing gives the kernel
 /// every entry's name and attributes), and has [`WARM_THREADS`] readers read each
-/// regular file once its chunks are cached.
-fn warm(root: &Path, shared: &FsShared, stop: &CancellationToken) {
+/// regular file (once its chunks are cached, with `join_bulk`).
+fn warm(root: &Path, shared: &FsShared, stop: &CancellationToken, join_bulk: bool) {
     let Ok(dev) = std::fs::metadata(root).map(|m| m.dev()) else {
         return;
     };
@@ -78,7 +84,7 @@ fn warm(root: &Path, shared: &FsShared, stop: &CancellationToken) {
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
         for _ in 0..WARM_THREADS {
-            scope.spawn(|| read_files(&rx, dev, shared, stop));
+            scope.spawn(|| read_files(&rx, dev, shared, stop, join_bulk));
         }
         walk(root, dev, shared, &tx, stop);
         drop(tx);
@@ -126,14 +132,17 @@ fn walk(
     }
 }
 
-/// Reads files as they come: first makes sure their chunks are cached (at prefetch
-/// priority, joining the bulk fetch), then reads them through the mount. After a stop,
-/// drains the queue without reading so the walk ends too.
+/// Reads files as they come through the mount; with `join_bulk`, first makes sure their
+/// chunks are cached (at prefetch priority, joining the bulk fetch). Without one, a file's
+/// chunks are not fetched ahead: from a local store, a file larger than memory would be
+/// written to the disk cache first. After a stop, drains the queue without reading so the
+/// walk ends too.
 fn read_files(
     rx: &Mutex<Receiver<(PathBuf, u32)>>,
     dev: u64,
     shared: &FsShared,
     stop: &CancellationToken,
+    join_bulk: bool,
 ) {
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -141,26 +150,27 @@ fn read_files(
         let Ok(Ok((path, ino))) = next else {
             return;
         };
-        if stop.is_cancelled() {
-            continue;
-        }
-        let ids: Vec<ChunkId> = shared
-            .table
-            .extents(ino)
-            .iter()
-            .filter_map(|e| e.chunk)
-            .collect();
-        let progress = PrefetchProgress::default();
-        if !shared
-            .rt
-            .block_on(shared.reader.prefetch(&ids, &progress, stop))
-        {
+        if stop.is_cancelled() || (join_bulk && !cached(shared, ino, stop)) {
             continue;
         }
         if read_through(&path, dev, &mut buf, stop) {
             shared.stats.warmed_files.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// Waits until every chunk of `ino` is cached, joining the bulk fetch; false if stopped.
+fn cached(shared: &FsShared, ino: u32, stop: &CancellationToken) -> bool {
+    let ids: Vec<ChunkId> = shared
+        .table
+        .extents(ino)
+        .iter()
+        .filter_map(|e| e.chunk)
+        .collect();
+    let progress = PrefetchProgress::default();
+    shared
+        .rt
+        .block_on(shared.reader.prefetch(&ids, &progress, stop))
 }
 
 /// Reads `path` to its end (or to a stop); whether it was read whole. Only a regular

@@ -167,6 +167,13 @@ impl ChunkReader {
         self.caches.disk.is_some() && !self.caches.copy_fetched
     }
 
+    /// Whether every chunk this reader fetches comes from a local directory and stays
+    /// there: the store is local and its chunks are not copied into a disk cache (there
+    /// is none, or it is on the store's filesystem; see [`ReaderConfig::copy_local_store`]).
+    pub fn reads_local_store(&self) -> bool {
+        self.packs.store().local_dir().is_some() && !self.copies_fetched()
+    }
+
     pub(crate) fn caches(&self) -> &Caches {
         &self.caches
     }
