@@ -217,21 +217,36 @@ fn main() -> Result<()> {
     {
         return serve_cmd::hold_fuse_connection();
     }
-    tune_malloc();
-    run_main()
+    let cli = Cli::parse();
+    tune_malloc(mmap_threshold(&cli.command));
+    run_main(cli)
 }
 
 /// Allocations from this size up get their own mapping, returned to the system when
 /// freed (see [`tune_malloc`]).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+const MMAP_THRESHOLD: i32 = 256 * 1024;
+
+/// The mmap threshold of `thaw build`, a batch process that exits when done: above its
+/// largest buffers (a file read whole, up to 32 MiB; a pack, 32 MiB and a margin), so
+/// that they are reused from the heap instead of mapped, faulted in and unmapped each
+/// time. With [`MMAP_THRESHOLD`] the build of the Debian rootfs spent 0.25-0.36 s of
+/// system time against 0.16-0.20 s with this (0.53-0.60 s against 0.49-0.52 s wall).
+const BATCH_MMAP_THRESHOLD: i32 = 64 << 20;
+
+/// The mmap threshold for the process running `command`.
+fn mmap_threshold(command: &Command) -> i32 {
+    match command {
+        Command::Build(_) => BATCH_MMAP_THRESHOLD,
+        _ => MMAP_THRESHOLD,
+    }
+}
 
 /// Tunes glibc's malloc for a long-running process that moves megabyte chunks around.
 ///
 /// - Arenas: one per CPU (glibc's default is eight per CPU). The daemon runs dozens of
 ///   threads, and each arena keeps the memory freed into it: under the fault soak a
 ///   daemon's resident memory climbed past 400 MB with the default.
-/// - A fixed mmap threshold of 256 KiB. glibc raises its threshold to the size of each
+/// - A fixed mmap threshold (`mmap_threshold`), 256 KiB but for a build. glibc raises its threshold to the size of each
 ///   mapped block freed (up to 32 MiB), after which chunk buffers (1 MiB on average),
 ///   decode runs and FUSE's 16 MiB request buffers come from the arenas' heaps, where
 ///   blocks of mixed lifetimes fragment memory that is never given back. With the
@@ -242,7 +257,7 @@ const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
 /// Either is left alone when the environment sets it (`MALLOC_ARENA_MAX`,
 /// `MALLOC_MMAP_THRESHOLD_`, `GLIBC_TUNABLES`). Must run before any thread starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_malloc() {
+fn tune_malloc(mmap_threshold: i32) {
     let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
     let arenas = libc::c_int::try_from(cpus.max(2)).unwrap_or(libc::c_int::MAX);
     let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
@@ -254,15 +269,15 @@ fn tune_malloc() {
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() && !tunables.contains("mmap_threshold")
     {
         // SAFETY: as above.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, mmap_threshold) };
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
+fn tune_malloc(_mmap_threshold: i32) {}
 
 #[tokio::main]
-async fn run_main() -> Result<()> {
+async fn run_main(cli: Cli) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -272,7 +287,6 @@ async fn run_main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     if let Some(done) = without_store(&cli.command).await {
         return done;
     }
@@ -341,4 +355,18 @@ async fn run_main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_build_keeps_its_large_buffers_in_the_heap() {
+        let threshold = |args: &[&str]| mmap_threshold(&Cli::parse_from(args).command);
+        let build = threshold(&["thaw", "--store", "/s", "build", "/tree", "--tag", "t"]);
+        assert_eq!(build, BATCH_MMAP_THRESHOLD);
+        assert_eq!(threshold(&["thaw", "mount", "img", "/mnt"]), MMAP_THRESHOLD);
+        assert_eq!(threshold(&["thaw", "serve"]), MMAP_THRESHOLD);
+    }
 }
