@@ -102,7 +102,7 @@ impl ThawFs {
         let has_xattrs = manifest.inodes.iter().any(|i| !i.meta.xattrs.is_empty());
         let trace = trace.map(|p| TraceRecorder::new(image, p));
         // A trace must see every read, and passthrough reads bypass thaw.
-        let stats = Arc::new(FsStats::default());
+        let stats = Arc::new(FsStats::for_inodes(manifest.inodes.len()));
         let passthrough = Passthrough::new(
             config.passthrough && trace.is_none(),
             config.passthrough_min,
@@ -261,6 +261,7 @@ impl Filesystem for ThawFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(errno_of(&FsError::ReadOnly));
         }
+        s.stats.opened.mark(i);
         if s.opens_stopped.load(Relaxed) {
             return reply.error(errno_of(&FsError::OpensNotNeeded));
         }

@@ -52,6 +52,49 @@ const OPS: [(&str, Op); 13] = [
     ("opendir", Op::Opendir),
 ];
 
+/// Which of an image's inodes have been opened, and how many: a workload that walks the
+/// image opens many distinct files, while a server that opens the same few files for
+/// every request does not (its opens alone would, given time).
+#[derive(Debug, Default)]
+pub struct OpenedFiles {
+    inodes: u32,
+    bits: Box<[AtomicU64]>,
+    distinct: AtomicU64,
+}
+
+impl OpenedFiles {
+    /// For an image of `inodes` inodes.
+    pub fn new(inodes: usize) -> Self {
+        OpenedFiles {
+            inodes: u32::try_from(inodes).unwrap_or(u32::MAX),
+            bits: (0..inodes.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            distinct: AtomicU64::new(0),
+        }
+    }
+
+    /// Records an open of `ino` (an inode out of range is not counted).
+    pub fn mark(&self, ino: u32) {
+        let Some(word) = self
+            .bits
+            .get(ino as usize / 64)
+            .filter(|_| ino < self.inodes)
+        else {
+            return;
+        };
+        let bit = 1u64 << (ino % 64);
+        if word.fetch_or(bit, Relaxed) & bit == 0 {
+            self.distinct.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// How many distinct inodes have been opened.
+    pub fn distinct(&self) -> u64 {
+        self.distinct.load(Relaxed)
+    }
+}
+
 /// Live counters of one mount.
 #[derive(Debug, Default)]
 pub struct FsStats {
@@ -67,6 +110,8 @@ pub struct FsStats {
     pub readahead_chunks: AtomicU64,
     /// Files the mount read through itself into the kernel's caches.
     pub warmed_files: AtomicU64,
+    /// The distinct files opened.
+    pub opened: OpenedFiles,
 }
 
 /// What FUSE passthrough did on a mount, with the node's whole-file cache.
@@ -113,6 +158,8 @@ pub struct StatsSnapshot {
     pub readahead_chunks: u64,
     /// Files the mount read through itself into the kernel's caches.
     pub warmed_files: u64,
+    /// Distinct files opened.
+    pub files_opened: u64,
     /// The reader's counters (shared by every mount of the reader).
     pub reader: ReaderStats,
     /// FUSE passthrough.
@@ -120,6 +167,14 @@ pub struct StatsSnapshot {
 }
 
 impl FsStats {
+    /// The counters of a mount of an image of `inodes` inodes.
+    pub fn for_inodes(inodes: usize) -> Self {
+        FsStats {
+            opened: OpenedFiles::new(inodes),
+            ..FsStats::default()
+        }
+    }
+
     /// Counts an operation; its latency is recorded when the returned guard drops
     /// (after the reply).
     pub fn start(&self, op: Op) -> OpTimer<'_> {
@@ -152,6 +207,7 @@ impl FsStats {
             read_errors: self.read_errors.load(Relaxed),
             readahead_chunks: self.readahead_chunks.load(Relaxed),
             warmed_files: self.warmed_files.load(Relaxed),
+            files_opened: self.opened.distinct(),
             reader,
             passthrough,
         }
@@ -174,6 +230,7 @@ impl StatsSnapshot {
         ));
         s.push_str(&format!("dropped_around: {}\n", r.dropped_around));
         s.push_str(&format!("kernel_warmed_files: {}\n", self.warmed_files));
+        s.push_str(&format!("files_opened: {}\n", self.files_opened));
         s.push_str(&format!(
             "fetch_around_bytes: {}\nstore_latency_us: {}\nstore_bytes_per_second: {}\ndecode_bytes_per_second: {}\n",
             r.fetch_around_bytes, r.store_latency_us, r.store_bytes_per_second, r.decode_bytes_per_second
@@ -184,5 +241,20 @@ impl StatsSnapshot {
             u8::from(p.active), p.opens, p.refused, p.files.files, p.files.bytes, p.files.materialised, p.files.verified, p.files.rejected
         ));
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OpenedFiles;
+
+    #[test]
+    fn opened_files_counts_each_inode_once() {
+        let opened = OpenedFiles::new(130);
+        for ino in [1, 1, 64, 129, 1, 64] {
+            opened.mark(ino);
+        }
+        opened.mark(130); // out of range: not counted
+        assert_eq!(opened.distinct(), 3);
     }
 }

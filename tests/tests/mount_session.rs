@@ -316,6 +316,45 @@ async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_the_same_files_again_and_again_does_not_warm_the_image() {
+    if !can_mount("opening_the_same_files_again_and_again_does_not_warm_the_image") {
+        return;
+    }
+    let (tmp, image) = built_many_files().await;
+    let session = many_files_session(&tmp, image).await;
+    // A server opening the same ten files for every request: 400 opens, ten files.
+    for _ in 0..40 {
+        read_files(&tmp, 0..10, None).await.expect("reads");
+    }
+    assert_eq!(op(&session, "open"), 400);
+    assert_eq!(session.stats().files_opened, 10);
+    // Only distinct files count: the warming starts once 300 have been opened.
+    let mnt = tmp.path().join("mnt");
+    let mut opened_when_warming_seen = None;
+    for i in 10..400u64 {
+        let rel = format!("dir{}/file{i}", i % 10);
+        let path = mnt.join(rel);
+        tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .expect("join")
+            .expect("read");
+        let stats = session.stats();
+        if stats.warmed_files > 0 {
+            opened_when_warming_seen = Some(stats.files_opened);
+            break;
+        }
+    }
+    thaw_tests::eventually("every non-empty file warmed", || {
+        session.stats().warmed_files == 400
+    })
+    .await;
+    if let Some(opened) = opened_when_warming_seen {
+        assert!(opened >= 300, "warming began after {opened} distinct files");
+    }
+    session.end().await.expect("end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_image_larger_than_half_of_memory_is_warmed_without_a_copy_in_the_disk_cache() {
     let name =
         "a_local_image_larger_than_half_of_memory_is_warmed_without_a_copy_in_the_disk_cache";

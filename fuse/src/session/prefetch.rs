@@ -77,7 +77,7 @@ impl Prefetch {
                     _ = tick.tick() => {}
                 }
                 let served = shared.stats.bytes_served.load(Relaxed);
-                if trigger.fires(served, shared.stats.count(crate::stats::Op::Open)) {
+                if trigger.fires(served, shared.stats.opened.distinct()) {
                     break;
                 }
             }
@@ -112,7 +112,8 @@ impl Prefetch {
 
 /// When a mount fetches the rest of its image in bulk: once it has served a fraction of
 /// the image's bytes (coverage), or once a workload walks the image: it has opened
-/// [`BulkTrigger::WALK_OPENS`] files and read [`BulkTrigger::WALK_FRACTION`] of the bytes.
+/// [`BulkTrigger::WALK_OPENS`] distinct files and read [`BulkTrigger::WALK_FRACTION`] of
+/// the bytes.
 /// A package check or a full import opens thousands of files early on, long before it has
 /// read a quarter of the image; a start-up opens tens to hundreds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

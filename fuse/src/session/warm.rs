@@ -5,7 +5,6 @@
 //! each lookup, open, read and release.
 
 use crate::fs::FsShared;
-use crate::stats::Op;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -31,12 +30,13 @@ pub const WARM_OPENED_SHARE: u64 = 10;
 /// How often the trigger is checked.
 const WARM_CHECK: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// How many opens mark a workload that reads most of an image of `files` regular files.
+/// How many distinct files opened mark a workload that reads most of an image of `files`
+/// regular files.
 pub fn opens_to_warm(files: u64) -> u64 {
     (files / WARM_OPENED_SHARE).max(super::BulkTrigger::WALK_OPENS)
 }
 
-/// Waits until the workload has opened [`opens_to_warm`] files, then warms the kernel's
+/// Waits until the workload has opened [`opens_to_warm`] distinct files, then warms the kernel's
 /// caches from `root` (the FUSE layer's own directory); `join_bulk`: a bulk fetch runs,
 /// and each file is read once its chunks are cached (otherwise its reads fetch on
 /// demand). Not while a trace is recorded (the trace would record the warming's reads,
@@ -58,7 +58,7 @@ pub(super) async fn when_opened(
         .count() as u64;
     let wanted = opens_to_warm(files);
     let mut tick = tokio::time::interval(WARM_CHECK);
-    while shared.stats.count(Op::Open) < wanted {
+    while shared.stats.opened.distinct() < wanted {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
