@@ -1,6 +1,6 @@
 //! Counters of FUSE operations and bytes served, rendered as `key: value` text.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use thaw_store::read::cache::FileCacheStats;
 use thaw_store::read::histogram::{HistogramSnapshot, LatencyHistogram};
 use thaw_store::ReaderStats;
@@ -60,6 +60,8 @@ pub struct OpenedFiles {
     inodes: u32,
     bits: Box<[AtomicU64]>,
     distinct: AtomicU64,
+    /// The inode opened last, plus one (0: none yet).
+    last: AtomicU32,
 }
 
 impl OpenedFiles {
@@ -71,6 +73,7 @@ impl OpenedFiles {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             distinct: AtomicU64::new(0),
+            last: AtomicU32::new(0),
         }
     }
 
@@ -83,6 +86,7 @@ impl OpenedFiles {
         else {
             return;
         };
+        self.last.store(ino.saturating_add(1), Relaxed);
         let bit = 1u64 << (ino % 64);
         if word.fetch_or(bit, Relaxed) & bit == 0 {
             self.distinct.fetch_add(1, Relaxed);
@@ -92,6 +96,11 @@ impl OpenedFiles {
     /// How many distinct inodes have been opened.
     pub fn distinct(&self) -> u64 {
         self.distinct.load(Relaxed)
+    }
+
+    /// The inode opened last, if any.
+    pub fn last(&self) -> Option<u32> {
+        self.last.load(Relaxed).checked_sub(1)
     }
 }
 
@@ -256,5 +265,7 @@ mod tests {
         }
         opened.mark(130); // out of range: not counted
         assert_eq!(opened.distinct(), 3);
+        assert_eq!(opened.last(), Some(64));
+        assert_eq!(OpenedFiles::new(4).last(), None);
     }
 }
