@@ -188,7 +188,14 @@ impl Fetcher {
 
     /// Serves the chunks of `ids` the disk cache holds; returns the rest.
     async fn serve_from_disk(&self, guard: &FlightGuard, ids: Vec<ChunkId>) -> Vec<ChunkId> {
-        if self.caches.disk.is_none() {
+        let Some(disk) = &self.caches.disk else {
+            return ids;
+        };
+        // A cold miss (and every miss of a local store read in place, which keeps no
+        // chunk there) goes to the store without a blocking task that only finds the
+        // index empty: one thread hand-off fewer on the reader's path.
+        if !ids.iter().any(|id| disk.contains(id)) {
+            Counters::add(&self.counters.disk_misses, ids.len() as u64);
             return ids;
         }
         let per = ids.len().div_ceil(DISK_READS_IN_FLIGHT).max(1);
