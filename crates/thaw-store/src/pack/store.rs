@@ -439,11 +439,8 @@ pub fn decode_chunk(pack: &PackId, e: &PackEntry, stored: Bytes) -> Result<Bytes
     }
     let raw = match e.compression {
         Compression::None => stored,
-        Compression::Zstd => {
-            let v = zstd_decompress(&stored, e.raw_len as usize)
-                .map_err(|err| integrity(format!("zstd: {err}")))?;
-            Bytes::from(v)
-        }
+        Compression::Zstd => zstd_decompress(&stored, e.raw_len as usize)
+            .map_err(|err| integrity(format!("zstd: {err}")))?,
     };
     if raw.len() != e.raw_len as usize {
         return Err(integrity(format!(
@@ -467,15 +464,15 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Decompresses one zstd frame into at most `capacity` bytes with this thread's context
-/// (a context that failed is dropped: the next frame gets a new one).
-fn zstd_decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+/// Decompresses one zstd frame of `raw_len` bytes with this thread's context into a
+/// reused buffer (a context that failed is dropped: the next frame gets a new one).
+fn zstd_decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Bytes> {
     DECOMPRESSOR.with_borrow_mut(|slot| {
         let d = match slot {
             Some(d) => d,
             None => slot.insert(zstd::bulk::Decompressor::new()?),
         };
-        let out = d.decompress(stored, capacity);
+        let out = crate::read::cache::buffers::decompress_pooled(d, stored, raw_len);
         if out.is_err() {
             *slot = None;
         }

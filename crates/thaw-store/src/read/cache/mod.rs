@@ -1,7 +1,7 @@
 //! Local cache tiers for decompressed, verified chunks: memory, then disk; and whole
 //! files assembled from them for FUSE passthrough.
 
-mod buffers;
+pub(crate) mod buffers;
 mod disk;
 mod files;
 
