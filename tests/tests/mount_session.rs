@@ -299,20 +299,26 @@ async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
     // workload reading most of the image.
     assert_eq!(thaw_fuse::session::opens_to_warm(401), 300);
     read_range(0..320).await.expect("first reads");
+    let opens = warmed_then_opened_by_the_kernel(&tmp, &session).await;
+    // (The warming threads' first opens, up to one each, are answered "not implemented"
+    // before the kernel stops sending them.)
+    let warming = thaw_fuse::session::WARM_THREADS as u64;
+    assert!((321..=320 + warming).contains(&opens), "{opens} opens");
+    session.end().await.expect("end");
+}
+
+/// Waits until the warming has read all 400 non-empty files of [`built_many_files`], then
+/// reads the last 80 through the mount: from then on the kernel opens files itself, so
+/// they cost no open request, and their bytes are right. Returns the opens counted.
+async fn warmed_then_opened_by_the_kernel(tmp: &tempfile::TempDir, session: &MountSession) -> u64 {
     thaw_tests::eventually("every non-empty file read into the kernel's caches", || {
         session.stats().warmed_files == 400
     })
     .await;
-    // From then on the kernel opens files itself: the last 80 cost no open request,
-    // and their bytes are right.
-    // (The warming threads' first opens, up to one each, are answered "not implemented"
-    // before the kernel stops sending them.)
-    let opens = op(&session, "open");
-    let warming = thaw_fuse::session::WARM_THREADS as u64;
-    assert!((321..=320 + warming).contains(&opens), "{opens} opens");
-    read_range(320..400).await.expect("last reads");
-    assert_eq!(op(&session, "open"), opens);
-    session.end().await.expect("end");
+    let opens = op(session, "open");
+    read_files(tmp, 320..400, None).await.expect("last reads");
+    assert_eq!(op(session, "open"), opens, "the kernel opens files itself");
+    opens
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,13 +380,7 @@ async fn a_local_image_larger_than_half_of_memory_is_warmed_without_a_copy_in_th
     assert!(reader.reads_local_store());
     let session = many_files_session_with(&tmp, image, reader.clone()).await;
     read_files(&tmp, 0..320, None).await.expect("first reads");
-    thaw_tests::eventually("every non-empty file read into the kernel's caches", || {
-        session.stats().warmed_files == 400
-    })
-    .await;
-    let opens = op(&session, "open");
-    read_files(&tmp, 320..400, None).await.expect("last reads");
-    assert_eq!(op(&session, "open"), opens, "the kernel opens files itself");
+    warmed_then_opened_by_the_kernel(&tmp, &session).await;
     let stats = reader.stats();
     assert_eq!(stats.prefetched_chunks, 0, "no bulk fetch: {stats:?}");
     assert_eq!(

@@ -246,9 +246,10 @@ fn mmap_threshold(command: &Command) -> i32 {
 /// - Arenas: one per CPU (glibc's default is eight per CPU). The daemon runs dozens of
 ///   threads, and each arena keeps the memory freed into it: under the fault soak a
 ///   daemon's resident memory climbed past 400 MB with the default.
-/// - A fixed mmap threshold (`mmap_threshold`), 256 KiB but for a build. glibc raises its threshold to the size of each
-///   mapped block freed (up to 32 MiB), after which chunk buffers (1 MiB on average),
-///   decode runs and FUSE's 16 MiB request buffers come from the arenas' heaps, where
+/// - A fixed mmap threshold (`mmap_threshold`: 256 KiB, more for a build). glibc raises
+///   its threshold to the size of each mapped block freed (up to 32 MiB), after which
+///   chunk buffers (1 MiB on average), decode runs and FUSE's 16 MiB request buffers
+///   come from the arenas' heaps, where
 ///   blocks of mixed lifetimes fragment memory that is never given back. With the
 ///   dynamic threshold the soak's daemon grew 18.8% over its second half (190 to 240 MB
 ///   in six minutes, still rising); with this one it stayed at 105-125 MB (2.0%):
