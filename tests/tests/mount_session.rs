@@ -300,10 +300,12 @@ async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
     assert_eq!(thaw_fuse::session::opens_to_warm(401), 300);
     read_range(0..320).await.expect("first reads");
     let opens = warmed_then_opened_by_the_kernel(&tmp, &session).await;
-    // (The warming threads' first opens, up to one each, are answered "not implemented"
-    // before the kernel stops sending them.)
+    // The warming begins at the 300th distinct file while the workload still reads. Its
+    // threads' first opens, up to one each, are answered "not implemented"; from the first
+    // such answer the kernel sends no open for any file, so the workload's opens of its
+    // last files may go uncounted (CI once counted 310).
     let warming = thaw_fuse::session::WARM_THREADS as u64;
-    assert!((321..=320 + warming).contains(&opens), "{opens} opens");
+    assert!((300..=320 + warming).contains(&opens), "{opens} opens");
     session.end().await.expect("end");
 }
 
