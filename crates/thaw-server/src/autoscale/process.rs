@@ -57,8 +57,11 @@ impl ProcessActuator {
     }
 
     fn save(&self) {
-        let records: Vec<Record> = self.records.lock().values().cloned().collect();
-        super::persist::save_records(&self.records_path, &records);
+        // The lock is held through the write: replicas started at once must not write the
+        // temporary file together, and the file written last must hold the latest records.
+        let records = self.records.lock();
+        let list: Vec<&Record> = records.values().collect();
+        super::persist::save_records(&self.records_path, &list);
     }
 
     fn load(&self) -> Vec<Record> {
@@ -212,6 +215,7 @@ impl Actuator for ProcessActuator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn spec(name: &str) -> ReplicaSpec {
         ReplicaSpec {
@@ -219,6 +223,58 @@ mod tests {
             slot: 3,
             gpus: Some("6,7".into()),
             port: Some(18103),
+        }
+    }
+
+    #[test]
+    fn saves_racing_from_many_threads_leave_the_latest_records_whole() {
+        // Replicas start and stop concurrently, each saving the records: every file a
+        // reader finds must parse (CI once read one with another save's tail), and the
+        // last must hold the latest records.
+        let dir = tempfile::tempdir().unwrap();
+        let a = ProcessActuator::new("web", dir.path(), Vec::new());
+        let writing = std::sync::atomic::AtomicUsize::new(4);
+        let torn = std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let (a, writing) = (&a, &writing);
+                s.spawn(move || {
+                    for i in 0..300u32 {
+                        let name = format!("web-{t}-{}", i % 7);
+                        if i % 3 == 2 {
+                            a.records.lock().remove(&name);
+                        } else {
+                            a.records
+                                .lock()
+                                .insert(name.clone(), record(&name, t * 1000 + i));
+                        }
+                        a.save();
+                    }
+                    writing.fetch_sub(1, Relaxed);
+                });
+            }
+            let mut torn = 0;
+            while writing.load(Relaxed) > 0 {
+                if let Ok(text) = std::fs::read(&a.records_path) {
+                    torn += usize::from(serde_json::from_slice::<Vec<Record>>(&text).is_err());
+                }
+            }
+            torn
+        });
+        assert_eq!(torn, 0, "records read half-written");
+        assert_eq!(
+            a.load(),
+            a.records.lock().values().cloned().collect::<Vec<_>>()
+        );
+    }
+
+    fn record(name: &str, slot: u32) -> Record {
+        Record {
+            name: name.into(),
+            slot,
+            gpus: None,
+            port: None,
+            pid: 1,
+            started: 0,
         }
     }
 

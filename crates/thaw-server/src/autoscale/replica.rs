@@ -118,8 +118,11 @@ pub(super) struct ContainerReplica {
 
 impl ContainerActuator {
     fn save(&self) {
-        let records: Vec<ContainerReplica> = self.records.lock().values().cloned().collect();
-        super::persist::save_records(&self.records_path, &records);
+        // Held through the write, as in the process actuator: concurrent saves would share
+        // the temporary file, and the last one written must be the latest.
+        let records = self.records.lock();
+        let list: Vec<&ContainerReplica> = records.values().collect();
+        super::persist::save_records(&self.records_path, &list);
     }
 }
 
