@@ -13,6 +13,7 @@
 //! This crate knows nothing of file trees, FUSE or HTTP.
 
 pub mod blob;
+mod buffers;
 pub mod error;
 pub mod pack;
 pub mod read;

@@ -49,7 +49,7 @@ impl LocalFiles {
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let key = key.to_string();
         match read {
-            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound { key }),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoreError::ShortRead {
                 op: "get_range",

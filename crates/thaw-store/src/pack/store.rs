@@ -472,7 +472,7 @@ fn zstd_decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Bytes> {
             Some(d) => d,
             None => slot.insert(zstd::bulk::Decompressor::new()?),
         };
-        let out = crate::read::cache::buffers::decompress_pooled(d, stored, raw_len);
+        let out = crate::buffers::decompress_pooled(d, stored, raw_len);
         if out.is_err() {
             *slot = None;
         }

@@ -100,7 +100,7 @@ impl DiskCache {
     pub fn get(&self, id: &ChunkId) -> Option<Bytes> {
         let stored_len = *self.inner.lock().lru.peek(id)?;
         let path = self.path_of(id);
-        match super::buffers::read_file(&path, stored_len) {
+        match crate::buffers::read_file(&path, stored_len) {
             Ok(entry) => match check_entry(entry) {
                 Some(data) => {
                     self.inner.lock().lru.get(id);

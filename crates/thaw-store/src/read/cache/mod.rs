@@ -1,7 +1,6 @@
 //! Local cache tiers for decompressed, verified chunks: memory, then disk; and whole
 //! files assembled from them for FUSE passthrough.
 
-pub(crate) mod buffers;
 mod disk;
 mod files;
 
