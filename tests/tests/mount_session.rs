@@ -295,17 +295,17 @@ async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
     let (tmp, image) = built_many_files().await;
     let session = many_files_session(&tmp, image).await;
     let read_range = |range| read_files(&tmp, range, None);
-    // 320 of 400 files: past the 300 opens (and a tenth of the files) that mark a
-    // workload reading most of the image.
-    assert_eq!(thaw_fuse::session::opens_to_warm(401), 300);
+    // 320 of 400 files: past the 150 distinct files (and a tenth of the files) that mark
+    // a workload reading most of the image.
+    assert_eq!(thaw_fuse::session::opens_to_warm(401), 150);
     read_range(0..320).await.expect("first reads");
     let opens = warmed_then_opened_by_the_kernel(&tmp, &session).await;
-    // The warming begins at the 300th distinct file while the workload still reads. Its
+    // The warming begins at the 150th distinct file while the workload still reads. Its
     // threads' first opens, up to one each, are answered "not implemented"; from the first
     // such answer the kernel sends no open for any file, so the workload's opens of its
     // last files may go uncounted (CI once counted 310).
     let warming = thaw_fuse::session::WARM_THREADS as u64;
-    assert!((300..=320 + warming).contains(&opens), "{opens} opens");
+    assert!((150..=320 + warming).contains(&opens), "{opens} opens");
     session.end().await.expect("end");
 }
 
@@ -336,7 +336,7 @@ async fn opening_the_same_files_again_and_again_does_not_warm_the_image() {
     }
     assert_eq!(op(&session, "open"), 400);
     assert_eq!(session.stats().files_opened, 10);
-    // Only distinct files count: the warming starts once 300 have been opened.
+    // Only distinct files count: the warming starts once 150 have been opened.
     let mnt = tmp.path().join("mnt");
     let mut opened_when_warming_seen = None;
     for i in 10..400u64 {
@@ -357,7 +357,7 @@ async fn opening_the_same_files_again_and_again_does_not_warm_the_image() {
     })
     .await;
     if let Some(opened) = opened_when_warming_seen {
-        assert!(opened >= 300, "warming began after {opened} distinct files");
+        assert!(opened >= 150, "warming began after {opened} distinct files");
     }
     session.end().await.expect("end");
 }

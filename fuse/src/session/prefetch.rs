@@ -123,8 +123,10 @@ pub struct BulkTrigger {
 }
 
 impl BulkTrigger {
-    /// Opens that mark a workload walking the image.
-    pub const WALK_OPENS: u64 = 300;
+    /// Distinct files opened that mark a workload walking the image. The Debian start-up
+    /// of the benchmarks opens 48; `dpkg --verify` reaches 150 about 100 ms sooner than
+    /// 300, and was 8% faster for it (7 of 8 alternating pairs).
+    pub const WALK_OPENS: u64 = 150;
     /// The fraction of the image a walk must also have read.
     pub const WALK_FRACTION: f64 = 0.02;
 
@@ -205,11 +207,11 @@ mod tests {
     #[test]
     fn bulk_fires_on_coverage_or_on_a_walk_of_the_image() {
         let t = BulkTrigger::new(1000, 0.25);
-        assert!(!t.fires(249, 299), "neither");
+        assert!(!t.fires(249, 149), "neither");
         assert!(t.fires(250, 0), "a quarter read");
-        assert!(t.fires(20, 300), "three hundred opens and 2% read");
+        assert!(t.fires(20, 150), "150 opens and 2% read");
         assert!(!t.fires(19, 5000), "many opens of little (a metadata walk)");
-        assert!(!t.fires(200, 299), "a start-up: fewer opens");
+        assert!(!t.fires(200, 149), "a start-up: fewer opens");
         // A lower coverage threshold than the walk's fraction wins.
         let t = BulkTrigger::new(1000, 0.01);
         assert!(t.fires(10, 0));
