@@ -228,6 +228,14 @@ impl Filesystem for ThawFs {
             });
         match found {
             Ok(ino) => reply.entry(&s.config.ttl, &s.attr(ino), Generation(0)),
+            // The image never changes, so a name it lacks stays missing: the kernel may
+            // remember that as long as the names it has (a negative entry: inode 0 with a
+            // timeout), instead of asking again for every `stat` of it.
+            Err(FsError::NotFound) => {
+                let mut attr = s.attr(0);
+                attr.ino = INodeNo(0);
+                reply.entry(&s.config.ttl, &attr, Generation(0));
+            }
             Err(e) => reply.error(errno_of(&e)),
         }
     }

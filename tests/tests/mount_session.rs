@@ -423,3 +423,28 @@ async fn the_kernel_warming_leaves_a_directory_mounted_over_alone() {
     assert!(unbind.expect("umount").success());
     session.end().await.expect("end");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_name_is_looked_up_once() {
+    if !can_mount("a_missing_name_is_looked_up_once") {
+        return;
+    }
+    let (tmp, image) = built_many_files().await;
+    let session = many_files_session(&tmp, image).await;
+    let mnt = tmp.path().join("mnt");
+    let before = op(&session, "lookup");
+    // A dynamic loader or an interpreter probes the same missing paths again and again.
+    for _ in 0..5 {
+        let missing = mnt.join("dir1/not-in-the-image.so");
+        let err = tokio::task::spawn_blocking(move || std::fs::metadata(missing))
+            .await
+            .expect("join")
+            .expect_err("a missing name");
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+    // dir1 itself, then the missing name: once each, the kernel remembers both.
+    assert_eq!(op(&session, "lookup") - before, 2);
+    // Names the image has are still found next to it.
+    assert!(mnt.join("dir1/file1").is_file());
+    session.end().await.expect("end");
+}
