@@ -294,11 +294,10 @@ async fn a_workload_opening_most_files_is_then_served_by_the_kernels_caches() {
     }
     let (tmp, image) = built_many_files().await;
     let session = many_files_session(&tmp, image).await;
-    let read_range = |range| read_files(&tmp, range, None);
     // 320 of 400 files: past the 150 distinct files (and a tenth of the files) that mark
     // a workload reading most of the image.
     assert_eq!(thaw_fuse::session::opens_to_warm(401), 150);
-    read_range(0..320).await.expect("first reads");
+    read_files(&tmp, 0..320, None).await.expect("first reads");
     let opens = warmed_then_opened_by_the_kernel(&tmp, &session).await;
     // The warming begins at the 150th distinct file while the workload still reads. Its
     // threads' first opens, up to one each, are answered "not implemented"; from the first

@@ -7,9 +7,9 @@
 //! read, and page faults were about 5% of the CPU while a workload read every file of a
 //! 5.7 GB image from a local store; reading the packs' compressed ranges into fresh buffers
 //! was another 3% of all samples (`clear_page_erms` under `pread64`). Buffers freed by the
-//! caches and by the fetcher are therefore pooled and reused. Small entries, where that cost is small and a pooled
-//! buffer (rounded up to 64 KiB) would hold far more memory than the caches count, are
-//! read into buffers of their exact size.
+//! caches and by the fetcher are therefore pooled and reused. Small entries, where that
+//! cost is small and a pooled buffer (rounded up to 64 KiB) would hold far more memory
+//! than the caches count, are read into buffers of their exact size.
 //!
 //! Reads go through the page cache. `O_DIRECT` saved a copy, but on this project's VMs it
 //! capped the disk at about 1.25 GB/s where buffered reads of the same files reached up to

@@ -5,6 +5,7 @@
 //! anything unreadable is logged and ignored (the policy then learns from scratch, the
 //! replicas are not adopted).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 use thaw_autoscale::Policy;
@@ -68,9 +69,16 @@ pub(super) fn restore(policy: &mut dyn Policy, path: &Path) {
 /// The largest replica records file read.
 const MAX_RECORDS_BYTES: u64 = 4 << 20;
 
-/// Writes a deployment's replica records to `path`.
-pub(super) fn save_records<T: serde::Serialize>(path: &Path, records: &[T]) {
-    if let Err(e) = write_json(path, records) {
+/// Writes a deployment's replica records to `path`. The lock is held through the write:
+/// replicas started at once must not write the temporary file together, and the file
+/// written last must hold the latest records.
+pub(super) fn save_records<T: serde::Serialize>(
+    path: &Path,
+    records: &parking_lot::Mutex<BTreeMap<String, T>>,
+) {
+    let records = records.lock();
+    let list: Vec<&T> = records.values().collect();
+    if let Err(e) = write_json(path, &list) {
         tracing::warn!(path = %path.display(), error = %e, "could not save the replicas' records: a restarted daemon will not adopt them");
     }
 }

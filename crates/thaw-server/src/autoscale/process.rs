@@ -57,11 +57,7 @@ impl ProcessActuator {
     }
 
     fn save(&self) {
-        // The lock is held through the write: replicas started at once must not write the
-        // temporary file together, and the file written last must hold the latest records.
-        let records = self.records.lock();
-        let list: Vec<&Record> = records.values().collect();
-        super::persist::save_records(&self.records_path, &list);
+        super::persist::save_records(&self.records_path, &self.records);
     }
 
     fn load(&self) -> Vec<Record> {

@@ -118,11 +118,7 @@ pub(super) struct ContainerReplica {
 
 impl ContainerActuator {
     fn save(&self) {
-        // Held through the write, as in the process actuator: concurrent saves would share
-        // the temporary file, and the last one written must be the latest.
-        let records = self.records.lock();
-        let list: Vec<&ContainerReplica> = records.values().collect();
-        super::persist::save_records(&self.records_path, &list);
+        super::persist::save_records(&self.records_path, &self.records);
     }
 }
 

@@ -51,6 +51,7 @@ impl OpenFiles {
     /// opened is noticed (its path names another inode, or none) and opened again, so a
     /// read sees what a fresh `open` would. A range past the end is `UnexpectedEof`, found
     /// before any buffer is allocated.
+    ///
     /// The bytes land in a pooled buffer: a fresh one per read cost a page fault and a
     /// cleared page per 4 KiB.
     pub fn read_range(&self, path: &Path, range: Range<u64>) -> io::Result<Bytes> {
