@@ -53,6 +53,28 @@ pub(crate) fn prefault(ptr: *mut u8, len: usize) {
     }
 }
 
+/// How often [`add_seals`] tries again while the pages are still referenced, 25 ms apart.
+const SEAL_TRIES: u32 = 40;
+
+/// Seals `fd` against writes and resizing, trying again while the kernel answers EBUSY.
+/// The write seal needs every page free of references other than mappings; the kernel
+/// waits about 75 ms for them, then gives up. Pages written moments before can still be
+/// held that long in another CPU's page batch (a `scripts/test.sh` run failed so), and a
+/// pipe holding them releases them only once read.
+fn add_seals(fd: &OwnedFd) -> std::io::Result<()> {
+    let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL;
+    let mut tries = 1;
+    loop {
+        match rustix::fs::fcntl_add_seals(fd, seals) {
+            Err(rustix::io::Errno::BUSY) if tries < SEAL_TRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            done => return done.map_err(Into::into),
+        }
+    }
+}
+
 impl SharedMemory {
     /// A new memfd of `len` zero bytes, named `name` (as /proc shows it), mapped writable
     /// with its pages allocated: a machine short of memory fails here, with an error,
@@ -106,10 +128,7 @@ impl SharedMemory {
     /// shrunk by anyone holding it, and it is mapped again read-only.
     pub fn seal(mut self) -> std::io::Result<Self> {
         self.unmap();
-        rustix::fs::fcntl_add_seals(
-            &self.fd,
-            SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
-        )?;
+        add_seals(&self.fd)?;
         self.ptr = map(self.fd.as_fd(), self.len, ProtFlags::READ)?;
         self.sealed = true;
         Ok(self)
@@ -177,6 +196,34 @@ mod tests {
         assert!(rustix::fs::ftruncate(m.fd(), 0).is_err());
         let empty = SharedMemory::create("e", 0).unwrap().seal().unwrap();
         assert!(empty.as_slice().is_empty());
+    }
+
+    #[test]
+    fn a_seal_waits_for_pages_still_referenced() {
+        let m = SharedMemory::create("busy", 64 << 10).unwrap();
+        let p = m.write_ptr().unwrap();
+        // SAFETY: in bounds of the writable mapping.
+        unsafe { p.as_ptr().write_bytes(7, 64 << 10) };
+        // The pipe takes references to the pages themselves, as a batch of another CPU
+        // can; they go once the pipe is read, after the kernel's own wait for them.
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        let pages = [rustix::pipe::IoSliceRaw::from_slice(m.as_slice())];
+        // SAFETY: the pages stay mapped and unchanged until the pipe is read below.
+        let spliced =
+            unsafe { rustix::pipe::vmsplice(&writer, &pages, rustix::pipe::SpliceFlags::empty()) };
+        assert_eq!(spliced.unwrap(), 64 << 10);
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let mut got = vec![0u8; 64 << 10];
+            let mut at = 0;
+            while at < got.len() {
+                at += rustix::io::read(&reader, &mut got[at..]).unwrap();
+            }
+            got
+        });
+        let m = m.seal().unwrap();
+        assert!(m.as_slice().iter().all(|&b| b == 7));
+        assert!(drain.join().unwrap().iter().all(|&b| b == 7));
     }
 
     #[test]
