@@ -53,6 +53,8 @@ pub struct WriterStats {
     pub stored_bytes: u64,
     /// Packs uploaded.
     pub packs: u64,
+    /// Packs written into the buffer of a pack published before (see `give_back`).
+    pub buffers_reused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +64,7 @@ struct Counters {
     raw_bytes_new: AtomicU64,
     stored_bytes: AtomicU64,
     packs: AtomicU64,
+    buffers_reused: AtomicU64,
 }
 
 struct Job {
@@ -134,12 +137,14 @@ impl PackWriter {
             .collect();
         drop(done_tx);
         let (up_tx, mut up_rx) = tokio::sync::mpsc::channel::<(Bytes, PackIndex)>(2);
+        let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
         let counters = Arc::new(Counters::default());
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
         let uploader = {
             let (packs, counters, failure) = (packs.clone(), counters.clone(), failure.clone());
             tokio::spawn(async move {
                 while let Some((data, index)) = up_rx.recv().await {
+                    let kept = data.clone();
                     if let Err(e) = packs.publish(data, index).await {
                         *failure
                             .lock()
@@ -148,15 +153,20 @@ impl PackWriter {
                         return Err(e);
                     }
                     counters.packs.fetch_add(1, Relaxed);
+                    give_back(kept, &spare_tx);
                 }
                 Ok(())
             })
         };
         let packer = {
             let counters = counters.clone();
-            std::thread::spawn(move || {
-                packer_loop(done_rx, up_tx, config.target_pack_size, counters)
-            })
+            let packing = Packing {
+                up: up_tx,
+                spare: spare_rx,
+                target: config.target_pack_size,
+                counters,
+            };
+            std::thread::spawn(move || packer_loop(done_rx, packing))
         };
         PackWriter {
             packs,
@@ -252,6 +262,7 @@ impl PackWriter {
             raw_bytes_new: c.raw_bytes_new.load(Relaxed),
             stored_bytes: c.stored_bytes.load(Relaxed),
             packs: c.packs.load(Relaxed),
+            buffers_reused: c.buffers_reused.load(Relaxed),
         }
     }
 
@@ -375,38 +386,72 @@ fn compress(zc: Option<&mut zstd::bulk::Compressor<'_>>, job: Job, min_saving: f
     }
 }
 
-fn packer_loop(
-    rx: Receiver<Vec<Compressed>>,
+/// Hands a published pack's buffer back to the packer when nothing else holds it (a
+/// local or remote store has written it out; a memory store keeps it). Refilling a
+/// buffer whose pages are already mapped spares the page faults of a fresh 36 MiB
+/// allocation for every pack: about half of a build's page faults.
+fn give_back(published: Bytes, spare: &Sender<Vec<u8>>) {
+    if let Ok(buf) = published.try_into_mut() {
+        let mut buf = Vec::from(buf);
+        buf.clear();
+        // A full queue means the packer has spares enough: this one is freed.
+        let _ = spare.try_send(buf);
+    }
+}
+
+/// Where the packer sends full packs and gets emptied buffers back from.
+struct Packing {
     up: tokio::sync::mpsc::Sender<(Bytes, PackIndex)>,
+    spare: Receiver<Vec<u8>>,
     target: usize,
     counters: Arc<Counters>,
-) -> Result<(), RepoError> {
+}
+
+impl Packing {
+    /// A pack buffer: a published one given back, or a new one.
+    fn buffer(&self) -> Vec<u8> {
+        let capacity = self.target + 4 * 1024 * 1024;
+        match self.spare.try_recv() {
+            Ok(buf) if buf.capacity() >= capacity => {
+                self.counters.buffers_reused.fetch_add(1, Relaxed);
+                buf
+            }
+            _ => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Sends a full pack to the uploader.
+    fn send(&self, buf: Vec<u8>, entries: Vec<PackEntry>) -> Result<(), RepoError> {
+        let index = PackIndex {
+            pack_len: buf.len() as u64,
+            entries,
+        };
+        self.up
+            .blocking_send((Bytes::from(buf), index))
+            .map_err(|_| RepoError::Writer("the uploader stopped".into()))
+    }
+}
+
+fn packer_loop(rx: Receiver<Vec<Compressed>>, packing: Packing) -> Result<(), RepoError> {
     let mut pending: BTreeMap<u64, Compressed> = BTreeMap::new();
     let mut next = 0u64;
-    let mut buf: Vec<u8> = Vec::with_capacity(target + 4 * 1024 * 1024);
-    let mut entries: Vec<PackEntry> = Vec::new();
-    let send = |buf: &mut Vec<u8>, entries: &mut Vec<PackEntry>| -> Result<(), RepoError> {
-        let data = Bytes::from(std::mem::replace(
-            buf,
-            Vec::with_capacity(target + 4 * 1024 * 1024),
-        ));
-        let index = PackIndex {
-            pack_len: data.len() as u64,
-            entries: std::mem::take(entries),
-        };
-        up.blocking_send((data, index))
-            .map_err(|_| RepoError::Writer("the uploader stopped".into()))
-    };
+    // The pack being filled; its buffer is taken only when its first chunk comes, which
+    // gives the uploader time to hand the last one back.
+    let mut pack: Option<(Vec<u8>, Vec<PackEntry>)> = None;
     for done in rx {
         pending.extend(done.into_iter().map(|c| (c.seq, c)));
         // Chunks are packed in the order they were added, so a file's chunks sit
         // together and are read back with few requests.
         while let Some(c) = pending.remove(&next) {
             next += 1;
-            if c.new_pack && !entries.is_empty() {
-                send(&mut buf, &mut entries)?;
+            if c.new_pack {
+                if let Some((buf, entries)) = pack.take() {
+                    packing.send(buf, entries)?;
+                }
             }
-            counters
+            let (buf, entries) = pack.get_or_insert_with(|| (packing.buffer(), Vec::new()));
+            packing
+                .counters
                 .stored_bytes
                 .fetch_add(c.stored.len() as u64, Relaxed);
             entries.push(PackEntry {
@@ -417,15 +462,17 @@ fn packer_loop(
                 compression: c.compression,
             });
             buf.extend_from_slice(&c.stored);
-            if buf.len() >= target {
-                send(&mut buf, &mut entries)?;
+            if buf.len() >= packing.target {
+                if let Some((buf, entries)) = pack.take() {
+                    packing.send(buf, entries)?;
+                }
             }
         }
     }
-    if !entries.is_empty() {
-        send(&mut buf, &mut entries)?;
+    match pack {
+        Some((buf, entries)) => packing.send(buf, entries),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
