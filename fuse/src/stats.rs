@@ -230,6 +230,11 @@ impl StatsSnapshot {
         for (name, n) in &self.ops {
             s.push_str(&format!("op_{name}: {n}\n"));
         }
+        // Time spent answering each kind of operation (summed over the FUSE threads):
+        // against the workload's wall time it says how much of it waited on the mount.
+        for (name, h) in &self.op_latency {
+            s.push_str(&format!("op_{name}_seconds: {:.3}\n", h.sum_seconds));
+        }
         let r = &self.reader;
         s.push_str(&format!(
             "bytes_served: {}\nzero_bytes_served: {}\nread_errors: {}\nreadahead_chunks: {}\nmemory_hits: {}\ndisk_hits: {}\nfetched_chunks: {}\nfetched_bytes: {}\njoined_fetches: {}\nfetched_around: {}\nprefetched_chunks: {}\nprefetched_bytes: {}\n",
@@ -255,7 +260,28 @@ impl StatsSnapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::OpenedFiles;
+    use super::{HistogramSnapshot, OpenedFiles, StatsSnapshot};
+
+    #[test]
+    fn the_time_spent_on_each_operation_is_rendered() {
+        let latency = |sum_seconds| HistogramSnapshot {
+            counts: vec![],
+            sum_seconds,
+        };
+        let snapshot = StatsSnapshot {
+            ops: vec![("read", 4), ("open", 2)],
+            op_latency: vec![("read", latency(1.5)), ("open", latency(0.0004))],
+            ..StatsSnapshot::default()
+        };
+        let text = snapshot.render();
+        for line in [
+            "op_read: 4\n",
+            "op_read_seconds: 1.500\n",
+            "op_open_seconds: 0.000\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn opened_files_counts_each_inode_once() {
