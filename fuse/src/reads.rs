@@ -179,7 +179,8 @@ impl FsShared {
         let fetch = async {
             tokio::time::timeout(self.config.read_timeout, self.reader.complete(partial)).await
         };
-        match self.rt.block_on(fetch) {
+        // This thread only waits for the fetch: it may do the fetch's blocking work itself.
+        match thaw_store::read::inline::on_this_thread(|| self.rt.block_on(fetch)) {
             Ok(r) => Ok(r?),
             Err(_) => Err(FsError::Timeout(self.config.read_timeout)),
         }

@@ -243,6 +243,7 @@ impl StatsSnapshot {
             r.prefetched_chunks, r.prefetched_bytes
         ));
         s.push_str(&format!("dropped_around: {}\n", r.dropped_around));
+        s.push_str(&format!("inline_fetches: {}\n", r.inline_fetches));
         s.push_str(&format!("kernel_warmed_files: {}\n", self.warmed_files));
         s.push_str(&format!("files_opened: {}\n", self.files_opened));
         s.push_str(&format!(

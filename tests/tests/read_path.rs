@@ -181,3 +181,87 @@ async fn a_local_store_on_the_cache_s_filesystem_is_not_copied_into_it() {
         .await;
     }
 }
+
+/// The built store, opened as a plain local directory.
+async fn local_repo(store: &std::path::Path) -> Repository {
+    let local: Arc<dyn BlobStore> = Arc::new(ObjectStoreBackend::local(store).expect("store"));
+    Repository::open(local).await.expect("repo")
+}
+
+/// Reads `id` through `reader` from a thread outside the runtime, as a FUSE thread does:
+/// marked as one that may do the fetch's blocking work itself, or not.
+async fn read_from_a_reader_thread(
+    reader: &Arc<ChunkReader>,
+    id: ChunkId,
+    marked: bool,
+) -> bytes::Bytes {
+    let (reader, rt) = (reader.clone(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || {
+        let read = || rt.block_on(reader.read(id));
+        if marked {
+            thaw_store::read::inline::on_this_thread(read)
+        } else {
+            read()
+        }
+    })
+    .await
+    .expect("reader thread")
+    .expect("read")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_thread_fetches_from_a_local_store_itself_and_only_there() {
+    let (tmp, image) = built_small_store().await;
+    let store = tmp.path().join("store");
+    let repo = local_repo(&store).await;
+    let chunks = repo.get_manifest(&image).await.expect("manifest").chunks;
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).expect("reader");
+    let got = read_from_a_reader_thread(&reader, chunks[0].id, true).await;
+    assert_eq!(ChunkId::of(&got), chunks[0].id);
+    assert_eq!(
+        reader.stats().inline_fetches,
+        1,
+        "the marked thread ran the flight"
+    );
+    // An unmarked thread, and a runtime task, hand the flight to the runtime.
+    let got = read_from_a_reader_thread(&reader, chunks[1].id, false).await;
+    assert_eq!(ChunkId::of(&got), chunks[1].id);
+    let got = reader.read(chunks[2].id).await.expect("read");
+    assert_eq!(ChunkId::of(&got), chunks[2].id);
+    assert_eq!(reader.stats().inline_fetches, 1);
+    assert_eq!(reader.stats().fetched_chunks, 3);
+    // A store that is not a local directory (here: behind the fault injector) never
+    // fetches on the reader's thread, marked or not.
+    let (_faulty, repo, reader) = faulty_reader(&store).await;
+    let id = repo.get_manifest(&image).await.expect("manifest").chunks[0].id;
+    let got = read_from_a_reader_thread(&reader, id, true).await;
+    assert_eq!(ChunkId::of(&got), id);
+    assert_eq!(reader.stats().inline_fetches, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_chunk_read_on_the_reader_s_thread_is_an_integrity_error() {
+    let (tmp, image) = built_small_store().await;
+    let store = tmp.path().join("store");
+    let repo = local_repo(&store).await;
+    let id = repo.get_manifest(&image).await.expect("manifest").chunks[0].id;
+    let loc = repo.packs().location(&id).expect("located");
+    let path = store.join(pack_key(&loc.pack));
+    let mut bytes = std::fs::read(&path).expect("pack");
+    let at = usize::try_from(loc.entry.offset).expect("offset") + 7;
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, bytes).expect("damage");
+    let reader = ChunkReader::new(repo.packs().clone(), ReaderConfig::default()).expect("reader");
+    let (r, rt) = (reader.clone(), tokio::runtime::Handle::current());
+    let got = tokio::task::spawn_blocking(move || {
+        thaw_store::read::inline::on_this_thread(|| rt.block_on(r.read(id)))
+    })
+    .await
+    .expect("reader thread");
+    let e = got.expect_err("damaged");
+    assert!(matches!(*e, ReadError::Integrity { .. }), "{e}");
+    assert_eq!(reader.stats().inline_fetches, 1);
+    assert_eq!(reader.stats().integrity_failures, 1);
+    assert_eq!(reader.fetcher().flights_len(), 0, "no entry is left behind");
+}

@@ -5,20 +5,22 @@
 //! scheduler or the single-flight table.
 
 use crate::error::{ReadError, SharedReadError};
-use crate::pack::store::{decode_run_where, FetchRun, PackStore, PlanOptions, MAX_COALESCED};
+use crate::pack::store::{FetchRun, PackStore, PlanOptions, MAX_COALESCED};
 use crate::read::cache::Caches;
 use crate::read::flight::{FlightGuard, Flights, Outcome};
+use crate::read::inline;
 use crate::read::policy::{FetchAround, FetchPolicy};
 use crate::read::schedule::{
     FetchClass, FetchScheduler, Priority, SchedulerConfig, SchedulerStats,
 };
 use crate::read::stats::Counters;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::HashSet;
 use std::sync::Arc;
 use thaw_core::ChunkId;
 
+mod decode;
 mod uncached;
 
 /// The cores this process may use (read once).
@@ -91,10 +93,35 @@ impl Fetcher {
     /// the rest (disk cache, then the store). One outcome per chunk, in order.
     pub async fn fetch(self: &Arc<Self>, ids: &[ChunkId], class: FetchClass) -> Vec<Outcome> {
         let claim = self.claim(ids, class);
-        if let Some(guard) = claim.guard {
-            tokio::spawn(self.clone().fly(guard, None, false));
+        let waiting = futures::future::join_all(claim.waiters.into_iter().map(|w| w.wait()));
+        match claim.guard {
+            Some(guard) if class == FetchClass::OnDemand && self.flies_inline() => {
+                Counters::add(&self.counters.inline_fetches, 1);
+                // As a spawned flight's would, a panic ends this flight alone: its guard
+                // releases the waiters, and the reader's thread goes on.
+                let flight = std::panic::AssertUnwindSafe(self.clone().fly(guard, None, false));
+                let fly = async {
+                    if flight.catch_unwind().await.is_err() {
+                        tracing::error!("an on-demand flight panicked");
+                    }
+                };
+                futures::future::join(fly, waiting).await.1
+            }
+            Some(guard) => {
+                tokio::spawn(self.clone().fly(guard, None, false));
+                waiting.await
+            }
+            None => waiting.await,
         }
-        futures::future::join_all(claim.waiters.into_iter().map(|w| w.wait())).await
+    }
+
+    /// Whether an on-demand flight runs on the reader's thread ([`crate::read::inline`]):
+    /// one that may block, reading a local store that nothing is copied from (so the
+    /// flight ends when its chunks are delivered, with no cache write to wait for).
+    fn flies_inline(&self) -> bool {
+        inline::allowed()
+            && self.packs.store().local_dir().is_some()
+            && !self.caches.keeps_on_disk(false)
     }
 
     /// Fetches one planned run of a prefetch (its chunks known to be neither in memory nor
@@ -377,52 +404,6 @@ impl Fetcher {
                 None
             }
         }
-    }
-
-    /// Decodes and verifies the chunks `ids` of `run` in up to `parts` tasks side by side
-    /// (a read spanning several chunks then waits for the slowest part, not for their
-    /// sum), timed for the fetch policy. Decompression and hashing are CPU work, done off
-    /// the async workers; if a task dies, its chunks get no outcome and the flight's guard
-    /// releases their waiters.
-    async fn decode(
-        &self,
-        run: &Arc<FetchRun>,
-        bytes: &Bytes,
-        ids: Vec<ChunkId>,
-        parts: usize,
-    ) -> Vec<(ChunkId, Outcome)> {
-        let per_part = ids.len().div_ceil(parts.max(1)).max(1);
-        let tasks = ids.chunks(per_part).map(|part| {
-            let part: HashSet<ChunkId> = part.iter().copied().collect();
-            let (run, bytes) = (run.clone(), bytes.clone());
-            tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let decoded = decode_run_where(&run, &bytes, |id| part.contains(id));
-                (decoded, started.elapsed().as_secs_f64())
-            })
-        });
-        let (mut raw, mut seconds) = (0u64, 0.0);
-        let mut out = Vec::with_capacity(ids.len());
-        for done in futures::future::join_all(tasks).await {
-            match done {
-                Ok((decoded, took)) => {
-                    raw += decoded
-                        .iter()
-                        .filter_map(|(_, r)| r.as_ref().ok())
-                        .map(|b| b.len() as u64)
-                        .sum::<u64>();
-                    seconds += took;
-                    out.extend(decoded);
-                }
-                Err(e) => tracing::error!(error = %e, "decoding a fetched run failed"),
-            }
-        }
-        if !out.is_empty() {
-            self.policy.observe_decode(raw, seconds);
-        }
-        out.into_iter()
-            .map(|(id, r)| (id, r.map_err(|e| self.shared(e))))
-            .collect()
     }
 
     fn shared(&self, e: ReadError) -> SharedReadError {

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod fetcher;
 pub mod flight;
 pub mod histogram;
+pub mod inline;
 pub mod policy;
 mod prefetch;
 pub mod reader;

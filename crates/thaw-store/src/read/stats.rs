@@ -17,6 +17,8 @@ pub struct ReaderStats {
     pub fetched_bytes: u64,
     /// Reads that joined a fetch already in flight.
     pub joined_fetches: u64,
+    /// On-demand flights run on the reader's own thread ([`crate::read::inline`]).
+    pub inline_fetches: u64,
     /// Chunks fetched because they follow a missed chunk in its pack.
     pub fetched_around: u64,
     /// Of those, chunks not decoded because on-demand work was waiting (no reader wanted
@@ -71,6 +73,7 @@ pub(crate) struct Counters {
     pub fetched_chunks: AtomicU64,
     pub fetched_bytes: AtomicU64,
     pub joined_fetches: AtomicU64,
+    pub inline_fetches: AtomicU64,
     pub fetched_around: AtomicU64,
     pub dropped_around: AtomicU64,
     pub prefetched_chunks: AtomicU64,
@@ -92,6 +95,7 @@ impl Counters {
             fetched_chunks: self.fetched_chunks.load(Relaxed),
             fetched_bytes: self.fetched_bytes.load(Relaxed),
             joined_fetches: self.joined_fetches.load(Relaxed),
+            inline_fetches: self.inline_fetches.load(Relaxed),
             fetched_around: self.fetched_around.load(Relaxed),
             dropped_around: self.dropped_around.load(Relaxed),
             prefetched_chunks: self.prefetched_chunks.load(Relaxed),
