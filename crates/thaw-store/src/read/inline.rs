@@ -5,8 +5,8 @@
 //! runtime worker, which read the pack range on a blocking thread, decoded it on another,
 //! and woke the FUSE thread with the bytes; each hand-off wakes an idle core. The machine-
 //! learning image's start-up is one reader waiting on about 1300 misses in a row: with
-//! the flight and the decoding on the reader's thread it took 6% less time (medians of
-//! four alternating runs, docs/benchmarks.md). A thread marks itself with
+//! the flight and the decoding on the reader's thread its medians were 3-9% lower in five
+//! sets of alternating runs (docs/benchmarks-notes.md). A thread marks itself with
 //! [`on_this_thread`]; every other thread (the runtime's workers, which must never
 //! block) keeps the hand-offs.
 //!
