@@ -5,10 +5,10 @@
 //! runtime worker, which read the pack range on a blocking thread, decoded it on another,
 //! and woke the FUSE thread with the bytes; each hand-off wakes an idle core. The machine-
 //! learning image's start-up is one reader waiting on about 1300 misses in a row: with
-//! the flight and the decoding on the reader's thread its medians were 3-9% lower in five
-//! sets of alternating runs (docs/benchmarks-notes.md). A thread marks itself with
-//! [`on_this_thread`]; every other thread (the runtime's workers, which must never
-//! block) keeps the hand-offs.
+//! the flight and the decoding on the reader's thread its median was 3-9% lower in four of
+//! five sets of alternating runs and 3% higher in one (docs/benchmarks-notes.md). A thread
+//! marks itself with [`on_this_thread`]; every other thread (the runtime's workers, which
+//! must never block) keeps the hand-offs.
 //!
 //! The pack read itself stays on the blocking pool, so that a store on a disk that hangs
 //! still lets the reader's timeout fire; reading in place as well gained nothing more.
