@@ -44,6 +44,9 @@ pub struct Fetcher {
     scheduler: FetchScheduler,
     counters: Arc<Counters>,
     policy: FetchPolicy,
+    /// Every chunk comes from a local directory and stays there (see
+    /// [`Fetcher::reads_local_store`]); fixed by the store and the caches, so found once.
+    local_in_place: bool,
 }
 
 impl Fetcher {
@@ -54,6 +57,7 @@ impl Fetcher {
         fetch_around: FetchAround,
         scheduler: SchedulerConfig,
     ) -> Self {
+        let local_in_place = packs.store().local_dir().is_some() && !caches.keeps_on_disk(false);
         Fetcher {
             packs,
             caches,
@@ -61,7 +65,14 @@ impl Fetcher {
             scheduler: FetchScheduler::new(scheduler),
             counters,
             policy: FetchPolicy::new(fetch_around),
+            local_in_place,
         }
+    }
+
+    /// Whether every chunk fetched comes from a local directory and stays there: the
+    /// store is local and fetched chunks are not copied into a disk cache.
+    pub fn reads_local_store(&self) -> bool {
+        self.local_in_place
     }
 
     /// How far it fetches around a miss, and what that is chosen from.
@@ -119,9 +130,7 @@ impl Fetcher {
     /// one that may block, reading a local store that nothing is copied from (so the
     /// flight ends when its chunks are delivered, with no cache write to wait for).
     fn flies_inline(&self) -> bool {
-        inline::allowed()
-            && self.packs.store().local_dir().is_some()
-            && !self.caches.keeps_on_disk(false)
+        self.local_in_place && inline::allowed()
     }
 
     /// Fetches one planned run of a prefetch (its chunks known to be neither in memory nor

@@ -171,7 +171,7 @@ impl ChunkReader {
     /// there: the store is local and its chunks are not copied into a disk cache (there
     /// is none, or it is on the store's filesystem; see [`ReaderConfig::copy_local_store`]).
     pub fn reads_local_store(&self) -> bool {
-        self.packs.store().local_dir().is_some() && !self.copies_fetched()
+        self.fetcher.reads_local_store()
     }
 
     pub(crate) fn caches(&self) -> &Caches {

@@ -25,6 +25,7 @@ impl Fetcher {
         parts: usize,
     ) -> Vec<(ChunkId, Outcome)> {
         let per_part = ids.len().div_ceil(parts.max(1)).max(1);
+        let one_part = per_part >= ids.len();
         let tasks = ids.chunks(per_part).map(|part| {
             let part: HashSet<ChunkId> = part.iter().copied().collect();
             let (run, bytes) = (run.clone(), bytes.clone());
@@ -34,7 +35,7 @@ impl Fetcher {
                 (decoded, started.elapsed().as_secs_f64())
             };
             // One part decodes in place on a thread that may block; several share the cores.
-            if parts <= 1 || per_part >= ids.len() {
+            if one_part {
                 futures::future::Either::Left(inline::blocking(decode))
             } else {
                 futures::future::Either::Right(tokio::task::spawn_blocking(decode))
